@@ -1,0 +1,78 @@
+"""``attnlab.attention``: validate, normalise the mask, pick a backend, run, restore shapes."""
+
+from __future__ import annotations
+
+import math
+
+from torch import Tensor
+
+from attnlab.backends.registry import (
+    AttentionCall,
+    choose_backend,
+    current_backend,
+    get_backend,
+)
+from attnlab.functional.attention import AttentionOutput, ScoreMod, validate_qkv
+from attnlab.functional.checks import expect_probability
+from attnlab.functional.mask_input import normalize_mask
+from attnlab.functional.scores import default_scale
+
+
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    mask: object = None,
+    score_mod: ScoreMod | None = None,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+    training: bool = False,
+    return_weights: bool = False,
+    backend: str = "auto",
+) -> AttentionOutput:
+    """Scaled dot-product attention: softmax(score_mod(q·kᵀ·scale) + mask) · v.
+
+    Shapes: q (B, Hq, Lq, Dh), k (B, Hkv, Lk, Dh), v (B, Hkv, Lk, Dv) with Hq divisible by
+    Hkv (K/V heads are shared across query heads: GQA/MQA). (L, D) and (H, L, D) inputs work
+    too, and results come back with the same number of dims.
+
+    ``mask``: a mask_mod / :class:`Mask` (True = may attend), a bool tensor of the same
+    polarity, or an additive float tensor. A query whose every key is masked gets a context
+    of exact zeros, weights of zeros and zero gradients.
+
+    ``scale`` defaults to 1/sqrt(Dh); pass 1.0 for unscaled dot-product attention.
+    ``dropout_p`` applies only when ``training=True``; returned weights are pre-dropout.
+    ``backend``: "auto", or a name from ``attnlab.backends.backend_names()``; also settable
+    with ``attnlab.use_backend(name)``.
+    """
+    qkv = validate_qkv(q, k, v)
+    if scale is None:
+        scale = default_scale(qkv.q.shape[-1])
+    elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"scale: expected a finite number or None, got {scale!r}")
+    expect_probability("dropout_p", dropout_p)
+    if score_mod is not None and not callable(score_mod):
+        raise TypeError(
+            f"score_mod: expected a callable(score, b, h, q_idx, kv_idx), got {type(score_mod).__name__}"
+        )
+    nm = normalize_mask(mask, qkv.shape, dtype=qkv.q.dtype, device=qkv.q.device)
+    call = AttentionCall(qkv.q, qkv.k, qkv.v, nm, score_mod, float(scale), dropout_p,
+                         bool(training), bool(return_weights))
+    name = backend if backend != "auto" else current_backend()
+    if name == "auto":
+        chosen, _ = choose_backend(call)
+    else:
+        chosen = get_backend(name)
+        why = chosen.unsupported(call)
+        if why:
+            raise ValueError(
+                f"backend: {name!r} {' and '.join(why)}; use backend='auto' or one of the "
+                f"backends whose capabilities fit (attnlab backends)"
+            )
+    out = chosen.run(call)
+    return AttentionOutput(
+        qkv.restore(out.context),
+        qkv.restore(out.weights) if return_weights else None,
+        qkv.restore(out.lse),
+    )

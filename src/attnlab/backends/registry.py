@@ -1,0 +1,134 @@
+"""Backend registry: what each kernel can do, which one ``auto`` picks, and why."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+from torch import Tensor
+
+from attnlab.functional.attention import AttentionOutput, ScoreMod
+from attnlab.functional.mask_input import NormalizedMask
+
+AUTO_RULE = """\
+How backend="auto" chooses (first match wins; `attnlab backends --explain`):
+1. weights requested                   -> eager (the only kernel that materialises them)
+2. a score_mod                         -> eager (SDPA cannot take one)
+3. otherwise                           -> sdpa (torch's fused kernels; masks are
+                                          materialised, pure top-left causal uses is_causal)
+A backend registered later (e.g. a tiled kernel) may declare ``auto_rank`` and a predicate
+``prefers`` to be chosen earlier for the calls it serves best.
+An explicit backend="name" (or `with attnlab.use_backend(name)`) that cannot serve a call
+raises a ValueError saying what it lacks; it never silently falls back.
+"""
+
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    returns_weights: bool = False
+    returns_lse: bool = False
+    mask_mod: bool = True  # accepts predicate masks (maybe by materialising them)
+    dense_mask: bool = True
+    score_mod: bool = False
+    dropout: bool = False
+    backward: bool = True
+    gqa: bool = True
+
+
+@dataclass
+class AttentionCall:
+    """One attention request, after validation: 4-D tensors and a normalised mask."""
+
+    q: Tensor  # (B, Hq, Lq, Dh)
+    k: Tensor  # (B, Hkv, Lk, Dh)
+    v: Tensor  # (B, Hkv, Lk, Dv)
+    mask: NormalizedMask
+    score_mod: ScoreMod | None
+    scale: float
+    dropout_p: float
+    training: bool
+    return_weights: bool
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (self.q.shape[0], self.q.shape[1], self.q.shape[2], self.k.shape[2])
+
+    @property
+    def dropout_active(self) -> bool:
+        return self.training and self.dropout_p > 0
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    description: str
+    capabilities: Capabilities
+    run: Callable[[AttentionCall], AttentionOutput]
+    auto_rank: int = 100  # lower is tried earlier by ``auto``
+    prefers: Callable[[AttentionCall], bool] = field(default=lambda call: True)
+
+    def unsupported(self, call: AttentionCall) -> list[str]:
+        """Why this backend cannot serve ``call`` (empty when it can)."""
+        c, why = self.capabilities, []
+        if call.return_weights and not c.returns_weights:
+            why.append("cannot return weights")
+        if call.score_mod is not None and not c.score_mod:
+            why.append("does not take a score_mod")
+        if call.mask.mod is not None and not c.mask_mod:
+            why.append("does not take a mask_mod")
+        if (call.mask.dense is not None or call.mask.bias is not None) and not c.dense_mask:
+            why.append("does not take a dense mask")
+        if call.dropout_active and not c.dropout:
+            why.append("does not do dropout")
+        if call.q.shape[1] != call.k.shape[1] and not c.gqa:
+            why.append("does not share K/V heads (GQA)")
+        return why
+
+
+_REGISTRY: dict[str, Backend] = {}
+_CURRENT: ContextVar[str] = ContextVar("attnlab_backend", default="auto")
+
+
+def register_backend(backend: Backend) -> Backend:
+    _REGISTRY[backend.name] = backend
+    return backend
+
+
+def backend_names() -> list[str]:
+    return list(_REGISTRY)
+
+
+def get_backend(name: str) -> Backend:
+    if name not in _REGISTRY:
+        raise ValueError(f"backend: expected one of {['auto', *_REGISTRY]}, got {name!r}")
+    return _REGISTRY[name]
+
+
+def current_backend() -> str:
+    return _CURRENT.get()
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """``with attnlab.use_backend("eager"): ...`` makes ``backend="auto"`` calls use ``name``."""
+    if name != "auto":
+        get_backend(name)
+    token = _CURRENT.set(name)
+    try:
+        yield
+    finally:
+        _CURRENT.reset(token)
+
+
+def choose_backend(call: AttentionCall) -> tuple[Backend, str]:
+    """The ``auto`` rule: the lowest-ranked backend that can serve and prefers the call."""
+    ranked = sorted(_REGISTRY.values(), key=lambda b: b.auto_rank)
+    for b in ranked:
+        why = b.unsupported(call)
+        if not why and b.prefers(call):
+            return b, f"{b.name}: lowest auto_rank ({b.auto_rank}) that serves and prefers this call"
+    eager = get_backend("eager")
+    return eager, "eager: the reference serves every call"

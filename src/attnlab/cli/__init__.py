@@ -1,0 +1,1 @@
+"""The ``attnlab`` command line: thin subcommands that parse, call one library function, print."""

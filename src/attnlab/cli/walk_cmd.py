@@ -1,0 +1,85 @@
+"""``attnlab walk``: the attention arithmetic, step by step."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from attnlab.cli.common import console, parse_json_option, print_json, user_errors
+from attnlab.explain.examples import EXAMPLES
+from attnlab.explain.render import print_walkthrough, render_perturbation
+from attnlab.explain.walkthrough import perturb, walk, walk_example
+
+
+def _parse_perturb(spec: str) -> tuple[str, int, float]:
+    parts = spec.split(":")
+    if len(parts) != 3:
+        raise ValueError(f"--perturb: expected TOKEN:DIM:DELTA (e.g. sat:2:+0.5), got {spec!r}")
+    try:
+        return parts[0], int(parts[1]), float(parts[2])
+    except ValueError:
+        raise ValueError(f"--perturb: expected an int DIM and a number DELTA, got {spec!r}") from None
+
+
+def walk_command(
+    example: Annotated[str | None, typer.Option(help=f"built-in example: {', '.join(EXAMPLES)}")] = None,
+    q: Annotated[str | None, typer.Option("--q", help="queries as JSON, e.g. [[1,0],[0,1]]")] = None,
+    k: Annotated[str | None, typer.Option("--k", help="keys as JSON (default: q)")] = None,
+    v: Annotated[str | None, typer.Option("--v", help="values as JSON (default: k)")] = None,
+    file: Annotated[Path | None,
+                    typer.Option(help='JSON file {"q":..,"k":..,"v":..,"tokens":..}')] = None,
+    tokens: Annotated[str | None, typer.Option(help="comma-separated token labels")] = None,
+    scale: Annotated[bool | None, typer.Option("--scale/--no-scale",
+                                               help="divide by sqrt(d) (default: as the example)")] = None,
+    focus: Annotated[str | None, typer.Option(help="query token whose arithmetic is spelled out")] = None,
+    perturb_spec: Annotated[str | None,
+                            typer.Option("--perturb", help="TOKEN:DIM:DELTA, e.g. sat:2:+0.5")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Print attention step by step: Q·Kᵀ, scaling, softmax, weighted sum."""
+    with user_errors():
+        if example is not None and (q or file):
+            raise ValueError("--example: expected either --example or --q/--file, got both")
+        if q or file:
+            data = {}
+            if file is not None:
+                if not file.is_file():
+                    raise FileNotFoundError(f"--file: expected a JSON file, got {file} (not found)")
+                data = json.loads(file.read_text())
+            qm = parse_json_option("--q", q) if q else data.get("q")
+            km = parse_json_option("--k", k) if k else data.get("k", qm)
+            vm = parse_json_option("--v", v) if v else data.get("v", km)
+            labels = tokens.split(",") if tokens else data.get("tokens")
+            kl = labels if labels and qm is not None and len(labels) == len(km or []) else None
+            ql = labels if labels and qm is not None and len(labels) == len(qm) else None
+            w = walk(qm, km, vm, scale=True if scale is None else scale, q_tokens=ql, k_tokens=kl)
+        else:
+            name = example or "cat-sat"
+            if name not in EXAMPLES:
+                raise ValueError(f"--example: expected one of {list(EXAMPLES)}, got {name!r}")
+            w = walk_example(EXAMPLES[name], scale=scale)
+        row = None
+        if focus is not None:
+            if focus not in w.q_tokens:
+                raise ValueError(f"--focus: expected a query token among {w.q_tokens}, got {focus!r}")
+            row = w.q_tokens.index(focus)
+        p = None
+        if perturb_spec:
+            tok, dim, delta = _parse_perturb(perturb_spec)
+            p = perturb(w, tok, dim, delta)
+    if as_json:
+        out = w.to_dict()
+        if p is not None:
+            out["perturbation"] = p.to_dict()
+        print_json(out)
+        return
+    print_walkthrough(w, console, focus=row)
+    if p is not None:
+        console.print(render_perturbation(p))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("walk")(walk_command)

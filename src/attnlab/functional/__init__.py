@@ -1,0 +1,1 @@
+"""Pure tensor math for attention: scores, masks, masked softmax, score mods, positions."""

@@ -1,0 +1,86 @@
+"""Turn whatever the user passed as ``mask`` into one normal form.
+
+Accepted (all with the same polarity, True / finite = may attend):
+- ``None``;
+- a :class:`~attnlab.functional.masks.Mask` or a plain ``mask_mod(b, h, q_idx, kv_idx)``;
+- a bool tensor broadcastable to ``(B, H, Lq, Lk)``: True = may attend;
+- a float tensor, added to the scores (ALiBi-style biases, HF-style additive masks);
+  ``-inf`` entries are masked positions.
+Integer tensors are refused: 0/1 masks are ambiguous between "keep" and "drop" conventions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from attnlab.functional.masks import Mask, as_mask, index_grids
+
+
+@dataclass(frozen=True)
+class NormalizedMask:
+    mod: Mask | None = None  # predicate, evaluated lazily
+    dense: Tensor | None = None  # bool, broadcastable to (B, H, Lq, Lk)
+    bias: Tensor | None = None  # finite float, broadcastable to (B, H, Lq, Lk)
+
+    @property
+    def empty(self) -> bool:
+        return self.mod is None and self.dense is None and self.bias is None
+
+
+def _check_shape(mask: Tensor, shape: tuple[int, int, int, int], given_ndim: int) -> Tensor:
+    """Right-align ``mask`` against (B, H, Lq, Lk); each dim must equal the target or be 1."""
+    if mask.ndim > 4:
+        raise ValueError(f"mask: expected at most 4 dims (B, H, Lq, Lk), got shape {tuple(mask.shape)}")
+    names = ("B", "H", "Lq", "Lk")
+    padded = mask.reshape((1,) * (4 - mask.ndim) + tuple(mask.shape))  # (B|1, H|1, Lq|1, Lk|1)
+    for i, (got, want) in enumerate(zip(padded.shape, shape, strict=True)):
+        # The key axis must be given in full: a length-1 key axis is almost always a bug.
+        ok = got == want or (got == 1 and names[i] != "Lk")
+        if not ok:
+            expected = "(" + ", ".join(f"{n}={s}" for n, s in zip(names, shape, strict=True)) + ")"
+            raise ValueError(
+                f"mask: expected a shape broadcastable to {expected} (dims right-aligned, "
+                f"each equal or 1, Lk in full), got {tuple(mask.shape)}"
+            )
+    return padded
+
+
+def normalize_mask(mask: object, shape: tuple[int, int, int, int], *, dtype: torch.dtype,
+                   device: torch.device) -> NormalizedMask:
+    if mask is None:
+        return NormalizedMask()
+    if isinstance(mask, Tensor):
+        if mask.device != device:
+            raise ValueError(f"mask: expected device {device} (as q), got {mask.device}")
+        if mask.dtype == torch.bool:
+            return NormalizedMask(dense=_check_shape(mask, shape, mask.ndim))
+        if mask.is_floating_point():
+            m = _check_shape(mask, shape, mask.ndim)
+            if bool(torch.isnan(m).any()) or bool((m == float("inf")).any()):
+                raise ValueError("mask: an additive float mask may hold finite values or -inf, got NaN/+inf")
+            allowed = m != float("-inf")
+            bias = torch.where(allowed, m, torch.zeros_like(m)).to(dtype)
+            return NormalizedMask(dense=None if bool(allowed.all()) else allowed, bias=bias)
+        raise TypeError(
+            f"mask: expected a bool tensor (True = may attend), an additive float tensor or a "
+            f"mask_mod, got a tensor of dtype {mask.dtype}; convert 0/1 masks with mask.bool()"
+        )
+    return NormalizedMask(mod=as_mask(mask, "mask"))
+
+
+def allowed_dense(nm: NormalizedMask, shape: tuple[int, int, int, int],
+                  device: torch.device) -> Tensor | None:
+    """The combined bool mask (broadcastable to ``shape``), or None if everything is allowed."""
+    B, H, Lq, Lk = shape
+    out = nm.dense
+    if nm.mod is not None:
+        b, h, q, kv = index_grids(B, H, Lq, Lk, device)
+        m = nm.mod.evaluate(b, h, q, kv, Lq, Lk)
+        if not isinstance(m, Tensor) or m.dtype != torch.bool:
+            raise TypeError(f"mask {nm.mod.name}: expected the mask_mod to return bool, got "
+                            f"{m.dtype if isinstance(m, Tensor) else type(m).__name__}")
+        out = m if out is None else (out & m)
+    return out

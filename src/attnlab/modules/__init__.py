@@ -1,0 +1,1 @@
+"""nn.Modules with parameters: multi-head, Bahdanau and Luong attention."""

@@ -1,0 +1,180 @@
+"""Multi-head attention (Vaswani et al. 2017, §3.2.2), with GQA/MQA and a KV cache.
+
+MultiHead(Q, K, V) = Concat(head_1..head_h) W^O,  head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V).
+Inputs are batch-first: query (B, Lq, E), key (B, Lk, kdim), value (B, Lk, vdim).
+``n_kv_heads < num_heads`` shares each K/V head across a group of query heads
+(GQA, Ainslie et al. 2023; n_kv_heads = 1 is MQA, Shazeer 2019).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from attnlab.backends.dispatch import attention
+from attnlab.functional.attention import ScoreMod
+from attnlab.functional.checks import expect_positive_int, expect_probability, expect_tensor
+from attnlab.modules.hooks import HookPoint
+
+
+@dataclass
+class MultiHeadOutput:
+    output: Tensor  # (B, Lq, E)
+    weights: Tensor | None = None  # (B, H, Lq, Lk), per head, pre-dropout
+    lse: Tensor | None = None  # (B, H, Lq)
+
+    def __iter__(self):  # `out, weights = mha(x)` like nn.MultiheadAttention
+        return iter((self.output, self.weights))
+
+
+class KVCache:
+    """Keys and values of the positions seen so far, per layer: (B, Hkv, L, Dh).
+
+    Pass the same cache to successive calls for incremental decoding; each call appends its
+    new keys/values. Use a bottom-right aligned causal mask (``causal("bottom-right")``) so
+    the new queries see every cached key and the new ones up to themselves.
+    """
+
+    def __init__(self) -> None:
+        self.k: Tensor | None = None
+        self.v: Tensor | None = None
+
+    def __len__(self) -> int:
+        return 0 if self.k is None else self.k.shape[2]
+
+    def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        if self.k is None or self.v is None:
+            self.k, self.v = k, v
+        else:
+            if k.shape[:2] != self.k.shape[:2] or k.shape[-1] != self.k.shape[-1]:
+                raise ValueError(
+                    f"cache: expected new keys shaped (B, Hkv, *, Dh) = "
+                    f"({self.k.shape[0]}, {self.k.shape[1]}, *, {self.k.shape[-1]}), got {tuple(k.shape)}"
+                )
+            self.k = torch.cat([self.k, k], dim=2)  # (B, Hkv, L_old + L_new, Dh)
+            self.v = torch.cat([self.v, v], dim=2)
+        return self.k, self.v
+
+    def reset(self) -> None:
+        self.k = self.v = None
+
+
+class MultiHeadAttention(nn.Module):
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        *,
+        n_kv_heads: int | None = None,
+        kdim: int | None = None,
+        vdim: int | None = None,
+        head_dim: int | None = None,
+        bias: bool = True,
+        dropout: float = 0.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        expect_positive_int("embed_dim", embed_dim)
+        expect_positive_int("num_heads", num_heads)
+        if n_kv_heads is None:
+            n_kv_heads = num_heads
+        expect_positive_int("n_kv_heads", n_kv_heads)
+        if num_heads % n_kv_heads:
+            raise ValueError(f"n_kv_heads: expected a divisor of num_heads={num_heads}, got {n_kv_heads}")
+        if head_dim is None:
+            if embed_dim % num_heads:
+                raise ValueError(
+                    f"embed_dim: expected a multiple of num_heads={num_heads} (or pass head_dim), "
+                    f"got {embed_dim}"
+                )
+            head_dim = embed_dim // num_heads
+        expect_positive_int("head_dim", head_dim)
+        self.embed_dim, self.num_heads, self.n_kv_heads, self.head_dim = (
+            embed_dim, num_heads, n_kv_heads, head_dim)
+        self.kdim = embed_dim if kdim is None else expect_positive_int("kdim", kdim)
+        self.vdim = embed_dim if vdim is None else expect_positive_int("vdim", vdim)
+        self.dropout = expect_probability("dropout", dropout)
+        kw = {"device": device, "dtype": dtype, "bias": bias}
+        self.q_proj = nn.Linear(embed_dim, num_heads * head_dim, **kw)
+        self.k_proj = nn.Linear(self.kdim, n_kv_heads * head_dim, **kw)
+        self.v_proj = nn.Linear(self.vdim, n_kv_heads * head_dim, **kw)
+        self.out_proj = nn.Linear(num_heads * head_dim, embed_dim, **kw)
+        self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()
+        self.hook_z = HookPoint()  # per-head context (B, H, Lq, Dh): ablate/patch heads here
+
+    def _heads(self, x: Tensor, n: int) -> Tensor:
+        B, L, _ = x.shape
+        return x.view(B, L, n, self.head_dim).transpose(1, 2)  # (B, L, n·Dh) -> (B, n, L, Dh)
+
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor | None = None,
+        value: Tensor | None = None,
+        *,
+        mask: object = None,
+        score_mod: ScoreMod | None = None,
+        need_weights: bool = False,
+        cache: KVCache | None = None,
+        backend: str = "auto",
+    ) -> MultiHeadOutput:
+        """Self-attention when ``key`` is None; cross-attention otherwise (value defaults to key)."""
+        key = query if key is None else key
+        value = key if value is None else value
+        for name, t, d in (("query", query, self.embed_dim), ("key", key, self.kdim),
+                           ("value", value, self.vdim)):
+            expect_tensor(name, t, ndim=3, floating=True)
+            if t.shape[-1] != d:
+                raise ValueError(f"{name}: expected last dim {d}, got shape {tuple(t.shape)}")
+        if key.shape[:2] != value.shape[:2] or key.shape[0] != query.shape[0]:
+            raise ValueError(
+                f"key/value: expected (B, Lk, *) with B={query.shape[0]} and equal Lk, "
+                f"got {tuple(key.shape)} and {tuple(value.shape)}"
+            )
+        q = self.hook_q(self._heads(self.q_proj(query), self.num_heads))  # (B, H, Lq, Dh)
+        k = self.hook_k(self._heads(self.k_proj(key), self.n_kv_heads))  # (B, Hkv, Lk, Dh)
+        v = self.hook_v(self._heads(self.v_proj(value), self.n_kv_heads))  # (B, Hkv, Lk, Dh)
+        if cache is not None:
+            k, v = cache.update(k, v)  # (B, Hkv, L_past + Lk, Dh)
+        out = attention(q, k, v, mask=mask, score_mod=score_mod, dropout_p=self.dropout,
+                        training=self.training, return_weights=need_weights, backend=backend)
+        z = self.hook_z(out.context)  # (B, H, Lq, Dh)
+        B, H, Lq, Dh = z.shape
+        merged = z.transpose(1, 2).reshape(B, Lq, H * Dh)  # (B, Lq, H·Dh)
+        return MultiHeadOutput(self.out_proj(merged), out.weights, out.lse)
+
+    @classmethod
+    def from_torch(cls, m: nn.MultiheadAttention) -> MultiHeadAttention:
+        """Copy the weights of an ``nn.MultiheadAttention``; the result is batch-first and
+        returns per-head weights (torch averages them unless ``average_attn_weights=False``)."""
+        if not isinstance(m, nn.MultiheadAttention):
+            raise TypeError(f"m: expected nn.MultiheadAttention, got {type(m).__name__}")
+        if m.bias_k is not None or m.add_zero_attn:
+            raise ValueError(
+                "m: add_bias_kv / add_zero_attn have no attnlab equivalent; got a module using them")
+        w = m.in_proj_weight if m._qkv_same_embed_dim else None
+        has_bias = m.in_proj_bias is not None
+        p = next(m.parameters())
+        new = cls(m.embed_dim, m.num_heads, kdim=m.kdim, vdim=m.vdim, bias=has_bias,
+                  dropout=m.dropout, device=p.device, dtype=p.dtype)
+        E = m.embed_dim
+        with torch.no_grad():
+            if w is not None:
+                wq, wk, wv = w[:E], w[E:2 * E], w[2 * E:]
+            else:
+                wq, wk, wv = m.q_proj_weight, m.k_proj_weight, m.v_proj_weight
+            new.q_proj.weight.copy_(wq)
+            new.k_proj.weight.copy_(wk)
+            new.v_proj.weight.copy_(wv)
+            new.out_proj.weight.copy_(m.out_proj.weight)
+            if has_bias:
+                b = m.in_proj_bias
+                new.q_proj.bias.copy_(b[:E])
+                new.k_proj.bias.copy_(b[E:2 * E])
+                new.v_proj.bias.copy_(b[2 * E:])
+                new.out_proj.bias.copy_(m.out_proj.bias)
+        new.train(m.training)
+        return new

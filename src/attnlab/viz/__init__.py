@@ -1,0 +1,1 @@
+"""Pictures of attention: arrays in -> Figure / HTML / text out (numpy + matplotlib only)."""
