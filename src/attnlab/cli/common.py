@@ -10,6 +10,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 console = Console()
 err_console = Console(stderr=True)
@@ -26,7 +27,7 @@ def user_errors() -> Iterator[None]:
         yield
     except (ValueError, TypeError, FileNotFoundError, KeyError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        err_console.print(f"[bold red]error:[/] {msg}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {escape(str(msg))}", highlight=False)
         raise typer.Exit(code=2) from None
 
 

@@ -1,1 +1,57 @@
-"""Pictures of attention: arrays in -> Figure / HTML / text out (numpy + matplotlib only)."""
+"""Seeing attention: arrays in, pictures out. Imports numpy, matplotlib, rich only.
+
+Static figures (matplotlib ``Figure``; pass ``path=`` ending in .png or .svg to write a file):
+:func:`heatmap`, :func:`layer_head_grid`, :func:`alignment_plot`, :func:`mask_plot`,
+:func:`head_view_figure`. Terminal: :func:`terminal_heatmap` (rich renderable),
+:func:`terminal_text`. Interactive, self-contained, offline HTML: :func:`head_view_html`,
+:func:`model_view_html`, :func:`compare_view_html`. Patterns: :func:`classify_pattern`.
+Data: :func:`export_json` / :func:`load_json`.
+
+Axes: (layers, heads, q_len, k_len); in a matrix rows are queries and columns are keys.
+"""
+
+from attnlab.viz.alignment import alignment_plot
+from attnlab.viz.export import (
+    SCHEMA,
+    SCHEMA_VERSION,
+    AttentionData,
+    attention_data,
+    export_json,
+    load_json,
+)
+from attnlab.viz.figure import save_figure
+from attnlab.viz.grid import layer_head_grid
+from attnlab.viz.heatmap import heatmap
+from attnlab.viz.html import compare_view_html, head_view_html, model_view_html
+from attnlab.viz.lines import head_view_figure
+from attnlab.viz.maskplot import mask_plot
+from attnlab.viz.patterns import PatternReport, PatternScore, classify_heads, classify_pattern
+from attnlab.viz.safety import MAX_HTML_TOKENS, MAX_HTML_VALUES
+from attnlab.viz.terminal import TerminalHeatmap, terminal_heatmap, terminal_text
+
+__all__ = [
+    "MAX_HTML_TOKENS",
+    "MAX_HTML_VALUES",
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "AttentionData",
+    "PatternReport",
+    "PatternScore",
+    "TerminalHeatmap",
+    "alignment_plot",
+    "attention_data",
+    "classify_heads",
+    "classify_pattern",
+    "compare_view_html",
+    "export_json",
+    "head_view_figure",
+    "head_view_html",
+    "heatmap",
+    "layer_head_grid",
+    "load_json",
+    "mask_plot",
+    "model_view_html",
+    "save_figure",
+    "terminal_heatmap",
+    "terminal_text",
+]

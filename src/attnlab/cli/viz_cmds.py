@@ -1,0 +1,213 @@
+"""``attnlab plot-mask`` and ``attnlab render``: pictures of masks and of exported attention."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+_out = Console()
+_err = Console(stderr=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output on stdout")]
+PngOpt = Annotated[Path | None, typer.Option("--png", help="write a PNG figure here")]
+SvgOpt = Annotated[Path | None, typer.Option("--svg", help="write an SVG figure here")]
+
+MASK_HELP = (
+    "mask spec: terms joined by & (and) or | (or), & first; a term may start with ~ (not). "
+    "Terms: causal, causal:bottom-right, window:LEFT,RIGHT[,bottom-right], prefix:N, full, "
+    "document:ID,ID,... (one segment id per position). Example: 'causal&window:3,0'."
+)
+
+
+@contextmanager
+def _errors(as_json: bool) -> Iterator[None]:
+    """Bad input: one line (or a JSON object with --json), exit code 2, no traceback."""
+    try:
+        yield
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        if as_json:
+            sys.stdout.write(json.dumps({"error": str(exc)}, ensure_ascii=False) + "\n")
+        else:
+            # markup=False: messages hold things like mask[b, h] that rich would eat as tags.
+            _err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from None
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def parse_mask(spec: str) -> Any:
+    """A :class:`attnlab.functional.masks.Mask` from a spec like ``causal&window:3,0``."""
+    from attnlab.functional import masks as M
+
+    def term(text: str) -> Any:
+        t = text.strip()
+        if t.startswith("~"):
+            return ~term(t[1:])
+        name, _, arg = t.partition(":")
+        args = [a.strip() for a in arg.split(",")] if arg else []
+        try:
+            if name == "causal" and len(args) <= 1:
+                return M.causal(*(args or ["top-left"]))
+            if name == "window" and len(args) in (2, 3):
+                return M.sliding_window(int(args[0]), int(args[1]),
+                                        *(args[2:] or ["top-left"]))
+            if name == "prefix" and len(args) == 1:
+                return M.prefix_lm(int(args[0]))
+            if name == "full" and not args:
+                return M.full()
+            if name == "document" and args:
+                return M.document([int(a) for a in args])
+        except ValueError as exc:
+            raise ValueError(f"--mask: bad term {t!r}: {exc}") from None
+        raise ValueError(f"--mask: expected a term like causal, window:3,0, prefix:2, full or "
+                         f"document:0,0,1; got {t!r}")
+
+    if not spec.strip():
+        raise ValueError("--mask: expected a mask spec, got an empty string")
+    ors = []
+    for part in spec.split("|"):
+        terms = [term(t) for t in part.split("&")]
+        acc = terms[0]
+        for m in terms[1:]:
+            acc = acc & m
+        ors.append(acc)
+    out = ors[0]
+    for m in ors[1:]:
+        out = out | m
+    return out
+
+
+def _written(png: Path | None, svg: Path | None) -> list[Path]:
+    """The figure files asked for, each checked against its option's format."""
+    for opt, p, suffix in (("--png", png, ".png"), ("--svg", svg, ".svg")):
+        if p is not None and p.suffix.lower() != suffix:
+            raise ValueError(f"{opt}: expected a file name ending in {suffix}, got {str(p)!r}")
+    return [p for p in (png, svg) if p is not None]
+
+
+def plot_mask_command(
+    mask: Annotated[str, typer.Option("--mask", help=MASK_HELP)] = "causal",
+    q_len: Annotated[int, typer.Option("--q-len", help="number of queries")] = 8,
+    kv_len: Annotated[int | None, typer.Option("--kv-len", help="number of keys "
+                                               "(default: q-len)")] = None,
+    tokens: Annotated[str | None, typer.Option("--tokens", help="space-separated labels "
+                                               "for the positions")] = None,
+    png: PngOpt = None,
+    svg: SvgOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Draw which keys each query may attend under a mask (True = may attend)."""
+    with _errors(as_json):
+        from attnlab.functional.masks import materialize
+        from attnlab.viz import mask_plot
+
+        kv = q_len if kv_len is None else kv_len
+        m = parse_mask(mask)
+        dense = materialize(m, q_len, kv)[0, 0].numpy()  # (Lq, Lk) bool
+        labels = tokens.split() if tokens else None
+        q_labels = k_labels = labels
+        if labels is not None and q_len != kv:
+            # Bottom-right alignment: the queries are the last q_len of the kv_len positions.
+            q_labels, k_labels = labels[-q_len:], labels
+        out = _written(png, svg)
+        if out:
+            fig = mask_plot(dense, q_tokens=q_labels, k_tokens=k_labels, title=m.name)
+            from attnlab.viz import save_figure
+
+            for p in out:
+                save_figure(fig, p)
+        counts = dense.sum(axis=1).tolist()
+        if as_json:
+            _print_json({
+                "mask": mask, "name": m.name, "q_len": q_len, "kv_len": kv,
+                "visible_per_query": counts,
+                "empty_rows": [i for i, c in enumerate(counts) if c == 0],
+                "matrix": dense.astype(int).tolist(),
+                "written": [str(p) for p in out],
+            })
+            return
+        _out.print(f"{m.name}: {q_len} queries x {kv} keys (█ may attend, · masked)",
+                   markup=False, highlight=False)
+        for i, row in enumerate(dense):
+            cells = "".join("█" if v else "·" for v in row)
+            _out.print(f"{i:>4} {cells}  {counts[i]}", markup=False, highlight=False)
+        for p in out:
+            _out.print(f"wrote {p}", markup=False, highlight=False)
+
+
+def render_command(
+    file: Annotated[Path, typer.Argument(help="attention exported by attnlab.viz.export_json")],
+    html: Annotated[Path | None, typer.Option("--html", help="write an interactive page")] = None,
+    view: Annotated[str, typer.Option("--view", help="HTML view: head or model")] = "head",
+    png: PngOpt = None,
+    svg: SvgOpt = None,
+    layer: Annotated[int | None, typer.Option("--layer", help="layer position")] = None,
+    head: Annotated[int | None, typer.Option("--head", help="head position")] = None,
+    show_values: Annotated[bool, typer.Option("--values", help="print weights in cells")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Render exported attention JSON: HTML page, PNG/SVG figure, terminal heatmap, patterns.
+
+    Figures: one (layer, head) heatmap when --layer and --head are given (or there is only
+    one head), else the layers x heads grid.
+    """
+    with _errors(as_json):
+        from attnlab import viz
+
+        data = viz.load_json(file)
+        n_layers, n_heads = data.shape[:2]
+        for name, v, n in (("--layer", layer, n_layers), ("--head", head, n_heads)):
+            if v is not None and not 0 <= v < n:
+                raise ValueError(f"{name}: expected a position in 0..{n - 1}, got {v}")
+        if view not in ("head", "model"):
+            raise ValueError(f"--view: expected head or model, got {view!r}")
+        li, hi = layer or 0, head or 0
+        figs = _written(png, svg)
+        if html is not None and html.suffix.lower() not in (".html", ".htm"):
+            raise ValueError(f"--html: expected a file name ending in .html, got {str(html)!r}")
+        out: list[Path] = []
+        if html is not None:
+            make = viz.head_view_html if view == "head" else viz.model_view_html
+            make(data, path=html, title=f"{file.name}: {view} view")
+            out.append(html)
+        if figs:
+            single = (layer is not None and head is not None) or n_layers * n_heads == 1
+            toks = {"q_tokens": data.q_tokens, "k_tokens": data.k_tokens}
+            fig = (viz.heatmap(data.weights[li, hi], **toks,
+                               title=f"layer {data.layers[li]}, head {data.heads[hi]}")
+                   if single else
+                   viz.layer_head_grid(data.weights, **toks, layers=data.layers,
+                                       heads=data.heads, patterns=True))
+            for p in figs:
+                viz.save_figure(fig, p)
+            out += figs
+        reports = viz.classify_heads(data.weights)
+        if as_json:
+            _print_json({
+                "file": str(file), "shape": list(data.shape), "layers": data.layers,
+                "heads": data.heads, "q_tokens": data.q_tokens, "k_tokens": data.k_tokens,
+                "metadata": data.metadata, "written": [str(p) for p in out],
+                "patterns": [{"layer": data.layers[a], "head": data.heads[b]} | r.as_dict()
+                             for a, row in enumerate(reports) for b, r in enumerate(row)],
+            })
+            return
+        _out.print(viz.terminal_heatmap(
+            data.weights[li, hi], q_tokens=data.q_tokens, k_tokens=data.k_tokens,
+            show_values=show_values,
+            title=f"layer {data.layers[li]}, head {data.heads[hi]}: {reports[li][hi].label}"))
+        for p in out:
+            _out.print(f"wrote {p}", markup=False, highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("plot-mask")(plot_mask_command)
+    app.command("render")(render_command)
