@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 from rich.console import Console, Group, RenderableType
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
 from attnlab.explain.walkthrough import Perturbation, Walkthrough
+from attnlab.viz import terminal_heatmap
 
 DIGITS = 4
 
@@ -17,20 +19,13 @@ def _fmt(x: float) -> str:
 
 
 def _matrix_table(title: str, rows: list[str], cols: list[str], data: list[list[float]],
-                  *, shade: bool = False, row_header: str = "") -> Table:
+                  *, row_header: str = "") -> Table:
     t = Table(title=Text(title), title_justify="left", show_lines=False)
     t.add_column(Text(row_header), style="bold")
     for c in cols:  # tokens are untrusted text: never rich markup
         t.add_column(Text(c), justify="right")
     for name, vals in zip(rows, data, strict=True):
-        cells = []
-        for x in vals:
-            if shade:  # darker = more attention, as in the seeds' heatmaps
-                level = round(max(0.0, min(1.0, x)) * 200)
-                cells.append(Text(_fmt(x), style=f"on rgb({255 - level},{255 - level // 2},255) black"))
-            else:
-                cells.append(Text(_fmt(x)))
-        t.add_row(Text(name), *cells)
+        t.add_row(Text(name), *(Text(_fmt(x)) for x in vals))
     return t
 
 
@@ -61,7 +56,10 @@ def render_walkthrough(w: Walkthrough, focus: int | None = None) -> RenderableTy
     else:
         parts.append(Text("Step 3 - no scaling (scale = 1), as in the example", style="italic"))
     parts.append(_matrix_table("Step 4 - softmax over each row: weights (each row sums to 1)",
-                               w.q_tokens, w.k_tokens, w.weights, shade=True, row_header="q \\ k"))
+                               w.q_tokens, w.k_tokens, w.weights, row_header="q \\ k"))
+    # darker = more attention, as in the seeds' heatmaps
+    parts.append(terminal_heatmap(np.asarray(w.weights), q_tokens=w.q_tokens, k_tokens=w.k_tokens,
+                                  vmin=0.0, vmax=1.0, show_values=True))
     wrow = w.weights[row]
     terms = " + ".join(f"{x:.4f}×V[{t}]" for x, t in zip(wrow, w.k_tokens, strict=True))
     parts.append(_matrix_table("Step 5 - weighted sum: context = weights · V",
