@@ -1,0 +1,342 @@
+"""``attnlab inspect | compare | heads | tradeoff | serve``: open real pretrained transformers.
+
+Every command loads a local model folder (default: the embedded all-MiniLM-L6-v2), calls one
+function of ``attnlab.inspect`` and prints a table (or ``--json``). Heavy imports (viz and
+matplotlib, networkx, starlette, transformers) happen only on the paths that need them, so a
+plain ``attnlab inspect`` starts fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from attnlab.cli.common import console, err_console, print_json, user_errors
+
+ModelOpt = Annotated[Path | None, typer.Option("--model", help="local Hugging Face model folder "
+                                               "(default: the embedded all-MiniLM-L6-v2)")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+TruncOpt = Annotated[bool, typer.Option("--truncate", help="cut texts longer than the model's positions")]
+
+
+def _load(model: Path | None):
+    import os
+
+    import torch
+
+    from attnlab.models.loading import load_model
+
+    if not any(v in os.environ for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "ATTNLAB_THREADS")):
+        # The work here is small (tens to hundreds of tokens): OpenMP's fork/join costs more than
+        # it saves, and on a busy machine a second spinning thread made each 20x384 matmul ~100x
+        # slower (12 ms vs 125 us, measured). Set OMP_NUM_THREADS to choose otherwise.
+        torch.set_num_threads(1)
+    elif "ATTNLAB_THREADS" in os.environ:
+        torch.set_num_threads(max(1, int(os.environ["ATTNLAB_THREADS"])))
+    return load_model(model)
+
+
+def _w(x: float) -> str:
+    return f"{x:.3f}"
+
+
+def _tops(items: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{t['token']} {_w(t['weight'])}" for t in items)
+
+
+def _split(values: list[str] | None) -> list[str]:
+    return [v for item in values or [] for v in item.replace(",", " ").split()]
+
+
+def inspect_command(
+    text: Annotated[str | None, typer.Argument(help="text to inspect (default: the seeds' sentence)")] = None,
+    model: ModelOpt = None,
+    focus: Annotated[str | None, typer.Option(help="token whose attention is analysed, e.g. it (it#2: "
+                                              "second one, @5: position 5)")] = None,
+    layer: Annotated[int | None, typer.Option(help="layer to draw (with --head: one head)")] = None,
+    head: Annotated[int | None, typer.Option(help="head to draw")] = None,
+    top: Annotated[int, typer.Option(help="attended tokens listed per layer")] = 3,
+    html: Annotated[Path | None, typer.Option(help="write the interactive page here (.html)")] = None,
+    view: Annotated[str, typer.Option(help="page: head (BertViz-style lines) or model (all heads)")] = "head",
+    png: Annotated[Path | None, typer.Option(
+        help="write a heatmap (--layer/--head) or the grid (.png/.svg)")] = None,
+    export: Annotated[Path | None, typer.Option(
+        help="write every weight as attnlab.attention JSON (.json) for other tools")] = None,
+    flow: Annotated[bool, typer.Option("--flow", help="also compute attention flow for the focus")] = False,
+    generate_tokens: Annotated[int, typer.Option("--generate", help="decoders: greedy-generate N tokens "
+                                                 "first and inspect the whole sequence")] = 0,
+    ablate: Annotated[list[str] | None, typer.Option(help="LAYER:HEAD to zero; prints the effect")] = None,
+    backend: Annotated[str, typer.Option(help="also run this attention backend (sdpa, tiled, ...) in the "
+                                         "model and report its difference from eager")] = "auto",
+    truncate: TruncOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Where does each head look? Top attended tokens for a focus token, rollout, pictures."""
+    with user_errors():
+        from attnlab.inspect.report import check_head, inspect_text
+
+        lm = _load(model)
+        check_head(lm, layer, head)
+        res = inspect_text(lm, text, focus=focus, k=top, truncate=truncate, generate_tokens=generate_tokens,
+                           flow=flow, backend=backend)
+        rep, cache = res.report, res.cache
+        if ablate:
+            rep["ablation"] = _ablate(lm, cache.encoded, ablate)
+        if layer is not None and head is not None:
+            rep["head"] = {"layer": layer, "head": head,
+                           "weights": [[round(float(x), 6) for x in row] for row in cache.head(layer, head)]}
+        if html is not None:
+            from attnlab.inspect.views import inspect_page
+
+            best = rep.get("focused_heads", [{}])[0] if rep.get("focused_heads") else {}
+            lay = layer if layer is not None else best.get("layer", 0)
+            heads = [head] if head is not None else ([best["head"]] if "head" in best else None)
+            _mkdir(html)
+            inspect_page(cache, view=view, layer=lay, heads=heads, path=html)
+            rep["html"] = str(html)
+        if png is not None:
+            from attnlab.inspect.views import inspect_png
+
+            _mkdir(png)
+            inspect_png(cache, png, layer=layer, head=head)
+            rep["png"] = str(png)
+        if export is not None:
+            from attnlab.inspect.report import export_attention
+
+            _mkdir(export)
+            export_attention(cache, export)
+            rep["export"] = str(export)
+    if as_json:
+        print_json(rep)
+        return
+    _print_inspect(rep, cache, layer, head)
+
+
+def _mkdir(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _ablate(lm, enc, specs: list[str]) -> dict[str, Any]:
+    from attnlab.inspect.patching import Ablation, patch_effect
+
+    abl = []
+    for s in _split(specs):
+        parts = s.split(":")
+        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+            raise ValueError(f"--ablate: expected LAYER:HEAD (e.g. 3:1), got {s!r}")
+        abl.append(Ablation(int(parts[0]), int(parts[1])))
+    eff = patch_effect(lm, enc, ablate=abl)
+    return {"heads": [[a.layer, a.head] for a in abl]} | eff.to_dict()
+
+
+def _print_inspect(rep: dict[str, Any], cache, layer: int | None, head: int | None) -> None:
+    m = rep["model"]
+    console.print(f"[bold]{m['name']}[/] ({m['model_type']} {m['kind']}, {m['layers']} layers x "
+                  f"{m['heads']} heads, {m['engine']})", highlight=False)
+    if rep.get("generated"):
+        console.print(f"generated: {rep['generated']['text']!r}", highlight=False, markup=False)
+    toks = "  ".join(f"{i}:{t}" for i, t in enumerate(rep["tokens"]))
+    console.print(f"tokens: {toks}", highlight=False, markup=False)
+    if rep["truncated"]:
+        err_console.print(f"note: truncated {rep['total_tokens']} tokens to {len(rep['tokens'])}")
+    if "focus" in rep:
+        f = rep["focus"]
+        t = Table(title=f"Where {f['token']!r} (position {f['position']}) looks", title_justify="left")
+        t.add_column("layer", justify="right")
+        t.add_column("mean over heads")
+        t.add_column("most focused head")
+        for lay in rep["top_attended"]:
+            heads = lay["heads"]
+            h = max(range(len(heads)), key=lambda i: heads[i][0]["weight"])
+            t.add_row(str(lay["layer"]), _tops(lay["mean"]), f"h{h}: {_tops(heads[h][:2])}")
+        console.print(t)
+        fh = rep["focused_heads"]
+        if fh:
+            console.print("heads looking at one other (non-adjacent) token: " + ", ".join(
+                f"L{h['layer']}H{h['head']} {h['token']} {_w(h['weight'])}" for h in fh), highlight=False)
+        console.print(f"rollout (Abnar & Zuidema 2020): {_tops(rep['rollout'])}", highlight=False)
+        if "flow" in rep:
+            console.print(f"flow (max-flow, Abnar & Zuidema 2020): {_tops(rep['flow'])}", highlight=False)
+    if "backend_check" in rep:
+        b = rep["backend_check"]
+        console.print(f"backend {b['backend']}: max |Δ last hidden state| vs eager = "
+                      f"{b['max_abs_diff_vs_eager']:.2e}", highlight=False)
+    if "ablation" in rep:
+        a = rep["ablation"]
+        nt = a["next_token"]
+        extra = f", next token {nt['before']!r} -> {nt['after']!r}" if nt else ""
+        console.print(f"ablating {a['heads']}: sentence cosine {a['sentence_cosine']:.6f}, max |Δh| "
+                      f"{a['max_abs_change']:.4g}{extra}", highlight=False)
+    if layer is not None and head is not None:
+        from attnlab.inspect.views import terminal_head
+
+        console.print(terminal_head(cache, layer, head))
+    for key in ("html", "png", "export"):
+        if key in rep:
+            console.print(f"wrote {rep[key]}", highlight=False)
+
+
+def compare_command(
+    texts: Annotated[list[str], typer.Argument(help="TEXT_A TEXT_B")],
+    focus: Annotated[str, typer.Option(help="the token whose attention is compared, e.g. it")] = "it",
+    candidates: Annotated[list[str] | None, typer.Option(
+        help="tokens the focus may attend (--candidates animal street, or animal,street); "
+             "default: content tokens in both texts")] = None,
+    model: ModelOpt = None,
+    top: Annotated[int, typer.Option(help="heads listed")] = 5,
+    html: Annotated[Path | None, typer.Option(help="write the compare page here (.html)")] = None,
+    png: Annotated[Path | None, typer.Option(
+        help="write the focus rows of the top heads (.png/.svg)")] = None,
+    truncate: TruncOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Rank heads by how far the focus token's attention moved between two texts."""
+    with user_errors():
+        # `--candidates animal street`: click hands "street" to the positional texts; take it back.
+        cands = _split(candidates)
+        if len(texts) > 2 and candidates:
+            cands += texts[2:]
+            texts = texts[:2]
+        if len(texts) != 2:
+            raise ValueError(f"texts: expected two texts (TEXT_A TEXT_B), got {len(texts)}")
+        from attnlab.inspect.compare import compare
+
+        lm = _load(model)
+        cmp = compare(lm, texts[0], texts[1], focus, cands or None, truncate=truncate)
+        rep: dict[str, Any] = {"model": lm.describe()} | cmp.to_dict(top)
+        if html is not None:
+            from attnlab.inspect.views import compare_page
+
+            _mkdir(html)
+            compare_page(cmp, path=html)
+            rep["html"] = str(html)
+        if png is not None:
+            from attnlab.inspect.views import compare_png
+
+            _mkdir(png)
+            compare_png(cmp, png, top=min(top, 3))
+            rep["png"] = str(png)
+    if as_json:
+        print_json(rep)
+        return
+    c = cmp.candidates
+    t = Table(title=f"Attention from {focus!r}: A = {texts[0]!r}, B = {texts[1]!r}", title_justify="left")
+    for col in ("layer", "head", "A", "B", "shift" if len(c) == 2 else "moved", "toward"):
+        t.add_column(col, justify="right" if col in ("layer", "head") else "left")
+    for h in rep["heads"]:
+        fmt = lambda d: "  ".join(f"{k} {_w(v)}" for k, v in d.items())  # noqa: E731
+        score = h["shift"] if h["shift"] is not None else h["moved"]
+        t.add_row(str(h["layer"]), str(h["head"]), fmt(h["a"]), fmt(h["b"]), f"{score:+.3f}",
+                  h["toward"] or "")
+    console.print(t)
+    b = cmp.best
+    if b.shift is not None:
+        console.print(f"best: layer {b.layer} head {b.head} moves {abs(b.shift):.3f} of the attention "
+                      f"from {focus!r} towards {b.toward(c)!r}", highlight=False)
+    for key in ("html", "png"):
+        if key in rep:
+            console.print(f"wrote {rep[key]}", highlight=False)
+
+
+def heads_command(
+    texts: Annotated[list[str] | None, typer.Argument(help="probe texts (default: built-in)")] = None,
+    model: ModelOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Detect previous-token, duplicate, induction, [CLS]/[SEP]/sink, positional and broad heads."""
+    with user_errors():
+        from attnlab.inspect.heads import detect_heads
+
+        lm = _load(model)
+        hs = detect_heads(lm, list(texts) if texts else None)
+        rep = {"model": lm.describe()} | hs.to_dict()
+    if as_json:
+        print_json(rep)
+        return
+    t = Table(title=f"{lm.name}: head detection over {len(hs.probes)} probes", title_justify="left")
+    for col in ("job", "threshold", "heads at or above it", "top 3"):
+        t.add_column(col)
+    for d in hs.scores:
+        det = rep["detected"][d]
+        shown = ", ".join(f"L{h['layer']}H{h['head']}" for h in det[:8]) + (" ..." if len(det) > 8 else "")
+        t.add_row(d, f"{hs.thresholds[d]:.2f}", f"{len(det)}: {shown}" if det else "0",
+                  ", ".join(f"L{h['layer']}H{h['head']} {h['score']:.2f}" for h in rep["top"][d]))
+    console.print(t)
+    # Heads as rows, layers as columns: models have more heads than a terminal has room for.
+    g = Table(title="pattern label per head (viz classifier, first probe)", title_justify="left")
+    g.add_column("head", justify="right")
+    for layer in range(lm.num_layers):
+        g.add_column(f"L{layer}")
+    for h in range(lm.num_heads):
+        g.add_row(str(h), *(row[h] for row in hs.patterns))
+    console.print(g)
+
+
+def tradeoff_command(
+    texts: Annotated[list[str] | None, typer.Argument(help="texts (default: built-in probes)")] = None,
+    widths: Annotated[list[str] | None, typer.Option(help="window half-widths, e.g. 1,2,4,8")] = None,
+    global_first: Annotated[bool, typer.Option("--global-first", help="every query also sees the first "
+                                               "token (Longformer-style global token)")] = False,
+    model: ModelOpt = None,
+    truncate: TruncOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the model with sliding-window attention of several widths; report drift from full."""
+    with user_errors():
+        ws = []
+        for w in _split(widths):
+            if not w.isdigit():
+                raise ValueError(f"--widths: expected non-negative integers (e.g. 1,2,4), got {w!r}")
+            ws.append(int(w))
+        from attnlab.inspect.tradeoff import tradeoff
+
+        lm = _load(model)
+        rows = tradeoff(lm, list(texts) if texts else None, ws or None, truncate=truncate,
+                        global_first=global_first)
+        rep = {"model": lm.describe(), "global_first": global_first, "rows": [r.to_dict() for r in rows]}
+    if as_json:
+        print_json(rep)
+        return
+    extra = " + global first token" if global_first else ""
+    t = Table(title=f"{lm.name}: local (sliding-window{extra}) vs global attention", title_justify="left")
+    for col in ("window", "keys/query", "embedding cosine", "top-1 agree", "mass kept"):
+        t.add_column(col, justify="right")
+    for r in rep["rows"]:
+        t.add_row("full" if r["width"] is None else f"±{r['width']}", f"{r['keys']:.1f}",
+                  f"{r['cosine']:.4f}", f"{r['top1_agree']:.3f}", f"{r['coverage']:.3f}")
+    console.print(t)
+
+
+def serve_command(
+    host: Annotated[str, typer.Option(
+        help="address to bind (keep 127.0.0.1 unless you mean it)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 8765,
+    model: ModelOpt = None,
+    max_chars: Annotated[int, typer.Option(help="longest text accepted")] = 1000,
+) -> None:
+    """A local page to type sentences and explore the head, model and compare views."""
+    with user_errors():
+        if not 0 < port < 65536:
+            raise ValueError(f"--port: expected 1..65535, got {port}")
+        from attnlab.inspect.server import create_app
+
+        lm = _load(model)
+        app = create_app(lm, max_chars=max_chars, host=host, port=port)
+    import uvicorn
+
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        err_console.print(f"warning: binding {host}: anyone who can reach it can use this page")
+    shown = "localhost" if host == "127.0.0.1" else host
+    console.print(f"attnlab serve: http://{shown}:{port}/  (Ctrl-C stops)")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("inspect")(inspect_command)
+    app.command("compare")(compare_command)
+    app.command("heads")(heads_command)
+    app.command("tradeoff")(tradeoff_command)
+    app.command("serve")(serve_command)

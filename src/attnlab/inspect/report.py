@@ -1,0 +1,113 @@
+"""One call per user-facing job, returning JSON-ready dicts: shared by the CLI and the server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from attnlab.inspect.analysis import focused_heads, top_attended, top_attended_dict
+from attnlab.inspect.capture import AttentionCache, capture, find_token, generate
+from attnlab.inspect.rollout import rollout
+from attnlab.models.loading import LoadedModel
+
+SEED_TEXT = "The animal didn't cross the street because it was too tired"
+SEED_TEXT_B = "The animal didn't cross the street because it was too wide"
+SEED_FOCUS = "it"
+
+
+@dataclass
+class InspectResult:
+    cache: AttentionCache
+    report: dict[str, Any]
+    focus: int | None
+
+
+def check_head(lm: LoadedModel, layer: int | None, head: int | None) -> None:
+    if (layer is None) != (head is None) and head is not None:
+        raise ValueError("--head: expected --layer too (e.g. --layer 3 --head 1)")
+    if layer is not None and not 0 <= layer < lm.num_layers:
+        raise ValueError(f"--layer: expected 0..{lm.num_layers - 1}, got {layer}")
+    if head is not None and not 0 <= head < lm.num_heads:
+        raise ValueError(f"--head: expected 0..{lm.num_heads - 1}, got {head}")
+
+
+def _rollout_top(cache: AttentionCache, focus: int, k: int) -> list[dict[str, Any]]:
+    if cache.weights.shape[-1] != cache.weights.shape[-2]:
+        return []
+    row = rollout(cache.weights)[focus]  # (T,)
+    idx = row.argsort(descending=True)[:k].tolist()
+    return [{"position": j, "token": cache.tokens[j], "weight": round(float(row[j]), 6)} for j in idx]
+
+
+def inspect_text(lm: LoadedModel, text: str | None = None, *, focus: str | None = None, k: int = 3,
+                 truncate: bool = False, generate_tokens: int = 0, flow: bool = False,
+                 backend: str = "auto") -> InspectResult:
+    """Capture ``text`` (default: the seeds' sentence) and analyse ``focus`` (default "it" for it).
+
+    ``generate_tokens`` > 0 (decoders): greedy-decode that many tokens first and inspect the
+    prompt plus the continuation, with each step's attention.
+    """
+    if text is None:
+        text = SEED_TEXT
+        focus = SEED_FOCUS if focus is None else focus
+    generated = None
+    if generate_tokens:
+        gen = generate(lm, text, max_new_tokens=generate_tokens, truncate=truncate)
+        cache = gen.as_cache(lm)
+        generated = {"tokens": gen.new_tokens, "ids": gen.new_ids,
+                     "text": lm.tokenizer.decode(gen.new_ids)}
+    else:
+        cache = capture(lm, text, truncate=truncate, keep_hidden=True)
+    enc = cache.encoded
+    report: dict[str, Any] = {
+        "model": lm.describe(),
+        "text": text,
+        "tokens": enc.labels,
+        "special": enc.special,
+        "truncated": enc.truncated,
+        "total_tokens": enc.total_tokens,
+        "shape": list(cache.weights.shape),
+    }
+    if generated is not None:
+        report["generated"] = generated
+    if backend != "auto":
+        if cache.hidden_states is None:
+            raise ValueError("--backend: expected a plain forward pass, not --generate")
+        # Weights come from the eager kernel (the only one that returns them); the chosen
+        # backend runs the same pretrained model and must give the same hidden states.
+        out = lm.forward(enc, need_weights=False, backend=backend)
+        diff = float((out.last_hidden_state[0] - cache.hidden_states[-1]).abs().max())
+        report["backend_check"] = {"backend": backend, "max_abs_diff_vs_eager": diff}
+    pos = None
+    if focus is not None:
+        pos = find_token(enc, focus)
+        report["focus"] = {"token": enc.labels[pos], "position": pos}
+        report["top_attended"] = top_attended_dict(top_attended(cache, pos, k))["layers"]
+        report["focused_heads"] = focused_heads(cache, pos, n=5)
+        report["rollout"] = _rollout_top(cache, pos, k + 2)
+        if flow:
+            from attnlab.inspect.flow import attention_flow
+
+            row = attention_flow(cache.weights, queries=[pos])[0]
+            idx = row.argsort(descending=True)[: k + 2].tolist()
+            report["flow"] = [{"position": j, "token": cache.tokens[j], "weight": round(float(row[j]), 6)}
+                              for j in idx]
+    return InspectResult(cache, report, pos)
+
+
+def head_patterns(cache: AttentionCache) -> list[list[dict[str, Any]]]:
+    """The viz classifier's label and top score for every head."""
+    from attnlab.viz.patterns import classify_heads
+
+    return [[{"label": r.label, "score": round(r.top.score, 4)} for r in row]
+            for row in classify_heads(cache.weights.double().numpy())]
+
+
+def export_attention(cache: AttentionCache, path: str | Path, precision: int | None = 6) -> Path:
+    """Every weight, in viz's ``attnlab.attention`` JSON schema (``attnlab.viz.load_json`` reads it)."""
+    from attnlab.viz import export_json
+
+    export_json(cache.weights.double().numpy(), cache.tokens, q_tokens=cache.query_labels,
+                metadata=cache.metadata(), precision=precision, path=path)
+    return Path(path)

