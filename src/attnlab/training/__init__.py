@@ -1,1 +1,1 @@
-"""attnlab.training."""
+"""Training, checkpoints, decoding (greedy / beam), evaluation and the bottleneck experiment."""
