@@ -14,16 +14,23 @@ from attnlab.functional.mask_input import NormalizedMask
 
 AUTO_RULE = """\
 How backend="auto" chooses (first match wins; `attnlab backends --explain`):
-1. weights requested                   -> eager (the only kernel that materialises them)
-2. a score_mod                         -> eager (SDPA cannot take one)
-3. otherwise                           -> sdpa (torch's fused kernels; masks are
-                                          materialised, pure top-left causal uses is_causal)
-A backend registered later (e.g. a tiled kernel) may declare ``auto_rank`` and a predicate
-``prefers`` to be chosen earlier for the calls it serves best.
+1. weights requested                    -> eager (the only kernel that materialises them;
+                                           at long lengths use tiled + weights_for(rows=...))
+2. dropout while training               -> sdpa, or eager with a score_mod (tiled has no dropout)
+3. a score_mod, Lq*Lk >= 2^20           -> tiled (never builds the Lq x Lk scores)
+4. a score_mod, shorter                 -> eager
+5. a structured mask_mod, Lq*Lk >= 2^20 -> tiled: sliding window, document, padding, prefix,
+   (any Mask except full and a plain     bottom-right causal, the sparse patterns, combinations
+   causal SDPA takes as is_causal)       and custom mask_mods; its block map skips empty tiles
+6. otherwise                            -> sdpa (torch's fused kernels): no mask, plain causal
+                                           (is_causal), dense bool/float mask tensors, and
+                                           short sequences (a materialised mask is cheap there)
+Measured on a 2-core CPU (benchmarks/RESULTS.md): SDPA's fused flash kernel is the fastest for
+dense and causal attention; tiled wins wherever the mask is sparse, and its memory stays
+linear where SDPA would materialise a Lq x Lk mask.
 An explicit backend="name" (or `with attnlab.use_backend(name)`) that cannot serve a call
 raises a ValueError saying what it lacks; it never silently falls back.
 """
-
 
 
 @dataclass(frozen=True)

@@ -237,3 +237,17 @@ def materialize(mask: object, q_len: int, kv_len: int, *, batch: int = 1, heads:
         got = out.dtype if isinstance(out, Tensor) else type(out).__name__
         raise TypeError(f"mask {m.name}: expected the mask_mod to return a bool tensor, got {got}")
     return out.expand(batch, heads, q_len, kv_len)
+
+
+
+
+# Sparse patterns live in their own file; re-exported so that ``attnlab.masks.longformer`` works.
+# Imported last: sparse_masks builds on the Mask class defined above.
+from attnlab.functional import sparse_masks as _sparse  # noqa: E402
+
+bigbird = _sparse.bigbird
+block_sparse = _sparse.block_sparse
+dilated_sliding_window = _sparse.dilated_sliding_window
+longformer = _sparse.longformer
+sparse_transformer_fixed = _sparse.sparse_transformer_fixed
+sparse_transformer_strided = _sparse.sparse_transformer_strided

@@ -1,0 +1,113 @@
+"""The tiled backward pass (FlashAttention, Dao et al. 2022, Alg. 2; FlashAttention-2, Dao 2023).
+
+Each tile is recomputed from the saved lse instead of storing P: P = exp(S - lse),
+dV += Pᵀ·dO, dP = dO·Vᵀ, dS = P ∘ (dP - D) with D_i = rowsum(dO ∘ O) (minus d lse_i when the
+lse itself receives a gradient), dQ += dS·K, dK += dSᵀ·Q. As in the forward pass, a batched
+tile runs head by head so its scores stay in cache, and memory is O(L·Dh + tile budget).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor
+
+from attnlab.backends.tiled_kernels import (
+    NEG_INF,
+    Padded,
+    clean_band,
+    gather_buffers,
+    head_view,
+    q_view,
+    q_write,
+    tile_masks,
+)
+from attnlab.backends.tiled_parallel import run_parallel
+from attnlab.backends.tiled_plan import Plan, QueryChunk
+from attnlab.backends.tiles import TileContext, band, head_loop, pv, qk, scatter_band, tn
+
+
+def _backward_chunks(tc: TileContext, x: Padded, plan: Plan, scale: float, chunks: Iterable[QueryChunk],
+                     lse_r: Tensor, delta: Tensor, dout: Tensor, grads: tuple[Tensor, Tensor, Tensor],
+                     sanitize: bool, capture: bool) -> None:
+    B, H = x.q.shape[:2]
+    bq, bk = plan.bq, plan.bk
+    dq, dk, dv = grads
+    tiles = plan.max_tiles()
+    size = tiles * bq * bk * B * H
+    s_buf, d_buf = x.q.new_empty(size), x.q.new_empty(size)  # S/P and dP/dS, reused
+    k_buf, v_buf = gather_buffers(x, plan, bk)
+    autograd_mod = tc.score_mod is not None or capture
+    for chunk in chunks:
+        qc, doc = q_view(x.q, chunk, bq), q_view(dout, chunk, bq)  # (B, H, nb, bq, D|Dv)
+        lse_c, delta_c = q_view(lse_r, chunk, bq), q_view(delta, chunk, bq)  # (B, H, nb, bq, 1)
+        dqc = q_view(dq, chunk, bq) if chunk.q_start is not None else torch.empty_like(qc)
+        for n_seg, seg in enumerate(chunk.segments):
+            kb, vb = band(x.k, seg, bk, k_buf), band(x.v, seg, bk, v_buf)  # (B, H, nb, w·bk, D)
+            qi, ki, oks = tile_masks(tc, chunk, seg)
+            if sanitize and seg.masked:
+                kb, vb = clean_band(kb, oks, seg, bk), clean_band(vb, oks, seg, bk)
+            for i, j in head_loop(B, H, seg.k_blocks.numel() * bq * bk):
+                qh, kh, vh, doh = (head_view(t, i, j) for t in (qc, kb, vb, doc))
+                lse_h, delta_h = head_view(lse_c, i, j), head_view(delta_c, i, j)
+                idx = (tc.b5, tc.h5, qi, ki) if i is None else (tc.b5[i: i + 1], tc.h5[:, j: j + 1], qi, ki)
+                shape = (*qh.shape[:4], kh.shape[3])
+                raw = qk(qh, kh, seg, s_buf[: math.prod(shape)].view(shape), scale)  # (b, h, nb, bq, w·bk)
+                if autograd_mod:
+                    raw = raw.clone().requires_grad_(True)
+                    with torch.enable_grad():
+                        s = tc.modify(raw, *idx)
+                    p = torch.exp(s.detach() - lse_h)
+                else:
+                    s = tc.modify(raw, *idx) if tc.modifies else raw  # a constant bias
+                    p = s.sub_(lse_h).exp_()  # P = exp(S - lse), in place
+                for (p0, p1), ok in zip(seg.masked, oks, strict=True):
+                    p[..., p0 * bk: p1 * bk].masked_fill_(~head_view(ok, i, j), 0.0)
+                scatter_band(head_view(dv, i, j), tn(p, doh, seg), seg, bk)  # dV += Pᵀ·dO
+                ds = qk(doh, vh, seg, d_buf[: math.prod(shape)].view(shape))  # dP = dO·Vᵀ
+                ds.sub_(delta_h).mul_(p)  # dS = P ∘ (dP - D)
+                if autograd_mod:
+                    if capture:  # shared upstream nodes (the bias's graph) are visited once per tile
+                        torch.autograd.backward(s, ds, retain_graph=True)
+                        ds = raw.grad
+                    else:
+                        (ds,) = torch.autograd.grad(s, raw, ds)
+                pv(ds, kh, seg, head_view(dqc, i, j), beta=0.0 if n_seg == 0 else 1.0)  # dQ += dS·K
+                scatter_band(head_view(dk, i, j), tn(ds, qh, seg, scale), seg, bk)  # dK += scale·dSᵀ·Q
+        if chunk.q_start is None:
+            q_write(dq, dqc, chunk, bq)
+
+
+def backward_pass(tc: TileContext, x: Padded, plan: Plan, scale: float, out: Tensor, lse: Tensor,
+                  dout: Tensor, dlse: Tensor | None = None, *, sanitize: bool, capture: bool,
+                  threads: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients w.r.t. the padded q and the padded, expanded k, v.
+
+    out, dout: (B, H, nQB·bq, Dv); lse: (B, H, nQB·bq). ``capture``: the bias / score_mod holds
+    tensors that want gradients; they receive them through a nested backward (as in eager
+    training with .backward()), single-threaded. dQ rows are disjoint per chunk; dK and dV
+    are accumulated per worker and summed (bands of different chunks overlap)."""
+    B, H = x.q.shape[:2]
+    delta = (dout * out).sum(-1, keepdim=True)  # (B, H, nQB·bq, 1): D_i = rowsum(dO ∘ O)
+    if dlse is not None:  # d lse_i / d s_ij = P_ij: dS = P ∘ (dP - D + dlse)
+        delta = delta - dlse.unsqueeze(-1)
+    # Fully masked rows: lse = -inf; use +inf so that P = exp(S - lse) is exactly 0 there.
+    lse_r = torch.where(lse == NEG_INF, torch.full_like(lse, float("inf")), lse).unsqueeze(-1)
+    dq = torch.empty_like(x.q)  # every chunk writes its rows; rows without tiles are zeroed here
+    idle = (plan.counts == 0).nonzero().flatten()
+    if idle.numel():
+        dq.view(B, H, -1, plan.bq, dq.shape[-1])[:, :, idle] = 0.0
+    n = 1 if capture else (torch.get_num_threads() if threads is None else threads)
+    acc = [(torch.zeros_like(x.k), torch.zeros_like(x.v)) for _ in range(max(1, n))]
+
+    def work(part: list[QueryChunk], i: int) -> None:
+        _backward_chunks(tc, x, plan, scale, part, lse_r, delta, dout, (dq, *acc[i]), sanitize, capture)
+
+    used = run_parallel(work, plan.chunks, n)
+    dk, dv = acc[0]
+    for i in range(1, used):
+        dk.add_(acc[i][0])
+        dv.add_(acc[i][1])
+    return dq.mul_(scale), dk, dv

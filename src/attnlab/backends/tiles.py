@@ -1,0 +1,222 @@
+"""What one tile of the tiled kernel needs: index tensors, the mask, bias and score_mod.
+
+A tile covers ``nb`` query blocks of ``bq`` rows, each against its own band of key blocks
+(``w`` blocks of ``bk`` keys), for every batch element and head at once:
+scores are (B, H, nb, bq, w·bk). Index tensors are 5-D and broadcastable
+(b (B,1,1,1,1), h (1,H,1,1,1), q (1,1,nb,bq,1), kv (1,1,nb,1,w·bk)), the way FlexAttention
+calls mask_mods and score_mods, so the built-in vectorised mods work unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from attnlab.backends.tiled_plan import Segment
+from attnlab.functional.attention import ScoreMod
+from attnlab.functional.masks import Mask
+
+
+def _pick(size: int, i: Tensor) -> Tensor:
+    """Index a (B|1) / (H|1) axis: a broadcast axis always reads entry 0."""
+    return i if size > 1 else i.new_zeros((1,) * i.ndim)
+
+
+@dataclass
+class TileContext:
+    batch: int
+    heads: int
+    q_len: int
+    kv_len: int
+    bq: int
+    bk: int
+    mask: Mask | None = None
+    dense: Tensor | None = None  # bool (B|1, H|1, Lq, Lk), True = may attend
+    bias: Tensor | None = None  # float (B|1, H|1, Lq, Lk), added to the scores
+    score_mod: ScoreMod | None = None
+
+    def __post_init__(self) -> None:
+        self.b5 = torch.arange(self.batch).view(-1, 1, 1, 1, 1)  # (B,1,1,1,1)
+        self.h5 = torch.arange(self.heads).view(1, -1, 1, 1, 1)  # (1,H,1,1,1)
+
+    @property
+    def modifies(self) -> bool:
+        return self.score_mod is not None or self.bias is not None
+
+    @property
+    def masks(self) -> bool:
+        return self.mask is not None or self.dense is not None
+
+    def q_index(self, q_blocks: Tensor) -> Tensor:
+        """(1, 1, nb, bq, 1) query positions of the chunk (may run past Lq: padding rows)."""
+        rows = q_blocks.view(-1, 1) * self.bq + torch.arange(self.bq)  # (nb, bq)
+        return rows.view(1, 1, -1, self.bq, 1)
+
+    def kv_index(self, k_blocks: Tensor) -> Tensor:
+        """(1, 1, nb, 1, w·bk) key positions of a band (may run past Lk: padding keys)."""
+        cols = (k_blocks.unsqueeze(-1) * self.bk + torch.arange(self.bk)).flatten(1)  # (nb, w·bk)
+        return cols.view(1, 1, cols.shape[0], 1, -1)
+
+    def allowed(self, b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+        """Bool, broadcastable to the tile: mask_mod & dense mask & (kv < Lk).
+
+        Indices are clamped before the mask sees them (a padding row or key never indexes past
+        a segment-id table); padding keys are then masked out explicitly."""
+        qc, kc = q.clamp(max=self.q_len - 1), kv.clamp(max=self.kv_len - 1)
+        ok = kv < self.kv_len
+        if self.mask is not None:
+            m = self.mask.evaluate(b, h, qc, kc, self.q_len, self.kv_len)
+            if not isinstance(m, Tensor) or m.dtype != torch.bool:
+                raise TypeError(f"mask {self.mask.name}: expected the mask_mod to return a bool tensor")
+            ok = ok & m
+        if self.dense is not None:
+            d = self.dense
+            ok = ok & d[_pick(d.shape[0], b), _pick(d.shape[1], h), qc, kc]
+        return ok
+
+    def modify(self, scores: Tensor, b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+        """Additive bias, then score_mod (the order of the eager reference)."""
+        qc, kc = q.clamp(max=self.q_len - 1), kv.clamp(max=self.kv_len - 1)
+        if self.bias is not None:
+            t = self.bias
+            scores = scores + t[_pick(t.shape[0], b), _pick(t.shape[1], h), qc, kc].to(scores.dtype)
+        if self.score_mod is not None:
+            out = self.score_mod(scores, b, h, qc, kc)
+            if not isinstance(out, Tensor) or out.shape != scores.shape:
+                got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+                raise ValueError(
+                    f"score_mod: expected it to return scores of shape {tuple(scores.shape)}, got {got}")
+            scores = out
+        return scores
+
+    def captures_grad(self) -> bool:
+        """Does the bias or score_mod carry tensors that want gradients (e.g. a relative
+        position table)? Probed once on a single score."""
+        if self.bias is not None and self.bias.requires_grad:
+            return True
+        if self.score_mod is None:
+            return False
+        z = torch.zeros(1, 1, 1, 1, 1)
+        with torch.enable_grad():
+            out = self.score_mod(z, z.long(), z.long(), z.long(), z.long())
+        return isinstance(out, Tensor) and out.requires_grad
+
+
+def band(x: Tensor, seg: Segment, bk: int, buf: Tensor | None = None) -> Tensor:
+    """Keys or values of a segment: (B, H, N·bk, D) -> (B, H, nb, w·bk, D).
+
+    Arithmetic bands (query block r reads blocks start + r·step ... + w - 1, as in a sliding
+    window) are strided views of x: no gather, no Python loop over blocks."""
+    B, H, _, D = x.shape
+    nb, w = seg.k_blocks.shape
+    if seg.k_start is not None:
+        s = seg.k_start * bk
+        if nb == 1:
+            return x[:, :, s: s + w * bk].unsqueeze(2)  # (B, H, 1, w·bk, D)
+        st = x.stride()
+        return x.as_strided((B, H, nb, w * bk, D), (st[0], st[1], seg.k_step * bk * D, D, 1),
+                            x.storage_offset() + s * D)
+    xb = x.view(B, H, -1, bk, D)  # (B, H, nKB, bk, D)
+    # index_select copies whole blocks (memcpy; advanced indexing is ~10x slower here), into a
+    # reused buffer when given (a fresh multi-MB tensor costs its page faults every time).
+    out = None if buf is None else buf[: B * H * nb * w * bk * D].view(B, H, nb * w, bk, D)
+    return torch.index_select(xb, 2, seg.k_blocks.flatten(), out=out).view(B, H, nb, w * bk, D)
+
+
+def scatter_band(acc: Tensor, grad: Tensor, seg: Segment, bk: int) -> None:
+    """acc (B, H, N·bk, D) += a band gradient (B, H, nb, w·bk, D), overlapping bands summed.
+
+    For a shared segment, grad is (B, H, 1, w·bk, D), already summed over the query blocks."""
+    B, H, _, D = acc.shape
+    nb, w = seg.k_blocks.shape
+    if seg.shared:
+        s = seg.k_start * bk  # type: ignore[operator]
+        acc[:, :, s: s + w * bk] += grad[:, :, 0]
+        return
+    blocks = acc.view(B, H, -1, bk, D)  # (B, H, nKB, bk, D)
+    g = grad.view(B, H, nb, w, bk, D)
+    if seg.k_start is not None:  # evenly spaced bands: w strided adds instead of nb·w scattered ones
+        s, st = seg.k_start, max(seg.k_step, 1)
+        for p in range(w):
+            blocks[:, :, s + p: s + p + (nb - 1) * st + 1: st] += g[:, :, :, p]
+        return
+    blocks.index_add_(2, seg.k_blocks.flatten(), g.reshape(B, H, nb * w, bk, D))
+
+
+PER_HEAD_MAX = 64  # up to this many B·H, loop over heads: no band copies (see _bmm)
+PER_HEAD_MIN_TILE = 1 << 20  # score elements (all heads) from which a tile runs head by head
+
+
+def head_loop(batch: int, heads: int, tile: int) -> list[tuple[int | None, int | None]]:
+    """(b, h) pairs to run a tile of ``tile`` score elements per head on one at a time, or
+    [(None, None)] to run all heads at once. Big tiles go head by head so that one head's
+    scores stay in cache between the ops; small ones batch the heads to save op overhead."""
+    if batch * heads <= PER_HEAD_MAX and tile * batch * heads >= PER_HEAD_MIN_TILE:
+        return [(i, j) for i in range(batch) for j in range(heads)]
+    return [(None, None)]
+
+
+def _bmm(a: Tensor, b: Tensor, out: Tensor | None = None, alpha: float = 1.0, beta: float = 0.0) -> Tensor:
+    """out = beta·out + alpha·a @ b over (B, H, nb): (B, H, nb, m, k) x (B, H, nb, k, n) -> (B, H, nb, m, n).
+
+    torch.matmul on 5-D tensors flattens (B, H, nb) into one batch axis, which copies a
+    strided key band (its nb axis overlaps). Per (b, h), the band is a plain 3-D strided
+    tensor that torch.bmm (MKL) reads in place, so a short loop over heads is faster.
+    ``alpha`` folds the softmax scale into the GEMM (no scaled copy of q)."""
+    B, H, nb, m, _ = a.shape
+    if out is None:
+        out = a.new_empty(B, H, nb, m, b.shape[-1])
+    a3, b3, o3 = _merge3(a), _merge3(b), _merge3(out)
+    if a3 is not None and b3 is not None and o3 is not None:  # one batched GEMM, no copies
+        o3.baddbmm_(a3, b3, beta=beta, alpha=alpha)
+        return out
+    if B * H <= PER_HEAD_MAX:
+        for i in range(B):
+            for j in range(H):
+                out[i, j].baddbmm_(a[i, j], b[i, j], beta=beta, alpha=alpha)  # beta=0: out not read
+        return out
+    res = torch.matmul(a, b)
+    res = res if alpha == 1.0 else res.mul_(alpha)
+    return out.copy_(res) if beta == 0.0 else out.add_(res)
+
+
+def _merge3(x: Tensor) -> Tensor | None:
+    """(B, H, nb, m, n) as a (B·H·nb, m, n) view, or None when its batch axes do not merge
+    (an overlapping key band, a slice of the nb axis)."""
+    try:
+        return x.view(-1, x.shape[-2], x.shape[-1])
+    except RuntimeError:
+        return None
+
+
+def _one(x: Tensor) -> Tensor:  # (B, H, nb, m, n) -> (B, H, 1, nb·m, n): a shared tile as one GEMM
+    return x.view(x.shape[0], x.shape[1], 1, -1, x.shape[-1])
+
+
+def qk(qc: Tensor, kb: Tensor, seg: Segment, out: Tensor | None = None, alpha: float = 1.0) -> Tensor:
+    """Scores of a tile: alpha · qc (B, H, nb, bq, D) x kb (B, H, nb, w·bk, D)ᵀ -> (B, H, nb, bq, w·bk).
+    A shared segment is one GEMM with nb·bq rows per head (bigger, faster matmuls)."""
+    B, H, nb, bq, _ = qc.shape
+    if seg.shared:
+        o = None if out is None else _one(out)
+        return _bmm(_one(qc), kb[:, :, :1].transpose(-1, -2), o, alpha).view(B, H, nb, bq, -1)
+    return _bmm(qc, kb.transpose(-1, -2), out, alpha)
+
+
+def pv(p: Tensor, vb: Tensor, seg: Segment, out: Tensor | None = None, beta: float = 0.0) -> Tensor:
+    """p (B, H, nb, bq, w·bk) x vb (B, H, nb, w·bk, Dv) -> (B, H, nb, bq, Dv) (+ beta · out)."""
+    B, H, nb, bq, _ = p.shape
+    if seg.shared:
+        o = None if out is None else _one(out)
+        return _bmm(_one(p), vb[:, :, :1], o, 1.0, beta).view(B, H, nb, bq, -1)
+    return _bmm(p, vb, out, 1.0, beta)
+
+
+def tn(a: Tensor, g: Tensor, seg: Segment, alpha: float = 1.0) -> Tensor:
+    """alpha · aᵀ·g per tile: a (B, H, nb, bq, w·bk), g (B, H, nb, bq, D) -> (B, H, nb|1, w·bk, D)
+    (the dK and dV products of FlashAttention's backward, Alg. 2 lines 16 and 22)."""
+    if seg.shared:
+        return _bmm(_one(a).transpose(-1, -2), _one(g), None, alpha)
+    return _bmm(a.transpose(-1, -2), g, None, alpha)

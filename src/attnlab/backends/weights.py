@@ -1,0 +1,74 @@
+"""Exact attention weights for chosen rows and heads, recomputed from a saved ``lse``.
+
+The fast kernels never materialise the (Lq, Lk) weights, but they return the log-sum-exp of
+every row. Since softmax(s)_j = exp(s_j - lse), the weights of any row are one matmul away:
+O(rows · Lk) work and memory, so a 1M-token sequence can still be inspected row by row.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from attnlab.backends.tiles import TileContext
+from attnlab.functional.attention import ScoreMod, expand_kv, validate_qkv
+from attnlab.functional.mask_input import normalize_mask
+from attnlab.functional.scores import default_scale
+
+Selection = int | slice | list[int] | tuple[int, ...] | Tensor | None
+
+
+def _select(name: str, sel: Selection, size: int) -> Tensor:
+    """Indices (n,) int64 from an int, slice, list or tensor; negative ints count from the end."""
+    if sel is None:
+        return torch.arange(size)
+    if isinstance(sel, slice):
+        return torch.arange(size)[sel]
+    t = torch.as_tensor([sel] if isinstance(sel, int) else sel)
+    if t.is_floating_point() or t.dtype == torch.bool or t.ndim > 1:
+        raise TypeError(f"{name}: expected an int, a slice or a 1-D list of ints, got {sel!r}")
+    t = t.long().flatten()
+    if t.numel() and (int(t.min()) < -size or int(t.max()) >= size):
+        raise ValueError(f"{name}: expected indices in [-{size}, {size}), got {t.tolist()}")
+    return t % size
+
+
+def weights_for(q: Tensor, k: Tensor, lse: Tensor, *, rows: Selection = None, heads: Selection = None,
+                mask: object = None, score_mod: ScoreMod | None = None,
+                scale: float | None = None) -> Tensor:
+    """Weights softmax(score_mod(q·kᵀ·scale) + mask) for the selected query ``rows`` and ``heads``.
+
+    Pass the same q, k, mask, score_mod and scale as to the attention call that returned
+    ``lse`` (e.g. ``out = attnlab.attention(q, k, v, mask=m, backend="tiled")`` then
+    ``weights_for(q, k, out.lse, rows=[0, 4095], mask=m)``). Shapes as in attention:
+    q (B, H, Lq, D) (or (H, Lq, D), (Lq, D)), lse q.shape[:-1]. Returns (B, h, r, Lk) with the
+    leading dims dropped like q's. Fully masked rows (lse = -inf) give zeros.
+    """
+    qkv = validate_qkv(q, k, k)
+    B, H, Lq, Lk = qkv.shape
+    if not isinstance(lse, Tensor) or tuple(lse.shape) != tuple(q.shape[:-1]):
+        got = tuple(lse.shape) if isinstance(lse, Tensor) else type(lse).__name__
+        raise ValueError(f"lse: expected shape {tuple(q.shape[:-1])} (q without its last dim), got {got}")
+    s = default_scale(qkv.q.shape[-1]) if scale is None else scale
+    if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s):
+        raise ValueError(f"scale: expected a finite number or None, got {scale!r}")
+    r, h = _select("rows", rows, Lq), _select("heads", heads, H)
+    nm = normalize_mask(mask, qkv.shape, dtype=qkv.q.dtype, device=qkv.q.device)
+    dense = None if nm.dense is None else nm.dense.expand(-1, -1, Lq, Lk)
+    bias = None if nm.bias is None else nm.bias.expand(-1, -1, Lq, Lk)
+    tc = TileContext(B, H, Lq, Lk, 1, 1, nm.mod, dense, bias, score_mod)
+    qs = qkv.q[:, h][:, :, r]  # (B, h, r, D)
+    ks = expand_kv(qkv.k, H)[:, h]  # (B, h, Lk, D)
+    scores = (qs @ ks.transpose(-1, -2)) * s  # (B, h, r, Lk)
+    bi, hi = torch.arange(B).view(-1, 1, 1, 1), h.view(1, -1, 1, 1)
+    qi, ki = r.view(1, 1, -1, 1), torch.arange(Lk).view(1, 1, 1, -1)
+    if tc.modifies:
+        scores = tc.modify(scores, bi, hi, qi, ki)
+    lse4 = lse.reshape(B, H, Lq)[:, h][:, :, r].unsqueeze(-1)  # (B, h, r, 1)
+    lse4 = torch.where(lse4 == float("-inf"), torch.full_like(lse4, float("inf")), lse4)
+    w = torch.exp(scores - lse4)
+    if tc.masks:
+        w = w.masked_fill(~tc.allowed(bi, hi, qi, ki), 0.0)
+    return w.reshape(w.shape[4 - q.ndim:]) if q.ndim < 4 else w

@@ -1,0 +1,66 @@
+"""`attnlab bench --quick --json`: the smoke run of the benchmark harness."""
+
+import json
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from attnlab.bench.cases import CASES, nnz, parse_n
+from attnlab.bench.report import targets
+from attnlab.cli import bench_cmd
+
+
+def app():
+    a = typer.Typer(pretty_exceptions_enable=False)
+    bench_cmd.register(a)
+    a.command("version")(lambda: None)  # keeps Typer in multi-command mode
+    return a
+
+
+def test_bench_quick_json_smoke(tmp_path):
+    res = CliRunner().invoke(app(), ["bench", "--quick", "--json", "--threads", "1", "--n", "128",
+                                     "--cases", "dense,sliding_window_128", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    rows = data["rows"]
+    assert {(r["case"], r["mode"], r["peer"]) for r in rows} == {
+        (c, m, p) for c in ("dense", "sliding_window_128") for m in ("fwd", "fwd+bwd")
+        for p in ("tiled", "sdpa", "eager")}
+    assert all(r["status"] == "ok" and r["seconds"] > 0 and r["gflops"] > 0 for r in rows)
+    assert data["matmul_peak_gflops"] > 0 and data["machine"]["cores"] >= 1
+    assert all(r["mem_method"] for r in rows)
+    for name in ("bench.csv", "bench.json", "bench.md", "bench.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert "| case | mode | n |" in (tmp_path / "bench.md").read_text()
+
+
+def test_bench_bad_input_is_a_clean_error(tmp_path):
+    res = CliRunner().invoke(app(), ["bench", "--quick", "--cases", "nope", "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "cases: expected names from" in res.output
+    res = CliRunner().invoke(app(), ["bench", "--quick", "--n", "-3", "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "n: expected a positive length" in res.output
+
+
+def test_useful_flops_count_only_allowed_pairs():
+    assert nnz(CASES["dense"], 1000) == 1000 * 1000
+    assert nnz(CASES["causal"], 1000) == 1000 * 1001 // 2
+    assert nnz(CASES["sliding_window_128"], 1000) == sum(min(i, 128) + 1 for i in range(1000))
+    assert parse_n("16k") == 16384 and parse_n("1m") == 1 << 20
+    with pytest.raises(ValueError, match="n: expected"):
+        parse_n("0")
+
+
+def test_targets_are_evaluated_from_rows():
+    from attnlab.bench.harness import Row
+
+    rows = [Row("sliding_window_256", 16384, "fwd", "tiled", "ok", seconds=0.1, pct_peak=50.0),
+            Row("sliding_window_256", 16384, "fwd", "flex", "ok", seconds=0.12),
+            Row("sliding_window_256", 16384, "fwd", "sdpa", "ok", seconds=2.0),
+            Row("sliding_window_256", 65536, "fwd", "tiled", "ok", seconds=0.41)]
+    got = {t["target"]: t for t in targets(rows)}
+    assert got["SW W=256 n=16k fwd: tiled time / FlexAttention compiled time"]["met"] is True
+    assert got["SW W=256 n=16k fwd: SDPA (dense mask) time / tiled time"]["met"] is True
+    assert abs(got["SW W=256 fwd: time(64k) / time(16k)"]["value"] - 4.1) < 1e-9
+    assert got["sliding_window_256 n=16k fwd: % of matmul peak (useful FLOPs)"]["met"] is False
+    assert got["causal n=8k fwd: tiled speed / SDPA speed"]["met"] is None  # not measured
