@@ -33,8 +33,15 @@ browser:
 	      || echo "note: could not install chromium; browser tests will skip"; \
 	  else echo "note: no chromium and no apt-get as root; browser tests will skip"; fi; }
 
+# The main job on the embedded default model (all-MiniLM-L6-v2): where does "it" look when the
+# animal is tired vs when the street is wide? Pictures and offline pages land in out/.
+SENT := The animal didn't cross the street because it was too
 run: $(STAMP_RUN)
-	$(BIN)/attnlab walk --example cat-sat
+	@mkdir -p out
+	$(BIN)/attnlab compare "$(SENT) tired" "$(SENT) wide" --focus it --candidates animal,street \
+	  --png out/compare-it.png --html out/compare-it.html
+	$(BIN)/attnlab inspect "$(SENT) tired" --focus it --layer 3 --head 1 \
+	  --png out/inspect-L3H1.png --html out/inspect.html
 
 lint: $(STAMP_DEV)
 	$(BIN)/ruff check src tests
