@@ -196,3 +196,25 @@ def test_gradients_match_float64_reference(backend):
         grads[name] = [t.grad for t in ts]
     for i in range(3):
         assert_error_ratio(grads["k"][i], grads["ref"][i], grads["eager"][i], floor=1e-5, what=f"grad {i}")
+
+
+@pytest.mark.parametrize("backend", [*BACKENDS, "tiled"])
+def test_nonfinite_value_reaches_only_rows_that_see_its_key(backend):
+    # Causal: key 3 is visible to rows 3.. only. A NaN/inf stored there must not reach rows 0-2
+    # through 0·NaN in P·V, nor their gradients; rows that do see it get it.
+    torch.manual_seed(0)
+    q = torch.randn(2, 4, 6, 8, requires_grad=True)
+    k = torch.randn(2, 2, 6, 8)  # GQA: 2 K/V heads for 4 query heads
+    v = torch.randn(2, 2, 6, 8)
+    bad = v.clone()
+    bad[0, 1, 3] = float("nan")
+    bad[1, 0, 3, 2] = float("inf")
+    out = attnlab.attention(q, k, bad, mask=masks.causal(), backend=backend)
+    ref = attnlab.attention(q, k, v.masked_fill(~torch.isfinite(bad), 0.0), mask=masks.causal(),
+                            backend="eager")
+    torch.testing.assert_close(out.context[:, :, :3], ref.context[:, :, :3])
+    assert torch.isnan(out.context[0, 2:4, 3:]).all()  # query heads 2, 3 read K/V head 1
+    assert torch.isfinite(out.context[0, :2]).all()
+    assert torch.isinf(out.context[1, :2, 3:, 2]).all() and torch.isfinite(out.context[1, :2, 3:, :2]).all()
+    out.context[:, :, :3].sum().backward()
+    assert torch.isfinite(q.grad[:, :, :3]).all()  # rows >= 3 touched NaN: 0·NaN, as in torch

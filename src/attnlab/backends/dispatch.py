@@ -6,6 +6,7 @@ import math
 
 from torch import Tensor
 
+from attnlab.backends.nonfinite import run_with_nonfinite_values, values_finite
 from attnlab.backends.registry import (
     AttentionCall,
     choose_backend,
@@ -70,7 +71,8 @@ def attention(
                 f"backend: {name!r} {' and '.join(why)}; use backend='auto' or one of the "
                 f"backends whose capabilities fit (attnlab backends)"
             )
-    out = chosen.run(call)
+    # NaN/inf values must not reach rows that may not see their key (nonfinite.py).
+    out = chosen.run(call) if values_finite(call.v) else run_with_nonfinite_values(chosen, call)
     return AttentionOutput(
         qkv.restore(out.context),
         qkv.restore(out.weights) if return_weights else None,

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from attnlab.backends.tiles import TileContext
 from attnlab.functional.attention import ScoreMod, expand_kv, validate_qkv
-from attnlab.functional.mask_input import normalize_mask
+from attnlab.functional.mask_input import NormalizedMask, normalize_mask
 from attnlab.functional.scores import default_scale
 
 Selection = int | slice | list[int] | tuple[int, ...] | Tensor | None
@@ -56,19 +56,29 @@ def weights_for(q: Tensor, k: Tensor, lse: Tensor, *, rows: Selection = None, he
         raise ValueError(f"scale: expected a finite number or None, got {scale!r}")
     r, h = _select("rows", rows, Lq), _select("heads", heads, H)
     nm = normalize_mask(mask, qkv.shape, dtype=qkv.q.dtype, device=qkv.q.device)
+    w = weights_rows(qkv.q, qkv.k, lse.reshape(B, H, Lq), nm, score_mod, s, r, h)
+    return w.reshape(w.shape[4 - q.ndim:]) if q.ndim < 4 else w
+
+
+def weights_rows(q: Tensor, k: Tensor, lse: Tensor, nm: NormalizedMask, score_mod: ScoreMod | None,
+                 scale: float, r: Tensor, h: Tensor) -> Tensor:
+    """The core of :func:`weights_for` on validated 4-D inputs: q (B, H, Lq, D), k (B, Hkv, Lk, D),
+    lse (B, H, Lq), row and head indices -> weights (B, h, r, Lk)."""
+    B, H, Lq, _ = q.shape
+    Lk = k.shape[2]
     dense = None if nm.dense is None else nm.dense.expand(-1, -1, Lq, Lk)
     bias = None if nm.bias is None else nm.bias.expand(-1, -1, Lq, Lk)
     tc = TileContext(B, H, Lq, Lk, 1, 1, nm.mod, dense, bias, score_mod)
-    qs = qkv.q[:, h][:, :, r]  # (B, h, r, D)
-    ks = expand_kv(qkv.k, H)[:, h]  # (B, h, Lk, D)
-    scores = (qs @ ks.transpose(-1, -2)) * s  # (B, h, r, Lk)
+    qs = q[:, h][:, :, r]  # (B, h, r, D)
+    ks = expand_kv(k, H)[:, h]  # (B, h, Lk, D)
+    scores = (qs @ ks.transpose(-1, -2)) * scale  # (B, h, r, Lk)
     bi, hi = torch.arange(B).view(-1, 1, 1, 1), h.view(1, -1, 1, 1)
     qi, ki = r.view(1, 1, -1, 1), torch.arange(Lk).view(1, 1, 1, -1)
     if tc.modifies:
         scores = tc.modify(scores, bi, hi, qi, ki)
-    lse4 = lse.reshape(B, H, Lq)[:, h][:, :, r].unsqueeze(-1)  # (B, h, r, 1)
+    lse4 = lse[:, h][:, :, r].unsqueeze(-1)  # (B, h, r, 1)
     lse4 = torch.where(lse4 == float("-inf"), torch.full_like(lse4, float("inf")), lse4)
     w = torch.exp(scores - lse4)
     if tc.masks:
         w = w.masked_fill(~tc.allowed(bi, hi, qi, ki), 0.0)
-    return w.reshape(w.shape[4 - q.ndim:]) if q.ndim < 4 else w
+    return w

@@ -10,24 +10,62 @@ Data: :func:`export_json` / :func:`load_json`.
 Axes: (layers, heads, q_len, k_len); in a matrix rows are queries and columns are keys.
 """
 
-from attnlab.viz.alignment import alignment_plot
-from attnlab.viz.export import (
-    SCHEMA,
-    SCHEMA_VERSION,
-    AttentionData,
-    attention_data,
-    export_json,
-    load_json,
-)
-from attnlab.viz.figure import save_figure
-from attnlab.viz.grid import layer_head_grid
-from attnlab.viz.heatmap import heatmap
-from attnlab.viz.html import compare_view_html, head_view_html, model_view_html
-from attnlab.viz.lines import head_view_figure
-from attnlab.viz.maskplot import mask_plot
-from attnlab.viz.patterns import PatternReport, PatternScore, classify_heads, classify_pattern
-from attnlab.viz.safety import MAX_HTML_TOKENS, MAX_HTML_VALUES
-from attnlab.viz.terminal import TerminalHeatmap, terminal_heatmap, terminal_text
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+# Names resolve on first use (PEP 562): `from attnlab.viz import terminal_heatmap` must not pull
+# in matplotlib (~0.25 s), which every CLI start would otherwise pay.
+_WHERE = {
+    "alignment_plot": "alignment",
+    "SCHEMA": "export", "SCHEMA_VERSION": "export", "AttentionData": "export",
+    "attention_data": "export", "export_json": "export", "load_json": "export",
+    "save_figure": "figure",
+    "layer_head_grid": "grid",
+    "heatmap": "heatmap",
+    "compare_view_html": "html", "head_view_html": "html", "model_view_html": "html",
+    "head_view_figure": "lines",
+    "mask_plot": "maskplot",
+    "PatternReport": "patterns", "PatternScore": "patterns", "classify_heads": "patterns",
+    "classify_pattern": "patterns",
+    "MAX_HTML_TOKENS": "safety", "MAX_HTML_VALUES": "safety",
+    "TerminalHeatmap": "terminal", "terminal_heatmap": "terminal", "terminal_text": "terminal",
+}
+
+
+def __getattr__(name: str) -> object:
+    mod = _WHERE.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'attnlab.viz' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"attnlab.viz.{mod}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs; never executed
+    from attnlab.viz.alignment import alignment_plot
+    from attnlab.viz.export import (
+        SCHEMA,
+        SCHEMA_VERSION,
+        AttentionData,
+        attention_data,
+        export_json,
+        load_json,
+    )
+    from attnlab.viz.figure import save_figure
+    from attnlab.viz.grid import layer_head_grid
+    from attnlab.viz.heatmap import heatmap
+    from attnlab.viz.html import compare_view_html, head_view_html, model_view_html
+    from attnlab.viz.lines import head_view_figure
+    from attnlab.viz.maskplot import mask_plot
+    from attnlab.viz.patterns import PatternReport, PatternScore, classify_heads, classify_pattern
+    from attnlab.viz.safety import MAX_HTML_TOKENS, MAX_HTML_VALUES
+    from attnlab.viz.terminal import TerminalHeatmap, terminal_heatmap, terminal_text
 
 __all__ = [
     "MAX_HTML_TOKENS",
