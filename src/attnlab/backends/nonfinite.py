@@ -42,10 +42,11 @@ def run_with_nonfinite_values(backend: Backend, call: AttentionCall) -> Attentio
     lse = out.lse
     if lse is None:  # a backend without lse (sdpa): the reference gives it
         lse = get_backend("eager").run(replace(call, v=clean, dropout_p=0.0, return_weights=False)).lse
-    B, H, Lq, Lk = call.shape
+    _, H, Lq, Lk = call.shape
     cols = bad.any(0).any(0).nonzero().flatten()  # (J,) keys bad in some batch/head
     v_bad = expand_kv(call.v, H)[:, :, cols]  # (B, H, J, Dv)
-    v_bad = torch.where(expand_kv(bad.unsqueeze(-1), H)[:, :, cols], v_bad, torch.zeros((), dtype=v_bad.dtype))
+    bad_h = expand_kv(bad.unsqueeze(-1), H)[:, :, cols]  # (B, H, J, 1)
+    v_bad = torch.where(bad_h, v_bad, torch.zeros((), dtype=v_bad.dtype))  # finite there: counted already
     heads = torch.arange(H)
     step = max(1, ROW_CHUNK_ELEMS // max(1, H * Lk))
     parts = []

@@ -47,7 +47,7 @@ def weights_for(q: Tensor, k: Tensor, lse: Tensor, *, rows: Selection = None, he
     leading dims dropped like q's. Fully masked rows (lse = -inf) give zeros.
     """
     qkv = validate_qkv(q, k, k)
-    B, H, Lq, Lk = qkv.shape
+    B, H, Lq, _ = qkv.shape
     if not isinstance(lse, Tensor) or tuple(lse.shape) != tuple(q.shape[:-1]):
         got = tuple(lse.shape) if isinstance(lse, Tensor) else type(lse).__name__
         raise ValueError(f"lse: expected shape {tuple(q.shape[:-1])} (q without its last dim), got {got}")
