@@ -79,3 +79,15 @@ def test_html_size_limit_says_how_to_slice() -> None:
     assert "weights[:1]" in msg
     with pytest.raises(ValueError, match=r"pass weights\[:, :, :256, :256\] and tokens\[:256\]"):
         check_html_size((1, 1, 300, 40))
+
+
+def test_lazy_package_names_are_the_functions_not_submodules():
+    # attnlab.viz resolves names lazily; a submodule with a function's name would shadow it.
+    import importlib
+    import inspect as pyinspect
+
+    import attnlab.viz as viz
+
+    for name in viz.__all__:
+        importlib.import_module(f"attnlab.viz.{viz._WHERE[name]}")
+        assert not pyinspect.ismodule(getattr(viz, name)), name

@@ -16,14 +16,16 @@ import importlib
 from typing import TYPE_CHECKING
 
 # Names resolve on first use (PEP 562): `from attnlab.viz import terminal_heatmap` must not pull
-# in matplotlib (~0.25 s), which every CLI start would otherwise pay.
+# in matplotlib (~0.25 s), which every CLI start would otherwise pay. No submodule may share a
+# name with a function here: importing attnlab.viz.X sets the package attribute X to the
+# module (hence heatmaps.py, not heatmap.py).
 _WHERE = {
     "alignment_plot": "alignment",
     "SCHEMA": "export", "SCHEMA_VERSION": "export", "AttentionData": "export",
     "attention_data": "export", "export_json": "export", "load_json": "export",
     "save_figure": "figure",
     "layer_head_grid": "grid",
-    "heatmap": "heatmap",
+    "heatmap": "heatmaps",
     "compare_view_html": "html", "head_view_html": "html", "model_view_html": "html",
     "head_view_figure": "lines",
     "mask_plot": "maskplot",
@@ -59,7 +61,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; never executed
     )
     from attnlab.viz.figure import save_figure
     from attnlab.viz.grid import layer_head_grid
-    from attnlab.viz.heatmap import heatmap
+    from attnlab.viz.heatmaps import heatmap
     from attnlab.viz.html import compare_view_html, head_view_html, model_view_html
     from attnlab.viz.lines import head_view_figure
     from attnlab.viz.maskplot import mask_plot

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from attnlab.viz.figure import maybe_save, new_figure, set_token_ticks, side
-from attnlab.viz.heatmap import draw_matrix
+from attnlab.viz.heatmaps import draw_matrix
 from attnlab.viz.inputs import as_labels, as_weights, to_numpy
 
 

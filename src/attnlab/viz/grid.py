@@ -10,7 +10,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from attnlab.viz.figure import maybe_save, new_figure, set_token_ticks
-from attnlab.viz.heatmap import draw_matrix
+from attnlab.viz.heatmaps import draw_matrix
 from attnlab.viz.inputs import as_indices, as_labels, as_stack, pick_tokens
 from attnlab.viz.patterns import classify_pattern
 from attnlab.viz.safety import MAX_PANELS
