@@ -52,6 +52,9 @@ def machine_info() -> dict[str, object]:
         "torch": torch.__version__,
         "platform": platform.platform(),
         "load_average": load_average(),
+        # Allocator settings change timings a lot on VMs with slow page faults (docs/efficient.md).
+        "env": {k: os.environ[k] for k in ("GLIBC_TUNABLES", "OMP_NUM_THREADS", "MALLOC_CONF")
+                if k in os.environ},
     }
 
 

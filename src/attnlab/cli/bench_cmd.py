@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -78,7 +79,7 @@ def bench_command(
         for r in rows:
             if r.gflops is not None:
                 r.pct_peak = 100.0 * r.gflops / peak
-        meta = {"suite": s.name, "command": "attnlab " + " ".join(sys.argv[1:]), "machine": info,
+        meta = {"suite": s.name, "command": _command(), "machine": info,
                 "matmul_peak_gflops": peak, "matmul_peak_start_end": [lim.peak_gflops, peak_end],
                 "wall_s": time.perf_counter() - t0,
                 "load_average_after": machine_info()["load_average"],
@@ -96,6 +97,12 @@ def bench_command(
         return
     sys.stdout.write(md)
     err_console.print(f"wrote {out}/bench.csv, bench.json, bench.md" + (", bench.png" if plotted else ""))
+
+
+def _command() -> str:
+    """The command line as run, with the environment that changes timings in front."""
+    env = " ".join(f"{k}={os.environ[k]}" for k in ("GLIBC_TUNABLES", "OMP_NUM_THREADS") if k in os.environ)
+    return (env + " " if env else "") + "attnlab " + " ".join(sys.argv[1:])
 
 
 def register(app: typer.Typer) -> None:
