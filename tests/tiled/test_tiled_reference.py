@@ -151,3 +151,14 @@ def test_every_pattern_on_every_backend(tl, name, backend):
     eager = attnlab.attention(q, k, v, mask=m, backend="eager")
     out = attnlab.attention(q, k, v, mask=m, backend=backend)
     assert_error_ratio(out.context, ref, eager.context, what=f"{name} on {backend}")
+
+
+def test_gather_rows_reshape_path_equals_index_select():
+    from attnlab.backends.tiled import gather_rows
+
+    x = torch.randn(2, 3, 24, 5)
+    for idx in (torch.arange(24).view(6, 4).t().flatten(),  # residue order, d = 4
+                torch.arange(24).view(4, 6).t().flatten(),  # its inverse
+                torch.randperm(24, generator=torch.Generator().manual_seed(0)),
+                torch.arange(0, 24, 3), torch.arange(24)):
+        assert torch.equal(gather_rows(x, idx), x.index_select(2, idx))

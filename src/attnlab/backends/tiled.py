@@ -129,6 +129,21 @@ def _run_one(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None, dense: Tensor |
     return tiled_function(q, k, v, cfg)
 
 
+def gather_rows(x: Tensor, index: Tensor) -> Tensor:
+    """x[:, :, index] for x (B, H, L, D). Residue-class orders (index = the transpose of an
+    (L/b, b) grid of positions, as dilated and strided patterns use when b divides L) are a
+    reshape: one strided copy, ~3x faster than index_select's row-by-row gather."""
+    n = index.numel()
+    if n == x.shape[2] and n > 1:
+        b = int(index[1] - index[0])
+        if 1 < b < n and n % b == 0 and int(index[0]) == 0:
+            a = n // b
+            if torch.equal(index, torch.arange(n).view(a, b).t().flatten()):
+                B, H, _, D = x.shape
+                return x.reshape(B, H, a, b, D).transpose(2, 3).reshape(B, H, n, D)  # (B, H, L, D)
+    return x.index_select(2, index)
+
+
 def run_tiled(call: AttentionCall) -> AttentionOutput:
     _, _, Lq, Lk = call.shape
     nm = call.mask
@@ -144,14 +159,14 @@ def run_tiled(call: AttentionCall) -> AttentionOutput:
     for p in parts:
         q, k, v = call.q, call.k, call.v
         if p.k_index is not None:
-            k, v = k.index_select(2, p.k_index), v.index_select(2, p.k_index)  # (B, Hkv, Lk', D)
+            k, v = gather_rows(k, p.k_index), gather_rows(v, p.k_index)  # (B, Hkv, Lk', D)
         if p.q_perm is not None:
-            q = q.index_select(2, p.q_perm)  # (B, H, Lq, D), reordered
+            q = gather_rows(q, p.q_perm)  # (B, H, Lq, D), reordered
         ctx, lse = _run_one(q, k, v, p.mask, None, None, None, call.scale)
         if p.q_perm is not None:
             inv = torch.empty_like(p.q_perm)
             inv[p.q_perm] = torch.arange(Lq)
-            ctx, lse = ctx.index_select(2, inv), lse.index_select(2, inv)  # back to query order
+            ctx, lse = gather_rows(ctx, inv), gather_rows(lse.unsqueeze(-1), inv).squeeze(-1)  # query order
         outs.append((ctx, lse))
     ctx, lse = merge(outs)
     return AttentionOutput(ctx, None, lse)
