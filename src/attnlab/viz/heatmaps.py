@@ -21,7 +21,7 @@ from attnlab.viz.figure import (
     set_token_ticks,
     side,
 )
-from attnlab.viz.inputs import as_labels, as_weights, pick_tokens
+from attnlab.viz.inputs import as_weights, axis_labels
 
 # Cell values are printed automatically up to this many cells (beyond, they are unreadable).
 AUTO_VALUES_MAX_CELLS = 144
@@ -70,11 +70,7 @@ def heatmap(
     """
     w = as_weights("weights", weights, 2)  # (Lq, Lk)
     lq, lk = w.shape
-    qt, kt = pick_tokens(tokens, q_tokens, k_tokens)
-    qlab = as_labels("q_tokens" if q_tokens is not None else "tokens", qt, lq,
-                     f"one per query row of weights, shape {w.shape}")
-    klab = as_labels("k_tokens" if k_tokens is not None else "tokens", kt, lk,
-                     f"one per key column of weights, shape {w.shape}")
+    qlab, klab = axis_labels(tokens, q_tokens, k_tokens, w.shape)
     if cmap not in colormaps:
         raise ValueError(f"cmap: expected a matplotlib colormap name, got {cmap!r}")
     if show_values is None:

@@ -129,3 +129,17 @@ def as_indices(name: str, values: Sequence[Any] | None, n: int, what: str) -> li
     if len(items) != n or not all(isinstance(v, int | np.integer) for v in items):
         raise ValueError(f"{name}: expected {n} integers ({what}), got {items!r}")
     return [int(v) for v in items]
+
+
+def axis_labels(tokens: Sequence[Any] | None, q_tokens: Sequence[Any] | None,
+                k_tokens: Sequence[Any] | None, shape: tuple[int, ...]) -> tuple[list[str], list[str]]:
+    """Printable labels for the query rows and key columns of a (..., Lq, Lk) weights array;
+    errors name the argument the labels came from."""
+    lq, lk = shape[-2], shape[-1]
+    qt, kt = pick_tokens(tokens, q_tokens, k_tokens)
+    qlab = as_labels("q_tokens" if q_tokens is not None else "tokens", qt, lq,
+                     f"one per query row of weights, shape {shape}")
+    klab = as_labels("k_tokens" if k_tokens is not None else "tokens", kt, lk,
+                     f"one per key column of weights, shape {shape}")
+    return qlab, klab
+

@@ -18,7 +18,7 @@ from rich.console import Console, ConsoleOptions
 from rich.style import Style
 from rich.text import Text
 
-from attnlab.viz.inputs import as_labels, as_weights, pick_tokens
+from attnlab.viz.inputs import as_weights, axis_labels
 
 # matplotlib's Blues, as in the figures and the HTML pages.
 _BLUES = np.array([[247, 251, 255], [222, 235, 247], [198, 219, 239], [158, 202, 225],
@@ -169,12 +169,7 @@ def terminal_heatmap(
     Columns that do not fit the console width are cut, with a note saying how many.
     """
     w = as_weights("weights", weights, 2)  # (Lq, Lk)
-    lq, lk = w.shape
-    qt, kt = pick_tokens(tokens, q_tokens, k_tokens)
-    qlab = as_labels("q_tokens" if q_tokens is not None else "tokens", qt, lq,
-                     f"one per query row of weights, shape {w.shape}")
-    klab = as_labels("k_tokens" if k_tokens is not None else "tokens", kt, lk,
-                     f"one per key column of weights, shape {w.shape}")
+    qlab, klab = axis_labels(tokens, q_tokens, k_tokens, w.shape)
     if max_label < 2:
         raise ValueError(f"max_label: expected at least 2, got {max_label}")
     lo = (0.0 if w.min() >= 0 else float(w.min())) if vmin is None else float(vmin)
