@@ -72,3 +72,16 @@ def test_cli_backends_json():
     r = runner.invoke(app, ["backends", "--explain", "--json"])
     data = json.loads(r.output)
     assert {b["name"] for b in data["backends"]} >= {"eager", "sdpa"} and "auto" in data["auto_rule"]
+
+
+@pytest.mark.parametrize("args", [
+    ["walk", "--q", "[[1, 0]", "--json"],  # walk_cmd
+    ["plot-mask", "--mask", "window:-1,0", "--q-len", "4", "--json"],  # viz_cmds
+    ["serve", "--port", "0", "--json"],  # model_cmds
+    ["bench", "--quick", "--n", "0", "--json"],  # bench_cmd
+])
+def test_every_command_group_reports_bad_input_as_json_with_exit_2(args):
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2, res.output
+    err = json.loads(res.stdout.strip().splitlines()[-1])["error"]
+    assert isinstance(err, str) and err

@@ -42,7 +42,7 @@ def bench_command(
     from attnlab.bench.peers import Limits
     from attnlab.bench.suites import make_suite
 
-    with user_errors():
+    with user_errors(as_json):
         if threads is not None:
             if threads < 1:
                 raise ValueError(f"threads: expected a positive int, got {threads}")

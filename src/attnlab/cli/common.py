@@ -10,7 +10,6 @@ from typing import Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
 console = Console()
 err_console = Console(stderr=True)
@@ -21,13 +20,18 @@ def print_json(data: Any) -> None:
 
 
 @contextmanager
-def user_errors() -> Iterator[None]:
-    """Bad input -> one clear line on stderr and exit code 2, never a traceback."""
+def user_errors(as_json: bool = False) -> Iterator[None]:
+    """Bad input -> one clear line on stderr (or ``{"error": ...}`` on stdout with --json) and
+    exit code 2, never a traceback. OSError covers missing / existing files."""
     try:
         yield
-    except (ValueError, TypeError, FileNotFoundError, KeyError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        err_console.print(f"[bold red]error:[/] {escape(str(msg))}", highlight=False)
+    except (ValueError, TypeError, OSError, KeyError) as e:
+        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        if as_json:
+            sys.stdout.write(json.dumps({"error": msg}, ensure_ascii=False) + "\n")
+        else:
+            # markup=False: messages hold things like mask[b, h] that rich would eat as tags.
+            err_console.print(f"error: {msg}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
 
 

@@ -8,6 +8,8 @@ plain ``attnlab inspect`` starts fast.
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -75,7 +77,7 @@ def inspect_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Where does each head look? Top attended tokens for a focus token, rollout, pictures."""
-    with user_errors():
+    with user_errors(as_json):
         from attnlab.inspect.report import check_head, inspect_text
 
         lm = _load(model)
@@ -194,7 +196,7 @@ def compare_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Rank heads by how far the focus token's attention moved between two texts."""
-    with user_errors():
+    with user_errors(as_json):
         # `--candidates animal street`: click hands "street" to the positional texts; take it back.
         cands = _split(candidates)
         if len(texts) > 2 and candidates:
@@ -247,7 +249,7 @@ def heads_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Detect previous-token, duplicate, induction, [CLS]/[SEP]/sink, positional and broad heads."""
-    with user_errors():
+    with user_errors(as_json):
         from attnlab.inspect.heads import detect_heads
 
         lm = _load(model)
@@ -285,7 +287,7 @@ def tradeoff_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Run the model with sliding-window attention of several widths; report drift from full."""
-    with user_errors():
+    with user_errors(as_json):
         ws = []
         for w in _split(widths):
             if not w.isdigit():
@@ -316,9 +318,10 @@ def serve_command(
     port: Annotated[int, typer.Option(help="port")] = 8765,
     model: ModelOpt = None,
     max_chars: Annotated[int, typer.Option(help="longest text accepted")] = 1000,
+    as_json: Annotated[bool, typer.Option("--json", help="print the address as one JSON line")] = False,
 ) -> None:
     """A local page to type sentences and explore the head, model and compare views."""
-    with user_errors():
+    with user_errors(as_json):
         if not 0 < port < 65536:
             raise ValueError(f"--port: expected 1..65535, got {port}")
         from attnlab.inspect.server import create_app
@@ -330,7 +333,12 @@ def serve_command(
     if host not in ("127.0.0.1", "localhost", "::1"):
         err_console.print(f"warning: binding {host}: anyone who can reach it can use this page")
     shown = "localhost" if host == "127.0.0.1" else host
-    console.print(f"attnlab serve: http://{shown}:{port}/  (Ctrl-C stops)")
+    if as_json:  # one line, so that a script can read the address before the server blocks
+        sys.stdout.write(json.dumps({"url": f"http://{shown}:{port}/", "host": host, "port": port,
+                                     "model": lm.describe()["name"]}) + "\n")
+        sys.stdout.flush()
+    else:
+        console.print(f"attnlab serve: http://{shown}:{port}/  (Ctrl-C stops)")
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 

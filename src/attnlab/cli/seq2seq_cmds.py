@@ -2,43 +2,20 @@
 
 from __future__ import annotations
 
-import json
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
-_out = Console()
-_err = Console(stderr=True)
+from attnlab.cli.common import console, err_console, print_json, user_errors
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output on stdout")]
 SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", help="override a config key, e.g. --set train.lr=0.001 (repeatable)")]
 
 
-@contextmanager
-def _errors(as_json: bool) -> Iterator[None]:
-    """Bad input: one line (or a JSON object with --json), exit code 2, no traceback."""
-    try:
-        yield
-    except (ValueError, TypeError, OSError) as exc:  # OSError: missing / existing files
-        if as_json:
-            sys.stdout.write(json.dumps({"error": str(exc)}, ensure_ascii=False) + "\n")
-        else:
-            _err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(code=2) from None
-
-
 def _log(message: str) -> None:
-    _err.print(message, markup=False, highlight=False, soft_wrap=True)
-
-
-def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    err_console.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
 def train_cmd(
@@ -55,7 +32,7 @@ def train_cmd(
     from attnlab.training.loop import train
     from attnlab.training.run import RESUMABLE, read_run_config
 
-    with _errors(as_json):
+    with user_errors(as_json):
         if config is not None and preset_name is not None:
             raise ValueError("CONFIG / --preset: expected one of them, got both")
         sets = list(overrides or [])
@@ -77,17 +54,17 @@ def train_cmd(
         try:
             result = train(cfg, out, resume=resume, log=None if as_json else _log)
         except KeyboardInterrupt:
-            _err.print(f"interrupted; continue from the last checkpoint with: attnlab train "
+            err_console.print(f"interrupted; continue from the last checkpoint with: attnlab train "
                        f"--resume --out {out}", markup=False, soft_wrap=True)
             raise typer.Exit(code=130) from None
     r = result.results
     if as_json:
-        _print_json({"out": str(out), **{k: v for k, v in r.items() if k != "config"}})
+        print_json({"out": str(out), **{k: v for k, v in r.items() if k != "config"}})
         return
-    _out.print(f"model: {out}")
-    _out.print(f"test BLEU {r['test']['bleu']}  chrF {r['test']['chrf']}  "
+    console.print(f"model: {out}")
+    console.print(f"test BLEU {r['test']['bleu']}  chrF {r['test']['chrf']}  "
                f"exact {r['test']['exact']:.3f}  (n = {r['test']['n']})")
-    _out.print(f"{r['steps']} steps, {r['train_seconds']:.0f} s training, "
+    console.print(f"{r['steps']} steps, {r['train_seconds']:.0f} s training, "
                f"{r['tokens_per_second']:.0f} target tokens/s; stopped: {r['stopped']}")
 
 
@@ -103,7 +80,7 @@ def translate_cmd(
     """Translate TEXT and show which source words each target word attended to."""
     from attnlab.training.translator import Translator
 
-    with _errors(as_json):
+    with user_errors(as_json):
         if beam < 1:
             raise ValueError(f"--beam: expected >= 1, got {beam}")
         tr = Translator.load(model)
@@ -116,20 +93,20 @@ def translate_cmd(
         if html:
             _alignment_html(t, html, tr.model.cfg.attention)
     if as_json:
-        _print_json(t.to_dict())
+        print_json(t.to_dict())
         return
-    _out.print(t.text, markup=False, highlight=False)
+    console.print(t.text, markup=False, highlight=False)
     if t.unknown:
-        _err.print(f"note: unknown source tokens read as <unk>: {t.unknown}", markup=False,
+        err_console.print(f"note: unknown source tokens read as <unk>: {t.unknown}", markup=False,
                    soft_wrap=True)
     if not t.finished:
-        _err.print("note: stopped at the length limit before </s>", markup=False)
+        err_console.print("note: stopped at the length limit before </s>", markup=False)
     if t.weights is None:
-        _err.print("(attention none: no alignment to show)")
+        err_console.print("(attention none: no alignment to show)")
         return
     from attnlab.viz import terminal_heatmap
 
-    _out.print(terminal_heatmap(t.weights, q_tokens=t.target_labels, k_tokens=t.source_tokens,
+    console.print(terminal_heatmap(t.weights, q_tokens=t.target_labels, k_tokens=t.source_tokens,
                                 title=f"alignment ({tr.model.cfg.attention})"))
 
 
@@ -159,18 +136,18 @@ def evaluate_cmd(
     """BLEU, chrF and exact match on a split, overall and by source length."""
     from attnlab.training.translator import Translator
 
-    with _errors(as_json):
+    with user_errors(as_json):
         if beam < 1:
             raise ValueError(f"--beam: expected >= 1, got {beam}")
         res = Translator.load(model).evaluate(split, beam=beam)
     if as_json:
-        _print_json({"split": split, "beam": beam, **res.metrics, "by_length": res.buckets})
+        print_json({"split": split, "beam": beam, **res.metrics, "by_length": res.buckets})
         return
     m = res.metrics
-    _out.print(f"{split}: BLEU {m['bleu']}  chrF {m['chrf']}  exact {m['exact']}  (n = {m['n']})")
+    console.print(f"{split}: BLEU {m['bleu']}  chrF {m['chrf']}  exact {m['exact']}  (n = {m['n']})")
     for b in res.buckets:
         if b["n"]:
-            _out.print(f"  length {b['bucket']:>7}: BLEU {b['bleu']:6.2f}  (n = {b['n']})")
+            console.print(f"  length {b['bucket']:>7}: BLEU {b['bleu']:6.2f}  (n = {b['n']})")
 
 
 def bottleneck_cmd(
@@ -184,15 +161,15 @@ def bottleneck_cmd(
     """Train none / bahdanau / luong-general / luong-local-p alike; plot BLEU vs length."""
     from attnlab.training.experiment import run_bottleneck
 
-    with _errors(as_json):
+    with user_errors(as_json):
         res = run_bottleneck(out, quick=quick, overrides=list(overrides or []), jobs=jobs,
                              log=None if as_json else _log)
     if as_json:
-        _print_json({"out": str(out), "rows": res.rows, "summary": res.summary,
+        print_json({"out": str(out), "rows": res.rows, "summary": res.summary,
                      "seconds": round(res.seconds, 1)})
         return
-    _out.print((out / "table.md").read_text(encoding="utf-8"), markup=False, soft_wrap=True)
-    _out.print(f"wrote {out / 'bleu_vs_length.png'}, table.csv, table.md, settings.json",
+    console.print((out / "table.md").read_text(encoding="utf-8"), markup=False, soft_wrap=True)
+    console.print(f"wrote {out / 'bleu_vs_length.png'}, table.csv, table.md, settings.json",
                soft_wrap=True)
 
 

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
-_out = Console()
-_err = Console(stderr=True)
+from attnlab.cli.common import console, print_json, user_errors
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output on stdout")]
 PngOpt = Annotated[Path | None, typer.Option("--png", help="write a PNG figure here")]
@@ -24,24 +18,6 @@ MASK_HELP = (
     "Terms: causal, causal:bottom-right, window:LEFT,RIGHT[,bottom-right], prefix:N, full, "
     "document:ID,ID,... (one segment id per position). Example: 'causal&window:3,0'."
 )
-
-
-@contextmanager
-def _errors(as_json: bool) -> Iterator[None]:
-    """Bad input: one line (or a JSON object with --json), exit code 2, no traceback."""
-    try:
-        yield
-    except (ValueError, TypeError, FileNotFoundError) as exc:
-        if as_json:
-            sys.stdout.write(json.dumps({"error": str(exc)}, ensure_ascii=False) + "\n")
-        else:
-            # markup=False: messages hold things like mask[b, h] that rich would eat as tags.
-            _err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(code=2) from None
-
-
-def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def parse_mask(spec: str) -> Any:
@@ -106,7 +82,7 @@ def plot_mask_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Draw which keys each query may attend under a mask (True = may attend)."""
-    with _errors(as_json):
+    with user_errors(as_json):
         from attnlab.functional.masks import materialize
         from attnlab.viz import mask_plot
 
@@ -127,7 +103,7 @@ def plot_mask_command(
                 save_figure(fig, p)
         counts = dense.sum(axis=1).tolist()
         if as_json:
-            _print_json({
+            print_json({
                 "mask": mask, "name": m.name, "q_len": q_len, "kv_len": kv,
                 "visible_per_query": counts,
                 "empty_rows": [i for i, c in enumerate(counts) if c == 0],
@@ -135,13 +111,13 @@ def plot_mask_command(
                 "written": [str(p) for p in out],
             })
             return
-        _out.print(f"{m.name}: {q_len} queries x {kv} keys (█ may attend, · masked)",
+        console.print(f"{m.name}: {q_len} queries x {kv} keys (█ may attend, · masked)",
                    markup=False, highlight=False)
         for i, row in enumerate(dense):
             cells = "".join("█" if v else "·" for v in row)
-            _out.print(f"{i:>4} {cells}  {counts[i]}", markup=False, highlight=False)
+            console.print(f"{i:>4} {cells}  {counts[i]}", markup=False, highlight=False)
         for p in out:
-            _out.print(f"wrote {p}", markup=False, highlight=False)
+            console.print(f"wrote {p}", markup=False, highlight=False)
 
 
 def render_command(
@@ -160,7 +136,7 @@ def render_command(
     Figures: one (layer, head) heatmap when --layer and --head are given (or there is only
     one head), else the layers x heads grid.
     """
-    with _errors(as_json):
+    with user_errors(as_json):
         from attnlab import viz
 
         data = viz.load_json(file)
@@ -192,7 +168,7 @@ def render_command(
             out += figs
         reports = viz.classify_heads(data.weights)
         if as_json:
-            _print_json({
+            print_json({
                 "file": str(file), "shape": list(data.shape), "layers": data.layers,
                 "heads": data.heads, "q_tokens": data.q_tokens, "k_tokens": data.k_tokens,
                 "metadata": data.metadata, "written": [str(p) for p in out],
@@ -200,12 +176,12 @@ def render_command(
                              for a, row in enumerate(reports) for b, r in enumerate(row)],
             })
             return
-        _out.print(viz.terminal_heatmap(
+        console.print(viz.terminal_heatmap(
             data.weights[li, hi], q_tokens=data.q_tokens, k_tokens=data.k_tokens,
             show_values=show_values,
             title=f"layer {data.layers[li]}, head {data.heads[hi]}: {reports[li][hi].label}"))
         for p in out:
-            _out.print(f"wrote {p}", markup=False, highlight=False)
+            console.print(f"wrote {p}", markup=False, highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -40,7 +40,7 @@ def walk_command(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Print attention step by step: Q·Kᵀ, scaling, softmax, weighted sum."""
-    with user_errors():
+    with user_errors(as_json):
         if example is not None and (q or file):
             raise ValueError("--example: expected either --example or --q/--file, got both")
         if q or file:

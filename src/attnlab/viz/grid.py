@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 
 from attnlab.viz.figure import maybe_save, new_figure, set_token_ticks
 from attnlab.viz.heatmaps import draw_matrix
-from attnlab.viz.inputs import as_indices, as_labels, as_stack, pick_tokens
+from attnlab.viz.inputs import as_indices, as_stack, axis_labels
 from attnlab.viz.patterns import classify_pattern
 from attnlab.viz.safety import MAX_PANELS
 
@@ -51,12 +51,9 @@ def layer_head_grid(
         )
     lay = as_indices("layers", layers, n_layers, "one per layer of weights")
     hed = as_indices("heads", heads, n_heads, "one per head of weights")
-    qt, kt = pick_tokens(tokens, q_tokens, k_tokens)
-    qlab = as_labels("q_tokens" if q_tokens is not None else "tokens", qt, lq,
-                     f"one per query of weights, shape {w.shape}")
-    klab = as_labels("k_tokens" if k_tokens is not None else "tokens", kt, lk,
-                     f"one per key of weights, shape {w.shape}")
-    labelled = (qt is not None or kt is not None) and max(lq, lk) <= LABEL_MAX_TOKENS
+    qlab, klab = axis_labels(tokens, q_tokens, k_tokens, w.shape)
+    labelled = (tokens is not None or q_tokens is not None or k_tokens is not None) \
+        and max(lq, lk) <= LABEL_MAX_TOKENS
     extra = 1.2 if labelled else 0.4
     fig = new_figure(panel_size * n_heads + extra + 0.8, panel_size * n_layers + extra + 0.4)
     axes = np.atleast_2d(fig.subplots(n_layers, n_heads, squeeze=False))  # (L, H) of Axes
