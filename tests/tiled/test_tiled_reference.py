@@ -5,7 +5,7 @@ import torch
 
 import attnlab
 from attnlab import masks, score_mods
-from attnlab.backends import tiled_attention, tiled_options
+from attnlab.backends import tiled_attention, tiled_fused, tiled_options
 from attnlab.functional.masks import materialize
 from attnlab.testing import assert_error_ratio, naive_attention
 
@@ -45,9 +45,27 @@ def test_pattern_list_is_complete(tl):
 
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize(("block", "budget"), [(4, 64), (7, 10**6), (None, None)])
-def test_every_pattern_matches_float64_reference(tl, name, block, budget):
+@pytest.mark.parametrize("path", ["fused", "plain"])
+def test_every_pattern_matches_float64_reference(tl, name, block, budget, path, monkeypatch):
+    # "fused": tiles through ATen's fused flash loop (the default); "plain": PyTorch ops per tile
+    # (what score_mods, biases and non-finite k/v take).
+    monkeypatch.setattr(tiled_fused, "AVAILABLE", path == "fused")
     lq, lk = shape_for(name)
     check(tl, name, tl.patterns(lq, lk)[name], lq, lk, block=block, budget=budget)
+
+
+def test_fused_tile_kernel_is_available():
+    """torch 2.13's ATen has the fused CPU flash op and it passed its import-time check; if a
+    torch upgrade breaks that, the backend silently falls back to the slower plain tiles."""
+    assert tiled_fused.AVAILABLE
+
+
+def test_fused_mask_that_depends_on_batch_is_spread_over_heads(tl, monkeypatch):
+    lq = lk = 23
+    m = masks.padding(q_lengths=[lq - 3, lq], k_lengths=[lk - 5, 2])  # (B, 1) mask: batch only
+    for path in (True, False):
+        monkeypatch.setattr(tiled_fused, "AVAILABLE", path)
+        check(tl, "padding", m, lq, lk, block=8)
 
 
 @pytest.mark.parametrize("name", ["causal-br", "window", "doc&causal", "bigbird", "custom"])

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from attnlab.backends.tiled_fused import fused_ok, fused_tile
 from attnlab.backends.tiled_parallel import run_parallel
 from attnlab.backends.tiled_plan import Plan, QueryChunk, Segment
 from attnlab.backends.tiles import TileContext, band, head_loop, pv, qk
@@ -134,16 +135,31 @@ def _tile_softmax(tc: TileContext, s: Tensor, seg: Segment, oks: list[Tensor], i
     return p, lse
 
 
+def _accumulate(acc: Tensor, acc_lse: Tensor, o: Tensor, lse: Tensor, *, first: bool) -> None:
+    """acc, acc_lse <- the softmax over both key sets, from their contexts and lse (the online
+    softmax merge of key segments, Alg. 1 lines 9-12); o is overwritten."""
+    if first:
+        acc.copy_(o)
+        acc_lse.copy_(lse)
+        return
+    new = logsumexp_merge(acc_lse, lse)
+    ref = torch.where(torch.isfinite(new), new, torch.zeros_like(new))
+    acc.mul_(torch.exp(acc_lse - ref)).add_(o.mul_(torch.exp(lse - ref)))
+    acc_lse.copy_(new)
+
+
 def _forward_chunks(tc: TileContext, x: Padded, plan: Plan, scale: float, chunks: Iterable[QueryChunk],
                     out: Tensor, lse: Tensor, sanitize: bool) -> None:
     """Each tile runs head by head (when B·H is small): one head's scores stay in cache from the
     QKᵀ GEMM through mask, softmax and the PV GEMM, and a band is a plain 3-D strided tensor."""
     B, H = x.q.shape[:2]
     bq, bk = plan.bq, plan.bk
-    tiles = plan.max_tiles()
+    fused = fused_ok(x.q, x.v, tc.modifies, sanitize)
     # One tile buffer reused for every tile: fresh multi-MB tensors would be page-faulted in
-    # on every allocation, which costs as much as the softmax itself.
-    s_buf = x.q.new_empty(tiles * bq * bk * B * H)
+    # on every allocation, which costs as much as the softmax itself (the fused op keeps its
+    # scores in its own small blocks).
+    s_buf = None if fused else x.q.new_empty(plan.max_tiles() * bq * bk * B * H)
+    m_buf = x.q.new_empty(plan.max_tiles() * bq * bk) if fused else None  # one head's mask
     k_buf, v_buf = gather_buffers(x, plan, bk)
     for chunk in chunks:
         qc = q_view(x.q, chunk, bq)  # (B, H, nb, bq, D)
@@ -154,6 +170,10 @@ def _forward_chunks(tc: TileContext, x: Padded, plan: Plan, scale: float, chunks
         for n_seg, seg in enumerate(chunk.segments):
             kb, vb = band(x.k, seg, bk, k_buf), band(x.v, seg, bk, v_buf)  # (B, H, nb, w·bk, D)
             qi, ki, oks = tile_masks(tc, chunk, seg)
+            if fused:  # all heads at once through ATen's fused loop
+                o, seg_lse = fused_tile(qc, kb, vb, seg, oks, scale, bk, m_buf)
+                _accumulate(acc, acc_lse, o, seg_lse, first=n_seg == 0)
+                continue
             if sanitize and seg.masked:
                 vb = clean_band(vb, oks, seg, bk)
             for i, j in head_loop(B, H, seg.k_blocks.numel() * bq * bk):
@@ -166,12 +186,8 @@ def _forward_chunks(tc: TileContext, x: Padded, plan: Plan, scale: float, chunks
                 if n_seg == 0:
                     pv(p, vh, seg, acc_h)
                     lse_h.copy_(seg_lse)
-                else:  # merge key segments by their log-sum-exps (online softmax)
-                    o = pv(p, vh, seg)
-                    new = logsumexp_merge(lse_h, seg_lse)
-                    ref = torch.where(torch.isfinite(new), new, torch.zeros_like(new))
-                    acc_h.mul_(torch.exp(lse_h - ref)).add_(o.mul_(torch.exp(seg_lse - ref)))
-                    lse_h.copy_(new)
+                else:
+                    _accumulate(acc_h, lse_h, pv(p, vh, seg), seg_lse, first=False)
         if not direct:
             q_write(out, acc, chunk, bq)
         q_write(lse, acc_lse.squeeze(-1), chunk, bq)
