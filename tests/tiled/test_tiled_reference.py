@@ -5,7 +5,7 @@ import torch
 
 import attnlab
 from attnlab import masks, score_mods
-from attnlab.backends import tiled_attention, tiled_fused, tiled_options
+from attnlab.backends import tiled_attention, tiled_fused, tiled_options, tiled_sparse
 from attnlab.functional.masks import materialize
 from attnlab.testing import assert_error_ratio, naive_attention
 
@@ -180,3 +180,40 @@ def test_gather_rows_reshape_path_equals_index_select():
                 torch.randperm(24, generator=torch.Generator().manual_seed(0)),
                 torch.arange(0, 24, 3), torch.arange(24)):
         assert torch.equal(gather_rows(x, idx), x.index_select(2, idx))
+
+
+RESIDUE = {
+    "dilated2": masks.dilated_sliding_window(3, 1, dilation=2),
+    "dilated3-causal": masks.dilated_sliding_window(4, 0, dilation=3),
+    "dilated4": masks.dilated_sliding_window(2, 2, dilation=4),
+    "strided4": masks.sparse_transformer_strided(4),
+    "strided6": masks.sparse_transformer_strided(6),
+}
+
+
+@pytest.mark.parametrize("name", list(RESIDUE))
+@pytest.mark.parametrize("block", [4, None])
+def test_residue_classes_as_strided_views(tl, name, block):
+    """Lengths that the dilation / stride divides run each residue class as a 'head' of a
+    strided view (no reordering copies); GQA inputs take the gathered path."""
+    m = RESIDUE[name]
+    parts = tiled_sparse.decompose(m, 24, 24)
+    assert parts is not None and any(p.residue is not None for p in parts)
+    check(tl, name, m, 24, 24, block=block)
+    check(tl, name, m, 24, 24, block=block, gqa=2)
+    q, k, v = tl.rand_qkv(Lq=24, Lk=24, seed=4, grad=True)
+    eager = attnlab.attention(q, k, v, mask=m, backend="eager").context
+    out = tiled_attention(q, k, v, mask=m, block_size=block).context
+    g = torch.randn_like(out)
+    want = torch.autograd.grad(eager, (q, k, v), g)
+    got = torch.autograd.grad(out, (q, k, v), g)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+
+
+def test_residue_views_accept_non_contiguous_inputs(tl):
+    q, k, v = tl.rand_qkv(Lq=24, Lk=24, seed=2)
+    qt, kt, vt = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))  # (B, L, H, D) memory
+    m = masks.dilated_sliding_window(2, 1, dilation=3)
+    ref = tiled_attention(q, k, v, mask=m).context
+    torch.testing.assert_close(tiled_attention(qt, kt, vt, mask=m).context, ref)

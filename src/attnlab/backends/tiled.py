@@ -25,7 +25,7 @@ from attnlab.backends.blockmap import block_map
 from attnlab.backends.registry import AttentionCall, Backend, Capabilities, register_backend
 from attnlab.backends.tiled_autograd import TiledConfig, tiled_function
 from attnlab.backends.tiled_plan import Plan, build_plan
-from attnlab.backends.tiled_sparse import decompose, merge
+from attnlab.backends.tiled_sparse import decompose, merge, residue_unview, residue_view
 from attnlab.backends.tiles import TileContext
 from attnlab.functional.attention import AttentionOutput, ScoreMod, validate_qkv
 from attnlab.functional.mask_input import normalize_mask
@@ -151,13 +151,20 @@ def run_tiled(call: AttentionCall) -> AttentionOutput:
     bias = nm.bias.expand(-1, -1, Lq, Lk) if nm.bias is not None else None
     parts = None
     if dense is None and bias is None and call.score_mod is None:
-        parts = decompose(nm.mod, Lq, Lk)  # strided / fixed / dilated: dense-ish pieces
+        # strided / fixed / dilated: dense-ish pieces
+        parts = decompose(nm.mod, Lq, Lk, views=call.k.shape[1] == call.q.shape[1])
     if not parts:
         ctx, lse = _run_one(call.q, call.k, call.v, nm.mod, dense, bias, call.score_mod, call.scale)
         return AttentionOutput(ctx, None, lse)
     outs = []
     for p in parts:
         q, k, v = call.q, call.k, call.v
+        if p.residue is not None:  # classes as heads of strided views
+            B, H = q.shape[:2]
+            ctx, lse = _run_one(*(residue_view(t, p.residue) for t in (q, k, v)), p.mask, None, None, None,
+                                call.scale)  # (B·H, d, L/d, Dv), (B·H, d, L/d)
+            outs.append((residue_unview(ctx, B, H), residue_unview(lse, B, H)))
+            continue
         if p.k_index is not None:
             k, v = gather_rows(k, p.k_index), gather_rows(v, p.k_index)  # (B, Hkv, Lk', D)
         if p.q_perm is not None:
@@ -168,7 +175,7 @@ def run_tiled(call: AttentionCall) -> AttentionOutput:
             inv[p.q_perm] = torch.arange(Lq)
             ctx, lse = gather_rows(ctx, inv), gather_rows(lse.unsqueeze(-1), inv).squeeze(-1)  # query order
         outs.append((ctx, lse))
-    ctx, lse = merge(outs)
+    ctx, lse = merge(outs) if len(outs) > 1 else outs[0]
     return AttentionOutput(ctx, None, lse)
 
 

@@ -59,10 +59,13 @@ def fused_ok(q: Tensor, v: Tensor, modifies: bool, sanitize: bool) -> bool:
             and not modifies and not sanitize)
 
 
-def _rows4(x: Tensor) -> Tensor:
-    """(B, H, nb, L, D) -> (B·H, nb, L, D), a view (B and H always merge in our layouts)."""
-    B, H = x.shape[:2]
-    return x.reshape(B * H, *x.shape[2:])
+def _rows4(x: Tensor) -> Tensor | None:
+    """(B, H, nb, L, D) -> (B·H, nb, L, D) as a view, or None where B and H do not merge
+    (residue-class views, whose H axis is interleaved with the rows)."""
+    try:
+        return x.view(x.shape[0] * x.shape[1], *x.shape[2:])
+    except RuntimeError:
+        return None
 
 
 def additive_mask(seg: Segment, oks: list[Tensor], batch: int, heads: int, bq: int, bk: int,
@@ -94,11 +97,17 @@ def fused_tile(qc: Tensor, kb: Tensor, vb: Tensor, seg: Segment, oks: list[Tenso
     B, H, nb, bq, _ = qc.shape
     add = additive_mask(seg, oks, B, H, bq, bk, qc.dtype, mask_buf)
     if seg.shared and add is None:  # every query block reads the same keys: one tall problem
-        q4 = qc.reshape(B * H, 1, nb * bq, qc.shape[-1])
-        k4, v4 = _rows4(kb[:, :, :1]), _rows4(vb[:, :, :1])
+        q, k, v = qc.reshape(B, H, 1, nb * bq, qc.shape[-1]), kb[:, :, :1], vb[:, :, :1]
     else:
-        q4, k4, v4 = _rows4(qc), _rows4(kb), _rows4(vb)
-    out, lse = _op()(q4, k4, v4, attn_mask=add, scale=scale)
+        q, k, v = qc, kb, vb
+    op = _op()
+    q4, k4, v4 = _rows4(q), _rows4(k), _rows4(v)
+    if q4 is not None and k4 is not None and v4 is not None:
+        out, lse = op(q4, k4, v4, attn_mask=add, scale=scale)
+    else:  # one call per batch element, heads as the op's batch axis
+        m = (lambda b: add) if add is None or add.shape[0] == 1 else (lambda b: add[b * H: (b + 1) * H])
+        res = [op(q[b], k[b], v[b], attn_mask=m(b), scale=scale) for b in range(B)]
+        out, lse = torch.stack([r[0] for r in res]), torch.stack([r[1] for r in res])
     out = out.reshape(B, H, nb, bq, out.shape[-1])
     lse = lse.reshape(B, H, nb, bq, 1)
     covered = sum(p1 - p0 for p0, p1 in seg.masked)

@@ -59,7 +59,11 @@ def _softmax_(s: Tensor) -> Tensor:
 
 
 def pad_rows(x: Tensor, rows: int) -> Tensor:
-    return F.pad(x, (0, 0, 0, rows - x.shape[2])).contiguous() if rows > x.shape[2] else x.contiguous()
+    """x (B, H, L, D) padded with zero rows to ``rows``. Without padding a strided view (rows
+    of a residue class: row stride d·D) is kept as it is: bands and GEMMs read it in place."""
+    if rows > x.shape[2]:
+        return F.pad(x, (0, 0, 0, rows - x.shape[2])).contiguous()
+    return x if x.stride(-1) == 1 else x.contiguous()
 
 
 def q_view(x: Tensor, chunk: QueryChunk, bq: int) -> Tensor:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from attnlab.functional.masks import Mask, _offset
+from attnlab.functional.masks import Mask, _offset, sliding_window
 
 
 def interval_mask(lo: Tensor, hi: Tensor, name: str) -> Mask:
@@ -38,9 +38,25 @@ def interval_mask(lo: Tensor, hi: Tensor, name: str) -> Mask:
 
 @dataclass(frozen=True)
 class Part:
-    mask: Mask  # an interval mask in the part's coordinates
+    mask: Mask  # the part's mask, in the part's coordinates
     q_perm: Tensor | None = None  # the part's query i is original query q_perm[i] (a permutation)
     k_index: Tensor | None = None  # the part's key j is original key k_index[j] (any subset)
+    # Residue classes as views: q, k, v (B, H, L, D) run as (B·H, d, L/d, D), class r of
+    # d playing the role of a head (row t of class r = position r + t·d). No copies in.
+    residue: int | None = None
+
+
+def residue_view(x: Tensor, d: int) -> Tensor:
+    """(B, H, L, D) -> (B·H, d, L/d, D) with [., r, t] = x[., ., r + t·d]: a view (row stride d·D)
+    when B and H merge, else one copy. L must be a multiple of d."""
+    B, H, L, D = x.shape
+    return x.reshape(B * H, L // d, d, D).transpose(1, 2)
+
+
+def residue_unview(y: Tensor, batch: int, heads: int) -> Tensor:
+    """Back from (B·H, d, L/d, ...) to natural order (B, H, L, ...): one strided copy."""
+    _, d, n = y.shape[:3]
+    return y.transpose(1, 2).reshape(batch, heads, d * n, *y.shape[3:])
 
 
 def _by_residue(pos: Tensor, d: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -72,21 +88,32 @@ def _residue_part(q_len: int, kv_len: int, d: int, off: int, t_lo: int, t_hi: in
     return Part(interval_mask(lo, hi, name), q_order, k_order)
 
 
-def decompose(mask: Mask | None, q_len: int, kv_len: int) -> list[Part] | None:
-    """The parts of a strided / fixed / dilated mask, or None for every other mask."""
+def decompose(mask: Mask | None, q_len: int, kv_len: int, *, views: bool = True) -> list[Part] | None:
+    """The parts of a strided / fixed / dilated mask, or None for every other mask.
+    ``views``: residue classes may run as views (q, k and v have the same heads)."""
     if mask is None:
         return None
     p = mask.params
-    # Dilation 2 wastes half of each band in natural order, about what reordering q, k and v
-    # costs (measured); from 3 on, reordering wins.
-    if mask.kind == "dilated_sliding_window" and p["dilation"] > 2:
+    if mask.kind == "dilated_sliding_window" and p["dilation"] > 1:
+        d = p["dilation"]
         off = _offset(p["align"], q_len, kv_len)
-        # key j = r + t'·d with r = (i + off) mod d; allowed: -right <= t - t' <= left.
-        return [_residue_part(q_len, kv_len, p["dilation"], off, -p["left"], p["right"], "dilated")]
+        if views and off == 0 and q_len % d == 0 and kv_len % d == 0:
+            # Query i = r + t·d sees keys r + t'·d, -right <= t - t' <= left: a plain sliding
+            # window inside each class.
+            return [Part(sliding_window(p["left"], p["right"]), residue=d)]
+        # Reordering by gathers costs about what dilation 2 wastes in natural order (measured).
+        if d > 2:
+            # key j = r + t'·d with r = (i + off) mod d; allowed: -right <= t - t' <= left.
+            return [_residue_part(q_len, kv_len, d, off, -p["left"], p["right"], "dilated")]
+        return None
     if mask.kind == "sparse_strided":
         l, i = p["stride"], torch.arange(q_len)
         window = interval_mask((i - l).clamp(min=0), i.clamp(max=kv_len - 1), "strided-window")
         # Far part: j = i - m·l, m >= 2, i.e. ranks t' <= t - 2 of i's class.
+        if views and q_len % l == 0 and kv_len % l == 0:
+            t = torch.arange(q_len // l)
+            far = interval_mask(torch.zeros_like(t), (t - 2).clamp(max=kv_len // l - 1), "strided-far")
+            return [Part(window), Part(far, residue=l)]
         return [Part(window), _residue_part(q_len, kv_len, l, 0, -(10**18), -2, "strided-far")]
     if mask.kind == "sparse_fixed":
         l, c, causal = p["stride"], p["summary"], p["causal"]

@@ -115,9 +115,9 @@ def band(x: Tensor, seg: Segment, bk: int, buf: Tensor | None = None) -> Tensor:
         s = seg.k_start * bk
         if nb == 1:
             return x[:, :, s: s + w * bk].unsqueeze(2)  # (B, H, 1, w·bk, D)
-        st = x.stride()
-        return x.as_strided((B, H, nb, w * bk, D), (st[0], st[1], seg.k_step * bk * D, D, 1),
-                            x.storage_offset() + s * D)
+        st = x.stride()  # rows may be strided (residue-class views): st[2] >= D
+        return x.as_strided((B, H, nb, w * bk, D), (st[0], st[1], seg.k_step * bk * st[2], st[2], st[3]),
+                            x.storage_offset() + s * st[2])
     xb = x.view(B, H, -1, bk, D)  # (B, H, nKB, bk, D)
     # index_select copies whole blocks (memcpy; advanced indexing is ~10x slower here), into a
     # reused buffer when given (a fresh multi-MB tensor costs its page faults every time).
