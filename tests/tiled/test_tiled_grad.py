@@ -6,7 +6,7 @@ import torch
 
 import attnlab
 from attnlab import masks, score_mods
-from attnlab.backends import tiled_attention
+from attnlab.backends import tiled_attention, tiled_backward, tiled_fused
 from attnlab.testing import assert_error_ratio
 
 NAMES = ["none", "causal-br", "window", "document", "doc&causal", "padding", "dilated", "dilated-br",
@@ -32,7 +32,11 @@ GRADCHECK = {
 
 @pytest.mark.parametrize("name", list(GRADCHECK))
 @pytest.mark.parametrize("block", [4, 5])
-def test_gradcheck_float64(name, block):
+@pytest.mark.parametrize("path", ["fused", "plain"])
+def test_gradcheck_float64(name, block, path, monkeypatch):
+    monkeypatch.setattr(tiled_fused, "AVAILABLE", path == "fused")
+    monkeypatch.setattr(tiled_fused, "AVAILABLE_BACKWARD", path == "fused")
+    monkeypatch.setattr(tiled_backward, "FUSED_BWD_MIN_ROWS", 1)  # small test tiles too
     lq, lk = (9, 12)
     g = torch.Generator().manual_seed(0)
     q = torch.randn(1, 2, lq, 4, generator=g, dtype=torch.float64, requires_grad=True)
@@ -59,7 +63,12 @@ def test_gradcheck_with_score_mod_and_gqa():
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_float32_gradients_match_float64_reference(tl, name):
+@pytest.mark.parametrize("path", ["fused", "plain"])
+def test_float32_gradients_match_float64_reference(tl, name, path, monkeypatch):
+    # "fused": ATen's fused flash loops per tile (the default); "plain": PyTorch ops per tile.
+    monkeypatch.setattr(tiled_fused, "AVAILABLE", path == "fused")
+    monkeypatch.setattr(tiled_fused, "AVAILABLE_BACKWARD", path == "fused")
+    monkeypatch.setattr(tiled_backward, "FUSED_BWD_MIN_ROWS", 1)  # small test tiles too
     lq, lk = (23, 23) if name in SQUARE else (23, 29)
     m = tl.patterns(lq, lk)[name]
     q, k, v = tl.rand_qkv(H=4, Hkv=2, Lq=lq, Lk=lk, grad=True)

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
+from attnlab.backends.tiled_fused import fused_backward_ok, fused_tile_backward
 from attnlab.backends.tiled_kernels import (
     NEG_INF,
     Padded,
@@ -28,16 +29,26 @@ from attnlab.backends.tiled_parallel import run_parallel
 from attnlab.backends.tiled_plan import Plan, QueryChunk
 from attnlab.backends.tiles import TileContext, band, head_loop, pv, qk, scatter_band, tn
 
+# ATen's fused backward pays off on tall tiles only (n=8k fwd+bwd, 2 cores: causal with 256-row
+# tiles 2.25 s -> 1.94 s, SDPA's own time; sliding window W=256 with 64-row tiles 205 -> 236 ms,
+# block-sparse 128-row tiles 397 -> 425 ms): its dK/dV come back per band and are added again.
+FUSED_BWD_MIN_ROWS = 256
+
 
 def _backward_chunks(tc: TileContext, x: Padded, plan: Plan, scale: float, chunks: Iterable[QueryChunk],
                      lse_r: Tensor, delta: Tensor, dout: Tensor, grads: tuple[Tensor, Tensor, Tensor],
-                     sanitize: bool, capture: bool) -> None:
+                     sanitize: bool, capture: bool, out: Tensor | None = None) -> None:
+    """``out`` given: tiles go through ATen's fused backward (tiled_fused.py), which takes the
+    rows' context instead of delta."""
     B, H = x.q.shape[:2]
     bq, bk = plan.bq, plan.bk
     dq, dk, dv = grads
     tiles = plan.max_tiles()
     size = tiles * bq * bk * B * H
-    s_buf, d_buf = x.q.new_empty(size), x.q.new_empty(size)  # S/P and dP/dS, reused
+    fused = out is not None
+    # S/P and dP/dS, reused (the fused op keeps its own small blocks; it needs only the mask)
+    s_buf, d_buf = (None, None) if fused else (x.q.new_empty(size), x.q.new_empty(size))
+    m_buf = x.q.new_empty(tiles * bq * bk) if fused else None
     k_buf, v_buf = gather_buffers(x, plan, bk)
     autograd_mod = tc.score_mod is not None or capture
     for chunk in chunks:
@@ -47,6 +58,13 @@ def _backward_chunks(tc: TileContext, x: Padded, plan: Plan, scale: float, chunk
         for n_seg, seg in enumerate(chunk.segments):
             kb, vb = band(x.k, seg, bk, k_buf), band(x.v, seg, bk, v_buf)  # (B, H, nb, w·bk, D)
             qi, ki, oks = tile_masks(tc, chunk, seg)
+            if out is not None:
+                dqs, dks, dvs = fused_tile_backward(qc, kb, vb, q_view(out, chunk, bq), doc, lse_c, seg, oks,
+                                                    scale, bk, m_buf)
+                dqc.copy_(dqs) if n_seg == 0 else dqc.add_(dqs)
+                scatter_band(dk, dks, seg, bk)
+                scatter_band(dv, dvs, seg, bk)
+                continue
             if sanitize and seg.masked:
                 kb, vb = clean_band(kb, oks, seg, bk), clean_band(vb, oks, seg, bk)
             for i, j in head_loop(B, H, seg.k_blocks.numel() * bq * bk):
@@ -101,13 +119,16 @@ def backward_pass(tc: TileContext, x: Padded, plan: Plan, scale: float, out: Ten
         dq.view(B, H, -1, plan.bq, dq.shape[-1])[:, :, idle] = 0.0
     n = 1 if capture else (torch.get_num_threads() if threads is None else threads)
     acc = [(torch.zeros_like(x.k), torch.zeros_like(x.v)) for _ in range(max(1, n))]
+    fused = plan.bq >= FUSED_BWD_MIN_ROWS and fused_backward_ok(x.q, x.v, tc.modifies, sanitize, dlse,
+                                                                capture)
 
     def work(part: list[QueryChunk], i: int) -> None:
-        _backward_chunks(tc, x, plan, scale, part, lse_r, delta, dout, (dq, *acc[i]), sanitize, capture)
+        _backward_chunks(tc, x, plan, scale, part, lse_r, delta, dout, (dq, *acc[i]), sanitize, capture,
+                         out if fused else None)
 
     used = run_parallel(work, plan.chunks, n)
     dk, dv = acc[0]
     for i in range(1, used):
         dk.add_(acc[i][0])
         dv.add_(acc[i][1])
-    return dq.mul_(scale), dk, dv
+    return (dq if fused else dq.mul_(scale)), dk, dv  # the fused op applies the scale itself

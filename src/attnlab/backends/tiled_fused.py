@@ -22,34 +22,49 @@ NEG_INF = float("-inf")
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
-def _op():  # the op, or None on a torch without it
+def _op(suffix: str = ""):  # the op, or None on a torch without it
     ops = getattr(torch.ops, "aten", None)
-    return getattr(ops, "_scaled_dot_product_flash_attention_for_cpu", None) if ops else None
+    return getattr(ops, "_scaled_dot_product_flash_attention_for_cpu" + suffix, None) if ops else None
 
 
-def _self_check() -> bool:
-    """Use the op only if it gives the exact masked softmax on strided, masked input (it is a
-    private ATen op: its contract is checked here rather than assumed)."""
-    op = _op()
-    if op is None:
-        return False
+def _op_backward():
+    return _op("_backward")
+
+
+def _self_check() -> tuple[bool, bool]:
+    """(forward, backward) usable: the ops must give the exact masked softmax and its gradients
+    on strided, masked input with an empty row (they are private ATen ops: their contract is
+    checked here rather than assumed)."""
+    fwd, bwd = _op(), _op_backward()
+    if fwd is None:
+        return False, False
     try:
         g = torch.Generator().manual_seed(0)
-        q = torch.randn(2, 3, 40, 16, generator=g)
-        big = torch.randn(2, 3, 120, 16, generator=g)
-        k = big[:, :, ::2]  # strided rows
+        q = torch.randn(2, 3, 40, 16, generator=g, dtype=torch.float64, requires_grad=True)
+        big = torch.randn(2, 3, 120, 16, generator=g, dtype=torch.float64)
+        k = big[:, :, ::2].requires_grad_(True)  # strided rows
         allowed = torch.rand(1, 3, 40, 60, generator=g) > 0.4
-        add = torch.zeros(allowed.shape).masked_fill_(~allowed, NEG_INF)
-        out, lse = op(q, k, k, attn_mask=add, scale=0.3)
+        allowed[:, :, 7] = False  # a row that sees nothing
+        add = torch.zeros(allowed.shape, dtype=torch.float64).masked_fill_(~allowed, NEG_INF)
         s = (q @ k.transpose(-1, -2) * 0.3).masked_fill(~allowed, NEG_INF)
         ref_lse = torch.logsumexp(s, -1)
-        ref = torch.softmax(s, -1) @ k
-        return bool(torch.allclose(out, ref, atol=1e-5)) and bool(torch.allclose(lse, ref_lse, atol=1e-5))
+        ref = torch.softmax(s, -1).nan_to_num() @ k
+        out, lse = fwd(q.detach(), k.detach(), k.detach(), attn_mask=add, scale=0.3)
+        seen = torch.isfinite(ref_lse)
+        ok_fwd = bool(torch.allclose(out, ref)) and bool(torch.allclose(lse[seen], ref_lse[seen]))
+        if not ok_fwd or bwd is None:
+            return ok_fwd, False
+        go = torch.randn(out.shape, generator=g, dtype=torch.float64)
+        want = torch.autograd.grad(ref, (q, k), go)
+        lse_r = torch.where(seen, lse, torch.full_like(lse, float("inf")))
+        qd, kd = q.detach(), k.detach()
+        dq, dk, dv = bwd(go, qd, kd, kd, out, lse_r, 0.0, False, attn_mask=add, scale=0.3)
+        return True, bool(torch.allclose(dq, want[0])) and bool(torch.allclose(dk + dv, want[1]))
     except (RuntimeError, TypeError):
-        return False
+        return False, False
 
 
-AVAILABLE = _self_check()
+AVAILABLE, AVAILABLE_BACKWARD = _self_check()
 
 
 def fused_ok(q: Tensor, v: Tensor, modifies: bool, sanitize: bool) -> bool:
@@ -57,6 +72,14 @@ def fused_ok(q: Tensor, v: Tensor, modifies: bool, sanitize: bool) -> bool:
     the plain path (a score_mod or bias between QKᵀ and softmax; non-finite k/v to clean)."""
     return (AVAILABLE and q.dtype in _DTYPES and q.shape[-1] == v.shape[-1] and q.device.type == "cpu"
             and not modifies and not sanitize)
+
+
+def fused_backward_ok(q: Tensor, v: Tensor, modifies: bool, sanitize: bool, dlse: Tensor | None,
+                      capture: bool) -> bool:
+    """As :func:`fused_ok`; besides, the op has no input for a gradient that reaches the lse
+    itself (merged sparse parts), nor for tensors inside a score_mod."""
+    return (AVAILABLE_BACKWARD and fused_ok(q, v, modifies, sanitize) and not capture
+            and (dlse is None or not bool(dlse.any())))
 
 
 def _rows4(x: Tensor) -> Tensor | None:
@@ -90,28 +113,63 @@ def additive_mask(seg: Segment, oks: list[Tensor], batch: int, heads: int, bq: i
     return add.expand(batch, heads, -1, -1, -1).reshape(batch * heads, nb, bq, w * bk)
 
 
+def _shaped(qc: Tensor, kb: Tensor, vb: Tensor, seg: Segment, add: Tensor | None
+            ) -> tuple[Tensor, Tensor, Tensor]:
+    """A band of full tiles that every query block shares is one tall problem (B, H, 1, nb·bq, D)."""
+    if seg.shared and add is None:
+        B, H, nb, bq, D = qc.shape
+        return qc.reshape(B, H, 1, nb * bq, D), kb[:, :, :1], vb[:, :, :1]
+    return qc, kb, vb
+
+
+def _call(op, tensors: tuple[Tensor, ...], add: Tensor | None, heads: int, **kw) -> tuple[Tensor, ...]:
+    """op on (B, H, nb, L, D) tensors as (B·H, nb, L, D) views, or one call per batch element
+    where B and H do not merge; results come back as (B, H, nb, L, ...)."""
+    flat = [_rows4(t) for t in tensors]
+    B = tensors[0].shape[0]
+    if all(t is not None for t in flat):
+        res = op(*flat, attn_mask=add, **kw)
+        return tuple(r.view(B, heads, *r.shape[1:]) for r in res)
+    per = [op(*(t[b] for t in tensors), attn_mask=add if add is None or add.shape[0] == 1
+              else add[b * heads: (b + 1) * heads], **kw) for b in range(B)]
+    return tuple(torch.stack(rs) for rs in zip(*per, strict=True))
+
+
+def _empty_rows(seg: Segment, oks: list[Tensor]) -> Tensor | None:
+    """(B|1, H|1, nb, bq, 1) True where a row sees no key of the band, or None when every row
+    sees some (a band with at least one full tile)."""
+    if sum(p1 - p0 for p0, p1 in seg.masked) < seg.k_blocks.shape[1]:
+        return None
+    return ~torch.stack([ok.any(-1) for ok in oks]).any(0).unsqueeze(-1)
+
+
 def fused_tile(qc: Tensor, kb: Tensor, vb: Tensor, seg: Segment, oks: list[Tensor], scale: float,
                bk: int, mask_buf: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Context (B, H, nb, bq, Dv) and lse (B, H, nb, bq, 1) of one batched tile; rows that see
     no key get 0 and -inf. ``mask_buf``: scratch memory for the additive mask."""
     B, H, nb, bq, _ = qc.shape
     add = additive_mask(seg, oks, B, H, bq, bk, qc.dtype, mask_buf)
-    if seg.shared and add is None:  # every query block reads the same keys: one tall problem
-        q, k, v = qc.reshape(B, H, 1, nb * bq, qc.shape[-1]), kb[:, :, :1], vb[:, :, :1]
-    else:
-        q, k, v = qc, kb, vb
-    op = _op()
-    q4, k4, v4 = _rows4(q), _rows4(k), _rows4(v)
-    if q4 is not None and k4 is not None and v4 is not None:
-        out, lse = op(q4, k4, v4, attn_mask=add, scale=scale)
-    else:  # one call per batch element, heads as the op's batch axis
-        m = (lambda b: add) if add is None or add.shape[0] == 1 else (lambda b: add[b * H: (b + 1) * H])
-        res = [op(q[b], k[b], v[b], attn_mask=m(b), scale=scale) for b in range(B)]
-        out, lse = torch.stack([r[0] for r in res]), torch.stack([r[1] for r in res])
+    out, lse = _call(_op(), _shaped(qc, kb, vb, seg, add), add, H, scale=scale)
     out = out.reshape(B, H, nb, bq, out.shape[-1])
     lse = lse.reshape(B, H, nb, bq, 1)
-    covered = sum(p1 - p0 for p0, p1 in seg.masked)
-    if covered == seg.k_blocks.shape[1]:  # every tile partial: a row may see nothing
-        seen = torch.stack([ok.any(-1) for ok in oks]).any(0).unsqueeze(-1)  # (B|1, H|1, nb, bq, 1)
-        lse = lse.masked_fill(~seen, NEG_INF)  # the op reports 0 for an empty row
+    empty = _empty_rows(seg, oks)
+    if empty is not None:
+        lse = lse.masked_fill(empty, NEG_INF)  # the op reports 0 for an empty row
     return out, lse
+
+
+def fused_tile_backward(qc: Tensor, kb: Tensor, vb: Tensor, oc: Tensor, doc: Tensor, lse_c: Tensor,
+                        seg: Segment, oks: list[Tensor], scale: float, bk: int,
+                        mask_buf: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """One batched tile's share of dQ (B, H, nb, bq, D), dK and dV (B, H, nb|1, w·bk, D), from the
+    *whole* row's context oc, its gradient doc and lse_c (B, H, nb, bq, 1; +inf on empty rows):
+    with the global lse and D = rowsum(dO ∘ O) the op's P and dS are this tile's part of the
+    full softmax (Alg. 2), so per-tile results just add up. Scale is applied to all three."""
+    B, H, nb, bq, _ = qc.shape
+    add = additive_mask(seg, oks, B, H, bq, bk, qc.dtype, mask_buf)
+    q, k, v = _shaped(qc, kb, vb, seg, add)
+    o, do, lse = oc.reshape(q.shape[:-1] + oc.shape[-1:]), doc.reshape(q.shape[:-1] + doc.shape[-1:]), \
+        lse_c.reshape(q.shape[:-1])
+    dq, dk, dv = _call(_op_backward(), (do, q, k, v, o, lse), add, H, dropout_p=0.0, is_causal=False,
+                       scale=scale)
+    return dq.reshape(B, H, nb, bq, dq.shape[-1]), dk, dv
