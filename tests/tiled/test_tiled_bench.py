@@ -64,3 +64,26 @@ def test_targets_are_evaluated_from_rows():
     assert abs(got["SW W=256 fwd: time(64k) / time(16k)"]["value"] - 4.1) < 1e-9
     assert got["sliding_window_256 n=16k fwd: % of matmul peak (useful FLOPs)"]["met"] is False
     assert got["causal n=8k fwd: tiled speed / SDPA speed"]["met"] is None  # not measured
+
+
+def test_useful_share_of_computed_pairs():
+    from attnlab import masks
+    from attnlab.backends.tiled import computed_pairs, tiled_options
+
+    with tiled_options(block_size=64):
+        assert computed_pairs(None, 256, 256) == 256 * 256
+        assert computed_pairs(masks.causal(), 256, 256) == 10 * 64 * 64  # 4 diagonal + 6 below
+        # window [-64, 0] with 64-tiles: each query block reads its own and the previous block
+        assert computed_pairs(masks.sliding_window(64, 0), 256, 256) == 7 * 64 * 64
+        # dilated windows run each residue class as its own sequence of n/d
+        assert computed_pairs(masks.dilated_sliding_window(64, 0, 4), 1024, 1024) == 4 * 7 * 64 * 64
+    rows = bench_row("sliding_window_128")
+    assert 0 < rows["useful_pct"] <= 100
+
+
+def bench_row(case):
+    from attnlab.bench.harness import inputs, run_one
+    from attnlab.bench.peers import Limits
+
+    lim = Limits(max_seconds=10.0, max_bytes=1e9, peak_gflops=100.0)
+    return run_one(case, 512, "fwd", "tiled", inputs(512, "fwd"), lim, repeats=1, long_call=5.0).as_dict()

@@ -129,6 +129,26 @@ def _run_one(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None, dense: Tensor |
     return tiled_function(q, k, v, cfg)
 
 
+def computed_pairs(mask: Mask | None, q_len: int, kv_len: int) -> int:
+    """(query, key) pairs the forward computes for one (batch, head): the touched tiles of every
+    part the mask is run as (the decomposition and tile shapes of :func:`run_tiled`). The
+    allowed pairs over this is the share of the arithmetic that is useful: what tiling, and
+    not the kernel, costs a pattern (benchmarks report it)."""
+    parts = decompose(mask, q_len, kv_len) or [None]
+    total = 0
+    for p in parts:
+        m, lq, lk, mult = mask, q_len, kv_len, 1
+        if p is not None:
+            m = p.mask
+            if p.residue is not None:
+                lq, lk, mult = q_len // p.residue, kv_len // p.residue, p.residue
+            elif p.k_index is not None:
+                lk = p.k_index.numel()
+        bq, bk = choose_blocks(m, lq, lk)
+        total += mult * block_map(m, lq, lk, bq, bk).cols.numel() * bq * bk
+    return total
+
+
 def gather_rows(x: Tensor, index: Tensor) -> Tensor:
     """x[:, :, index] for x (B, H, L, D). Residue-class orders (index = the transpose of an
     (L/b, b) grid of positions, as dilated and strided patterns use when b divides L) are a

@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
-from attnlab.bench.cases import CASES, DH, B, H, useful_flops
+from attnlab.backends.tiled import computed_pairs
+from attnlab.bench.cases import CASES, DH, B, H, nnz, useful_flops
 from attnlab.bench.memory import peak_rss
 from attnlab.bench.peers import Limits, Prepared, prepare
 
@@ -38,6 +39,7 @@ class Row:
     mem_method: str = ""
     setup_s: float | None = None  # block mask / dense mask build, excluded
     compile_s: float | None = None  # first call minus a timed call (FlexAttention)
+    useful_pct: float | None = None  # tiled: allowed pairs / pairs its touched tiles compute, %
     note: str = ""
 
     def as_dict(self) -> dict[str, object]:
@@ -115,6 +117,8 @@ def run_one(case_name: str, n: int, mode: str, peer: str, qkvd: tuple[Tensor, ..
     row.peak_mem_mb, row.mem_method = mem / 2**20, method
     if peer == "flex":
         row.compile_s = round(max(0.0, first - med), 3)
+    if peer == "tiled":
+        row.useful_pct = round(100.0 * nnz(case, n) / computed_pairs(case.make(n), n, n), 1)
     return row
 
 

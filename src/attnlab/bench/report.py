@@ -78,11 +78,12 @@ def _cell(r: Row | None) -> str:
 
 def table(rows: Sequence[Row]) -> str:
     """One markdown row per (case, n, mode): milliseconds per peer, tiled's useful GFLOP/s,
-    % of peak and peak RSS, and tiled's speedup over SDPA and FlexAttention."""
+    % of peak, useful share of the pairs its tiles compute, peak RSS, and tiled's speedup over
+    SDPA and FlexAttention."""
     idx = {(r.case, r.n, r.mode, r.peer): r for r in rows}
     keys = sorted({(r.case, r.mode, r.n) for r in rows})
-    out = ["| case | mode | n | tiled ms | GFLOP/s | % peak | tiled MB | sdpa ms | flex ms | eager ms "
-           "| vs sdpa | vs flex |", "|" + "---|" * 12]
+    out = ["| case | mode | n | tiled ms | GFLOP/s | % peak | useful % | tiled MB | sdpa ms | flex ms "
+           "| eager ms | vs sdpa | vs flex |", "|" + "---|" * 13]
     for case, mode, n in keys:
         t, s, f, e = (idx.get((case, n, mode, p)) for p in ("tiled", "sdpa", "flex", "eager"))
         ok = t is not None and t.status == "ok" and t.seconds
@@ -94,6 +95,7 @@ def table(rows: Sequence[Row]) -> str:
         out.append("| " + " | ".join([
             case, mode, _fmt_n(n), _cell(t),
             f"{t.gflops:.0f}" if ok else "", f"{t.pct_peak:.0f}" if ok else "",  # type: ignore[union-attr]
+            f"{t.useful_pct:.0f}" if ok and t.useful_pct is not None else "",  # type: ignore[union-attr]
             f"{t.peak_mem_mb:.0f}" if ok and t.peak_mem_mb is not None else "",  # type: ignore[union-attr]
             _cell(s), _cell(f), _cell(e), ratio(s), ratio(f)]) + " |")
     return "\n".join(out)
