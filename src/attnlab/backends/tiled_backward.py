@@ -29,7 +29,7 @@ from attnlab.backends.tiled_parallel import run_parallel
 from attnlab.backends.tiled_plan import Plan, QueryChunk
 from attnlab.backends.tiles import TileContext, band, head_loop, pv, qk, scatter_band, tn
 
-# ATen's fused backward pays off on tall tiles only (n=8k fwd+bwd, 2 cores: causal with 256-row
+# ATen's fused backward pays off on tall tiles only (one-off A/B, n=8k fwd+bwd, 2 cores: causal 256-row
 # tiles 2.25 s -> 1.94 s, SDPA's own time; sliding window W=256 with 64-row tiles 205 -> 236 ms,
 # block-sparse 128-row tiles 397 -> 425 ms): its dK/dV come back per band and are added again.
 FUSED_BWD_MIN_ROWS = 256
