@@ -46,14 +46,15 @@ def _rotate_half(x: Tensor) -> Tensor:
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate pairs (x_i, x_{i+d/2}) by position-dependent angles.  x (..., L, d), cos/sin (L, d).
+    """Rotate pairs (x_i, x_{i+d/2}) by position-dependent angles.  x (..., L, d), cos/sin (L, d)
+    or, for per-sequence positions (left padding), (B, 1, L, d) broadcasting over heads.
 
     After rotation, <rope(q, m), rope(k, n)> depends on m - n only: relative positions.
     """
     expect_tensor("x", x, min_ndim=2, floating=True)
-    if cos.shape != sin.shape or cos.shape != x.shape[-2:]:
+    if cos.shape != sin.shape or cos.shape[-2:] != x.shape[-2:]:
         raise ValueError(
-            f"cos/sin: expected shape (L, d) = {tuple(x.shape[-2:])} to match x, "
+            f"cos/sin: expected shape (..., L, d) with (L, d) = {tuple(x.shape[-2:])} to match x, "
             f"got {tuple(cos.shape)} and {tuple(sin.shape)}"
         )
     return x * cos.to(x.dtype) + _rotate_half(x) * sin.to(x.dtype)

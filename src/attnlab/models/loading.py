@@ -23,11 +23,12 @@ from torch import Tensor, nn
 from attnlab.models.common import TransformerOutput
 from attnlab.models.decoder import DECODER_TYPES, Decoder, DecoderConfig
 from attnlab.models.encoder import ENCODER_TYPES, Encoder, EncoderConfig
+from attnlab.models.llama import LLAMA_TYPES, Llama, LlamaConfig
 from attnlab.models.tokenizer import Encoded, TextTokenizer
-from attnlab.models.weights import apply_map, decoder_map, encoder_map, read_safetensors
+from attnlab.models.weights import apply_map, decoder_map, encoder_map, llama_map, read_safetensors
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
-NATIVE_TYPES = ENCODER_TYPES + DECODER_TYPES
+NATIVE_TYPES = ENCODER_TYPES + DECODER_TYPES + LLAMA_TYPES
 
 
 def default_model_dir() -> Path:
@@ -46,13 +47,14 @@ def default_model_dir() -> Path:
 class LoadedModel:
     """A model, its tokenizer and what it is. ``forward`` takes :class:`Encoded` texts."""
 
-    model: nn.Module  # Encoder | Decoder | TransformersModel
+    model: nn.Module  # Encoder | Decoder | Llama | TransformersModel
     tokenizer: TextTokenizer
     name: str
     path: Path
     model_type: str
     engine: str  # "attnlab" (our model code) or "transformers" (the fallback)
     ignored: list[str] = field(default_factory=list)  # checkpoint tensors knowingly unused
+    chat_template: str | None = None  # jinja2 source (GGUF metadata or tokenizer_config.json)
 
     @property
     def kind(self) -> str:
@@ -166,13 +168,68 @@ def _max_tokens(cfg: dict[str, Any]) -> int:
     return 1 << 20  # e.g. rotary models: no table to run past
 
 
+def _chat_template(folder: Path) -> str | None:
+    f = folder / "tokenizer_config.json"
+    if not f.is_file():
+        return None
+    try:
+        t = json.loads(f.read_text(encoding="utf-8")).get("chat_template")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return None
+    return t if isinstance(t, str) else None
+
+
+def load_gguf(path: str | Path | None = None, *, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """A llama-architecture GGUF file (default: the embedded SmolLM2-135M-Instruct), its
+    weights dequantized to ``dtype``, with the tokenizer and chat template of its metadata."""
+    from attnlab.models.gguf_file import EMBEDDED_LLM, embedded_llm_path, hf_config, hf_tensors, open_gguf
+    from attnlab.models.gguf_tokenizer import tokenizer_from_gguf
+
+    embedded = path is None or str(path) == EMBEDDED_LLM
+    file = embedded_llm_path() if embedded else Path(path).expanduser()
+    contents = open_gguf(file)
+    cfg = hf_config(contents)
+    lcfg = LlamaConfig.from_hf(cfg)
+    tensors = hf_tensors(contents, cfg)
+    wmap, untied = llama_map(lcfg, set(tensors))
+    with _no_random_init():
+        net = Llama(lcfg)
+        if untied:
+            net.lm_head = nn.Linear(lcfg.hidden_size, lcfg.vocab_size, bias=False)
+    _load_state(net, wmap, tensors, dtype, file)
+    tok = TextTokenizer(tokenizer_from_gguf(contents.metadata, source=str(file)), lcfg.max_tokens,
+                        source=str(file))
+    name = "SmolLM2-135M-Instruct" if embedded else file.stem
+    template = contents.metadata.get("tokenizer.chat_template")
+    return LoadedModel(net, tok, name, file, "llama", "attnlab", chat_template=template)
+
+
+def _load_state(net: nn.Module, wmap: Any, tensors: dict[str, Tensor], dtype: torch.dtype,
+                source: Path) -> list[str]:
+    state, ignored = apply_map(wmap, tensors, dtype=dtype, source=str(source))
+    try:
+        net.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as e:  # shape mismatches between the config and the tensors
+        msg = str(e).split("\n\t", 1)[-1].split("\n")[0]
+        raise ValueError(f"{source}: the weights do not fit config.json ({msg})") from None
+    # Inference by default: no dropout, no autograd graph. requires_grad_(True) to train or
+    # to take gradients with respect to the weights.
+    net.eval().requires_grad_(False)
+    return ignored
+
+
 def load_model(path: str | Path | None = None, *, dtype: torch.dtype = torch.float32,
                fallback: bool = True) -> LoadedModel:
-    """Load a local model folder (default: the embedded all-MiniLM-L6-v2).
+    """Load a local model folder (default: the embedded all-MiniLM-L6-v2), a ``.gguf`` file,
+    or ``"smollm2"`` (the embedded SmolLM2-135M-Instruct GGUF).
 
     ``fallback=False`` refuses architectures attnlab does not implement instead of handing
     them to ``transformers``.
     """
+    from attnlab.models.gguf_file import EMBEDDED_LLM
+
+    if path is not None and (str(path) == EMBEDDED_LLM or str(path).lower().endswith(".gguf")):
+        return load_gguf(path, dtype=dtype)
     folder = default_model_dir() if path is None else Path(path).expanduser()
     cfg = _read_config(folder)
     name = DEFAULT_MODEL_NAME if path is None else folder.name
@@ -187,7 +244,7 @@ def load_model(path: str | Path | None = None, *, dtype: torch.dtype = torch.flo
         model = load_transformers(folder, cfg, dtype)
         model.requires_grad_(False)
         return LoadedModel(model, tok, name, folder, model_type, "transformers")
-    net: Encoder | Decoder
+    net: Encoder | Decoder | Llama
     tensors = read_safetensors(folder)
     keys = set(tensors)
     try:
@@ -197,6 +254,14 @@ def load_model(path: str | Path | None = None, *, dtype: torch.dtype = torch.flo
             with _no_random_init():
                 net = Encoder(ecfg, pooler=pooler)
             max_tokens = ecfg.max_tokens
+        elif model_type in LLAMA_TYPES:
+            lcfg = LlamaConfig.from_hf(cfg)
+            wmap, untied = llama_map(lcfg, keys)
+            with _no_random_init():
+                net = Llama(lcfg)
+                if untied:
+                    net.lm_head = nn.Linear(lcfg.hidden_size, lcfg.vocab_size, bias=False)
+            max_tokens = lcfg.max_tokens
         else:
             dcfg = DecoderConfig.from_hf(cfg)
             wmap, untied = decoder_map(dcfg, keys)
@@ -208,14 +273,6 @@ def load_model(path: str | Path | None = None, *, dtype: torch.dtype = torch.flo
     except KeyError as e:
         raise ValueError(f"{folder / 'config.json'}: expected the field {e.args[0]!r} "
                          f"for {model_type}") from None
-    state, ignored = apply_map(wmap, tensors, dtype=dtype, source=str(folder / "model.safetensors"))
-    try:
-        net.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as e:  # shape mismatches between config.json and the tensors
-        msg = str(e).split("\n\t", 1)[-1].split("\n")[0]
-        raise ValueError(f"{folder}: the weights do not fit config.json ({msg})") from None
-    # Inference by default: no dropout, no autograd graph. requires_grad_(True) to train or
-    # to take gradients with respect to the weights.
-    net.eval().requires_grad_(False)
+    ignored = _load_state(net, wmap, tensors, dtype, folder / "model.safetensors")
     tok = TextTokenizer.from_file(folder / "tokenizer.json", max_tokens)
-    return LoadedModel(net, tok, name, folder, model_type, "attnlab", ignored)
+    return LoadedModel(net, tok, name, folder, model_type, "attnlab", ignored, _chat_template(folder))

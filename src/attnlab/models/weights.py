@@ -23,6 +23,7 @@ from torch import Tensor
 
 from attnlab.models.decoder import DecoderConfig
 from attnlab.models.encoder import EncoderConfig
+from attnlab.models.llama import LlamaConfig
 
 Convert = Callable[[list[Tensor]], list[Tensor]]
 
@@ -180,6 +181,31 @@ def decoder_map(cfg: DecoderConfig, keys: set[str]) -> tuple[WeightMap, bool]:
     if untied:
         rules.append(Rule(("lm_head.weight",), ("lm_head.weight",)))
     ignorable = (r".*h\.\d+\.attn\.(bias|masked_bias)$", r"^(score|multiple_choice_head)\.")
+    return WeightMap(tuple(rules), ignorable), untied
+
+
+def llama_map(cfg: LlamaConfig, keys: set[str]) -> tuple[WeightMap, bool]:
+    """HF ``LlamaForCausalLM`` names (GGUF files are renamed to these by ``gguf_file``); returns
+    the map and whether the checkpoint has its own, untied lm_head."""
+    p = _prefix(keys, "embed_tokens.weight", ("model.",))
+    b = ("weight", "bias") if cfg.attention_bias else ("weight",)
+    mb = ("weight", "bias") if cfg.mlp_bias else ("weight",)
+    rules = [Rule(("token_embedding.weight",), (f"{p}embed_tokens.weight",)),
+             Rule(("final_norm.weight",), (f"{p}norm.weight",))]
+    for i in range(cfg.num_layers):
+        t, o = f"{p}layers.{i}", f"layers.{i}"
+        rules += [Rule((f"{o}.attention_norm.weight",), (f"{t}.input_layernorm.weight",)),
+                  Rule((f"{o}.mlp_norm.weight",), (f"{t}.post_attention_layernorm.weight",))]
+        for ours, theirs in (("q_proj", "q_proj"), ("k_proj", "k_proj"), ("v_proj", "v_proj"),
+                             ("out_proj", "o_proj")):
+            rules += [Rule((f"{o}.attention.{ours}.{x}",), (f"{t}.self_attn.{theirs}.{x}",)) for x in b]
+        for ours, theirs in (("gate", "gate_proj"), ("up", "up_proj"), ("down", "down_proj")):
+            rules += [Rule((f"{o}.mlp.{ours}.{x}",), (f"{t}.mlp.{theirs}.{x}",)) for x in mb]
+    untied = "lm_head.weight" in keys and not cfg.tie_word_embeddings
+    if untied:
+        rules.append(Rule(("lm_head.weight",), ("lm_head.weight",)))
+    # A tied model may still save lm_head (a copy of the embeddings); inv_freq is a buffer.
+    ignorable = (r".*rotary_emb\.inv_freq$", *((r"^lm_head\.weight$",) if cfg.tie_word_embeddings else ()))
     return WeightMap(tuple(rules), ignorable), untied
 
 

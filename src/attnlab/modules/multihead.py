@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from attnlab.backends.dispatch import attention
 from attnlab.functional.attention import ScoreMod
 from attnlab.functional.checks import expect_positive_int, expect_probability, expect_tensor
+from attnlab.functional.positional import apply_rotary
 from attnlab.modules.hooks import HookPoint
 
 
@@ -119,9 +120,15 @@ class MultiHeadAttention(nn.Module):
         score_mod: ScoreMod | None = None,
         need_weights: bool = False,
         cache: KVCache | None = None,
+        rotary: tuple[Tensor, Tensor] | None = None,
         backend: str = "auto",
     ) -> MultiHeadOutput:
-        """Self-attention when ``key`` is None; cross-attention otherwise (value defaults to key)."""
+        """Self-attention when ``key`` is None; cross-attention otherwise (value defaults to key).
+
+        ``rotary``: RoPE (Su et al. 2021) cos/sin tables of the new positions, (L, Dh) or
+        (B, 1, L, Dh), applied to the projected q and k before k enters the cache (so cached
+        keys are stored rotated, as Llama-family models do).
+        """
         key = query if key is None else key
         value = key if value is None else value
         for name, t, d in (("query", query, self.embed_dim), ("key", key, self.kdim),
@@ -137,6 +144,8 @@ class MultiHeadAttention(nn.Module):
         q = self.hook_q(self._heads(self.q_proj(query), self.num_heads))  # (B, H, Lq, Dh)
         k = self.hook_k(self._heads(self.k_proj(key), self.n_kv_heads))  # (B, Hkv, Lk, Dh)
         v = self.hook_v(self._heads(self.v_proj(value), self.n_kv_heads))  # (B, Hkv, Lk, Dh)
+        if rotary is not None:
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         if cache is not None:
             k, v = cache.update(k, v)  # (B, Hkv, L_past + Lk, Dh)
         out = attention(q, k, v, mask=mask, score_mod=score_mod, dropout_p=self.dropout,
