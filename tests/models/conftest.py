@@ -141,3 +141,101 @@ def minilm():
     from attnlab.models import load_model
 
     return load_model()
+
+
+def make_llama(path: Path, seed: int = 0, tie: bool = True, **overrides) -> Path:
+    """A tiny random Llama (GQA: 4 query heads over 2 K/V heads) with a byte-level BPE tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    path.mkdir(parents=True, exist_ok=True)
+    v = bytelevel_tokenizer(path)
+    kw = dict(vocab_size=v, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+              rms_norm_eps=1e-5, tie_word_embeddings=tie, bos_token_id=0, eos_token_id=0,
+              pad_token_id=0, rope_theta=10000.0)
+    model = LlamaForCausalLM(LlamaConfig(**(kw | overrides)))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            centre = 1.0 if name.endswith("norm.weight") else 0.0
+            p.copy_(centre + 0.3 * torch.randn(p.shape, generator=g))
+    save(model.eval(), path)
+    return path
+
+
+def write_llama_gguf(folder: Path, out: Path, *, qtype: str = "Q8_0", arch: str = "llama",
+                     bad_tensor: str | None = None) -> Path:
+    """Write the tiny Llama of ``folder`` as a GGUF file the way llama.cpp's converter does:
+    q/k rows permuted for its pairwise RoPE, 2-D weights quantized to ``qtype``, norms F32,
+    the byte-level BPE vocabulary and merges in the metadata. ``bad_tensor`` stores that tensor
+    as I32, a type gguf cannot dequantize."""
+    import json
+
+    import gguf
+    import numpy as np
+    from safetensors.torch import load_file
+
+    cfg = json.loads((folder / "config.json").read_text())
+    tok = json.loads((folder / "tokenizer.json").read_text())
+    st = load_file(str(folder / "model.safetensors"))
+    H, Hkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+
+    def permute(w: np.ndarray, n: int) -> np.ndarray:  # llama.cpp convert_hf_to_gguf.py's permute
+        return w.reshape(n, 2, w.shape[0] // n // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+             "lm_head.weight": "output.weight"}
+    per_layer = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+                 "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
+                 "post_attention_layernorm": "ffn_norm", "mlp.gate_proj": "ffn_gate",
+                 "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+    w = gguf.GGUFWriter(str(out), arch)
+    w.add_block_count(cfg["num_hidden_layers"])
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(H)
+    w.add_head_count_kv(Hkv)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    vocab = tok["model"]["vocab"]
+    added = {a["content"]: a["id"] for a in tok["added_tokens"]}
+    tokens = sorted({**vocab, **added}.items(), key=lambda kv: kv[1])
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("gpt-2")
+    w.add_token_list([t for t, _ in tokens])
+    w.add_token_types([3 if t in added else 1 for t, _ in tokens])
+    merges = tok["model"]["merges"]
+    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
+    w.add_bos_token_id(0)
+    w.add_eos_token_id(0)
+    w.add_add_bos_token(False)
+    for name, t in st.items():
+        a = t.float().numpy()
+        if name.startswith("model.layers."):
+            i, rest = name[len("model.layers."):].split(".", 1)
+            part, _, suffix = rest.rpartition(".")
+            gname = f"blk.{i}.{per_layer[part]}.{suffix}"
+        else:
+            gname = names[name]
+        if gname.endswith("attn_q.weight"):
+            a = permute(a, H)
+        elif gname.endswith("attn_k.weight"):
+            a = permute(a, Hkv)
+        if gname == bad_tensor:
+            w.add_tensor(gname, a.astype(np.int32))
+        elif a.ndim == 2 and qtype != "F32":
+            q = gguf.GGMLQuantizationType[qtype]
+            w.add_tensor(gname, gguf.quantize(a, q), raw_dtype=q)
+        else:
+            w.add_tensor(gname, a)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    return make_llama(tmp_path_factory.mktemp("llama"))

@@ -28,13 +28,22 @@ def _is_plain_causal(call: AttentionCall) -> bool:
     return m.mod.kind == "causal" and aligned
 
 
+def _is_decode_step(call: AttentionCall) -> bool:
+    """One query under a bottom-right causal mask (a KV-cache decode step): it sees every key."""
+    m = call.mask
+    if m.mod is None or m.dense is not None or m.bias is not None or call.q.shape[2] != 1:
+        return False
+    return m.mod.kind == "causal" and m.mod.params.get("align") == "bottom-right"
+
+
 def run_sdpa(call: AttentionCall) -> AttentionOutput:
     q, k, v = call.q, call.k, call.v
     gqa = q.shape[1] != k.shape[1]
     p = call.dropout_p if call.dropout_active else 0.0
-    if call.mask.empty or _is_plain_causal(call):
+    if call.mask.empty or _is_decode_step(call) or _is_plain_causal(call):
+        causal = not call.mask.empty and not _is_decode_step(call)
         ctx = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=p, is_causal=not call.mask.empty, scale=call.scale, enable_gqa=gqa
+            q, k, v, dropout_p=p, is_causal=causal, scale=call.scale, enable_gqa=gqa
         )
         return AttentionOutput(ctx)
 

@@ -16,6 +16,7 @@ sharing 3 K/V heads of dim 64, RoPE base 100000, tied embeddings.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,8 +131,8 @@ class LlamaBlock(nn.Module):
 
     def forward(self, x: Tensor, *, mask: object, score_mod, need_weights: bool, cache: KVCache | None,
                 rotary: tuple[Tensor, Tensor], backend: str) -> tuple[Tensor, Tensor | None]:
-        attn = self.attention(self.attention_norm(x), mask=mask, score_mod=score_mod, need_weights=need_weights,
-                              cache=cache, rotary=rotary, backend=backend)
+        attn = self.attention(self.attention_norm(x), mask=mask, score_mod=score_mod,
+                              need_weights=need_weights, cache=cache, rotary=rotary, backend=backend)
         x = x + self.hook_attn_out(attn.output)  # (B, L, E)
         x = x + self.hook_mlp_out(self.mlp(self.mlp_norm(x)))  # (B, L, E)
         return self.hook_resid_post(x), attn.weights
@@ -183,7 +184,8 @@ class Llama(nn.Module):
         cache: list[KVCache] | None = None,
         mask: object = None,  # extra mask_mod ANDed with the causal mask (knockout, windows)
         score_mods: ScoreMods | None = None,
-        need_weights: bool = False,
+        need_weights: bool | Collection[int] = False,  # True, or the layers whose weights to compute
+        keep_weights: bool = True,  # False: weights only reach hook_pattern (bounded memory)
         backend: str = "auto",
         logits_to_keep: int = 0,  # 0 = logits at every position; n = only the last n
     ) -> TransformerOutput:
@@ -199,14 +201,16 @@ class Llama(nn.Module):
         # With a cache the L new queries are the newest of past + L keys: bottom-right alignment.
         full_mask = combine(causal("bottom-right" if past else "top-left"),
                             key_padding_mask(attention_mask), mask)
+        wanted = (lambda i: need_weights) if isinstance(need_weights, bool) else need_weights.__contains__
         hidden, weights = [x], []
         for i, block in enumerate(self.layers):
-            x, w = block(x, mask=full_mask, score_mod=layer_score_mod(score_mods, i), need_weights=need_weights,
+            x, w = block(x, mask=full_mask, score_mod=layer_score_mod(score_mods, i), need_weights=wanted(i),
                          cache=None if cache is None else cache[i], rotary=rotary, backend=backend)
             hidden.append(x)
-            weights.append(w)
+            weights.append(w if keep_weights else None)
         x = self.final_norm(x)
         hidden[-1] = x  # as HF: hidden_states end with the final-norm output
         head = self.token_embedding.weight if self.lm_head is None else self.lm_head.weight
         logits = F.linear(x[:, -logits_to_keep:] if logits_to_keep else x, head)  # (B, L or n, V)
-        return TransformerOutput(x, tuple(hidden), tuple(weights) if need_weights else None, logits, cache)
+        return TransformerOutput(x, tuple(hidden), tuple(weights) if need_weights and keep_weights else None,
+                                 logits, cache)

@@ -105,6 +105,9 @@ class MultiHeadAttention(nn.Module):
         self.out_proj = nn.Linear(num_heads * head_dim, embed_dim, **kw)
         self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()
         self.hook_z = HookPoint()  # per-head context (B, H, Lq, Dh): ablate/patch heads here
+        # per-head weights (B, H, Lq, Lk), only when need_weights: read them here as they are
+        # computed (e.g. during generation) without keeping every layer's in memory.
+        self.hook_pattern = HookPoint()
 
     def _heads(self, x: Tensor, n: int) -> Tensor:
         B, L, _ = x.shape
@@ -153,7 +156,8 @@ class MultiHeadAttention(nn.Module):
         z = self.hook_z(out.context)  # (B, H, Lq, Dh)
         B, H, Lq, Dh = z.shape
         merged = z.transpose(1, 2).reshape(B, Lq, H * Dh)  # (B, Lq, H·Dh)
-        return MultiHeadOutput(self.out_proj(merged), out.weights, out.lse)
+        weights = None if out.weights is None else self.hook_pattern(out.weights)
+        return MultiHeadOutput(self.out_proj(merged), weights, out.lse)
 
     @classmethod
     def from_torch(cls, m: nn.MultiheadAttention) -> MultiHeadAttention:

@@ -1,0 +1,232 @@
+"""Generate with a decoder LLM and capture its attention inside the real decode loop.
+
+``generate_text(lm, "How do attention heads work?")`` renders the chat template (a ChatML turn
+for SmolLM2), prefills the prompt once, then feeds one token per step through the KV cache.
+Greedy decoding or seeded sampling (temperature, nucleus top-p: Holtzman et al. 2020); stops
+at the end-of-turn token. With ``capture=True`` an :class:`AttentionRecorder` keeps every fed
+position's attention row per layer and head as the forward pass computes it (fp16, chosen
+layers/heads) — no second forward after generation, unlike tools that recompute.
+
+``mask`` and ``score_mods`` reach every forward pass, prefill and decode alike: this is how
+attention knockout (mask keys out) and steering (PASTA-style score_mods) run during generation.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from attnlab.inspect.recorder import AttentionRecorder
+from attnlab.models.loading import LoadedModel
+from attnlab.models.tokenizer import Encoded
+
+OnToken = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Greedy (argmax) when ``greedy``; else softmax(logits / temperature) cut to the smallest
+    set of tokens whose probability reaches ``top_p``, drawn with a generator seeded by ``seed``."""
+
+    greedy: bool = True
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)
+                and self.temperature > 0):
+            raise ValueError(f"temperature: expected a number > 0, got {self.temperature!r}")
+        if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
+            raise ValueError(f"top_p: expected a number in (0, 1], got {self.top_p!r}")
+
+
+def next_token(logits: Tensor, sampling: Sampling, gen: torch.Generator | None) -> int:
+    """One id from (V,) logits."""
+    if sampling.greedy:
+        return int(logits.argmax())
+    probs = torch.softmax(logits.double() / sampling.temperature, dim=-1)  # (V,)
+    if sampling.top_p < 1:
+        p, idx = probs.sort(descending=True)
+        keep = (p.cumsum(0) - p) < sampling.top_p  # tokens before which mass < top_p: >= 1 kept
+        probs = torch.zeros_like(probs).scatter_(0, idx[keep], p[keep])
+    return int(torch.multinomial(probs, 1, generator=gen))
+
+
+@dataclass
+class Generation:
+    prompt: Encoded  # the rendered prompt (chat template applied), tokenised
+    new_ids: list[int]
+    new_labels: list[str]  # readable label per generated token
+    text: str  # decoded answer (without the end-of-turn token)
+    stop_reason: str  # "eos" | "max_new_tokens" | "context"
+    recorder: AttentionRecorder | None = None
+    timings: dict[str, float] = field(default_factory=dict)  # prefill_s, decode_s, tokens_per_s
+    model: str = ""
+
+    @property
+    def labels(self) -> list[str]:
+        """Labels of every position: the prompt's tokens, then the generated ones."""
+        return self.prompt.labels + self.new_labels
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"model": self.model, "prompt": self.prompt.text,
+                               "prompt_tokens": len(self.prompt), "answer": self.text, "new_tokens": len(self.new_ids), "new_ids": self.new_ids,
+                               "stop_reason": self.stop_reason, "timings": self.timings}
+        if self.recorder is not None:
+            out["capture"] = {"layers": self.recorder.layers, "heads": self.recorder.heads,
+                              "kv_group": self.recorder.kv_group, "rows": len(self.recorder),
+                              "bytes": self.recorder.nbytes}
+        return out
+
+
+def render_prompt(lm: LoadedModel, prompt: str, *, system: str | None = None, chat: bool = True) -> str:
+    """The text the model reads: the chat template applied to one user turn, or ``prompt`` raw."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError(f"prompt: expected some text, got {prompt!r}")
+    if not chat or lm.chat_template is None:
+        return prompt
+    from attnlab.models.gguf_tokenizer import ChatTemplate, chat_messages
+
+    return ChatTemplate(lm.chat_template).render(chat_messages(prompt, system), add_generation_prompt=True)
+
+
+def eos_ids(lm: LoadedModel) -> set[int]:
+    cfg = lm.model.cfg
+    ids = set(getattr(cfg, "eos_token_ids", ()) or ())
+    if getattr(cfg, "eos_token_id", None) is not None:
+        ids.add(int(cfg.eos_token_id))
+    end_turn = lm.tokenizer.token_id("<|im_end|>")  # ChatML's end of turn
+    if end_turn is not None:
+        ids.add(end_turn)
+    return ids
+
+
+@torch.no_grad()
+def generate_ids(
+    lm: LoadedModel,
+    prompt_ids: Sequence[int],
+    *,
+    max_new_tokens: int = 64,
+    sampling: Sampling = Sampling(),
+    stop_ids: set[int] | None = None,
+    mask: object = None,
+    score_mods: Any = None,
+    recorder: AttentionRecorder | None = None,
+    use_cache: bool = True,
+    on_token: Callable[[int], None] | None = None,
+    backend: str = "auto",
+) -> tuple[list[int], str, dict[str, float]]:
+    """The decode loop: returns new ids, the stop reason and timings.
+
+    ``use_cache=False`` re-runs the whole sequence every step (the check that the KV cache
+    changes nothing). ``recorder`` turns on weights in the forward passes it hooks.
+    """
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens: expected a positive int, got {max_new_tokens!r}")
+    model = lm.model
+    stop_ids = eos_ids(lm) if stop_ids is None else stop_ids
+    room = lm.max_tokens - len(prompt_ids)
+    if room < 1:
+        raise ValueError(f"prompt: expected fewer than {lm.max_tokens} tokens (the model's context) to leave "
+                         f"room to generate, got {len(prompt_ids)}; shorten it or pass --truncate")
+    gen = None if sampling.greedy else torch.Generator().manual_seed(sampling.seed)
+    need = recorder.layers if recorder is not None else False
+    kw: dict[str, Any] = {"mask": mask, "score_mods": score_mods, "backend": backend}
+    if hasattr(model, "rope"):  # Llama: weights go to the recorder's hooks only; last logits only
+        kw |= {"keep_weights": False, "logits_to_keep": 1}
+    cache = model.new_cache() if use_cache else None
+    seq = list(prompt_ids)
+    new: list[int] = []
+    ids = torch.tensor([seq])  # (1, P)
+    t0 = time.perf_counter()
+    t_prefill = 0.0
+    reason = "max_new_tokens"
+    for step in range(min(max_new_tokens, room)):
+        out = model(ids, cache=cache, need_weights=need, **kw)
+        if step == 0:
+            t_prefill = time.perf_counter() - t0
+        nxt = next_token(out.logits[0, -1], sampling, gen)
+        new.append(nxt)
+        seq.append(nxt)
+        if on_token is not None:
+            on_token(nxt)
+        if nxt in stop_ids:
+            reason = "eos"
+            break
+        # Only the new token with a cache (the past lives there); everything without.
+        ids = torch.tensor([[nxt]]) if use_cache else torch.tensor([seq])
+        if recorder is not None and not use_cache:
+            raise ValueError("recorder: expected use_cache=True (without a cache rows would repeat)")
+    else:
+        if len(new) < max_new_tokens:
+            reason = "context"
+    total = time.perf_counter() - t0
+    decode_s = total - t_prefill
+    steps = max(len(new) - 1, 1)
+    return new, reason, {"prefill_s": round(t_prefill, 4), "decode_s": round(decode_s, 4),
+                         "tokens_per_s": round(steps / decode_s, 2) if decode_s > 0 else 0.0}
+
+
+class TextStream:
+    """Incremental detokenisation for printing tokens as they come: decode the whole answer so
+    far and emit the new suffix, holding back an incomplete UTF-8 sequence (byte-level BPE may
+    split one character over several tokens)."""
+
+    def __init__(self, lm: LoadedModel, write: OnToken, skip: set[int]) -> None:
+        self.lm, self.write, self.skip = lm, write, skip
+        self.ids: list[int] = []
+        self.shown = 0
+
+    def __call__(self, token_id: int) -> None:
+        if token_id in self.skip:
+            return
+        self.ids.append(token_id)
+        text = self.lm.tokenizer.decode(self.ids)
+        if text.endswith("\ufffd"):
+            return
+        self.write(text[self.shown:])
+        self.shown = len(text)
+
+
+def generate_text(
+    lm: LoadedModel,
+    prompt: str,
+    *,
+    system: str | None = None,
+    chat: bool = True,
+    max_new_tokens: int = 64,
+    sampling: Sampling = Sampling(),
+    capture: bool = False,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    mask: object = None,
+    score_mods: Any = None,
+    stream: OnToken | None = None,
+    truncate: bool = False,
+) -> Generation:
+    """Chat-format ``prompt``, generate, and (``capture``) record attention while generating."""
+    if lm.kind != "decoder" or not lm.native:
+        raise ValueError(f"--model: expected a decoder LLM loaded by attnlab (smollm2, a llama GGUF or "
+                         f"folder, gpt2), got a {lm.kind} ({lm.model_type}, {lm.engine})")
+    text = render_prompt(lm, prompt, system=system, chat=chat)
+    enc = lm.encode(text, truncate=truncate, name="prompt")
+    stops = eos_ids(lm)
+    recorder = AttentionRecorder(lm.model, layers=layers, heads=heads) if capture else None
+    streamer = TextStream(lm, stream, stops) if stream is not None else None
+    try:
+        new, reason, timings = generate_ids(lm, enc.ids, max_new_tokens=max_new_tokens, sampling=sampling,
+                                            stop_ids=stops, mask=mask, score_mods=score_mods,
+                                            recorder=recorder, on_token=streamer)
+    finally:
+        if recorder is not None:
+            recorder.remove()
+    answer = lm.tokenizer.decode([i for i in new if i not in stops])
+    labels = [lm.tokenizer.label(lm.tokenizer.id_to_token(i)) for i in new]
+    return Generation(enc, new, labels, answer, reason, recorder, timings, lm.name)
