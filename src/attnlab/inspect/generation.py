@@ -77,7 +77,8 @@ class Generation:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"model": self.model, "prompt": self.prompt.text,
-                               "prompt_tokens": len(self.prompt), "answer": self.text, "new_tokens": len(self.new_ids), "new_ids": self.new_ids,
+                               "prompt_tokens": len(self.prompt), "answer": self.text,
+                               "new_tokens": len(self.new_ids), "new_ids": self.new_ids,
                                "stop_reason": self.stop_reason, "timings": self.timings}
         if self.recorder is not None:
             out["capture"] = {"layers": self.recorder.layers, "heads": self.recorder.heads,
