@@ -122,6 +122,7 @@ def generate_ids(
     recorder: AttentionRecorder | None = None,
     use_cache: bool = True,
     on_token: Callable[[int], None] | None = None,
+    on_logits: Callable[[Tensor], None] | None = None,
     backend: str = "auto",
 ) -> tuple[list[int], str, dict[str, float]]:
     """The decode loop: returns new ids, the stop reason and timings.
@@ -153,6 +154,8 @@ def generate_ids(
         out = model(ids, cache=cache, need_weights=need, **kw)
         if step == 0:
             t_prefill = time.perf_counter() - t0
+        if on_logits is not None:
+            on_logits(out.logits[0, -1])  # (V,) the distribution this token is drawn from
         nxt = next_token(out.logits[0, -1], sampling, gen)
         new.append(nxt)
         seq.append(nxt)
@@ -210,6 +213,7 @@ def generate_text(
     mask: object = None,
     score_mods: Any = None,
     stream: OnToken | None = None,
+    on_logits: Callable[[Tensor], None] | None = None,
     truncate: bool = False,
 ) -> Generation:
     """Chat-format ``prompt``, generate, and (``capture``) record attention while generating."""
@@ -224,7 +228,8 @@ def generate_text(
     try:
         new, reason, timings = generate_ids(lm, enc.ids, max_new_tokens=max_new_tokens, sampling=sampling,
                                             stop_ids=stops, mask=mask, score_mods=score_mods,
-                                            recorder=recorder, on_token=streamer)
+                                            recorder=recorder, on_token=streamer,
+                                            on_logits=on_logits)
     finally:
         if recorder is not None:
             recorder.remove()

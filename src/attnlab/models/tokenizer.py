@@ -76,6 +76,10 @@ class TextTokenizer:
     def token_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
 
+    def piece_ids(self, text: str) -> list[int]:
+        """Ids of ``text`` alone: no special tokens added around it, no length check."""
+        return list(self._tok.encode(text, add_special_tokens=False).ids)
+
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(ids, skip_special_tokens=False)
 

@@ -1,0 +1,201 @@
+"""The seeds' prompt experiment, measured: do words added to a prompt steer the answer through
+attention?
+
+``prompt_effect(lm, base, add)`` generates greedily from ``base`` and from ``base + add`` and
+reports, side by side:
+
+a. both answers;
+b. a topic measure fixed in advance — the probability mass on a lexicon's tokens (security by
+   default) at each answer position — mean and total, for both prompts;
+c. for each token of the augmented answer, the share of attention (rows recorded while it was
+   generated) on the added words, per layer (mean over heads), and the heads that give them
+   most; with the uniform share (added tokens / visible keys) as the baseline;
+d. attention knockout: the augmented prompt again with the added words masked out of
+   attention in all layers, then per band of layers — how far the answer (chrF to the base
+   answer) and the topic measure move back towards the base prompt's;
+e. optionally PASTA steering of the base prompt (``emphasize`` + ``alpha``) in the heads of (c),
+   and the topic shift it causes without adding any word.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from attnlab.inspect.generation import Generation, generate_text, render_prompt
+from attnlab.inspect.steering import SECURITY_LEXICON, Topic, knockout, pasta, per_head_layers, per_layer
+from attnlab.models.loading import LoadedModel
+from attnlab.models.tokenizer import Encoded
+
+DEFAULT_BASE = "create a python post request handler of a login form"
+DEFAULT_ADD = "Make it secure."
+
+
+@dataclass
+class Run:
+    label: str
+    generation: Generation
+    topic: list[float]  # mass on the lexicon at each answer position
+
+    @property
+    def topic_mean(self) -> float:
+        return sum(self.topic) / max(len(self.topic), 1)
+
+    def summary(self, base_answer: str | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {"label": self.label, "answer": self.generation.text,
+                               "tokens": len(self.generation.new_ids),
+                               "topic_mean": round(self.topic_mean, 5), "topic_total": round(sum(self.topic), 4)}
+        if base_answer is not None:
+            out["chrf_to_base"] = round(chrf(self.generation.text, base_answer), 2)
+        return out
+
+
+def chrf(hyp: str, ref: str) -> float:
+    """Character n-gram F-score (Popović 2015) with sacrebleu: how alike two answers are."""
+    from sacrebleu.metrics import CHRF
+
+    return float(CHRF().sentence_score(hyp, [ref]).score)
+
+
+def span_positions(enc: Encoded, start: int, end: int) -> list[int]:
+    """Token positions whose characters overlap text[start:end] (special tokens excluded)."""
+    return [i for i, ((a, b), sp) in enumerate(zip(enc.offsets, enc.special, strict=True))
+            if not sp and a < end and b > start]
+
+
+def find_span(enc: Encoded, words: str, *, after: int = 0, name: str = "add") -> list[int]:
+    """Positions of the tokens of ``words`` in ``enc`` (its last occurrence at or after ``after``)."""
+    at = enc.text.rfind(words)
+    if at < after or not words.strip():
+        shown = ", ".join(repr(t) for t in enc.labels if t.strip())
+        raise ValueError(f"{name}: expected words of the prompt, got {words!r}; the prompt's tokens are: {shown}")
+    return span_positions(enc, at, at + len(words))
+
+
+@dataclass
+class PromptEffect:
+    base: Run
+    augmented: Run
+    added_text: str
+    added_positions: list[int]  # in the augmented prompt's tokens
+    share: Tensor  # (n_answer, L) share of attention on the added tokens, mean over heads
+    share_heads: Tensor  # (L, H) mean over answer tokens
+    uniform: list[float]  # per answer token: added / visible keys (what uniform attention gives)
+    knockouts: list[Run] = field(default_factory=list)
+    steered: Run | None = None
+    steering: dict[str, Any] = field(default_factory=dict)
+    topic: Topic | None = None
+
+    def top_heads(self, n: int = 8) -> list[dict[str, Any]]:
+        H = self.share_heads.shape[1]
+        order = self.share_heads.flatten().argsort(descending=True)[:n].tolist()
+        return [{"layer": i // H, "head": i % H, "share": round(float(self.share_heads.flatten()[i]), 4)}
+                for i in order]
+
+    def moved_back(self, run: Run) -> float | None:
+        """Fraction of the topic effect a knockout removes: 1 = back to the base prompt's level."""
+        gap = self.augmented.topic_mean - self.base.topic_mean
+        return None if abs(gap) < 1e-9 else (self.augmented.topic_mean - run.topic_mean) / gap
+
+    def to_dict(self) -> dict[str, Any]:
+        ref = self.base.generation.text
+        knock = []
+        for r in self.knockouts:
+            d = r.summary(ref)
+            mb = self.moved_back(r)
+            d["topic_moved_back"] = None if mb is None else round(mb, 3)
+            knock.append(d)
+        out: dict[str, Any] = {
+            "model": self.base.generation.model,
+            "base": self.base.summary(), "augmented": self.augmented.summary(ref),
+            "added": {"text": self.added_text, "positions": self.added_positions,
+                      "tokens": [self.augmented.generation.prompt.labels[p] for p in self.added_positions]},
+            "topic_words": list(self.topic.used) if self.topic else [],
+            "share_by_layer": [round(float(x), 4) for x in self.share.mean(0)],
+            "share_mean": round(float(self.share.mean()), 4),
+            "uniform_share_mean": round(sum(self.uniform) / max(len(self.uniform), 1), 4),
+            "top_heads": self.top_heads(),
+            "knockout": knock,
+        }
+        if self.steered is not None:
+            out["steering"] = self.steering | self.steered.summary(ref) | {
+                "topic_shift": round(self.steered.topic_mean - self.base.topic_mean, 5)}
+        return out
+
+
+def _run(lm: LoadedModel, label: str, prompt: str, topic: Topic, **kw: Any) -> Run:
+    masses: list[float] = []
+    g = generate_text(lm, prompt, on_logits=lambda lg: masses.append(topic.mass(lg)), **kw)
+    return Run(label, g, masses)
+
+
+def layer_bands(n_layers: int, bands: int = 3) -> list[range]:
+    edges = [round(i * n_layers / bands) for i in range(bands + 1)]
+    return [range(edges[i], edges[i + 1]) for i in range(bands) if edges[i + 1] > edges[i]]
+
+
+def prompt_effect(
+    lm: LoadedModel,
+    base: str = DEFAULT_BASE,
+    add: str = DEFAULT_ADD,
+    *,
+    topic_words: Sequence[str] = SECURITY_LEXICON,
+    max_new_tokens: int = 48,
+    system: str | None = None,
+    bands: int = 3,
+    emphasize: str | None = None,
+    alpha: float = 0.01,
+    steer_heads: int = 8,
+) -> PromptEffect:
+    if not isinstance(add, str) or not add.strip():
+        raise ValueError(f"add: expected words to add to the prompt, got {add!r}")
+    if not isinstance(base, str) or not base.strip():
+        raise ValueError(f"prompt: expected some text, got {base!r}")
+    if add.strip().lower() in base.lower():
+        raise ValueError(f"add: {add!r} is already in the prompt {base!r}; add words it does not have")
+    topic = Topic.from_words(lm.tokenizer, topic_words)
+    augmented = f"{base.rstrip()} {add.strip()}"
+    kw: dict[str, Any] = {"system": system, "max_new_tokens": max_new_tokens}
+    b = _run(lm, "base", base, topic, **kw)
+    a = _run(lm, "augmented", augmented, topic, capture=True, **kw)
+    enc = a.generation.prompt
+    user_at = enc.text.rfind(augmented)
+    added = find_span(enc, add.strip(), after=max(user_at, 0))
+    share, share_heads, uniform = _added_share(a.generation, added)
+    eff = PromptEffect(b, a, add.strip(), added, share, share_heads, uniform, topic=topic)
+    L = lm.num_layers
+    groups = [("all layers", range(L))] + [(f"layers {r.start}-{r.stop - 1}", r) for r in layer_bands(L, bands)]
+    for label, layers in groups:
+        mods = per_layer(knockout(added), layers)
+        eff.knockouts.append(_run(lm, f"knockout {label}", augmented, topic, score_mods=mods, **kw))
+    if emphasize is not None:
+        eff.steered, eff.steering = _steer(lm, base, emphasize, alpha, eff.top_heads(steer_heads), topic, kw)
+    return eff
+
+
+def _added_share(g: Generation, added: list[int]) -> tuple[Tensor, Tensor, list[float]]:
+    """Rows that produced each answer token: position P-1 produced token 0, P-1+t token t."""
+    rec = g.recorder
+    assert rec is not None
+    P = len(g.prompt)
+    idx = torch.tensor(added)
+    rows = [rec.row(P - 1 + t) for t in range(len(g.new_ids)) if P - 1 + t < len(rec)]
+    per = torch.stack([r.float()[:, :, idx].sum(-1) for r in rows])  # (T, L, H)
+    uniform = [len(added) / r.shape[-1] for r in rows]
+    return per.mean(-1), per.mean(0), uniform  # (T, L), (L, H)
+
+
+def _steer(lm: LoadedModel, base: str, words: str, alpha: float, heads: list[dict[str, Any]], topic: Topic,
+           kw: dict[str, Any]) -> tuple[Run, dict[str, Any]]:
+    text = render_prompt(lm, base, system=kw.get("system"))
+    enc = lm.encode(text, name="prompt")
+    user_at = text.rfind(base)
+    span = find_span(enc, words.strip(), after=max(user_at, 0), name="emphasize")
+    pairs = [(h["layer"], h["head"]) for h in heads]
+    mods = per_head_layers(pairs, lambda hs: pasta(span, hs, alpha))
+    run = _run(lm, f"PASTA emphasize {words!r}", base, topic, score_mods=mods, **kw)
+    return run, {"emphasize": words, "alpha": alpha, "span": span, "heads": pairs}
