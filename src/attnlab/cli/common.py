@@ -6,6 +6,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -42,6 +43,26 @@ def parse_json_option(name: str, text: str | None) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise ValueError(f"{name}: expected JSON (e.g. [[1, 0], [0, 1]]), got {text!r}: {e.msg}") from None
+
+
+
+def load_lm(model: str | Path | None, *, small: bool = True):
+    """Load a model for a CLI command; ``small``: one thread, suited to short inputs on small
+    models (an LLM's matrix-vector decode steps are memory-bound and gain from every core)."""
+    import os
+
+    import torch
+
+    from attnlab.models.loading import load_model
+
+    if small and not any(v in os.environ for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "ATTNLAB_THREADS")):
+        # The work here is small (tens to hundreds of tokens): OpenMP's fork/join costs more than
+        # it saves, and on a busy machine a second spinning thread made each 20x384 matmul ~100x
+        # slower (12 ms vs 125 us, measured). Set OMP_NUM_THREADS to choose otherwise.
+        torch.set_num_threads(1)
+    elif "ATTNLAB_THREADS" in os.environ:
+        torch.set_num_threads(max(1, int(os.environ["ATTNLAB_THREADS"])))
+    return load_model(model)
 
 
 Registrar = Callable[[typer.Typer], None]

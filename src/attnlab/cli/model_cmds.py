@@ -16,29 +16,13 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from attnlab.cli.common import console, err_console, print_json, user_errors
+from attnlab.cli.common import console, err_console, load_lm, print_json, user_errors
 
-ModelOpt = Annotated[Path | None, typer.Option("--model", help="local Hugging Face model folder "
-                                               "(default: the embedded all-MiniLM-L6-v2)")]
+ModelOpt = Annotated[Path | None, typer.Option("--model", help="local Hugging Face model folder, a .gguf "
+                                               "file, or smollm2 (the embedded LLM); default: the "
+                                               "embedded all-MiniLM-L6-v2")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 TruncOpt = Annotated[bool, typer.Option("--truncate", help="cut texts longer than the model's positions")]
-
-
-def _load(model: Path | None):
-    import os
-
-    import torch
-
-    from attnlab.models.loading import load_model
-
-    if not any(v in os.environ for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "ATTNLAB_THREADS")):
-        # The work here is small (tens to hundreds of tokens): OpenMP's fork/join costs more than
-        # it saves, and on a busy machine a second spinning thread made each 20x384 matmul ~100x
-        # slower (12 ms vs 125 us, measured). Set OMP_NUM_THREADS to choose otherwise.
-        torch.set_num_threads(1)
-    elif "ATTNLAB_THREADS" in os.environ:
-        torch.set_num_threads(max(1, int(os.environ["ATTNLAB_THREADS"])))
-    return load_model(model)
 
 
 def _w(x: float) -> str:
@@ -80,7 +64,7 @@ def inspect_command(
     with user_errors(as_json):
         from attnlab.inspect.report import check_head, inspect_text
 
-        lm = _load(model)
+        lm = load_lm(model)
         check_head(lm, layer, head)
         res = inspect_text(lm, text, focus=focus, k=top, truncate=truncate, generate_tokens=generate_tokens,
                            flow=flow, backend=backend)
@@ -206,7 +190,7 @@ def compare_command(
             raise ValueError(f"texts: expected two texts (TEXT_A TEXT_B), got {len(texts)}")
         from attnlab.inspect.compare import compare
 
-        lm = _load(model)
+        lm = load_lm(model)
         cmp = compare(lm, texts[0], texts[1], focus, cands or None, truncate=truncate)
         rep: dict[str, Any] = {"model": lm.describe()} | cmp.to_dict(top)
         if html is not None:
@@ -252,7 +236,7 @@ def heads_command(
     with user_errors(as_json):
         from attnlab.inspect.heads import detect_heads
 
-        lm = _load(model)
+        lm = load_lm(model)
         hs = detect_heads(lm, list(texts) if texts else None)
         rep = {"model": lm.describe()} | hs.to_dict()
     if as_json:
@@ -295,7 +279,7 @@ def tradeoff_command(
             ws.append(int(w))
         from attnlab.inspect.tradeoff import tradeoff
 
-        lm = _load(model)
+        lm = load_lm(model)
         rows = tradeoff(lm, list(texts) if texts else None, ws or None, truncate=truncate,
                         global_first=global_first)
         rep = {"model": lm.describe(), "global_first": global_first, "rows": [r.to_dict() for r in rows]}
@@ -326,7 +310,7 @@ def serve_command(
             raise ValueError(f"--port: expected 1..65535, got {port}")
         from attnlab.inspect.server import create_app
 
-        lm = _load(model)
+        lm = load_lm(model)
         app = create_app(lm, max_chars=max_chars, host=host, port=port)
     import uvicorn
 

@@ -40,8 +40,11 @@ class Sampling:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)
-                and self.temperature > 0):
+        if not (
+            isinstance(self.temperature, (int, float))
+            and math.isfinite(self.temperature)
+            and self.temperature > 0
+        ):
             raise ValueError(f"temperature: expected a number > 0, got {self.temperature!r}")
         if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
             raise ValueError(f"top_p: expected a number in (0, 1], got {self.top_p!r}")
@@ -76,14 +79,24 @@ class Generation:
         return self.prompt.labels + self.new_labels
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"model": self.model, "prompt": self.prompt.text,
-                               "prompt_tokens": len(self.prompt), "answer": self.text,
-                               "new_tokens": len(self.new_ids), "new_ids": self.new_ids,
-                               "stop_reason": self.stop_reason, "timings": self.timings}
+        out: dict[str, Any] = {
+            "model": self.model,
+            "prompt": self.prompt.text,
+            "prompt_tokens": len(self.prompt),
+            "answer": self.text,
+            "new_tokens": len(self.new_ids),
+            "new_ids": self.new_ids,
+            "stop_reason": self.stop_reason,
+            "timings": self.timings,
+        }
         if self.recorder is not None:
-            out["capture"] = {"layers": self.recorder.layers, "heads": self.recorder.heads,
-                              "kv_group": self.recorder.kv_group, "rows": len(self.recorder),
-                              "bytes": self.recorder.nbytes}
+            out["capture"] = {
+                "layers": self.recorder.layers,
+                "heads": self.recorder.heads,
+                "kv_group": self.recorder.kv_group,
+                "rows": len(self.recorder),
+                "bytes": self.recorder.nbytes,
+            }
         return out
 
 
@@ -136,8 +149,10 @@ def generate_ids(
     stop_ids = eos_ids(lm) if stop_ids is None else stop_ids
     room = lm.max_tokens - len(prompt_ids)
     if room < 1:
-        raise ValueError(f"prompt: expected fewer than {lm.max_tokens} tokens (the model's context) to leave "
-                         f"room to generate, got {len(prompt_ids)}; shorten it or pass --truncate")
+        raise ValueError(
+            f"prompt: expected fewer than {lm.max_tokens} tokens (the model's context) to leave "
+            f"room to generate, got {len(prompt_ids)}; shorten it or pass --truncate"
+        )
     gen = None if sampling.greedy else torch.Generator().manual_seed(sampling.seed)
     need = recorder.layers if recorder is not None else False
     kw: dict[str, Any] = {"mask": mask, "score_mods": score_mods, "backend": backend}
@@ -174,8 +189,15 @@ def generate_ids(
     total = time.perf_counter() - t0
     decode_s = total - t_prefill
     steps = max(len(new) - 1, 1)
-    return new, reason, {"prefill_s": round(t_prefill, 4), "decode_s": round(decode_s, 4),
-                         "tokens_per_s": round(steps / decode_s, 2) if decode_s > 0 else 0.0}
+    return (
+        new,
+        reason,
+        {
+            "prefill_s": round(t_prefill, 4),
+            "decode_s": round(decode_s, 4),
+            "tokens_per_s": round(steps / decode_s, 2) if decode_s > 0 else 0.0,
+        },
+    )
 
 
 class TextStream:
@@ -195,7 +217,7 @@ class TextStream:
         text = self.lm.tokenizer.decode(self.ids)
         if text.endswith("\ufffd"):
             return
-        self.write(text[self.shown:])
+        self.write(text[self.shown :])
         self.shown = len(text)
 
 
@@ -218,18 +240,28 @@ def generate_text(
 ) -> Generation:
     """Chat-format ``prompt``, generate, and (``capture``) record attention while generating."""
     if lm.kind != "decoder" or not lm.native:
-        raise ValueError(f"--model: expected a decoder LLM loaded by attnlab (smollm2, a llama GGUF or "
-                         f"folder, gpt2), got a {lm.kind} ({lm.model_type}, {lm.engine})")
+        raise ValueError(
+            f"--model: expected a decoder LLM loaded by attnlab (smollm2, a llama GGUF or "
+            f"folder, gpt2), got a {lm.kind} ({lm.model_type}, {lm.engine})"
+        )
     text = render_prompt(lm, prompt, system=system, chat=chat)
     enc = lm.encode(text, truncate=truncate, name="prompt")
     stops = eos_ids(lm)
     recorder = AttentionRecorder(lm.model, layers=layers, heads=heads) if capture else None
     streamer = TextStream(lm, stream, stops) if stream is not None else None
     try:
-        new, reason, timings = generate_ids(lm, enc.ids, max_new_tokens=max_new_tokens, sampling=sampling,
-                                            stop_ids=stops, mask=mask, score_mods=score_mods,
-                                            recorder=recorder, on_token=streamer,
-                                            on_logits=on_logits)
+        new, reason, timings = generate_ids(
+            lm,
+            enc.ids,
+            max_new_tokens=max_new_tokens,
+            sampling=sampling,
+            stop_ids=stops,
+            mask=mask,
+            score_mods=score_mods,
+            recorder=recorder,
+            on_token=streamer,
+            on_logits=on_logits,
+        )
     finally:
         if recorder is not None:
             recorder.remove()

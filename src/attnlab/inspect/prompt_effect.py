@@ -46,9 +46,13 @@ class Run:
         return sum(self.topic) / max(len(self.topic), 1)
 
     def summary(self, base_answer: str | None = None) -> dict[str, Any]:
-        out: dict[str, Any] = {"label": self.label, "answer": self.generation.text,
-                               "tokens": len(self.generation.new_ids),
-                               "topic_mean": round(self.topic_mean, 5), "topic_total": round(sum(self.topic), 4)}
+        out: dict[str, Any] = {
+            "label": self.label,
+            "answer": self.generation.text,
+            "tokens": len(self.generation.new_ids),
+            "topic_mean": round(self.topic_mean, 5),
+            "topic_total": round(sum(self.topic), 4),
+        }
         if base_answer is not None:
             out["chrf_to_base"] = round(chrf(self.generation.text, base_answer), 2)
         return out
@@ -63,8 +67,11 @@ def chrf(hyp: str, ref: str) -> float:
 
 def span_positions(enc: Encoded, start: int, end: int) -> list[int]:
     """Token positions whose characters overlap text[start:end] (special tokens excluded)."""
-    return [i for i, ((a, b), sp) in enumerate(zip(enc.offsets, enc.special, strict=True))
-            if not sp and a < end and b > start]
+    return [
+        i
+        for i, ((a, b), sp) in enumerate(zip(enc.offsets, enc.special, strict=True))
+        if not sp and a < end and b > start
+    ]
 
 
 def find_span(enc: Encoded, words: str, *, after: int = 0, name: str = "add") -> list[int]:
@@ -72,7 +79,9 @@ def find_span(enc: Encoded, words: str, *, after: int = 0, name: str = "add") ->
     at = enc.text.rfind(words)
     if at < after or not words.strip():
         shown = ", ".join(repr(t) for t in enc.labels if t.strip())
-        raise ValueError(f"{name}: expected words of the prompt, got {words!r}; the prompt's tokens are: {shown}")
+        raise ValueError(
+            f"{name}: expected words of the prompt, got {words!r}; the prompt's tokens are: {shown}"
+        )
     return span_positions(enc, at, at + len(words))
 
 
@@ -93,8 +102,10 @@ class PromptEffect:
     def top_heads(self, n: int = 8) -> list[dict[str, Any]]:
         H = self.share_heads.shape[1]
         order = self.share_heads.flatten().argsort(descending=True)[:n].tolist()
-        return [{"layer": i // H, "head": i % H, "share": round(float(self.share_heads.flatten()[i]), 4)}
-                for i in order]
+        return [
+            {"layer": i // H, "head": i % H, "share": round(float(self.share_heads.flatten()[i]), 4)}
+            for i in order
+        ]
 
     def moved_back(self, run: Run) -> float | None:
         """Fraction of the topic effect a knockout removes: 1 = back to the base prompt's level."""
@@ -111,9 +122,13 @@ class PromptEffect:
             knock.append(d)
         out: dict[str, Any] = {
             "model": self.base.generation.model,
-            "base": self.base.summary(), "augmented": self.augmented.summary(ref),
-            "added": {"text": self.added_text, "positions": self.added_positions,
-                      "tokens": [self.augmented.generation.prompt.labels[p] for p in self.added_positions]},
+            "base": self.base.summary(),
+            "augmented": self.augmented.summary(ref),
+            "added": {
+                "text": self.added_text,
+                "positions": self.added_positions,
+                "tokens": [self.augmented.generation.prompt.labels[p] for p in self.added_positions],
+            },
             "topic_words": list(self.topic.used) if self.topic else [],
             "share_by_layer": [round(float(x), 4) for x in self.share.mean(0)],
             "share_mean": round(float(self.share.mean()), 4),
@@ -122,8 +137,11 @@ class PromptEffect:
             "knockout": knock,
         }
         if self.steered is not None:
-            out["steering"] = self.steering | self.steered.summary(ref) | {
-                "topic_shift": round(self.steered.topic_mean - self.base.topic_mean, 5)}
+            out["steering"] = (
+                self.steering
+                | self.steered.summary(ref)
+                | {"topic_shift": round(self.steered.topic_mean - self.base.topic_mean, 5)}
+            )
         return out
 
 
@@ -168,7 +186,9 @@ def prompt_effect(
     share, share_heads, uniform = _added_share(a.generation, added)
     eff = PromptEffect(b, a, add.strip(), added, share, share_heads, uniform, topic=topic)
     L = lm.num_layers
-    groups = [("all layers", range(L))] + [(f"layers {r.start}-{r.stop - 1}", r) for r in layer_bands(L, bands)]
+    groups = [("all layers", range(L))] + [
+        (f"layers {r.start}-{r.stop - 1}", r) for r in layer_bands(L, bands)
+    ]
     for label, layers in groups:
         mods = per_layer(knockout(added), layers)
         eff.knockouts.append(_run(lm, f"knockout {label}", augmented, topic, score_mods=mods, **kw))
@@ -189,8 +209,15 @@ def _added_share(g: Generation, added: list[int]) -> tuple[Tensor, Tensor, list[
     return per.mean(-1), per.mean(0), uniform  # (T, L), (L, H)
 
 
-def _steer(lm: LoadedModel, base: str, words: str, alpha: float, heads: list[dict[str, Any]], topic: Topic,
-           kw: dict[str, Any]) -> tuple[Run, dict[str, Any]]:
+def _steer(
+    lm: LoadedModel,
+    base: str,
+    words: str,
+    alpha: float,
+    heads: list[dict[str, Any]],
+    topic: Topic,
+    kw: dict[str, Any],
+) -> tuple[Run, dict[str, Any]]:
     text = render_prompt(lm, base, system=kw.get("system"))
     enc = lm.encode(text, name="prompt")
     user_at = text.rfind(base)
@@ -199,3 +226,64 @@ def _steer(lm: LoadedModel, base: str, words: str, alpha: float, heads: list[dic
     mods = per_head_layers(pairs, lambda hs: pasta(span, hs, alpha))
     run = _run(lm, f"PASTA emphasize {words!r}", base, topic, score_mods=mods, **kw)
     return run, {"emphasize": words, "alpha": alpha, "span": span, "heads": pairs}
+
+
+def markdown_report(rep: dict[str, Any]) -> str:
+    """The experiment's JSON (``PromptEffect.to_dict``) as a markdown page."""
+    b, a = rep["base"], rep["augmented"]
+
+    def block(text: str) -> str:
+        return "\n".join("    " + line for line in text.splitlines()) or "    (empty)"
+
+    lines = [
+        f"# Prompt effect on {rep['model']}",
+        "",
+        f"Added words: `{rep['added']['text']}` (tokens {rep['added']['positions']})",
+        "",
+        "## Answers",
+        "",
+        "Base prompt:",
+        "",
+        block(b["answer"]),
+        "",
+        "With the added words:",
+        "",
+        block(a["answer"]),
+        "",
+        "## Topic mass (probability on the lexicon per answer token)",
+        "",
+        "| run | topic mass / token | total | moved back | chrF to base answer |",
+        "|---|---|---|---|---|",
+        f"| base | {b['topic_mean']:.5f} | {b['topic_total']:.3f} | | 100 |",
+        f"| augmented | {a['topic_mean']:.5f} | {a['topic_total']:.3f} | | {a['chrf_to_base']:.1f} |",
+    ]
+    for r in rep["knockout"]:
+        mb = "" if r["topic_moved_back"] is None else f"{100 * r['topic_moved_back']:.0f}%"
+        lines.append(
+            f"| {r['label']} | {r['topic_mean']:.5f} | {r['topic_total']:.3f} | {mb} | "
+            f"{r['chrf_to_base']:.1f} |"
+        )
+    if "steering" in rep:
+        s = rep["steering"]
+        lines.append(
+            f"| PASTA on `{s['emphasize']}` (alpha {s['alpha']}) | {s['topic_mean']:.5f} | "
+            f"{s['topic_total']:.3f} | | {s['chrf_to_base']:.1f} |"
+        )
+    lines += [
+        "",
+        "## Attention on the added words",
+        "",
+        f"Mean share over answer tokens, layers and heads: {rep['share_mean']:.4f} (uniform attention: "
+        f"{rep['uniform_share_mean']:.4f}).",
+        "",
+        "| layer | share |",
+        "|---|---|",
+    ]
+    lines += [f"| {i} | {s:.4f} |" for i, s in enumerate(rep["share_by_layer"])]
+    lines += [
+        "",
+        "Heads giving the added words most attention: "
+        + ", ".join(f"L{h['layer']}H{h['head']} ({h['share']:.3f})" for h in rep["top_heads"]),
+        "",
+    ]
+    return "\n".join(lines)

@@ -20,8 +20,14 @@ from torch import Tensor, nn
 
 
 class AttentionRecorder:
-    def __init__(self, model: nn.Module, *, layers: Sequence[int] | None = None,
-                 heads: Sequence[int] | None = None, dtype: torch.dtype = torch.float16) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        layers: Sequence[int] | None = None,
+        heads: Sequence[int] | None = None,
+        dtype: torch.dtype = torch.float16,
+    ) -> None:
         n_layers, n_heads = model.num_layers, model.num_heads
         self.layers = _select("layers", layers, n_layers)
         self.heads = _select("heads", heads, n_heads)
@@ -31,8 +37,9 @@ class AttentionRecorder:
         self.dtype = dtype
         self.rows: list[Tensor] = []  # position p -> (len(layers), len(heads), p + 1)
         self._pending: dict[int, Tensor] = {}  # layer -> (H_sel, Lq, Lk) of the current pass
-        self._handles = [model.layers[i].attention.hook_pattern.register_forward_hook(self._hook(i))
-                         for i in self.layers]
+        self._handles = [
+            model.layers[i].attention.hook_pattern.register_forward_hook(self._hook(i)) for i in self.layers
+        ]
         self._head_idx = torch.tensor(self.heads)
 
     def _hook(self, layer: int):

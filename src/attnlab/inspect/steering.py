@@ -23,11 +23,44 @@ from torch import Tensor
 from attnlab.functional.attention import ScoreMod
 
 SECURITY_LEXICON = (
-    "secure", "security", "password", "passwords", "hash", "hashed", "hashing", "bcrypt", "argon2",
-    "salt", "encrypt", "encrypted", "encryption", "https", "csrf", "token", "authentication",
-    "authenticate", "vulnerability", "vulnerable", "attack", "attacker", "attacks", "injection",
-    "sanitize", "validate", "validation", "safe", "safely", "protect", "protection", "credentials",
-    "brute", "xss", "sql", "secret", "permission", "verify",
+    "secure",
+    "security",
+    "password",
+    "passwords",
+    "hash",
+    "hashed",
+    "hashing",
+    "bcrypt",
+    "argon2",
+    "salt",
+    "encrypt",
+    "encrypted",
+    "encryption",
+    "https",
+    "csrf",
+    "token",
+    "authentication",
+    "authenticate",
+    "vulnerability",
+    "vulnerable",
+    "attack",
+    "attacker",
+    "attacks",
+    "injection",
+    "sanitize",
+    "validate",
+    "validation",
+    "safe",
+    "safely",
+    "protect",
+    "protection",
+    "credentials",
+    "brute",
+    "xss",
+    "sql",
+    "secret",
+    "permission",
+    "verify",
 )
 
 
@@ -46,7 +79,9 @@ def knockout(positions: Collection[int]) -> ScoreMod:
 def pasta(span: Collection[int], heads: Collection[int], alpha: float) -> ScoreMod:
     """In ``heads``, keys outside ``span`` get log(alpha) added: their weights scale by alpha."""
     if not (isinstance(alpha, (int, float)) and 0 < alpha <= 1):
-        raise ValueError(f"alpha: expected a number in (0, 1] (PASTA scales the other keys by it), got {alpha!r}")
+        raise ValueError(
+            f"alpha: expected a number in (0, 1] (PASTA scales the other keys by it), got {alpha!r}"
+        )
     keep = torch.tensor(sorted(set(span)), dtype=torch.long)
     hs = torch.tensor(sorted(set(heads)), dtype=torch.long)
     penalty = math.log(alpha)
@@ -92,8 +127,10 @@ class Topic:
                 if len(piece) == 1:
                     ids.setdefault(piece[0], form)
         if not ids:
-            raise ValueError(f"topic: none of {list(clean)!r} is a single token of this model's vocabulary; "
-                             f"pass other words with --topic")
+            raise ValueError(
+                f"topic: none of {list(clean)!r} is a single token of this model's vocabulary; "
+                f"pass other words with --topic"
+            )
         return cls(clean, torch.tensor(sorted(ids)), sorted(ids.values()))
 
     def mass(self, logits: Tensor) -> float:

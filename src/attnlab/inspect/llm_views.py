@@ -1,0 +1,104 @@
+"""Pictures and offline pages of an LLM's generation and of the prompt experiment (viz calls)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from attnlab.inspect.generation import Generation
+from attnlab.inspect.prompt_effect import PromptEffect
+
+
+def _recorded(g: Generation):
+    if g.recorder is None or len(g.recorder) == 0:
+        raise ValueError("generation: expected attention captured while generating (capture=True), got none")
+    return g.recorder
+
+
+def answer_rows(g: Generation, layer: int | None = None, head: int | None = None):
+    """(n_answer, N) weights of the rows that produced each answer token over every position,
+    for one recorded layer/head, or averaged over what is not chosen."""
+    rec = _recorded(g)
+    P = len(g.prompt)
+    m = rec.matrix(P - 1, len(rec))  # (Ls, Hs, T, N)
+    li = slice(None) if layer is None else [rec.layers.index(_check(layer, rec.layers, "layer"))]
+    hi = slice(None) if head is None else [rec.heads.index(_check(head, rec.heads, "head"))]
+    return m[li][:, hi].mean(dim=(0, 1))  # (T, N)
+
+
+def _check(i: int, recorded: list[int], name: str) -> int:
+    if i not in recorded:
+        raise ValueError(f"--{name}: expected one of the recorded {name}s {recorded}, got {i}")
+    return i
+
+
+def generation_png(
+    g: Generation, path: str | Path, *, layer: int | None = None, head: int | None = None
+) -> Path:
+    from attnlab.viz import heatmap
+
+    w = answer_rows(g, layer, head).numpy()  # (T, N)
+    labels = g.labels[: w.shape[1]]
+    which = ("all layers" if layer is None else f"layer {layer}") + (
+        ", mean of heads" if head is None else f", head {head}"
+    )
+    heatmap(
+        w,
+        q_tokens=g.new_labels[: w.shape[0]],
+        k_tokens=labels,
+        title=f"{g.model}: what each generated token attended to ({which})",
+        path=path,
+    )
+    return Path(path)
+
+
+def generation_page(g: Generation, path: str | Path) -> Path:
+    from attnlab.viz import generation_view_html
+
+    rec = _recorded(g)
+    rows = [r.numpy() for r in rec.rows]
+    generation_view_html(
+        rows,
+        g.labels,
+        len(g.prompt),
+        layers=rec.layers,
+        heads=rec.heads,
+        kv_group=rec.kv_group,
+        title=f"{g.model}: attention while generating",
+        path=path,
+    )
+    return Path(path)
+
+
+def share_png(eff: PromptEffect, path: str | Path) -> Path:
+    from attnlab.viz import heatmap, save_figure
+
+    s = eff.share.T.numpy()  # (L, T)
+    answer = eff.augmented.generation.new_labels[: s.shape[1]]
+    fig = heatmap(
+        s,
+        q_tokens=[f"L{i}" for i in range(s.shape[0])],
+        k_tokens=answer,
+        title=f"share of attention on the added words {eff.added_text!r} (mean of heads)",
+        value_label="share of attention",
+        cmap="Reds",
+    )
+    fig.axes[0].set_xlabel("generated token")
+    fig.axes[0].set_ylabel("layer")
+    return save_figure(fig, path)
+
+
+def share_page(eff: PromptEffect, path: str | Path) -> Path:
+    from attnlab.viz import token_share_html
+
+    g = eff.augmented.generation
+    s = eff.share.numpy()  # (T, L)
+    token_share_html(
+        g.new_labels[: s.shape[0]],
+        s,
+        prompt_labels=g.prompt.labels,
+        highlight=eff.added_positions,
+        layers=list(range(s.shape[1])),
+        title=f"{g.model}: how much each answer token attended to {eff.added_text!r}",
+        path=path,
+    )
+    return Path(path)
