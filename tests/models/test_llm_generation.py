@@ -1,0 +1,169 @@
+"""Generation with attention captured in the decode loop, knockout, PASTA steering, the prompt
+experiment and the LLM CLI — on a tiny random Llama where every effect can be computed by hand."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from attnlab.cli.main import app
+from attnlab.inspect.generation import Sampling, generate_ids, generate_text, next_token
+from attnlab.inspect.prompt_effect import find_span, prompt_effect
+from attnlab.inspect.recorder import AttentionRecorder
+from attnlab.inspect.steering import Topic, knockout, pasta, per_layer
+from attnlab.models import load_model
+
+PROMPT = "The animal didn't cross the street because it was too"
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_llama):
+    return load_model(tiny_llama)
+
+
+def test_cached_decoding_equals_uncached_and_rows_equal_a_full_forward(lm):
+    enc = lm.encode(PROMPT)
+    fast, _, _ = generate_ids(lm, enc.ids, max_new_tokens=12, stop_ids=set())
+    slow, _, _ = generate_ids(lm, enc.ids, max_new_tokens=12, stop_ids=set(), use_cache=False)
+    assert fast == slow and len(fast) == 12
+    with AttentionRecorder(lm.model, dtype=torch.float32) as rec:
+        new, _, _ = generate_ids(lm, enc.ids, max_new_tokens=12, stop_ids=set(), recorder=rec)
+    assert new == fast
+    seq = torch.tensor([enc.ids + new[:-1]])  # every fed position
+    with torch.no_grad():
+        ref = lm.model(seq, need_weights=True).attentions  # L x (1, H, N, N)
+    assert len(rec) == seq.shape[1]
+    for p in (0, len(enc) - 1, len(enc), seq.shape[1] - 1):
+        want = torch.stack([a[0, :, p, : p + 1] for a in ref])  # (L, H, p + 1)
+        torch.testing.assert_close(rec.row(p), want, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(rec.matrix()[0, 1], ref[0][0, 1], atol=1e-6, rtol=1e-5)
+
+
+def test_recorder_keeps_chosen_heads_in_fp16_and_states_its_memory(lm):
+    g = generate_text(lm, PROMPT, max_new_tokens=5, capture=True, layers=[1], heads=[0, 3])
+    rec = g.recorder
+    assert rec.layers == [1] and rec.heads == [0, 3] and rec.kv_group == [0, 1]  # 4 heads over 2 KV heads
+    n = len(rec)
+    assert n == len(g.prompt) + len(g.new_ids) - 1
+    assert rec.nbytes == n * (n + 1) // 2 * 1 * 2 * 2  # triangle x layers x heads x fp16
+    assert all(r.dtype == torch.float16 for r in rec.rows)
+    assert g.to_dict()["capture"]["bytes"] == rec.nbytes
+    with pytest.raises(ValueError, match=r"heads: expected ints in 0\.\.3, got \[7\]"):
+        AttentionRecorder(lm.model, heads=[7])
+
+
+def test_sampling_is_seeded_and_top_p_narrows_to_the_argmax():
+    logits = torch.tensor([2.0, 1.0, 0.5, -1.0])
+    draws = [next_token(logits, Sampling(greedy=False, seed=0), torch.Generator().manual_seed(s))
+             for s in range(200)]
+    assert set(draws) >= {0, 1}  # sampling, not argmax
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert [next_token(logits, Sampling(greedy=False), g1) for _ in range(20)] == [
+        next_token(logits, Sampling(greedy=False), g2) for _ in range(20)]
+    tight = Sampling(greedy=False, top_p=0.1)  # p(argmax) = 0.61 > 0.1: only it survives
+    assert {next_token(logits, tight, torch.Generator().manual_seed(s)) for s in range(50)} == {0}
+    for bad in ({"temperature": 0}, {"top_p": 0}, {"top_p": 1.5}, {"temperature": float("nan")}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            Sampling(greedy=False, **bad)
+
+
+def _layer0_weights(lm, ids, **kw):
+    with torch.no_grad():
+        return lm.model(torch.tensor([ids]), need_weights=True, backend="eager", **kw).attentions[0][0]
+
+
+def test_knockout_zeroes_the_keys_and_renormalises_the_rest(lm):
+    ids = lm.encode(PROMPT).ids
+    S = [2, 3]
+    w0 = _layer0_weights(lm, ids)  # (H, N, N) layer 0 sees the same input either way
+    w1 = _layer0_weights(lm, ids, score_mods=per_layer(knockout(S), [0]))
+    assert torch.all(w1[:, 4:, S] == 0)
+    keep = [i for i in range(len(ids)) if i not in S]
+    want = w0[:, 4:, keep] / w0[:, 4:, keep].sum(-1, keepdim=True)
+    torch.testing.assert_close(w1[:, 4:, keep], want, atol=1e-6, rtol=1e-5)
+
+
+def test_pasta_scales_the_other_keys_by_alpha_in_chosen_heads_only(lm):
+    ids = lm.encode(PROMPT).ids
+    span, alpha = [1, 2], 0.05
+    w0 = _layer0_weights(lm, ids)
+    w1 = _layer0_weights(lm, ids, score_mods={0: pasta(span, [1], alpha)})
+    torch.testing.assert_close(w1[[0, 2, 3]], w0[[0, 2, 3]])  # other heads untouched
+    scale = torch.full((len(ids),), alpha)
+    scale[span] = 1.0
+    want = w0[1] * scale  # PASTA, Zhang et al. 2023 eq. 2
+    want = want / want.sum(-1, keepdim=True)
+    torch.testing.assert_close(w1[1], want, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"alpha: expected a number in \(0, 1\]"):
+        pasta(span, [1], 2.0)
+
+
+def test_topic_mass_is_softmax_mass_on_single_token_spellings(lm):
+    topic = Topic.from_words(lm.tokenizer, ["animal", "street"])
+    assert topic.ids.numel() >= 1
+    logits = torch.randn(lm.tokenizer.vocab_size)
+    want = torch.softmax(logits.double(), -1)[topic.ids].sum()
+    assert math.isclose(topic.mass(logits), float(want), rel_tol=1e-12)
+    with pytest.raises(ValueError, match="none of"):
+        Topic.from_words(lm.tokenizer, ["zzzqqqxxxyyy"])
+
+
+def test_prompt_effect_on_a_tiny_model(lm):
+    eff = prompt_effect(lm, "The animal didn't cross the street", "because it was too tired",
+                        topic_words=["tired", "animal", "street"], max_new_tokens=6, bands=2,
+                        emphasize="street", alpha=0.1, steer_heads=3)
+    enc = eff.augmented.generation.prompt
+    assert "".join(enc.labels[p] for p in eff.added_positions).strip() == "because it was too tired"
+    T = len(eff.augmented.generation.new_ids)
+    assert eff.share.shape == (T, 2) and eff.share_heads.shape == (2, 4)
+    assert torch.all((eff.share >= 0) & (eff.share <= 1 + 1e-3))
+    d = eff.to_dict()
+    assert [k["label"] for k in d["knockout"]] == ["knockout all layers", "knockout layers 0-0",
+                                                   "knockout layers 1-1"]
+    assert d["steering"]["heads"] and len(d["steering"]["heads"]) == 3
+    gap = eff.augmented.topic_mean - eff.base.topic_mean
+    k = eff.knockouts[0]
+    assert d["knockout"][0]["topic_moved_back"] == pytest.approx(
+        (eff.augmented.topic_mean - k.topic_mean) / gap, abs=1e-3)
+    with pytest.raises(ValueError, match="already in the prompt"):
+        prompt_effect(lm, PROMPT, "street")
+    with pytest.raises(ValueError, match="add: expected words"):
+        prompt_effect(lm, PROMPT, "  ")
+    with pytest.raises(ValueError, match=r"emphasize: expected words of the prompt.*the prompt's tokens are"):
+        prompt_effect(lm, PROMPT, "tired", emphasize="zebra", max_new_tokens=2)
+    assert find_span(enc, "street", name="x")
+
+
+def test_generate_and_prompt_effect_cli(tiny_llama, tmp_path):
+    r = CliRunner().invoke(app, ["generate", PROMPT, "--model", str(tiny_llama), "--max-new-tokens", "4",
+                                 "--png", str(tmp_path / "g.png"), "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert d["new_tokens"] == 4 and d["capture"]["rows"] >= 4 and (tmp_path / "g.png").stat().st_size > 1000
+    r = CliRunner().invoke(app, ["generate", PROMPT, "--model", str(tiny_llama), "--temperature", "0.7",
+                                 "--top-p", "0.9", "--seed", "1", "--max-new-tokens", "3"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["prompt-effect", "The animal didn't cross the street", "--add", "tired",
+                                 "--topic", "animal,street", "--model", str(tiny_llama),
+                                 "--max-new-tokens", "3", "--png", str(tmp_path / "s.png"), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["files"] == [str(tmp_path / "s.png")]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["generate", "  "], "prompt: expected some text"),
+    (["generate", "hi", "--greedy", "--temperature", "0.5"], "--greedy: expected either"),
+    (["generate", "hi", "--top-p", "2"], "top_p: expected a number in (0, 1]"),
+    (["generate", "hi", "--max-new-tokens", "0"], "max_new_tokens: expected a positive int"),
+    (["generate", "word " * 70], "expected at most 64 tokens"),
+    (["prompt-effect", "The animal", "--add", ""], "add: expected words"),
+    (["prompt-effect", "The animal", "--add", "animal"], "already in the prompt"),
+])
+def test_llm_cli_bad_input_is_one_line(tiny_llama, args, message):
+    r = CliRunner().invoke(app, [*args, "--model", str(tiny_llama), "--json"])
+    assert r.exit_code == 2, r.output
+    assert message in json.loads(r.output)["error"]
