@@ -62,15 +62,32 @@ class GGUFContents:
         return {t.name: t.tensor_type.name for t in self.reader.tensors}
 
 
-def open_gguf(path: str | Path) -> GGUFContents:
-    """Parse the header and metadata of a GGUF file (tensors stay memory-mapped)."""
+def _reader_class() -> type:
     from gguf import GGUFReader
 
+    class PlainViewReader(GGUFReader):
+        """GGUFReader whose map is read through a plain ndarray view: slicing a ``np.memmap``
+        runs Python-level ``__array_finalize__`` on every slice, and parsing a 49k-token
+        vocabulary and its merges takes ~800k slices (1.5 s of a 3 s load, profiled)."""
+
+        @property
+        def data(self) -> np.ndarray:
+            return self._plain
+
+        @data.setter
+        def data(self, value: np.ndarray) -> None:
+            self._plain = value.view(np.ndarray)  # same memory; the memmap stays alive as its base
+
+    return PlainViewReader
+
+
+def open_gguf(path: str | Path) -> GGUFContents:
+    """Parse the header and metadata of a GGUF file (tensors stay memory-mapped)."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise FileNotFoundError(f"--model: expected a GGUF file, got {str(p)!r} (not found)")
     try:
-        reader = GGUFReader(p)
+        reader = _reader_class()(p)
     except (ValueError, IndexError, OverflowError, KeyError, TypeError) as e:
         # A truncated file makes numpy read past the end of the memmap (IndexError/ValueError);
         # a wrong magic or version is gguf's own ValueError.
