@@ -4,7 +4,8 @@ Static figures (matplotlib ``Figure``; pass ``path=`` ending in .png or .svg to 
 :func:`heatmap`, :func:`layer_head_grid`, :func:`alignment_plot`, :func:`mask_plot`,
 :func:`head_view_figure`. Terminal: :func:`terminal_heatmap` (rich renderable),
 :func:`terminal_text`. Interactive, self-contained, offline HTML: :func:`head_view_html`,
-:func:`model_view_html`, :func:`compare_view_html`. Patterns: :func:`classify_pattern`.
+:func:`model_view_html`, :func:`compare_view_html`; of a generation: :func:`generation_view_html`,
+:func:`token_share_html`. Patterns: :func:`classify_pattern`.
 Data: :func:`export_json` / :func:`load_json`.
 
 Axes: (layers, heads, q_len, k_len); in a matrix rows are queries and columns are keys.
@@ -27,6 +28,7 @@ _WHERE = {
     "layer_head_grid": "grid",
     "heatmap": "heatmaps",
     "compare_view_html": "html", "head_view_html": "html", "model_view_html": "html",
+    "generation_view_html": "html.generation", "token_share_html": "html.generation",
     "head_view_figure": "lines",
     "mask_plot": "maskplot",
     "PatternReport": "patterns", "PatternScore": "patterns", "classify_heads": "patterns",
@@ -63,6 +65,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; never executed
     from attnlab.viz.grid import layer_head_grid
     from attnlab.viz.heatmaps import heatmap
     from attnlab.viz.html import compare_view_html, head_view_html, model_view_html
+    from attnlab.viz.html.generation import generation_view_html, token_share_html
     from attnlab.viz.lines import head_view_figure
     from attnlab.viz.maskplot import mask_plot
     from attnlab.viz.patterns import PatternReport, PatternScore, classify_heads, classify_pattern
@@ -84,6 +87,7 @@ __all__ = [
     "classify_pattern",
     "compare_view_html",
     "export_json",
+    "generation_view_html",
     "head_view_figure",
     "head_view_html",
     "heatmap",
@@ -94,4 +98,5 @@ __all__ = [
     "save_figure",
     "terminal_heatmap",
     "terminal_text",
+    "token_share_html",
 ]

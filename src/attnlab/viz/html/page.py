@@ -18,7 +18,9 @@ from typing import Any
 
 from attnlab.viz.safety import json_for_script
 
-VIEWS = ("head", "model", "compare")
+VIEWS = ("head", "model", "compare", "generation", "share")
+# Extra stylesheet a view needs on top of style.css.
+_VIEW_CSS = {"generation": "generation.css", "share": "generation.css"}
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 
 
@@ -37,7 +39,7 @@ def render_page(view: str, payload: dict[str, Any], title: str) -> str:
     """The page for ``view`` with ``payload`` embedded as JSON (read by the view's script)."""
     if view not in VIEWS:
         raise ValueError(f"view: expected one of {VIEWS}, got {view!r}")
-    css = asset("style.css")
+    css = asset("style.css") + ("\n" + asset(_VIEW_CSS[view]) if view in _VIEW_CSS else "")
     js = asset("common.js") + "\n" + asset(f"{view}.js")
     csp = "; ".join([
         "default-src 'none'",
