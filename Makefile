@@ -37,8 +37,10 @@ browser:
 	      || echo "note: could not install chromium; browser tests will skip"; \
 	  else echo "note: no chromium and no apt-get as root; browser tests will skip"; fi; }
 
-# The main job on the embedded default model (all-MiniLM-L6-v2): where does "it" look when the
-# animal is tired vs when the street is wide? Pictures and offline pages land in out/.
+# The seeds' tour on the embedded models. all-MiniLM-L6-v2: where does "it" look when the animal
+# is tired vs when the street is wide? SmolLM2-135M-Instruct: do the words "Make it secure." added
+# to the seed's prompt steer the answer through attention (topic mass, attention share, knockout)?
+# Pictures and offline pages land in out/.
 SENT := The animal didn't cross the street because it was too
 run: $(STAMP_RUN)
 	@mkdir -p out
@@ -46,6 +48,7 @@ run: $(STAMP_RUN)
 	  --png out/compare-it.png --html out/compare-it.html
 	$(BIN)/attnlab inspect "$(SENT) tired" --focus it --layer 3 --head 1 \
 	  --png out/inspect-L3H1.png --html out/inspect.html
+	$(BIN)/attnlab prompt-effect --max-new-tokens 32 --out out/prompt-effect
 
 lint: $(STAMP_DEV)
 	$(BIN)/ruff check src tests
