@@ -167,3 +167,12 @@ def test_llm_cli_bad_input_is_one_line(tiny_llama, args, message):
     r = CliRunner().invoke(app, [*args, "--model", str(tiny_llama), "--json"])
     assert r.exit_code == 2, r.output
     assert message in json.loads(r.output)["error"]
+
+
+def test_heads_on_a_llama_with_a_layers_by_heads_picture(tiny_llama, tmp_path):
+    r = CliRunner().invoke(app, ["heads", "--model", str(tiny_llama), "--png", str(tmp_path / "h.png"), "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert {"induction", "previous", "duplicate", "sink"} <= set(d["scores"])
+    assert len(d["scores"]["induction"]) == 2 and len(d["scores"]["induction"][0]) == 4  # layers x heads
+    assert d["png"] == str(tmp_path / "h.png") and (tmp_path / "h.png").stat().st_size > 5000

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import typer
 
-from attnlab.cli import backends_cmd, bench_cmd, llm_cmds, model_cmds, seq2seq_cmds, viz_cmds, walk_cmd
+from attnlab.cli import (
+    backends_cmd,
+    bench_cmd,
+    llm_cmds,
+    model_cmds,
+    seq2seq_cmds,
+    streaming_cmd,
+    viz_cmds,
+    walk_cmd,
+)
 
 app = typer.Typer(
     name="attnlab",
@@ -14,7 +23,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for module in (walk_cmd, backends_cmd, viz_cmds, model_cmds, llm_cmds, seq2seq_cmds, bench_cmd):
+for module in (walk_cmd, backends_cmd, viz_cmds, model_cmds, llm_cmds, seq2seq_cmds, bench_cmd, streaming_cmd):
     module.register(app)
 
 

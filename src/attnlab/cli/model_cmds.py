@@ -230,6 +230,7 @@ def compare_command(
 def heads_command(
     texts: Annotated[list[str] | None, typer.Argument(help="probe texts (default: built-in)")] = None,
     model: ModelOpt = None,
+    png: Annotated[Path | None, typer.Option(help="each detector's layers x heads scores (.png)")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Detect previous-token, duplicate, induction, [CLS]/[SEP]/sink, positional and broad heads."""
@@ -239,6 +240,11 @@ def heads_command(
         lm = load_lm(model)
         hs = detect_heads(lm, list(texts) if texts else None)
         rep = {"model": lm.describe()} | hs.to_dict()
+        if png is not None:
+            from attnlab.inspect.views import heads_png
+
+            _mkdir(png)
+            rep["png"] = str(heads_png(hs.scores, png, model=lm.name))
     if as_json:
         print_json(rep)
         return
@@ -259,6 +265,8 @@ def heads_command(
     for h in range(lm.num_heads):
         g.add_row(str(h), *(row[h] for row in hs.patterns))
     console.print(g)
+    if "png" in rep:
+        console.print(f"wrote {rep['png']}", highlight=False)
 
 
 def tradeoff_command(

@@ -111,3 +111,23 @@ def compare_png(cmp: Comparison, path: str | Path, *, top: int = 3) -> Path:
             title=f"{cmp.cache_a.model}: attention from {cmp.focus!r}, top heads by shift ({cands})",
             path=path)
     return Path(path)
+
+
+def heads_png(scores: dict[str, Any], path: str | Path, *, model: str = "") -> Path:
+    """One layers x heads heatmap per detector (``HeadScores.scores``), side by side."""
+    from attnlab.viz import heatmap, save_figure
+    from attnlab.viz.figure import new_figure
+
+    names = list(scores)
+    mats = [scores[d].double().numpy() for d in names]  # each (L, H)
+    L, H = mats[0].shape
+    fig = new_figure(min(3.0 + 1.6 * H * len(names) / 9, 30.0), 1.5 + 0.22 * L)
+    for i, (d, m) in enumerate(zip(names, mats, strict=True)):
+        ax = fig.add_subplot(1, len(names), i + 1)
+        heatmap(m, q_tokens=[str(x) for x in range(L)], k_tokens=[str(h) for h in range(H)], title=d,
+                vmin=0.0, vmax=1.0, show_values=False, colorbar=i == len(names) - 1, value_label="score",
+                ax=ax)
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer" if i == 0 else "")
+    fig.suptitle(f"{model}: head scores (layers x heads)", x=0.01, ha="left", fontsize=11)
+    return save_figure(fig, path)
