@@ -23,7 +23,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for module in (walk_cmd, backends_cmd, viz_cmds, model_cmds, llm_cmds, seq2seq_cmds, bench_cmd, streaming_cmd):
+for module in (walk_cmd, backends_cmd, viz_cmds, model_cmds, llm_cmds, seq2seq_cmds, bench_cmd,
+               streaming_cmd):
     module.register(app)
 
 

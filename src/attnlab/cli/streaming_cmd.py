@@ -34,13 +34,14 @@ def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"--text-file: expected UTF-8 text, got undecodable bytes in {str(path)!r} ({e.reason})")
+        raise ValueError(f"--text-file: expected UTF-8 text, got undecodable bytes in {str(path)!r} "
+                         f"({e.reason})") from None
 
 
 def streaming_command(
     text_file: Annotated[
         Path | None,
-        typer.Option("--text-file", help="a long UTF-8 text (default: CPython's reference manual, pydoc_data)"),
+        typer.Option("--text-file", help="a long UTF-8 text (default: CPython's reference manual)"),
     ] = None,
     tokens: Annotated[int, typer.Option("--tokens", help="score the first N tokens of the text")] = 2048,
     window: Annotated[
@@ -55,7 +56,7 @@ def streaming_command(
     ] = 0,
     model: Annotated[
         str,
-        typer.Option("--model", help="smollm2 (embedded SmolLM2-135M-Instruct), a llama .gguf file or folder"),
+        typer.Option("--model", help="smollm2 (embedded SmolLM2-135M-Instruct), a llama .gguf or folder"),
     ] = "smollm2",
     png: Annotated[
         Path | None, typer.Option("--png", help="per-position NLL curves + sink profile (.png/.svg)")
@@ -72,7 +73,8 @@ def streaming_command(
         ks = _ints("--sinks", sinks, 0)
         if max(ks) >= min(wins):
             raise ValueError(f"--sinks: expected each K < --window ({min(wins)}), got {sinks!r}")
-        for name, val, lo in (("--tokens", tokens, 2), ("--recompute", recompute, 0), ("--smooth", smooth, 1)):
+        for name, val, lo in (("--tokens", tokens, 2), ("--recompute", recompute, 0),
+                              ("--smooth", smooth, 1)):
             if val < lo:
                 raise ValueError(f"{name}: expected an int >= {lo}, got {val}")
         if png is not None:
@@ -106,19 +108,21 @@ def _f(x: float | None, fmt: str = "{:.2f}") -> str:
 
 def _print(rep: dict[str, Any]) -> None:
     m = rep["recompute"]
-    t = Table(title=f"{rep['model']}: {rep['n_tokens']} tokens ({rep['text_start']!r}...), backend "
-              f"{rep['backend']}", title_justify="left")
-    cols = ["configuration", "keys / query (max)", "ppl all", "ppl beyond window"]
-    cols += [f"ppl last {m}"] if m else []
-    for c in [*cols, "time"]:
-        t.add_column(c, justify="left" if c == "configuration" else "right")
+    start = " ".join(rep["text_start"].split())[:40]
+    t = Table(title=f"{rep['model']}: {rep['n_tokens']} tokens ({start!r}...), backend {rep['backend']}",
+              title_justify="left")
+    cols = ["keys (max)", "ppl all", "ppl i >= W", *([f"ppl last {m}"] if m else []), "time (s)"]
+    t.add_column("configuration", no_wrap=True)
+    for c in cols:
+        t.add_column(c, justify="right")
     for r in rep["rows"]:
         cells = [r["name"], f"{r['keys_mean']:.0f} ({r['keys_max']})", _f(r["ppl"]), _f(r["ppl_beyond"])]
         cells += [_f(r["ppl_last"])] if m else []
-        t.add_row(*cells, f"{r['seconds']:.2f} s")
+        t.add_row(*cells, f"{r['seconds']:.2f}")
     console.print(t, markup=False)
-    console.print(f"[dim]beyond window: queries i >= W ({max(rep['windows'])} for full attention), "
-                  f"where token 0 has left the window[/]", highlight=False)
+    console.print(f"[dim]keys: mean keys per query; ppl i >= W: queries past the window (W = "
+                  f"{max(rep['windows'])} for full attention), where token 0 has left it[/]",
+                  highlight=False)
     sp = rep["sink_profile"]
     if sp["first_token"]:
         vals = sp["first_token"]
@@ -132,7 +136,8 @@ def _print(rep: dict[str, Any]) -> None:
         k = next(key for key in sp if key.startswith("first_") and key != "first_token")
         if k != "first_1":
             fk = sp[k]
-            console.print(f"  on the {k.replace('_', ' ')} tokens: mean {sum(fk) / len(fk):.2f}", highlight=False)
+            console.print(f"  on the {k.replace('_', ' ')} tokens: mean {sum(fk) / len(fk):.2f}",
+                          highlight=False)
     if "png" in rep:
         console.print(f"wrote {rep['png']}", highlight=False)
 

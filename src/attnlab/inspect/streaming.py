@@ -20,7 +20,8 @@ mask_mod on the ``tiled`` backend (the model ANDs it with its causal mask):
                        W tokens before it (positions 0..W-1), so only those M tokens are scored.
 
 Token t is predicted by query t-1; "beyond the window" means queries i >= W, the first whose
-window no longer holds position 0 (where StreamingLLM's window attention fails).
+window no longer holds position 0 (where StreamingLLM's window attention fails); for full
+attention W is the largest window asked for.
 
 Positions stay absolute (0..N-1), unlike StreamingLLM's cache-relative positions: RoPE scores
 depend only on the distance i - j, so a window over absolute positions sees the same relative
@@ -266,7 +267,7 @@ def streaming_experiment(lm: LoadedModel, source: str | Sequence[int] | Tensor |
     n = ids.numel()
     if isinstance(recompute, bool) or not isinstance(recompute, int) or recompute < 0:
         raise ValueError(f"recompute: expected an int >= 0, got {recompute!r}")
-    if recompute > n - max(wins):
+    if recompute and recompute > n - max(wins):
         raise ValueError(f"recompute: expected at most N - window = {n - max(wins)} tokens (each needs "
                          f"a full window before it), got {recompute}")
     model, x = lm.model, ids.view(1, -1)  # (1, N)
@@ -307,14 +308,16 @@ def streaming_experiment(lm: LoadedModel, source: str | Sequence[int] | Tensor |
 
 
 def _smooth(y: Any, width: int) -> Any:
-    """Moving average ignoring nan (unscored tokens): numpy in, numpy out."""
+    """Centred moving mean ignoring nan (unscored tokens): numpy (N,) in and out."""
     import numpy as np
 
     ok = ~np.isnan(y)
-    ker = np.ones(max(1, width))
-    num = np.convolve(np.where(ok, y, 0.0), ker, mode="same")
-    den = np.convolve(ok.astype(float), ker, mode="same")
-    return np.where(ok, num / np.maximum(den, 1), np.nan)
+    w = max(1, min(width, len(y)))
+    s = np.concatenate([[0.0], np.cumsum(np.where(ok, y, 0.0))])  # (N+1,) prefix sums
+    c = np.concatenate([[0], np.cumsum(ok)])  # (N+1,) prefix counts
+    lo = np.clip(np.arange(len(y)) - w // 2, 0, len(y))
+    hi = np.clip(lo + w, 0, len(y))
+    return np.where(ok, (s[hi] - s[lo]) / np.maximum(c[hi] - c[lo], 1), np.nan)
 
 
 def streaming_png(res: StreamingResult, path: str | Path, *, smooth: int = 64) -> Path:
