@@ -170,7 +170,8 @@ def test_llm_cli_bad_input_is_one_line(tiny_llama, args, message):
 
 
 def test_heads_on_a_llama_with_a_layers_by_heads_picture(tiny_llama, tmp_path):
-    r = CliRunner().invoke(app, ["heads", "--model", str(tiny_llama), "--png", str(tmp_path / "h.png"), "--json"])
+    png = str(tmp_path / "h.png")
+    r = CliRunner().invoke(app, ["heads", "--model", str(tiny_llama), "--png", png, "--json"])
     assert r.exit_code == 0, r.output
     d = json.loads(r.output)
     assert {"induction", "previous", "duplicate", "sink"} <= set(d["scores"])
