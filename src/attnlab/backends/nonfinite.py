@@ -57,4 +57,5 @@ def run_with_nonfinite_values(backend: Backend, call: AttentionCall) -> Attentio
         # where inside the product, not around it: 0·NaN would poison the gradient of w.
         term = w * torch.where(w != 0, v_bad.unsqueeze(2), torch.zeros((), dtype=w.dtype))  # (B,H,r,J,Dv)
         parts.append(term.sum(-2))  # (B, H, r, Dv)
-    return AttentionOutput(out.context + torch.cat(parts, dim=2), out.weights, out.lse)
+    # The correction comes from the float32 lse of half inputs: back to the context's dtype.
+    return AttentionOutput(out.context + torch.cat(parts, dim=2).to(out.context.dtype), out.weights, out.lse)

@@ -2,7 +2,9 @@
 
 Conversions at this boundary (and nowhere else):
 - attnlab bool masks (True = may attend) are SDPA's bool polarity too; additive biases are
-  folded into one float mask with -inf at masked positions.
+  folded into one float mask with -inf at masked positions. The bias stays float32 for
+  float16/bfloat16 inputs (SDPA takes a float mask with any q dtype and adds it in its float32
+  accumulator), so it means the same as in the eager reference (mask_input.py).
 - Fully masked rows: SDPA's kernels may return NaN there. Those rows are given a harmless
   all-visible mask and their outputs replaced by exact zeros afterwards (so gradients into
   them are zero as well).
@@ -66,7 +68,7 @@ def run_sdpa(call: AttentionCall) -> AttentionOutput:
             k, v = torch.where(used_kv, k, zero), torch.where(used_kv, v, zero)
         attn_mask = allowed
     if call.mask.bias is not None:
-        bias = call.mask.bias.to(q.dtype)
+        bias = call.mask.bias  # float32 (float64 for float64 q): see mask_input.bias_dtype
         attn_mask = bias if attn_mask is None else bias.masked_fill(~attn_mask, float("-inf"))
     ctx = F.scaled_dot_product_attention(
         q, k, v, attn_mask=attn_mask, dropout_p=p, scale=call.scale, enable_gqa=gqa

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from attnlab.backends.tiles import TileContext
-from attnlab.functional.attention import ScoreMod, expand_kv, validate_qkv
+from attnlab.functional.attention import ScoreMod, compute_dtype, expand_kv, validate_qkv
 from attnlab.functional.mask_input import NormalizedMask, normalize_mask
 from attnlab.functional.scores import default_scale
 
@@ -69,8 +69,9 @@ def weights_rows(q: Tensor, k: Tensor, lse: Tensor, nm: NormalizedMask, score_mo
     dense = None if nm.dense is None else nm.dense.expand(-1, -1, Lq, Lk)
     bias = None if nm.bias is None else nm.bias.expand(-1, -1, Lq, Lk)
     tc = TileContext(B, H, Lq, Lk, 1, 1, nm.mod, dense, bias, score_mod)
-    qs = q[:, h][:, :, r]  # (B, h, r, D)
-    ks = expand_kv(k, H)[:, h]  # (B, h, Lk, D)
+    ct = compute_dtype(q.dtype)  # half inputs: scores in float32, as the reference computes them
+    qs = q[:, h][:, :, r].to(ct)  # (B, h, r, D)
+    ks = expand_kv(k, H)[:, h].to(ct)  # (B, h, Lk, D)
     scores = (qs @ ks.transpose(-1, -2)) * scale  # (B, h, r, Lk)
     bi, hi = torch.arange(B).view(-1, 1, 1, 1), h.view(1, -1, 1, 1)
     qi, ki = r.view(1, 1, -1, 1), torch.arange(Lk).view(1, 1, 1, -1)
@@ -81,4 +82,4 @@ def weights_rows(q: Tensor, k: Tensor, lse: Tensor, nm: NormalizedMask, score_mo
     w = torch.exp(scores - lse4)
     if tc.masks:
         w = w.masked_fill(~tc.allowed(bi, hi, qi, ki), 0.0)
-    return w
+    return w.to(q.dtype)

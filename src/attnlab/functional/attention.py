@@ -2,6 +2,12 @@
 
 This is the eager reference that every other backend is checked against. It is written for
 clarity, materialises the (B, H, Lq, Lk) score matrix, and always returns weights and lse.
+
+Half-precision inputs (float16, bfloat16) are computed in float32 from the scores to the
+context, as SDPA's math path does: a float16 q·k overflows at 65504 before any scale is
+applied, and bfloat16 scores in the hundreds carry errors of ~1 (its spacing there is 2),
+which the softmax exponentiates. Context and weights come back in the input dtype; lse stays
+float32 (the log-sum-exp of float32 scores, as flash kernels return it).
 """
 
 from __future__ import annotations
@@ -89,6 +95,14 @@ def expand_kv(x: Tensor, q_heads: int) -> Tensor:
     return x if groups == 1 else x.repeat_interleave(groups, dim=1)  # (B, Hq, Lk, D)
 
 
+HALF = (torch.float16, torch.bfloat16)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the reference computes scores, softmax and context in: float32 for half inputs."""
+    return torch.float32 if dtype in HALF else dtype
+
+
 def apply_score_mod(scores: Tensor, score_mod: ScoreMod) -> Tensor:
     B, H, Lq, Lk = scores.shape
     b, h, q, kv = index_grids(B, H, Lq, Lk, scores.device)
@@ -111,15 +125,19 @@ def reference_attention(
     dropout_p: float = 0.0,
     training: bool = False,
 ) -> AttentionOutput:
-    """Vaswani et al. 2017, eq. (1), with masks, score mods, GQA and safe empty rows."""
+    """Vaswani et al. 2017, eq. (1), with masks, score mods, GQA and safe empty rows.
+
+    Half-precision inputs are computed in float32 (module docstring); the gradients flow back
+    through the casts, so they are float32 computations rounded once to the input dtype."""
     from attnlab.functional.softmax import masked_softmax  # local: keeps import graph flat
 
+    out_dtype, acc = v.dtype, compute_dtype(q.dtype)
     hq = q.shape[1]
-    k, v = expand_kv(k, hq), expand_kv(v, hq)  # (B, Hq, Lk, D)
+    q, k, v = q.to(acc), expand_kv(k, hq).to(acc), expand_kv(v, hq).to(acc)  # (B, Hq, L, D)
     s = default_scale(q.shape[-1]) if scale is None else scale
-    scores = (q @ k.transpose(-2, -1)) * s  # (B, Hq, Lq, Lk)
+    scores = (q @ k.transpose(-2, -1)) * s  # (B, Hq, Lq, Lk), in acc
     if bias is not None:
-        scores = scores + bias
+        scores = scores + bias.to(acc)  # bias: float32/64 from mask_input.bias_dtype
     if score_mod is not None:
         scores = apply_score_mod(scores, score_mod)
     if allowed is not None:
@@ -130,4 +148,4 @@ def reference_attention(
     weights, lse = masked_softmax(scores, allowed)  # (B, Hq, Lq, Lk), (B, Hq, Lq)
     p = F.dropout(weights, dropout_p, training=True) if (training and dropout_p > 0) else weights
     context = p @ v  # (B, Hq, Lq, Lk) @ (B, Hq, Lk, Dv) -> (B, Hq, Lq, Dv)
-    return AttentionOutput(context, weights, lse)
+    return AttentionOutput(context.to(out_dtype), weights.to(out_dtype), lse)

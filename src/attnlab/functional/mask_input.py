@@ -4,8 +4,14 @@ Accepted (all with the same polarity, True / finite = may attend):
 - ``None``;
 - a :class:`~attnlab.functional.masks.Mask` or a plain ``mask_mod(b, h, q_idx, kv_idx)``;
 - a bool tensor broadcastable to ``(B, H, Lq, Lk)``: True = may attend;
-- a float tensor, added to the scores (ALiBi-style biases, HF-style additive masks);
-  ``-inf`` entries are masked positions.
+- a float tensor, added to the scores (ALiBi-style biases, HF-style additive masks).
+  One meaning in every dtype: an entry <= ``MASKED_AT_OR_BELOW`` (-65504, the most negative
+  finite float16; ``-inf``, HF's ``torch.finfo(dtype).min`` of any dtype and ``-1e9`` all
+  qualify) marks a masked position, exactly like False in a bool mask, so a row masked
+  everywhere gives zeros. Other entries are biases kept in float32 (float64 for float64
+  inputs) and added to scores that every backend computes in at least float32. Without the
+  threshold, finfo(float32).min would average every key for float32 inputs and turn into
+  -inf (zeros) for float16/bfloat16 ones.
 Integer tensors are refused: 0/1 masks are ambiguous between "keep" and "drop" conventions.
 """
 
@@ -18,12 +24,24 @@ from torch import Tensor
 
 from attnlab.functional.masks import Mask, as_mask, index_grids
 
+# Additive entries at or below this mean "masked", whatever the dtype of the mask or of q.
+# float16 cannot hold a finite value below it, so no reading of such a value as a bias could
+# be the same in every dtype; HF fills masks with finfo(dtype).min, which is below it for
+# float16, bfloat16, float32 and float64 alike.
+MASKED_AT_OR_BELOW = torch.finfo(torch.float16).min  # -65504.0
+
+
+def bias_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype additive biases are kept and added in: float64 for float64 inputs, else float32
+    (half-precision inputs get float32 scores in the reference, as in SDPA's math path)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
 
 @dataclass(frozen=True)
 class NormalizedMask:
     mod: Mask | None = None  # predicate, evaluated lazily
     dense: Tensor | None = None  # bool, broadcastable to (B, H, Lq, Lk)
-    bias: Tensor | None = None  # finite float, broadcastable to (B, H, Lq, Lk)
+    bias: Tensor | None = None  # finite float32/64 (bias_dtype), broadcastable to (B, H, Lq, Lk)
 
     @property
     def empty(self) -> bool:
@@ -61,8 +79,9 @@ def normalize_mask(mask: object, shape: tuple[int, int, int, int], *, dtype: tor
             m = _check_shape(mask, shape, mask.ndim)
             if bool(torch.isnan(m).any()) or bool((m == float("inf")).any()):
                 raise ValueError("mask: an additive float mask may hold finite values or -inf, got NaN/+inf")
-            allowed = m != float("-inf")
-            bias = torch.where(allowed, m, torch.zeros_like(m)).to(dtype)
+            allowed = m > MASKED_AT_OR_BELOW  # (B|1, H|1, Lq|1, Lk)
+            mf = m.to(bias_dtype(dtype))  # widened before the select: exact for every mask dtype
+            bias = torch.where(allowed, mf, torch.zeros((), dtype=mf.dtype, device=mf.device))
             return NormalizedMask(dense=None if bool(allowed.all()) else allowed, bias=bias)
         raise TypeError(
             f"mask: expected a bool tensor (True = may attend), an additive float tensor or a "
