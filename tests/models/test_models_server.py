@@ -94,6 +94,32 @@ def test_length_caps_and_bad_requests(client):
     assert client.get("/api/inspect").status_code == 405
 
 
+def test_serve_passes_the_connection_limits_to_uvicorn(monkeypatch):
+    import json
+
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from attnlab.cli.main import app as cli
+    from attnlab.inspect import server
+    from attnlab.inspect.server_limits import DeadlineH11Protocol
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+    res = CliRunner().invoke(cli, ["serve", "--port", "18765", "--max-chars", "2000", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout.splitlines()[0])["port"] == 18765
+    ((served, kw),) = calls
+    assert kw["host"] == "127.0.0.1" and kw["port"] == 18765
+    assert {k: kw[k] for k in served.state.uvicorn_settings} == served.state.uvicorn_settings
+    assert issubclass(kw["http"], DeadlineH11Protocol)
+    assert (kw["http"].head_timeout_s, kw["http"].drain_timeout_s) == (server.HEAD_TIMEOUT_S,
+                                                                       server.DRAIN_TIMEOUT_S)
+    assert kw["timeout_keep_alive"] == server.KEEP_ALIVE_S
+    assert kw["limit_concurrency"] == server.LIMIT_CONCURRENCY
+    assert kw["h11_max_incomplete_event_size"] == 4 * 12 * 2000 + 8 * 1024  # follows --max-chars
+
+
 def test_everything_is_escaped(client):
     rep = client.post("/api/inspect", json={"text": XSS}).json()
     assert "<" in rep["tokens"]  # JSON carries the text as data
@@ -121,7 +147,8 @@ def live_server(app):
     import uvicorn
 
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           **app.state.uvicorn_settings))  # as `attnlab serve` runs it
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 20

@@ -331,7 +331,7 @@ def serve_command(
         sys.stdout.flush()
     else:
         console.print(f"attnlab serve: http://{shown}:{port}/  (Ctrl-C stops)")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.run(app, host=host, port=port, log_level="warning", **app.state.uvicorn_settings)
 
 
 def register(app: typer.Typer) -> None:

@@ -5,7 +5,15 @@ Safety, because a local server is reachable from every page the user's browser o
 - binds 127.0.0.1 by default; the Host header must name this machine (127.0.0.1, localhost,
   ::1 or the bound host) — anything else gets 400, which stops DNS-rebinding attacks;
 - POST bodies must be ``application/json`` (a cross-site form cannot send that without a
-  CORS preflight, which is never granted) and at most 64 KiB; texts at most ``max_chars``;
+  CORS preflight, which is never granted) and at most ``MAX_BODY`` bytes — refused from the
+  Content-Length before a byte is read, or cut off at the limit while streaming; texts at most
+  ``max_chars``;
+- every malformed input (bad JSON, bad UTF-8, deep nesting, ``NaN``, overflowing numbers, wrong
+  types, missing fields) is a 400 with a one-line ``{"error": ...}``; see ``server_limits``;
+- slow or half-open clients are cut off: a deadline for each request head (``HEAD_TIMEOUT_S``)
+  and body (``BODY_TIMEOUT_S``), the rest of a refused body discarded for ``DRAIN_TIMEOUT_S`` at
+  most, idle keep-alive connections closed after ``KEEP_ALIVE_S``, at most ``LIMIT_CONCURRENCY``
+  connections (``uvicorn_settings`` carries these to uvicorn);
 - serves only its own three static files by name, from an allowlist (no file-system paths,
   so no traversal), plus JSON (``/api/*``) and viz pages (``/view/*``);
 - text reaches the page only as JSON read into ``textContent``; the viz pages embed it
@@ -14,13 +22,16 @@ Safety, because a local server is reachable from every page the user's browser o
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
@@ -30,10 +41,21 @@ from starlette.routing import Route
 from attnlab.inspect.capture import capture, find_token
 from attnlab.inspect.compare import compare
 from attnlab.inspect.report import SEED_TEXT, head_patterns, inspect_text
+from attnlab.inspect.server_limits import BadRequest, parse_json_object, read_body, with_deadlines
 from attnlab.inspect.views import compare_page, inspect_page
 from attnlab.models.loading import LoadedModel
 
-MAX_BODY = 64 * 1024
+__all__ = ["BadRequest", "create_app", "uvicorn_settings"]
+
+MAX_BODY = 64 * 1024  # bytes in a POST body
+MAX_JSON_DEPTH = 8  # nesting of a body's JSON (the API needs 2)
+MAX_TOP = 10_000  # the largest ``top`` accepted
+BODY_TIMEOUT_S = 10.0  # to receive a whole body, once its head is in
+HEAD_TIMEOUT_S = 10.0  # to receive a request line + headers, from connect or the last response
+DRAIN_TIMEOUT_S = 2.0  # to discard the rest of a refused (413) body before closing
+KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this (uvicorn)
+LIMIT_CONCURRENCY = 64  # open connections (or tasks) before uvicorn answers 503
+MIN_HEAD_BYTES = 16 * 1024  # h11's default cap on a request head; raised for long /view/ URLs
 STATIC = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8",
           "index.html": "text/html; charset=utf-8"}
 INDEX_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
@@ -42,152 +64,190 @@ INDEX_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-s
 COMMON_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
                   "Cache-Control": "no-store"}
 
-
-class BadRequest(Exception):
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
+log = logging.getLogger("attnlab.serve")
 
 
-def _static(name: str) -> str:
-    return (resources.files("attnlab.inspect") / "static" / name).read_text(encoding="utf-8")
+def uvicorn_settings(max_chars: int = 1000, *, head_timeout_s: float = HEAD_TIMEOUT_S,
+                     drain_timeout_s: float = DRAIN_TIMEOUT_S, keep_alive_s: float = KEEP_ALIVE_S,
+                     limit_concurrency: int = LIMIT_CONCURRENCY) -> dict[str, Any]:
+    """Keyword arguments for ``uvicorn.run`` / ``uvicorn.Config`` (``create_app`` puts them on
+    ``app.state.uvicorn_settings``). The head cap fits a ``/view/compare`` URL of four fields of
+    ``max_chars`` characters, each percent-encoded to at most 12 bytes."""
+    return {"http": with_deadlines(head_timeout_s, drain_timeout_s), "timeout_keep_alive": keep_alive_s,
+            "h11_max_incomplete_event_size": max(MIN_HEAD_BYTES, 4 * 12 * max_chars + 8 * 1024),
+            "limit_concurrency": limit_concurrency}
 
 
 def create_app(lm: LoadedModel, *, max_chars: int = 1000, host: str = "127.0.0.1",
-               port: int | None = None) -> Starlette:
-    """The Starlette app for ``lm``. Run it with uvicorn (``attnlab serve`` does)."""
+               port: int | None = None, body_timeout_s: float = BODY_TIMEOUT_S) -> Starlette:
+    """The Starlette app for ``lm``. Run it with uvicorn and ``app.state.uvicorn_settings``
+    (``attnlab serve`` does)."""
     if max_chars < 1:
         raise ValueError(f"max_chars: expected a positive int, got {max_chars}")
-    files = {name: _static(name) for name in STATIC}  # read once; nothing else is ever served
-    lock = threading.Lock()  # one forward pass at a time: hooks and tokenizers are shared state
-    heads_cache: dict[str, Any] = {}
-    # What the page shows about the model; the folder's path stays on this machine.
-    model_info = {k: v for k, v in lm.describe().items() if k != "path"}
+    v = _Viewer(lm, max_chars, body_timeout_s)
+    routes = [
+        Route("/", v.static, methods=["GET"]),
+        Route("/static/{name}", v.static, methods=["GET"]),
+        Route("/api/health", v.health, methods=["GET"]),
+        Route("/api/inspect", v.endpoint(v.api_inspect), methods=["POST"]),
+        Route("/api/compare", v.endpoint(v.api_compare), methods=["POST"]),
+        Route("/api/heads", v.endpoint(v.api_heads), methods=["POST"]),
+        Route("/view/head", v.endpoint(v.view_head), methods=["GET"]),
+        Route("/view/model", v.endpoint(v.view_model), methods=["GET"]),
+        Route("/view/compare", v.endpoint(v.view_compare), methods=["GET"]),
+    ]
+    hosts = sorted({"127.0.0.1", "localhost", "::1", "[::1]", host})
+    app = Starlette(routes=routes, middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts)])
+    app.state.uvicorn_settings = uvicorn_settings(max_chars)
+    return app
 
-    def text_arg(value: Any, name: str, required: bool = True) -> str | None:
+
+class _Viewer:
+    """The handlers of one app, and what they share: the model, one lock, a cache."""
+
+    def __init__(self, lm: LoadedModel, max_chars: int, body_timeout_s: float) -> None:
+        self.lm = lm
+        self.max_chars = max_chars
+        self.body_timeout_s = body_timeout_s
+        self.files = {name: _static(name) for name in STATIC}  # read once; nothing else is served
+        self.lock = threading.Lock()  # one forward pass at a time: hooks and tokenizers are shared
+        self.heads_cache: dict[str, Any] = {}
+        # What the page shows about the model; the folder's path stays on this machine.
+        self.model_info = {k: val for k, val in lm.describe().items() if k != "path"}
+
+    # ------------------------------------------------------------ plumbing
+
+    def endpoint(self, handler: Callable[[dict[str, Any]], Response]
+                 ) -> Callable[[Request], Awaitable[Response]]:
+        """``handler`` (arguments -> response, run under the lock in a thread) as an endpoint:
+        arguments from the JSON body (POST) or the query (GET); every error an answer."""
+        async def endpoint(request: Request) -> Response:
+            try:
+                data = await self.arguments(request)
+                resp = await run_in_threadpool(self.locked, handler, data)
+            except BadRequest as e:
+                resp = _error(request, str(e), e.status)
+                if e.close:  # a slow or vanished client: do not wait for the rest
+                    resp.headers["Connection"] = "close"
+            except (ValueError, TypeError, KeyError, IndexError, ArithmeticError) as e:
+                resp = _error(request, _message(e), 400)
+            except Exception:  # a bug: logged here, one line for the client, never a traceback
+                log.exception("%s %s failed", request.method, request.url.path)
+                resp = _error(request, "internal error (the server's log has the details)", 500)
+            resp.headers.update(COMMON_HEADERS)
+            return resp
+        endpoint.__name__ = handler.__name__
+        return endpoint
+
+    async def arguments(self, request: Request) -> dict[str, Any]:
+        if request.method != "POST":
+            return dict(request.query_params)
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            raise BadRequest("expected a JSON body (Content-Type: application/json)", 415)
+        raw = await read_body(request, max_bytes=MAX_BODY, timeout_s=self.body_timeout_s)
+        return parse_json_object(raw, max_depth=MAX_JSON_DEPTH)
+
+    def locked(self, handler: Callable[[dict[str, Any]], Response], data: dict[str, Any]) -> Response:
+        with self.lock:
+            return handler(data)
+
+    def text_arg(self, value: Any, name: str, required: bool = True) -> str | None:
         if value is None or (isinstance(value, str) and not value.strip() and not required):
             if required:
                 raise BadRequest(f"{name}: expected some text, got nothing")
             return None
         if not isinstance(value, str):
             raise BadRequest(f"{name}: expected a string, got {type(value).__name__}")
-        if len(value) > max_chars:
-            raise BadRequest(f"{name}: expected at most {max_chars} characters, got {len(value)}", 413)
+        if len(value) > self.max_chars:
+            raise BadRequest(f"{name}: expected at most {self.max_chars} characters, got {len(value)}", 413)
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:  # JSON's "\ud800" escape decodes to a lone surrogate
+            raise BadRequest(f"{name}: expected Unicode text, got a lone surrogate "
+                             f"U+{ord(value[e.start]):04X} at character {e.start}") from None
         return value
 
-    def int_arg(value: Any, name: str, default: int) -> int:
-        if value in (None, ""):
-            return default
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            raise BadRequest(f"{name}: expected an integer, got {str(value)[:40]!r}") from None
+    # ------------------------------------------------------------ handlers
 
-    async def body(request: Request) -> dict[str, Any]:
-        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
-            raise BadRequest("expected a JSON body (Content-Type: application/json)", 415)
-        raw = await request.body()
-        if len(raw) > MAX_BODY:
-            raise BadRequest(f"expected a body of at most {MAX_BODY} bytes, got {len(raw)}", 413)
-        try:
-            data = json.loads(raw or b"{}")
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise BadRequest("expected a JSON object") from None
-        if not isinstance(data, dict):
-            raise BadRequest("expected a JSON object")
-        return data
-
-    def guarded(fn: Callable[..., Response]) -> Callable[[Request], Any]:
-        async def endpoint(request: Request) -> Response:
-            from starlette.concurrency import run_in_threadpool
-
-            try:
-                data = await body(request) if request.method == "POST" else dict(request.query_params)
-
-                def work() -> Response:
-                    with lock:
-                        return fn(data)
-                resp = await run_in_threadpool(work)
-            except BadRequest as e:
-                resp = _error(request, str(e), e.status)
-            except (ValueError, TypeError, KeyError, IndexError) as e:
-                resp = _error(request, str(e.args[0] if isinstance(e, KeyError) and e.args else e), 400)
-            resp.headers.update(COMMON_HEADERS)
-            return resp
-        return endpoint
-
-    def api_inspect(d: dict[str, Any]) -> Response:
-        text = text_arg(d.get("text"), "text")
-        focus = text_arg(d.get("focus"), "focus", required=False)
-        res = inspect_text(lm, text, focus=focus, k=int_arg(d.get("top"), "top", 3))
-        rep = res.report | {"patterns": head_patterns(res.cache), "model": model_info}
+    def api_inspect(self, d: dict[str, Any]) -> Response:
+        text = self.text_arg(d.get("text"), "text")
+        focus = self.text_arg(d.get("focus"), "focus", required=False)
+        res = inspect_text(self.lm, text, focus=focus, k=_int_arg(d.get("top"), "top", 3, 1, MAX_TOP))
+        rep = res.report | {"patterns": head_patterns(res.cache), "model": self.model_info}
         return JSONResponse(rep)
 
-    def api_compare(d: dict[str, Any]) -> Response:
-        a, b = text_arg(d.get("a"), "a"), text_arg(d.get("b"), "b")
-        focus = text_arg(d.get("focus"), "focus") or "it"
+    def api_compare(self, d: dict[str, Any]) -> Response:
+        a, b = self.text_arg(d.get("a"), "a"), self.text_arg(d.get("b"), "b")
+        focus = self.text_arg(d.get("focus"), "focus") or "it"
         cands = _candidates(d.get("candidates"))
-        cmp = compare(lm, a, b, focus, cands)
-        return JSONResponse(cmp.to_dict(int_arg(d.get("top"), "top", 10)))
+        top = _int_arg(d.get("top"), "top", 10, 1, MAX_TOP)
+        return JSONResponse(compare(self.lm, a, b, focus, cands).to_dict(top))
 
-    def api_heads(d: dict[str, Any]) -> Response:
+    def api_heads(self, d: dict[str, Any]) -> Response:
         from attnlab.inspect.heads import detect_heads
 
-        if "default" not in heads_cache:  # the built-in probes never change: compute once
-            heads_cache["default"] = detect_heads(lm).to_dict()
-        return JSONResponse(heads_cache["default"])
+        if "default" not in self.heads_cache:  # the built-in probes never change: compute once
+            self.heads_cache["default"] = detect_heads(self.lm).to_dict()
+        return JSONResponse(self.heads_cache["default"])
 
-    def view_head(d: dict[str, Any]) -> Response:
-        return _view(d, "head")
+    def view_head(self, d: dict[str, Any]) -> Response:
+        return self.view(d, "head")
 
-    def view_model(d: dict[str, Any]) -> Response:
-        return _view(d, "model")
+    def view_model(self, d: dict[str, Any]) -> Response:
+        return self.view(d, "model")
 
-    def _view(d: dict[str, Any], view: str) -> Response:
-        text = text_arg(d.get("text"), "text")
+    def view(self, d: dict[str, Any], view: str) -> Response:
+        lm = self.lm
+        text = self.text_arg(d.get("text"), "text")
         cache = capture(lm, text, keep_hidden=False)
-        layer = int_arg(d.get("layer"), "layer", 0)
-        if not 0 <= layer < lm.num_layers:
-            raise BadRequest(f"layer: expected 0..{lm.num_layers - 1}, got {layer}")
-        head = int_arg(d.get("head"), "head", -1)
-        if not -1 <= head < lm.num_heads:
-            raise BadRequest(f"head: expected 0..{lm.num_heads - 1}, got {head}")
-        focus = text_arg(d.get("focus"), "focus", required=False)
+        layer = _int_arg(d.get("layer"), "layer", 0, 0, lm.num_layers - 1)
+        head = _int_arg(d.get("head"), "head", -1, -1, lm.num_heads - 1)
+        focus = self.text_arg(d.get("focus"), "focus", required=False)
         if focus:
             find_token(cache.encoded, focus)  # a clear error when the focus is not in the text
         return _page(inspect_page(cache, view=view, layer=layer, heads=None if head < 0 else [head]))
 
-    def view_compare(d: dict[str, Any]) -> Response:
-        a, b = text_arg(d.get("a"), "a"), text_arg(d.get("b"), "b")
-        focus = text_arg(d.get("focus"), "focus") or "it"
-        return _page(compare_page(compare(lm, a, b, focus, _candidates(d.get("candidates")))))
+    def view_compare(self, d: dict[str, Any]) -> Response:
+        a, b = self.text_arg(d.get("a"), "a"), self.text_arg(d.get("b"), "b")
+        focus = self.text_arg(d.get("focus"), "focus") or "it"
+        return _page(compare_page(compare(self.lm, a, b, focus, _candidates(d.get("candidates")))))
 
-    async def static(request: Request) -> Response:
+    async def static(self, request: Request) -> Response:
         name = request.path_params.get("name", "index.html")
-        if name not in files or (name == "index.html" and request.url.path != "/"):
+        if name not in self.files or (name == "index.html" and request.url.path != "/"):
             return PlainTextResponse("not found", status_code=404, headers=COMMON_HEADERS)
         headers = dict(COMMON_HEADERS)
         if name == "index.html":
             headers["Content-Security-Policy"] = INDEX_CSP
-        return Response(files[name], media_type=STATIC[name], headers=headers)
+        return Response(self.files[name], media_type=STATIC[name], headers=headers)
 
-    async def health(request: Request) -> Response:
-        return JSONResponse({"ok": True, "model": model_info, "max_chars": max_chars,
+    async def health(self, request: Request) -> Response:
+        return JSONResponse({"ok": True, "model": self.model_info, "max_chars": self.max_chars,
                              "default_text": SEED_TEXT}, headers=COMMON_HEADERS)
 
-    routes = [
-        Route("/", static, methods=["GET"]),
-        Route("/static/{name}", static, methods=["GET"]),
-        Route("/api/health", health, methods=["GET"]),
-        Route("/api/inspect", guarded(api_inspect), methods=["POST"]),
-        Route("/api/compare", guarded(api_compare), methods=["POST"]),
-        Route("/api/heads", guarded(api_heads), methods=["POST"]),
-        Route("/view/head", guarded(view_head), methods=["GET"]),
-        Route("/view/model", guarded(view_model), methods=["GET"]),
-        Route("/view/compare", guarded(view_compare), methods=["GET"]),
-    ]
-    hosts = sorted({"127.0.0.1", "localhost", "::1", "[::1]", host})
-    return Starlette(routes=routes, middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts)])
+
+def _static(name: str) -> str:
+    return (resources.files("attnlab.inspect") / "static" / name).read_text(encoding="utf-8")
+
+
+def _int_arg(value: Any, name: str, default: int, lo: int, hi: int) -> int:
+    """An integer in ``lo..hi`` from JSON (an int, or a float with no fraction) or a query string."""
+    if value is None or value == "":
+        return default
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str):
+        with contextlib.suppress(ValueError):  # not digits, or past Python's digit limit
+            number = int(value.strip())
+    if number is None:
+        shown = repr(value) if isinstance(value, str) else json.dumps(value, default=str)
+        raise BadRequest(f"{name}: expected an integer, got {shown[:40]}")
+    if not lo <= number <= hi:
+        raise BadRequest(f"{name}: expected {lo}..{hi}, got {str(number)[:40]}")
+    return number
 
 
 def _candidates(value: Any) -> list[str] | None:
@@ -198,6 +258,11 @@ def _candidates(value: Any) -> list[str] | None:
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return value
     raise BadRequest("candidates: expected a list of tokens or a space-separated string")
+
+
+def _message(e: Exception) -> str:
+    text = str(e.args[0] if isinstance(e, KeyError) and e.args else e)
+    return (text.splitlines() or [type(e).__name__])[0][:500]
 
 
 def _page(html: str) -> Response:
