@@ -7,7 +7,8 @@ saved (``embeddings.position_ids``, GPT-2's ``attn.bias`` causal table). Anythin
 over is an error too: a silent leftover usually means the map is wrong.
 
 Weights are read only from safetensors files (no pickle: a ``.bin`` checkpoint can run code
-when loaded).
+when loaded), and only from inside the model folder: an index naming ``../x.safetensors``, an
+absolute path or a symlink out of the folder is refused (:func:`contained`).
 """
 
 from __future__ import annotations
@@ -46,27 +47,61 @@ class WeightMap:
 # --------------------------------------------------------------------------------- reading files
 
 
-def read_safetensors(folder: Path) -> dict[str, Tensor]:
-    """All tensors of ``model.safetensors`` (or the shards an ``.index.json`` lists)."""
-    from safetensors import SafetensorError, safe_open
+def contained(folder: Path, name: str, what: str) -> Path:
+    """``folder / name``, refused (ValueError naming ``what``) if it leaves ``folder``: an
+    absolute name, ``..``, or a symlink pointing elsewhere. Symlinks are resolved, so this
+    holds for the file that would actually be read. The one exception is the Hugging Face
+    cache layout, where ``<repo>/snapshots/<rev>/<name>`` links to ``<repo>/blobs/<hash>``.
+    A missing file passes (the caller reports it as missing)."""
+    try:
+        root, target = folder.resolve(), (folder / name).resolve()
+    except (OSError, ValueError, RuntimeError) as e:  # a NUL byte, a symlink loop
+        raise ValueError(f"{what}: expected a file inside the model folder {folder}, got "
+                         f"{name!r} ({e})") from None
+    if target == root or root in target.parents:
+        return folder / name
+    if root.parent.name == "snapshots" and target.parent == root.parent.parent / "blobs":
+        return folder / name
+    raise ValueError(f"{what}: expected a file inside the model folder {folder}, got "
+                     f"{name!r}, which resolves to {target} (outside it); refusing to read it")
 
+
+def safetensors_files(folder: Path) -> list[Path]:
+    """The weight files of a model folder: ``model.safetensors``, or the shards its
+    ``model.safetensors.index.json`` lists, each checked to lie inside ``folder``."""
     single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
     if single.is_file():
-        files = [single]
-    elif index.is_file():
-        try:
-            shard_names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, AttributeError) as e:
-            raise ValueError(f"{index}: expected a safetensors index with a weight_map, got ({e})") from None
-        files = [folder / n for n in shard_names]
-        for f in files:
-            if not f.is_file():
-                raise FileNotFoundError(f"{folder}: the index lists {f.name}, which is missing")
-    else:
+        return [contained(folder, single.name, str(single))]
+    if not index.is_file():
         pickles = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt*")]
         hint = (f"; found {', '.join(sorted(pickles))}, which attnlab does not load (pickle files can "
                 f"run code): convert them to safetensors first") if pickles else ""
         raise FileNotFoundError(f"{folder}: expected model.safetensors (weights), it is missing{hint}")
+    contained(folder, index.name, str(index))
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        entries = sorted(weight_map.items(), key=lambda kv: (str(kv[1]), str(kv[0])))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, AttributeError, TypeError) as e:
+        raise ValueError(f"{index}: expected a safetensors index with a weight_map, got ({e})") from None
+    files: list[Path] = []
+    for tensor, name in entries:  # the first tensor (by name) of each file names its entry
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{index}: expected a file name for the weight_map entry "
+                             f"{tensor!r}, got {name!r}")
+        f = contained(folder, name, f"{index}: weight_map entry {tensor!r}")
+        if f in files:
+            continue
+        if not f.is_file():
+            raise FileNotFoundError(f"{folder}: the index lists {name}, which is missing")
+        files.append(f)
+    return files
+
+
+def read_safetensors(folder: Path) -> dict[str, Tensor]:
+    """All tensors of ``model.safetensors`` (or the shards an ``.index.json`` lists)."""
+    from safetensors import SafetensorError, safe_open
+
+    files = safetensors_files(folder)
     out: dict[str, Tensor] = {}
     for f in files:
         try:

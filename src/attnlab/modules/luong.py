@@ -39,7 +39,9 @@ from attnlab.modules.bahdanau import (
     additive_from_keys,
     align,
     check_inputs,
+    finite_memory,
     index_grid,
+    read,
     source_allowed,
 )
 from attnlab.modules.hooks import HookPoint
@@ -101,12 +103,13 @@ class _LuongBase(nn.Module):
         self.hook_weights = HookPoint()  # (B, Lq, Ls): read or patch alignments
 
     def project_keys(self, memory: Tensor) -> Tensor:
-        return self.scorer.prepare(memory)
+        """NaN/inf source states get zero keys (:func:`~attnlab.modules.bahdanau.finite_memory`)."""
+        return self.scorer.prepare(finite_memory(memory))
 
     def _finish(self, weights: Tensor, memory: Tensor, scores: Tensor, allowed: Tensor,
                 centres: Tensor | None = None) -> Alignment:
         weights = self.hook_weights(weights)
-        context = weights @ memory  # c_t: (B, Lq, Ls) @ (B, Ls, Dk) -> (B, Lq, Dk)
+        context = read(weights, memory)  # c_t: (B, Lq, Ls) @ (B, Ls, Dk) -> (B, Lq, Dk)
         return Alignment(context, weights, scores, allowed, centres)
 
     def _scores(self, query: Tensor, memory: Tensor, keys: Tensor | None) -> Tensor:

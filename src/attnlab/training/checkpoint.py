@@ -10,15 +10,21 @@ Layout under ``<run>/checkpoint/``::
                                  batch index in the epoch = data-order state, early stopping,
                                  history)
 
-Every file is written atomically (temp file in the same folder + ``os.replace``), the tensor
-files first and ``state.json`` last. A kill before the ``state.json`` rename leaves the
-previous checkpoint intact (the new tensor files are orphans, removed at the next save); a
-kill after it leaves the new one. No pickle anywhere: tensors go through safetensors, the
-rest through JSON, so loading a checkpoint never executes code.
+Every file is written atomically (temp file in the same folder, fsync'd, + ``os.replace``),
+the tensor files first and ``state.json`` last; the folder itself is fsync'd after the tensor
+renames (so that the commit can never name files a power cut would lose) and after the
+``state.json`` rename (so that the commit itself survives one). A kill before the
+``state.json`` rename leaves the previous checkpoint intact (the new tensor files are orphans,
+removed at the next save); a kill after it leaves the new one. A failed save (a full disk:
+ENOSPC) also leaves the previous checkpoint intact and removes what it wrote. No pickle
+anywhere: tensors go through safetensors, the rest through JSON, so loading a checkpoint never
+executes code.
 """
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import random
 import signal
@@ -102,6 +108,31 @@ def _numpy_rng() -> list[Any]:
     return [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
 
 
+def fsync_dir(folder: Path) -> None:
+    """Make the renames inside ``folder`` durable: ``os.replace`` changes the directory, and
+    only an fsync of the directory itself commits that change to disk (POSIX)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return  # a platform whose directories cannot be opened (Windows): nothing to sync
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP):  # file systems without directory sync
+            raise
+    finally:
+        os.close(fd)
+
+
+def _committed(folder: Path) -> tuple[set[str], int | None]:
+    """The tensor files the current ``state.json`` names, and its step (none if unreadable)."""
+    try:
+        state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+        return {str(state["weights"]), str(state["optim"])}, int(state["progress"]["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return set(), None
+
+
 def save_checkpoint(run: Path, model: Seq2Seq, opt: torch.optim.Optimizer,
                     sched: torch.optim.lr_scheduler.ReduceLROnPlateau, progress: Progress) -> None:
     global _saves
@@ -109,18 +140,37 @@ def save_checkpoint(run: Path, model: Seq2Seq, opt: torch.optim.Optimizer,
     folder.mkdir(parents=True, exist_ok=True)
     tag = f"{progress.step:09d}"
     weights, optim = f"weights-{tag}.safetensors", f"optim-{tag}.safetensors"
-    atomic_write_bytes(folder / weights, model.weights_bytes())
-    tensors, opt_meta = optimizer_tensors(opt)
-    tensors["rng.torch"] = torch.get_rng_state()
-    atomic_write_bytes(folder / optim, st_save(tensors, metadata={"format": CHECKPOINT_FORMAT}))
-    _saves += 1
-    fault("save", _saves)  # the nastiest moment: new tensors written, not yet committed
-    write_json(folder / "state.json", {
-        "format": CHECKPOINT_FORMAT, "weights": weights, "optim": optim,
-        "optimizer": opt_meta, "scheduler": sched.state_dict(),
-        "rng": {"python": _python_rng(), "numpy": _numpy_rng()},
-        "progress": asdict(progress),
-    })
+    previous, previous_step = _committed(folder)
+    try:
+        atomic_write_bytes(folder / weights, model.weights_bytes())
+        tensors, opt_meta = optimizer_tensors(opt)
+        tensors["rng.torch"] = torch.get_rng_state()
+        atomic_write_bytes(folder / optim, st_save(tensors, metadata={"format": CHECKPOINT_FORMAT}))
+        fsync_dir(folder)  # the tensor files' names are on disk before any commit names them
+        _saves += 1
+        fault("save", _saves)  # the nastiest moment: new tensors written, not yet committed
+        write_json(folder / "state.json", {
+            "format": CHECKPOINT_FORMAT, "weights": weights, "optim": optim,
+            "optimizer": opt_meta, "scheduler": sched.state_dict(),
+            "rng": {"python": _python_rng(), "numpy": _numpy_rng()},
+            "progress": asdict(progress),
+        })
+        fsync_dir(folder)  # the commit itself
+    except BaseException as e:
+        # Not committed (or interrupted right after the commit: keep what state.json names).
+        # Drop the new files, which a full disk needs back, never the committed ones.
+        keep = previous | _committed(folder)[0]
+        for name in (weights, optim):
+            if name not in keep:
+                (folder / name).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            kept = (f"the previous checkpoint (step {previous_step}) is intact"
+                    if previous_step is not None else "no earlier checkpoint exists")
+            fix = "free space" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "fix that"
+            msg = (f"checkpoint: could not save step {progress.step} in {folder} "
+                   f"({e.strerror or e}); {kept}; {fix}, then resume the run")
+            raise (OSError(e.errno, msg) if e.errno is not None else OSError(msg)) from e
+        raise
     for stale in folder.iterdir():  # only after the commit: drop older tensor files
         if stale.name not in (weights, optim, "state.json") and (
                 stale.suffix in (".safetensors", ".tmp")):
