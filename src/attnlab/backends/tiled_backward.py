@@ -25,7 +25,7 @@ from attnlab.backends.tiled_kernels import (
     q_write,
     tile_masks,
 )
-from attnlab.backends.tiled_parallel import run_parallel
+from attnlab.backends.tiled_parallel import Group, fixed_groups, run_parallel
 from attnlab.backends.tiled_plan import Plan, QueryChunk
 from attnlab.backends.tiles import TileContext, band, head_loop, pv, qk, scatter_band, tn
 
@@ -33,23 +33,33 @@ from attnlab.backends.tiles import TileContext, band, head_loop, pv, qk, scatter
 # tiles 2.25 s -> 1.94 s, SDPA's own time; sliding window W=256 with 64-row tiles 205 -> 236 ms,
 # block-sparse 128-row tiles 397 -> 425 ms): its dK/dV come back per band and are added again.
 FUSED_BWD_MIN_ROWS = 256
+# Fixed dK/dV groups per worker thread: more than one leaves the dynamic scheduler something to
+# balance when the OS deschedules a worker, at the price of one more partial buffer each.
+GROUPS_PER_THREAD = 2
+
+
+def _scratch(x: Padded, plan: Plan, fused: bool) -> tuple[Tensor | None, ...]:
+    """One worker's tile buffers, reused for all its tiles (a fresh multi-MB tensor pays its page
+    faults every time): S/P and dP/dS (the fused op keeps its own small blocks and needs only
+    the mask), and the gathered key/value bands."""
+    B, H = x.q.shape[:2]
+    tiles = plan.max_tiles()
+    size = tiles * plan.bq * plan.bk * B * H
+    s_buf, d_buf = (None, None) if fused else (x.q.new_empty(size), x.q.new_empty(size))
+    m_buf = x.q.new_empty(tiles * plan.bq * plan.bk) if fused else None
+    return (s_buf, d_buf, m_buf, *gather_buffers(x, plan, plan.bk))
 
 
 def _backward_chunks(tc: TileContext, x: Padded, plan: Plan, scale: float, chunks: Iterable[QueryChunk],
                      lse_r: Tensor, delta: Tensor, dout: Tensor, grads: tuple[Tensor, Tensor, Tensor],
-                     sanitize: bool, capture: bool, out: Tensor | None = None) -> None:
+                     sanitize: bool, capture: bool, out: Tensor | None, scratch: tuple[Tensor | None, ...],
+                     base: int = 0) -> None:
     """``out`` given: tiles go through ATen's fused backward (tiled_fused.py), which takes the
-    rows' context instead of delta."""
+    rows' context instead of delta. dK/dV (``grads[1:]``) start at key block ``base``."""
     B, H = x.q.shape[:2]
     bq, bk = plan.bq, plan.bk
     dq, dk, dv = grads
-    tiles = plan.max_tiles()
-    size = tiles * bq * bk * B * H
-    fused = out is not None
-    # S/P and dP/dS, reused (the fused op keeps its own small blocks; it needs only the mask)
-    s_buf, d_buf = (None, None) if fused else (x.q.new_empty(size), x.q.new_empty(size))
-    m_buf = x.q.new_empty(tiles * bq * bk) if fused else None
-    k_buf, v_buf = gather_buffers(x, plan, bk)
+    s_buf, d_buf, m_buf, k_buf, v_buf = scratch
     autograd_mod = tc.score_mod is not None or capture
     for chunk in chunks:
         qc, doc = q_view(x.q, chunk, bq), q_view(dout, chunk, bq)  # (B, H, nb, bq, D|Dv)
@@ -62,8 +72,8 @@ def _backward_chunks(tc: TileContext, x: Padded, plan: Plan, scale: float, chunk
                 dqs, dks, dvs = fused_tile_backward(qc, kb, vb, q_view(out, chunk, bq), doc, lse_c, seg, oks,
                                                     scale, bk, m_buf)
                 dqc.copy_(dqs) if n_seg == 0 else dqc.add_(dqs)
-                scatter_band(dk, dks, seg, bk)
-                scatter_band(dv, dvs, seg, bk)
+                scatter_band(dk, dks, seg, bk, base)
+                scatter_band(dv, dvs, seg, bk, base)
                 continue
             if sanitize and seg.masked:
                 kb, vb = clean_band(kb, oks, seg, bk), clean_band(vb, oks, seg, bk)
@@ -83,7 +93,7 @@ def _backward_chunks(tc: TileContext, x: Padded, plan: Plan, scale: float, chunk
                     p = s.sub_(lse_h).exp_()  # P = exp(S - lse), in place
                 for (p0, p1), ok in zip(seg.masked, oks, strict=True):
                     p[..., p0 * bk: p1 * bk].masked_fill_(~head_view(ok, i, j), 0.0)
-                scatter_band(head_view(dv, i, j), tn(p, doh, seg), seg, bk)  # dV += Pᵀ·dO
+                scatter_band(head_view(dv, i, j), tn(p, doh, seg), seg, bk, base)  # dV += Pᵀ·dO
                 ds = qk(doh, vh, seg, d_buf[: math.prod(shape)].view(shape))  # dP = dO·Vᵀ
                 ds.sub_(delta_h).mul_(p)  # dS = P ∘ (dP - D)
                 if autograd_mod:
@@ -93,7 +103,7 @@ def _backward_chunks(tc: TileContext, x: Padded, plan: Plan, scale: float, chunk
                     else:
                         (ds,) = torch.autograd.grad(s, raw, ds)
                 pv(ds, kh, seg, head_view(dqc, i, j), beta=0.0 if n_seg == 0 else 1.0)  # dQ += dS·K
-                scatter_band(head_view(dk, i, j), tn(ds, qh, seg, scale), seg, bk)  # dK += scale·dSᵀ·Q
+                scatter_band(head_view(dk, i, j), tn(ds, qh, seg, scale), seg, bk, base)  # dK += scale·dSᵀ·Q
         if chunk.q_start is None:
             q_write(dq, dqc, chunk, bq)
 
@@ -105,8 +115,14 @@ def backward_pass(tc: TileContext, x: Padded, plan: Plan, scale: float, out: Ten
 
     out, dout: (B, H, nQB·bq, Dv); lse: (B, H, nQB·bq). ``capture``: the bias / score_mod holds
     tensors that want gradients; they receive them through a nested backward (as in eager
-    training with .backward()), single-threaded. dQ rows are disjoint per chunk; dK and dV
-    are accumulated per worker and summed (bands of different chunks overlap)."""
+    training with .backward()), single-threaded.
+
+    Bitwise reproducible: dQ rows are disjoint per chunk. dK and dV bands of different chunks
+    overlap, and a float sum depends on its order, so their order is fixed by the plan and the
+    thread count alone, never by which worker ran what: the chunks are cut into fixed groups
+    (tiled_parallel.fixed_groups), each summed in query order into its own buffer (covering
+    only the keys it reads); workers take whole groups, and the groups' buffers are then added
+    in group order. (Per-worker buffers, as before, made dK/dV differ by ~1e-7 between runs.)"""
     B, H = x.q.shape[:2]
     delta = (dout * out).sum(-1, keepdim=True)  # (B, H, nQB·bq, 1): D_i = rowsum(dO ∘ O)
     if dlse is not None:  # d lse_i / d s_ij = P_ij: dS = P ∘ (dP - D + dlse)
@@ -118,17 +134,29 @@ def backward_pass(tc: TileContext, x: Padded, plan: Plan, scale: float, out: Ten
     if idle.numel():
         dq.view(B, H, -1, plan.bq, dq.shape[-1])[:, :, idle] = 0.0
     n = 1 if capture else (torch.get_num_threads() if threads is None else threads)
-    acc = [(torch.zeros_like(x.k), torch.zeros_like(x.v)) for _ in range(max(1, n))]
     fused = plan.bq >= FUSED_BWD_MIN_ROWS and fused_backward_ok(x.q, x.v, tc.modifies, sanitize, dlse,
                                                                 capture)
+    dk, dv = torch.zeros_like(x.k), torch.zeros_like(x.v)
+    groups = fixed_groups(plan.chunks, GROUPS_PER_THREAD * n if n > 1 else 1)
+    bk = plan.bk
+    # group 0 sums straight into dk/dv; the others into buffers of their key extent
+    bufs: list[tuple[Tensor, Tensor] | None] = [None] * len(groups)
 
-    def work(part: list[QueryChunk], i: int) -> None:
-        _backward_chunks(tc, x, plan, scale, part, lse_r, delta, dout, (dq, *acc[i]), sanitize, capture,
-                         out if fused else None)
+    def work(part: Iterable[Group], _: int) -> None:
+        scratch = _scratch(x, plan, fused)
+        for g in part:
+            if g.index == 0:
+                acc, base = (dk, dv), 0
+            else:
+                rows = slice(g.lo * bk, g.hi * bk)
+                acc, base = (torch.zeros_like(dk[:, :, rows]), torch.zeros_like(dv[:, :, rows])), g.lo
+                bufs[g.index] = acc
+            _backward_chunks(tc, x, plan, scale, g.chunks, lse_r, delta, dout, (dq, *acc), sanitize, capture,
+                             out if fused else None, scratch, base)
 
-    used = run_parallel(work, plan.chunks, n)
-    dk, dv = acc[0]
-    for i in range(1, used):
-        dk.add_(acc[i][0])
-        dv.add_(acc[i][1])
+    run_parallel(work, groups, n, cost=lambda g: g.cost)
+    for g, acc in zip(groups[1:], bufs[1:], strict=True):  # fixed order: group 1, 2, ...
+        assert acc is not None
+        dk[:, :, g.lo * bk: g.hi * bk] += acc[0]
+        dv[:, :, g.lo * bk: g.hi * bk] += acc[1]
     return (dq if fused else dq.mul_(scale)), dk, dv  # the fused op applies the scale itself

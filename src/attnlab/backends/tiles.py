@@ -125,24 +125,28 @@ def band(x: Tensor, seg: Segment, bk: int, buf: Tensor | None = None) -> Tensor:
     return torch.index_select(xb, 2, seg.k_blocks.flatten(), out=out).view(B, H, nb, w * bk, D)
 
 
-def scatter_band(acc: Tensor, grad: Tensor, seg: Segment, bk: int) -> None:
-    """acc (B, H, N·bk, D) += a band gradient (B, H, nb, w·bk, D), overlapping bands summed.
+def scatter_band(acc: Tensor, grad: Tensor, seg: Segment, bk: int, base: int = 0) -> None:
+    """acc (B, H, N·bk, D) += a band gradient (B, H, nb, w·bk, D), overlapping bands summed in a
+    fixed order (no result depends on thread scheduling). ``base``: acc starts at key block
+    ``base`` (a buffer covering only the keys a group of tiles reads).
 
     For a shared segment, grad is (B, H, 1, w·bk, D), already summed over the query blocks."""
     B, H, _, D = acc.shape
     nb, w = seg.k_blocks.shape
     if seg.shared:
-        s = seg.k_start * bk  # type: ignore[operator]
+        s = (seg.k_start - base) * bk  # type: ignore[operator]
         acc[:, :, s: s + w * bk] += grad[:, :, 0]
         return
     blocks = acc.view(B, H, -1, bk, D)  # (B, H, nKB, bk, D)
     g = grad.view(B, H, nb, w, bk, D)
     if seg.k_start is not None:  # evenly spaced bands: w strided adds instead of nb·w scattered ones
-        s, st = seg.k_start, max(seg.k_step, 1)
+        s, st = seg.k_start - base, max(seg.k_step, 1)
         for p in range(w):
             blocks[:, :, s + p: s + p + (nb - 1) * st + 1: st] += g[:, :, :, p]
         return
-    blocks.index_add_(2, seg.k_blocks.flatten(), g.reshape(B, H, nb * w, bk, D))
+    idx = seg.k_blocks.flatten() if base == 0 else seg.k_blocks.flatten() - base
+    # deterministic on a CPU (torch.use_deterministic_algorithms flags index_add_ on CUDA only)
+    blocks.index_add_(2, idx, g.reshape(B, H, nb * w, bk, D))
 
 
 PER_HEAD_MAX = 64  # up to this many B·H, loop over heads: no band copies (see _bmm)
