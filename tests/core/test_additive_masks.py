@@ -84,12 +84,7 @@ def test_float32_min_row_gives_zeros_weights_and_gradients_in_every_dtype(backen
             assert torch.all(out.weights[0, :, 2] == 0) and torch.all(out.lse[0, :, 2] == -math.inf)
 
 
-TILED_HALF_BIAS = pytest.mark.xfail(strict=True, reason=(
-    "tiled adds the bias to float16 tile scores (TileContext.modify casts it to the scores' "
-    "dtype): a -1e4 row loses the scores. Needs float32 tiles for half inputs (reported)."))
-
-
-@pytest.mark.parametrize("backend", ["eager", "sdpa", pytest.param("tiled", marks=TILED_HALF_BIAS)])
+@pytest.mark.parametrize("backend", ["eager", "sdpa", "tiled"])
 def test_biases_above_the_threshold_are_added_the_same_in_every_dtype(backend):
     """-1e4 (old BERT masks) is a bias, not a mask: a row of it is softmax(s - 1e4) = softmax(s),
     the plain average, in every dtype; a partial row of it weighs those keys exp(-1e4) = 0.
@@ -144,13 +139,8 @@ def test_a_learned_half_precision_bias_still_gets_its_gradient(backend):
     torch.testing.assert_close(bias.grad.double(), b64.grad, atol=3e-3, rtol=3e-3)
 
 
-TILED_HALF_BIAS_ROUNDED = pytest.mark.xfail(strict=True, reason=(
-    "tiled casts the bias to the float16/bfloat16 tile scores (TileContext.modify): an ALiBi "
-    "bias near -200 is rounded to bfloat16's spacing of 1. Needs float32 tiles (reported)."))
-
-
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=lambda d: str(d)[6:])
-@pytest.mark.parametrize("backend", ["eager", "sdpa", pytest.param("tiled", marks=TILED_HALF_BIAS_ROUNDED)])
+@pytest.mark.parametrize("backend", ["eager", "sdpa", "tiled"])
 def test_a_float32_bias_is_not_rounded_to_half_precision(backend, dtype):
     """ALiBi far from the keys (a decode step at position ~500): biases near -200, which
     bfloat16 spaces 1 apart and float16 0.125 apart. Added in float32, they mean for half

@@ -27,7 +27,7 @@ from attnlab.backends.tiled_autograd import TiledConfig, tiled_function
 from attnlab.backends.tiled_plan import Plan, build_plan
 from attnlab.backends.tiled_sparse import decompose, merge, residue_unview, residue_view
 from attnlab.backends.tiles import TileContext
-from attnlab.functional.attention import AttentionOutput, ScoreMod, validate_qkv
+from attnlab.functional.attention import HALF, AttentionOutput, ScoreMod, validate_qkv
 from attnlab.functional.mask_input import normalize_mask
 from attnlab.functional.masks import Mask
 from attnlab.functional.scores import default_scale
@@ -165,6 +165,17 @@ def gather_rows(x: Tensor, index: Tensor) -> Tensor:
 
 
 def run_tiled(call: AttentionCall) -> AttentionOutput:
+    q = call.q
+    grads = torch.is_grad_enabled() and any(t.requires_grad for t in (call.q, call.k, call.v))
+    plain = call.mask.bias is not None or call.score_mod is not None
+    if q.dtype in HALF and (grads or plain):
+        # The plain-op tiles (a bias or score_mod) and the backward compute scores, exp(S - lse)
+        # and lse in the input dtype; half precision there loses the logits (fp16 scores near
+        # 8000 are 8 apart). Run them in float32 like the reference, return the input dtype;
+        # the fused ATen tiles of a plain forward already accumulate in float32.
+        up = replace(call, q=call.q.float(), k=call.k.float(), v=call.v.float())
+        out = run_tiled(up)
+        return AttentionOutput(out.context.to(q.dtype), None, out.lse)
     _, _, Lq, Lk = call.shape
     nm = call.mask
     dense = nm.dense.expand(-1, -1, Lq, Lk) if nm.dense is not None else None  # (B|1, H|1, Lq, Lk)
