@@ -125,17 +125,49 @@ def test_prompt_effect_on_a_tiny_model(lm):
     assert [k["label"] for k in d["knockout"]] == ["knockout all layers", "knockout layers 0-0",
                                                    "knockout layers 1-1"]
     assert d["steering"]["heads"] and len(d["steering"]["heads"]) == 3
-    gap = eff.augmented.topic_mean - eff.base.topic_mean
-    k = eff.knockouts[0]
-    assert d["knockout"][0]["topic_moved_back"] == pytest.approx(
-        (eff.augmented.topic_mean - k.topic_mean) / gap, abs=1e-3)
+    mb = eff.moved_back(eff.knockouts[0])
+    assert d["knockout"][0]["topic_moved_back"] == (None if mb is None else round(mb, 3))
     with pytest.raises(ValueError, match="already in the prompt"):
         prompt_effect(lm, PROMPT, "street")
     with pytest.raises(ValueError, match="add: expected words"):
         prompt_effect(lm, PROMPT, "  ")
-    with pytest.raises(ValueError, match=r"emphasize: expected words of the prompt.*the prompt's tokens are"):
+    with pytest.raises(ValueError, match=r"emphasize: expected whole words of the prompt.*tokens are"):
         prompt_effect(lm, PROMPT, "tired", emphasize="zebra", max_new_tokens=2)
-    assert find_span(enc, "street", name="x")
+    assert find_span(enc, "street", user_text="The animal didn't cross the street because it was too tired")
+
+
+def test_moved_back_is_the_fraction_of_the_topic_gap_and_none_on_noise():
+    from types import SimpleNamespace
+
+    from attnlab.inspect.prompt_effect import PromptEffect
+
+    def run(mass):
+        return SimpleNamespace(topic_mean=mass)
+
+    eff = PromptEffect(run(0.002), run(0.010), "x", [0], torch.zeros(1, 1), torch.zeros(1, 1), [0.1])
+    assert eff.moved_back(run(0.002)) == pytest.approx(1.0)
+    assert eff.moved_back(run(0.006)) == pytest.approx(0.5)
+    assert eff.moved_back(run(0.018)) == pytest.approx(-1.0)  # the knockout pushed further away
+    noise = PromptEffect(run(1e-7), run(2e-7), "x", [0], torch.zeros(1, 1), torch.zeros(1, 1), [0.1])
+    assert noise.moved_back(run(0.0)) is None  # 1e-7 gap: a ratio would be meaningless
+    close = PromptEffect(run(0.0100), run(0.0105), "x", [0], torch.zeros(1, 1), torch.zeros(1, 1), [0.1])
+    assert close.moved_back(run(0.0)) is None  # gap under 10% of the mass
+
+
+def test_added_and_emphasized_words_are_found_in_the_user_message_only(lm):
+    # "assistant" appears in the chat template's role header after the message; the knockout
+    # must target the user's word. The tiny model has no template, so render one by hand.
+    from attnlab.inspect.prompt_effect import find_span
+
+    text = "<|im_start|>user\nplease log in<|im_end|>\n<|im_start|>assistant\n"
+    enc = lm.encode(text)
+    span = find_span(enc, "in", user_text="please log in")
+    assert "".join(enc.labels[i] for i in span).strip() == "in"
+    assert min(span) < len(lm.encode("<|im_start|>user\nplease log in"))
+    with pytest.raises(ValueError, match="whole words"):
+        find_span(enc, "lo", user_text="please log in", name="emphasize")  # a piece of "log"
+    with pytest.raises(ValueError, match="whole words"):
+        find_span(enc, "assistant", user_text="please log in", name="emphasize")
 
 
 def test_generate_and_prompt_effect_cli(tiny_llama, tmp_path):
@@ -159,7 +191,7 @@ def test_generate_and_prompt_effect_cli(tiny_llama, tmp_path):
     (["generate", "hi", "--greedy", "--temperature", "0.5"], "--greedy: expected either"),
     (["generate", "hi", "--top-p", "2"], "top_p: expected a number in (0, 1]"),
     (["generate", "hi", "--max-new-tokens", "0"], "max_new_tokens: expected a positive int"),
-    (["generate", "word " * 70], "expected at most 64 tokens"),
+    (["generate", "word " * 70], "expected fewer than 64 tokens"),
     (["prompt-effect", "The animal", "--add", ""], "add: expected words"),
     (["prompt-effect", "The animal", "--add", "animal"], "already in the prompt"),
 ])
@@ -177,3 +209,44 @@ def test_heads_on_a_llama_with_a_layers_by_heads_picture(tiny_llama, tmp_path):
     assert {"induction", "previous", "duplicate", "sink"} <= set(d["scores"])
     assert len(d["scores"]["induction"]) == 2 and len(d["scores"]["induction"][0]) == 4  # layers x heads
     assert d["png"] == str(tmp_path / "h.png") and (tmp_path / "h.png").stat().st_size > 5000
+
+
+def test_truncate_keeps_the_first_tokens_of_the_message_and_room_to_generate(lm):
+    long = "the animal crossed the street " * 40  # ~200 tokens, the tiny model holds 64
+    with pytest.raises(ValueError, match="expected fewer than 64 tokens"):
+        generate_text(lm, long, max_new_tokens=5)
+    g = generate_text(lm, long, max_new_tokens=5, truncate=True)
+    assert len(g.prompt) + 5 <= 64 and len(g.new_ids) == 5
+    assert g.prompt.text.startswith("the animal crossed")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["generate", "hi", "--html", "page.png"], "--html: expected a file name ending in .html"),
+    (["generate", "hi", "--png", "x.html"], "--png: expected a file name ending in .png or .svg"),
+    (["generate", "hi", "--png", "x.png", "--layers", "1", "--layer", "0"], "--layer: expected one of the "
+                                                                            "captured layers [1], got 0"),
+    (["generate", "hi", "--seed", "-1"], "seed: expected an int"),
+    (["prompt-effect", "The animal", "--add", "tired", "--alpha", "2"], "alpha: expected a number in (0, 1]"),
+    (["prompt-effect", "The animal", "--add", "tired", "--steer-heads", "0"], "steer_heads: expected an int"),
+    (["prompt-effect", "The animal", "--add", "tired", "--bands", "9"], "bands: expected an int in 1..2"),
+    (["prompt-effect", "The animal", "--add", "tired", "--emphasize", "ani"], "expected whole words"),
+    (["prompt-effect", "The animal", "--add", "tired", "--html", "x.png"], "--html: expected"),
+])
+def test_llm_cli_refuses_bad_options_before_generating(tiny_llama, args, message, monkeypatch):
+    import attnlab.inspect.generation as gen
+
+    def boom(*a, **k):
+        raise AssertionError("generated before refusing the options")
+
+    monkeypatch.setattr(gen, "generate_ids", boom)
+    r = CliRunner().invoke(app, [*args, "--model", str(tiny_llama), "--json"])
+    assert r.exit_code == 2, r.output
+    assert message in json.loads(r.output)["error"]
+
+
+def test_rich_markup_in_user_text_is_printed_as_text(tiny_llama, tmp_path):
+    png = tmp_path / "a[b].png"
+    r = CliRunner().invoke(app, ["prompt-effect", "The animal", "--add", "[/] tired [red]x", "--topic",
+                                 "animal", "--model", str(tiny_llama), "--max-new-tokens", "2", "--png", str(png)])
+    assert r.exit_code == 0, r.output
+    assert "[/] tired [red]x" in r.output and f"wrote {png}" in r.output

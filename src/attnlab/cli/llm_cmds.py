@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from attnlab.cli.common import console, load_lm, print_json, user_errors
@@ -41,6 +42,16 @@ def _ints(name: str, text: str | None) -> list[int] | None:
 def _mkdir(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def _check_outputs(png: Path | None = None, html: Path | None = None, out: Path | None = None) -> None:
+    """Refuse bad output names before minutes of generation, not after."""
+    if png is not None and png.suffix.lower() not in (".png", ".svg"):
+        raise ValueError(f"--png: expected a file name ending in .png or .svg, got {str(png)!r}")
+    if html is not None and html.suffix.lower() not in (".html", ".htm"):
+        raise ValueError(f"--html: expected a file name ending in .html, got {str(html)!r}")
+    if out is not None and out.exists() and not out.is_dir():
+        raise ValueError(f"--out: expected a folder (new or existing), got the file {str(out)!r}")
 
 
 def generate_command(
@@ -84,6 +95,7 @@ def generate_command(
     with user_errors(as_json):
         from attnlab.inspect.generation import Sampling, generate_text
 
+        _check_outputs(png, html)
         sampled = temperature is not None or top_p is not None
         if greedy and sampled:
             raise ValueError("--greedy: expected either --greedy or --temperature/--top-p, got both")
@@ -95,6 +107,22 @@ def generate_command(
         )
         lm = load_lm(model, small=False)
         capture = html is not None or png is not None or layers is not None or heads is not None
+        lays, hds = _ints("--layers", layers), _ints("--heads", heads)
+        checks = (("--layer", layer, lays, lm.num_layers), ("--head", head, hds, lm.num_heads))
+        for name, v, chosen, n in checks:
+            allowed = chosen if chosen is not None else list(range(n))
+            if v is not None and v not in allowed:
+                raise ValueError(f"{name}: expected one of the captured {name[2:]}s "
+                                 f"{allowed if len(allowed) < 12 else f'0..{n - 1}'}, got {v}")
+        if html is not None:  # refuse a page too big to write before generating, not after
+            from attnlab.inspect.generation import fit_prompt
+            from attnlab.inspect.llm_views import page_limit
+
+            n = len(fit_prompt(lm, prompt, system=system, chat=not raw, max_new_tokens=max_new_tokens,
+                               truncate=truncate)) + max_new_tokens - 1
+            why = page_limit(n, len(lays or range(lm.num_layers)), len(hds or range(lm.num_heads)))
+            if why:
+                raise ValueError(why.replace(" positions", " positions (prompt + --max-new-tokens)", 1))
         stream = None if as_json else (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
         g = generate_text(
             lm,
@@ -104,8 +132,8 @@ def generate_command(
             max_new_tokens=max_new_tokens,
             sampling=sampling,
             capture=capture,
-            layers=_ints("--layers", layers),
-            heads=_ints("--heads", heads),
+            layers=lays,
+            heads=hds,
             stream=stream,
             truncate=truncate,
         )
@@ -136,7 +164,7 @@ def generate_command(
         )
     for key in ("png", "html"):
         if key in rep:
-            console.print(f"wrote {rep[key]}", highlight=False)
+            console.print(f"wrote {rep[key]}", highlight=False, markup=False)
 
 
 def prompt_effect_command(
@@ -155,7 +183,8 @@ def prompt_effect_command(
     model: LLMOpt = "smollm2",
     system: SystemOpt = None,
     max_new_tokens: MaxNewOpt = 48,
-    bands: Annotated[int, typer.Option(help="knockout also per band of layers: this many bands")] = 3,
+    bands: Annotated[int | None, typer.Option(help="knockout also per band of layers: this many bands "
+                                              "(default: 3, thirds of the layers)")] = None,
     emphasize: Annotated[
         str | None,
         typer.Option(help="PASTA: words of the base prompt to steer attention towards (no words added)"),
@@ -177,10 +206,10 @@ def prompt_effect_command(
     """Do added words steer the answer through attention? Topic mass, attention share, knockout."""
     with user_errors(as_json):
         from attnlab.inspect import prompt_effect as pe
-        from attnlab.inspect.steering import SECURITY_LEXICON
+        from attnlab.inspect.steering import SECURITY_LEXICON, check_alpha
 
-        if bands < 1:
-            raise ValueError(f"--bands: expected a positive int, got {bands}")
+        _check_outputs(png, html, out)
+        check_alpha(alpha)
         words = SECURITY_LEXICON if topic is None else tuple(w for w in topic.split(",") if w.strip())
         lm = load_lm(model, small=False)
         eff = pe.prompt_effect(
@@ -231,7 +260,9 @@ def _write_effect(
 
 def _print_effect(rep: dict[str, Any]) -> None:
     b, a = rep["base"], rep["augmented"]
-    t = Table(title=f"{rep['model']}: adding {rep['added']['text']!r}", title_justify="left", show_lines=True)
+    # User text (added words, answers, paths) is printed as is: rich markup off or escaped.
+    t = Table(title=escape(f"{rep['model']}: adding {rep['added']['text']!r}"), title_justify="left",
+              show_lines=True)
     t.add_column("base prompt")
     t.add_column("+ added words")
     t.add_row(b["answer"], a["answer"])
@@ -251,7 +282,7 @@ def _print_effect(rep: dict[str, Any]) -> None:
     for r in rep["knockout"]:
         mb = "" if r["topic_moved_back"] is None else f"{100 * r['topic_moved_back']:.0f}%"
         k.add_row(r["label"], f"{r['topic_mean']:.4f}", mb, f"{r['chrf_to_base']:.1f}")
-    console.print(k)
+    console.print(k, markup=False)
     if "steering" in rep:
         s = rep["steering"]
         console.print(
@@ -261,7 +292,7 @@ def _print_effect(rep: dict[str, Any]) -> None:
             markup=False,
         )
     for f in rep.get("files", []):
-        console.print(f"wrote {f}", highlight=False)
+        console.print(f"wrote {f}", highlight=False, markup=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -48,6 +48,8 @@ class Sampling:
             raise ValueError(f"temperature: expected a number > 0, got {self.temperature!r}")
         if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
             raise ValueError(f"top_p: expected a number in (0, 1], got {self.top_p!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed: expected an int in 0..2**63-1, got {self.seed!r}")
 
 
 def next_token(logits: Tensor, sampling: Sampling, gen: torch.Generator | None) -> int:
@@ -111,6 +113,31 @@ def render_prompt(lm: LoadedModel, prompt: str, *, system: str | None = None, ch
     return ChatTemplate(lm.chat_template).render(chat_messages(prompt, system), add_generation_prompt=True)
 
 
+def fit_prompt(lm: LoadedModel, prompt: str, *, system: str | None = None, chat: bool = True,
+               max_new_tokens: int = 64, truncate: bool = False) -> Encoded:
+    """The rendered prompt, tokenised, leaving room in the context for at least one new token.
+
+    ``truncate`` keeps the first tokens of the user's ``prompt`` (not of the rendered text, so
+    the chat template and its assistant header survive), leaving room for ``max_new_tokens``.
+    """
+    text = render_prompt(lm, prompt, system=system, chat=chat)
+    total = len(lm.tokenizer.piece_ids(text))
+    if total < lm.max_tokens:
+        return lm.encode(text, name="prompt")
+    if not truncate:
+        raise ValueError(f"prompt: expected fewer than {lm.max_tokens} tokens (the model's context) to leave "
+                         f"room to generate, got {total}; shorten it (attnlab generate --truncate keeps its "
+                         f"first tokens)")
+    ids = lm.tokenizer.piece_ids(prompt)
+    room = max(1, min(max_new_tokens, lm.max_tokens // 2))
+    keep = len(ids) - (total - (lm.max_tokens - room))
+    if keep < 1:
+        raise ValueError(f"--truncate: the chat template and system message alone take {total - len(ids)} of "
+                         f"the {lm.max_tokens} tokens; nothing of the prompt fits")
+    text = render_prompt(lm, lm.tokenizer.decode(ids[:keep]), system=system, chat=chat)
+    return lm.encode(text, name="prompt")
+
+
 def eos_ids(lm: LoadedModel) -> set[int]:
     cfg = lm.model.cfg
     ids = set(getattr(cfg, "eos_token_ids", ()) or ())
@@ -153,7 +180,8 @@ def generate_ids(
     if room < 1:
         raise ValueError(
             f"prompt: expected fewer than {lm.max_tokens} tokens (the model's context) to leave "
-            f"room to generate, got {len(prompt_ids)}; shorten it or pass --truncate"
+            f"room to generate, got {len(prompt_ids)}; shorten it (attnlab generate --truncate keeps its "
+            f"first tokens)"
         )
     gen = None if sampling.greedy else torch.Generator().manual_seed(sampling.seed)
     need = recorder.layers if recorder is not None else False
@@ -246,8 +274,7 @@ def generate_text(
             f"--model: expected a decoder LLM loaded by attnlab (smollm2, a llama GGUF or "
             f"folder, gpt2), got a {lm.kind} ({lm.model_type}, {lm.engine})"
         )
-    text = render_prompt(lm, prompt, system=system, chat=chat)
-    enc = lm.encode(text, truncate=truncate, name="prompt")
+    enc = fit_prompt(lm, prompt, system=system, chat=chat, max_new_tokens=max_new_tokens, truncate=truncate)
     stops = eos_ids(lm)
     recorder = AttentionRecorder(lm.model, layers=layers, heads=heads) if capture else None
     streamer = TextStream(lm, stream, stops) if stream is not None else None

@@ -51,13 +51,27 @@ def generation_png(
     return Path(path)
 
 
+def page_limit(n_positions: int, n_layers: int, n_heads: int) -> str | None:
+    """Why a generation page of this size cannot be written (viz's limits), or None."""
+    from attnlab.viz.html.generation import MAX_GENERATION_TOKENS, MAX_GENERATION_VALUES
+
+    values = n_layers * n_heads * n_positions * (n_positions + 1) // 2
+    if n_positions + 1 <= MAX_GENERATION_TOKENS and values <= MAX_GENERATION_VALUES:
+        return None
+    return (f"--html: {n_positions} positions x {n_layers} layers x {n_heads} heads ({values:,} weights) are "
+            f"more than one offline page holds ({MAX_GENERATION_VALUES:,} weights, {MAX_GENERATION_TOKENS} "
+            f"tokens); capture fewer with --layers/--heads (e.g. --layers 0,15,29) or generate fewer tokens")
+
+
 def generation_page(g: Generation, path: str | Path) -> Path:
     from attnlab.viz import generation_view_html
 
     rec = _recorded(g)
-    rows = [r.numpy() for r in rec.rows]
+    why = page_limit(len(rec), len(rec.layers), len(rec.heads))
+    if why:
+        raise ValueError(why)
     generation_view_html(
-        rows,
+        [r.numpy() for r in rec.rows],
         g.labels,
         len(g.prompt),
         layers=rec.layers,

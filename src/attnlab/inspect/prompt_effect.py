@@ -19,6 +19,7 @@ e. optionally PASTA steering of the base prompt (``emphasize`` + ``alpha``) in t
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,8 +27,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from attnlab.inspect.generation import Generation, generate_text, render_prompt
-from attnlab.inspect.steering import SECURITY_LEXICON, Topic, knockout, pasta, per_head_layers, per_layer
+from attnlab.inspect.generation import Generation, fit_prompt, generate_text
+from attnlab.inspect.steering import (
+    SECURITY_LEXICON,
+    Topic,
+    check_alpha,
+    knockout,
+    pasta,
+    per_head_layers,
+    per_layer,
+)
 from attnlab.models.loading import LoadedModel
 from attnlab.models.tokenizer import Encoded
 
@@ -50,7 +59,7 @@ class Run:
             "label": self.label,
             "answer": self.generation.text,
             "tokens": len(self.generation.new_ids),
-            "topic_mean": round(self.topic_mean, 5),
+            "topic_mean": float(f"{self.topic_mean:.6g}"),
             "topic_total": round(sum(self.topic), 4),
         }
         if base_answer is not None:
@@ -74,15 +83,34 @@ def span_positions(enc: Encoded, start: int, end: int) -> list[int]:
     ]
 
 
-def find_span(enc: Encoded, words: str, *, after: int = 0, name: str = "add") -> list[int]:
-    """Positions of the tokens of ``words`` in ``enc`` (its last occurrence at or after ``after``)."""
-    at = enc.text.rfind(words)
-    if at < after or not words.strip():
-        shown = ", ".join(repr(t) for t in enc.labels if t.strip())
+def _word_at(text: str, words: str) -> int:
+    """Start of the first whole-word, case-insensitive occurrence of ``words`` in ``text``, or -1."""
+    m = re.search(rf"(?<!\w){re.escape(words.strip())}(?!\w)", text, flags=re.IGNORECASE)
+    return -1 if m is None or not words.strip() else m.start()
+
+
+def user_span(enc: Encoded, user_text: str) -> int:
+    """Where the user's message starts in the rendered prompt (its last occurrence: the chat
+    template puts the system message and role headers around it)."""
+    at = enc.text.rfind(user_text)
+    if at < 0:
+        raise ValueError(f"prompt: the chat template changed the message; could not find {user_text!r} in it")
+    return at
+
+
+def find_span(enc: Encoded, words: str, *, user_text: str, name: str = "add") -> list[int]:
+    """Positions of the tokens of ``words`` as a whole word inside the user's message of ``enc``
+    (never in the template around it)."""
+    at = user_span(enc, user_text)
+    rel = _word_at(user_text, words)
+    if rel < 0:
+        inside = span_positions(enc, at, at + len(user_text))
+        shown = ", ".join(repr(enc.labels[i]) for i in inside)
         raise ValueError(
-            f"{name}: expected words of the prompt, got {words!r}; the prompt's tokens are: {shown}"
+            f"{name}: expected whole words of the prompt, got {words!r}; the prompt's tokens are: {shown}"
         )
-    return span_positions(enc, at, at + len(words))
+    start = at + rel
+    return span_positions(enc, start, start + len(words.strip()))
 
 
 @dataclass
@@ -110,7 +138,10 @@ class PromptEffect:
     def moved_back(self, run: Run) -> float | None:
         """Fraction of the topic effect a knockout removes: 1 = back to the base prompt's level."""
         gap = self.augmented.topic_mean - self.base.topic_mean
-        return None if abs(gap) < 1e-9 else (self.augmented.topic_mean - run.topic_mean) / gap
+        # A ratio over a gap that is noise is meaningless: ask for 10% of the larger mass, and 1e-6.
+        if abs(gap) < max(1e-6, 0.1 * max(self.augmented.topic_mean, self.base.topic_mean)):
+            return None
+        return (self.augmented.topic_mean - run.topic_mean) / gap
 
     def to_dict(self) -> dict[str, Any]:
         ref = self.base.generation.text
@@ -164,7 +195,7 @@ def prompt_effect(
     topic_words: Sequence[str] = SECURITY_LEXICON,
     max_new_tokens: int = 48,
     system: str | None = None,
-    bands: int = 3,
+    bands: int | None = None,
     emphasize: str | None = None,
     alpha: float = 0.01,
     steer_heads: int = 8,
@@ -173,16 +204,26 @@ def prompt_effect(
         raise ValueError(f"add: expected words to add to the prompt, got {add!r}")
     if not isinstance(base, str) or not base.strip():
         raise ValueError(f"prompt: expected some text, got {base!r}")
-    if add.strip().lower() in base.lower():
+    if _word_at(base, add) >= 0:
         raise ValueError(f"add: {add!r} is already in the prompt {base!r}; add words it does not have")
+    bands = min(3, lm.num_layers) if bands is None else bands  # thirds: early, middle, late layers
+    if isinstance(bands, bool) or not isinstance(bands, int) or not 1 <= bands <= lm.num_layers:
+        raise ValueError(f"bands: expected an int in 1..{lm.num_layers} (the model's layers), got {bands!r}")
+    n_heads = lm.num_layers * lm.num_heads
+    if type(steer_heads) is not int or not 0 < steer_heads <= n_heads:
+        raise ValueError(f"steer_heads: expected an int in 1..{n_heads} (layers x heads), "
+                         f"got {steer_heads!r}")
+    if emphasize is not None and _word_at(base, emphasize) < 0:
+        find_span(fit_prompt(lm, base, system=system), emphasize, user_text=base, name="emphasize")
+    check_alpha(alpha)
     topic = Topic.from_words(lm.tokenizer, topic_words)
     augmented = f"{base.rstrip()} {add.strip()}"
     kw: dict[str, Any] = {"system": system, "max_new_tokens": max_new_tokens}
     b = _run(lm, "base", base, topic, **kw)
     a = _run(lm, "augmented", augmented, topic, capture=True, **kw)
     enc = a.generation.prompt
-    user_at = enc.text.rfind(augmented)
-    added = find_span(enc, add.strip(), after=max(user_at, 0))
+    start = user_span(enc, augmented) + len(base.rstrip()) + 1  # the added words end the message
+    added = span_positions(enc, start, start + len(add.strip()))
     share, share_heads, uniform = _added_share(a.generation, added)
     eff = PromptEffect(b, a, add.strip(), added, share, share_heads, uniform, topic=topic)
     L = lm.num_layers
@@ -218,10 +259,8 @@ def _steer(
     topic: Topic,
     kw: dict[str, Any],
 ) -> tuple[Run, dict[str, Any]]:
-    text = render_prompt(lm, base, system=kw.get("system"))
-    enc = lm.encode(text, name="prompt")
-    user_at = text.rfind(base)
-    span = find_span(enc, words.strip(), after=max(user_at, 0), name="emphasize")
+    enc = fit_prompt(lm, base, system=kw.get("system"))
+    span = find_span(enc, words, user_text=base, name="emphasize")
     pairs = [(h["layer"], h["head"]) for h in heads]
     mods = per_head_layers(pairs, lambda hs: pasta(span, hs, alpha))
     run = _run(lm, f"PASTA emphasize {words!r}", base, topic, score_mods=mods, **kw)

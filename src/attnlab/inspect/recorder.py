@@ -2,12 +2,14 @@
 
 A :class:`AttentionRecorder` registers forward hooks on the ``hook_pattern`` of the chosen
 layers' attention modules. Each forward pass (the prompt's prefill, then one decode step per
-generated token) hands it (B=1, H, Lq, Lk) weights; it keeps, for each query position p, the
-row over keys 0..p, cast to ``dtype`` (fp16 by default) and restricted to the chosen heads.
-Nothing is recomputed afterwards, and no layer's full fp32 matrix outlives its forward pass.
+generated token) hands it (B=1, H, Lq, Lk) weights; at once, inside that layer's hook, it packs
+the causal triangle — for each query position p the row over keys 0..p — of the chosen heads
+into one flat ``dtype`` (fp16 by default) buffer. Nothing is recomputed afterwards, and no
+layer's full matrix outlives its own hook.
 
 Memory: sum over positions of (p + 1) · layers · heads · bytes = N(N+1)/2 · L · H · 2 bytes in
-fp16 — a 1,000-token conversation on all 270 heads of SmolLM2 is 270 MB (:meth:`nbytes`).
+fp16 — a 1,000-token conversation on all 270 heads of SmolLM2 is 270 MB (:meth:`nbytes`). The
+peak adds one layer's (H, N, N) weights of the forward pass that is running (the prefill's).
 """
 
 from __future__ import annotations
@@ -35,8 +37,10 @@ class AttentionRecorder:
         group = n_heads // kv
         self.kv_group = [h // group for h in self.heads]  # K/V head each recorded query head reads
         self.dtype = dtype
-        self.rows: list[Tensor] = []  # position p -> (len(layers), len(heads), p + 1)
-        self._pending: dict[int, Tensor] = {}  # layer -> (H_sel, Lq, Lk) of the current pass
+        # Per recorded layer, one packed chunk per forward pass: (first position, rows, (Hs, T)),
+        # the rows p = first .. first + rows - 1 concatenated, each p + 1 long.
+        self._chunks: dict[int, list[tuple[int, int, Tensor]]] = {i: [] for i in self.layers}
+        self._n = 0  # positions recorded (by every layer)
         self._handles = [
             model.layers[i].attention.hook_pattern.register_forward_hook(self._hook(i)) for i in self.layers
         ]
@@ -44,20 +48,18 @@ class AttentionRecorder:
 
     def _hook(self, layer: int):
         def hook(module: nn.Module, args: Any, output: Tensor) -> None:
-            # output (B, H, Lq, Lk); generation runs batch 1.
-            self._pending[layer] = output[0].index_select(0, self._head_idx).to(self.dtype)
-            if len(self._pending) == len(self.layers):
-                self._flush()
+            w = output[0].index_select(0, self._head_idx)  # (B=1, H, Lq, Lk) -> (Hs, Lq, Lk)
+            Lq, Lk = w.shape[-2:]
+            first = Lk - Lq  # the queries are the newest Lq of Lk positions
+            if first != self._n:
+                raise ValueError(f"recorder: expected a pass starting at position {self._n} (use a KV cache "
+                                 f"and one recorder per generation), got one starting at {first}")
+            keep = torch.ones(Lq, Lk, dtype=torch.bool).tril(first)  # row r: keys 0..first + r
+            self._chunks[layer].append((first, Lq, w[:, keep].to(self.dtype)))  # (Hs, T) row-major
+            if layer == self.layers[-1]:
+                self._n += Lq
 
         return hook
-
-    def _flush(self) -> None:
-        w = torch.stack([self._pending[i] for i in self.layers])  # (Ls, Hs, Lq, Lk)
-        self._pending.clear()
-        Lq, Lk = w.shape[-2:]
-        start = Lk - Lq  # the queries are the newest Lq of Lk positions
-        for r in range(Lq):
-            self.rows.append(w[:, :, r, : start + r + 1].clone())  # (Ls, Hs, p + 1)
 
     def remove(self) -> None:
         for h in self._handles:
@@ -71,17 +73,31 @@ class AttentionRecorder:
         self.remove()
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return self._n
 
     @property
     def nbytes(self) -> int:
-        return sum(r.numel() * r.element_size() for r in self.rows)
+        return sum(t.numel() * t.element_size() for cs in self._chunks.values() for _, _, t in cs)
+
+    def _layer_row(self, layer: int, pos: int) -> Tensor:
+        for first, n, flat in self._chunks[layer]:
+            if first <= pos < first + n:
+                r = pos - first
+                off = r * (first + 1) + r * (r - 1) // 2  # lengths first+1, first+2, ... before row r
+                return flat[:, off : off + pos + 1]  # (Hs, pos + 1)
+        raise IndexError(pos)
 
     def row(self, pos: int) -> Tensor:
         """Attention of position ``pos`` over keys 0..pos: (layers, heads, pos + 1)."""
-        if not -len(self.rows) <= pos < len(self.rows):
-            raise IndexError(f"pos: expected a recorded position in 0..{len(self.rows) - 1}, got {pos}")
-        return self.rows[pos]
+        if isinstance(pos, bool) or not isinstance(pos, int) or not -self._n <= pos < self._n:
+            raise IndexError(f"pos: expected a recorded position in 0..{self._n - 1}, got {pos!r}")
+        pos %= self._n
+        return torch.stack([self._layer_row(i, pos) for i in self.layers])  # (Ls, Hs, pos + 1)
+
+    @property
+    def rows(self) -> list[Tensor]:
+        """Every recorded row, position by position: (layers, heads, p + 1) each."""
+        return [self.row(p) for p in range(self._n)]
 
     def matrix(self, start: int = 0, stop: int | None = None) -> Tensor:
         """Rows start..stop as one causal (layers, heads, n, stop) float32 tensor (zeros above)."""
@@ -89,7 +105,7 @@ class AttentionRecorder:
         Ls, Hs = len(self.layers), len(self.heads)
         out = torch.zeros(Ls, Hs, stop - start, stop)
         for i, p in enumerate(range(start, stop)):
-            out[:, :, i, : p + 1] = self.rows[p].float()
+            out[:, :, i, : p + 1] = self.row(p).float()
         return out
 
 

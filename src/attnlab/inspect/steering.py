@@ -76,12 +76,20 @@ def knockout(positions: Collection[int]) -> ScoreMod:
     return mod
 
 
+def check_alpha(alpha: float) -> float:
+    ok = isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and 0 < alpha <= 1
+    if not ok:
+        raise ValueError(f"alpha: expected a number in (0, 1] (PASTA scales the other keys by it), "
+                         f"got {alpha!r}")
+    return float(alpha)
+
+
 def pasta(span: Collection[int], heads: Collection[int], alpha: float) -> ScoreMod:
     """In ``heads``, keys outside ``span`` get log(alpha) added: their weights scale by alpha."""
-    if not (isinstance(alpha, (int, float)) and 0 < alpha <= 1):
-        raise ValueError(
-            f"alpha: expected a number in (0, 1] (PASTA scales the other keys by it), got {alpha!r}"
-        )
+    check_alpha(alpha)
+    if not span or not heads:
+        raise ValueError(f"pasta: expected a non-empty span and heads, got span={list(span)}, "
+                         f"heads={list(heads)}")
     keep = torch.tensor(sorted(set(span)), dtype=torch.long)
     hs = torch.tensor(sorted(set(heads)), dtype=torch.long)
     penalty = math.log(alpha)
@@ -117,6 +125,9 @@ class Topic:
 
     @classmethod
     def from_words(cls, tokenizer, words: Sequence[str]) -> Topic:
+        if isinstance(words, str):
+            raise TypeError(f"topic: expected a sequence of words (e.g. ['secure', 'hash']), got the string "
+                            f"{words!r}")
         clean = tuple(w.strip() for w in words if w.strip())
         if not clean:
             raise ValueError(f"topic: expected at least one word, got {list(words)!r}")
