@@ -247,6 +247,7 @@ def test_llm_cli_refuses_bad_options_before_generating(tiny_llama, args, message
 def test_rich_markup_in_user_text_is_printed_as_text(tiny_llama, tmp_path):
     png = tmp_path / "a[b].png"
     r = CliRunner().invoke(app, ["prompt-effect", "The animal", "--add", "[/] tired [red]x", "--topic",
-                                 "animal", "--model", str(tiny_llama), "--max-new-tokens", "2", "--png", str(png)])
+                                 "animal", "--model", str(tiny_llama), "--max-new-tokens", "2",
+                                 "--png", str(png)])
     assert r.exit_code == 0, r.output
     assert "[/] tired [red]x" in r.output and f"wrote {png}" in r.output
