@@ -250,4 +250,17 @@ def test_rich_markup_in_user_text_is_printed_as_text(tiny_llama, tmp_path):
                                  "animal", "--model", str(tiny_llama), "--max-new-tokens", "2",
                                  "--png", str(png)])
     assert r.exit_code == 0, r.output
-    assert "[/] tired [red]x" in r.output and f"wrote {png}" in r.output
+    flat = r.output.replace("\n", "")  # rich wraps long lines at the console width
+    assert "[/] tired [red]x" in flat and f"wrote {png}" in flat
+
+
+def test_score_mods_must_name_layers_of_the_model_and_heads_probes_two_tokens(lm):
+    ids = torch.tensor([lm.encode(PROMPT).ids])
+    with pytest.raises(ValueError, match=r"score_mods: expected layer keys in 0\.\.1, got 99"):
+        lm.model(ids, score_mods={99: knockout([0])})
+    with pytest.raises(TypeError, match="expected a mapping"):
+        lm.model(ids, score_mods=[knockout([0])])
+    from attnlab.inspect.heads import detect_heads
+
+    with pytest.raises(ValueError, match="at least two tokens"):
+        detect_heads(lm, ["a"])

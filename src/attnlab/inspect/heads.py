@@ -120,7 +120,12 @@ def _entropy(w: Tensor, rows: list[int], causal: bool) -> Tensor:
 def detect_heads(lm: LoadedModel, texts: list[str] | None = None, *, seed: int = 0) -> HeadScores:
     """Score every head for each job over the probe texts (``texts`` replace the natural ones)."""
     naturals = list(texts) if texts else list(PROBE_TEXTS)
-    caches = [capture(lm, lm.encode(t, truncate=True, name="text"), keep_hidden=False) for t in naturals]
+    encs = [lm.encode(t, truncate=True, name="text") for t in naturals]
+    for t, e in zip(naturals, encs, strict=True):
+        if sum(not s for s in e.special) < 2:  # previous-token and entropy scores need two tokens
+            raise ValueError(f"texts: expected probe texts of at least two tokens, got {t!r} "
+                             f"({len(e)} token(s): {e.labels})")
+    caches = [capture(lm, e, keep_hidden=False) for e in encs]
     words = _word_ids(lm)
     rng = random.Random(seed)  # fixed seed: the same probes, the same scores, every run
     seq, other1, other2 = (rng.sample(words, RANDOM_LEN) for _ in range(3))

@@ -75,6 +75,22 @@ def combine(*masks: object) -> Mask | None:
     return out
 
 
+def check_score_mods(score_mods: object, num_layers: int) -> None:
+    """``score_mods`` must map layer indices of this model to callables: a key out of range
+    would otherwise be ignored silently."""
+    if score_mods is None:
+        return
+    if not isinstance(score_mods, Mapping):
+        raise TypeError(f"score_mods: expected a mapping {{layer: score_mod}}, "
+                        f"got {type(score_mods).__name__}")
+    for k, f in score_mods.items():
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < num_layers:
+            raise ValueError(f"score_mods: expected layer keys in 0..{num_layers - 1}, got {k!r}")
+        if not callable(f):
+            raise TypeError(f"score_mods[{k}]: expected a callable(score, b, h, q_idx, kv_idx), "
+                            f"got {type(f).__name__}")
+
+
 def layer_score_mod(score_mods: ScoreMods | None, layer: int) -> ScoreMod | None:
     return None if score_mods is None else score_mods.get(layer)
 

@@ -26,6 +26,7 @@ from attnlab.models.common import (
     TransformerOutput,
     activation,
     check_ids,
+    check_score_mods,
     combine,
     key_padding_mask,
     layer_score_mod,
@@ -152,6 +153,7 @@ class Decoder(nn.Module):
     ) -> TransformerOutput:
         past = len(cache[0]) if cache else 0
         check_ids("input_ids", input_ids, self.cfg.vocab_size, self.cfg.max_positions, past)
+        check_score_mods(score_mods, self.cfg.num_layers)
         if cache is not None and len(cache) != len(self.layers):
             raise ValueError(f"cache: expected {len(self.layers)} KVCache (one per layer), got {len(cache)}")
         L = input_ids.shape[1]

@@ -23,6 +23,7 @@ from attnlab.models.common import (
     TransformerOutput,
     activation,
     check_ids,
+    check_score_mods,
     combine,
     key_padding_mask,
     layer_score_mod,
@@ -165,6 +166,7 @@ class Encoder(nn.Module):
         backend: str = "auto",
     ) -> TransformerOutput:
         check_ids("input_ids", input_ids, self.cfg.vocab_size, self.cfg.max_tokens)
+        check_score_mods(score_mods, self.cfg.num_layers)
         full_mask = combine(key_padding_mask(attention_mask), mask)
         x = self.embeddings(input_ids, token_type_ids)  # (B, L, E)
         hidden, weights = [x], []

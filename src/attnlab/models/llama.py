@@ -30,6 +30,7 @@ from attnlab.models.common import (
     ScoreMods,
     TransformerOutput,
     check_ids,
+    check_score_mods,
     combine,
     key_padding_mask,
     layer_score_mod,
@@ -198,6 +199,7 @@ class Llama(nn.Module):
         check_ids("input_ids", input_ids, self.cfg.vocab_size, self.cfg.max_positions, past)
         if cache is not None and len(cache) != len(self.layers):
             raise ValueError(f"cache: expected {len(self.layers)} KVCache (one per layer), got {len(cache)}")
+        check_score_mods(score_mods, self.cfg.num_layers)
         L = input_ids.shape[1]
         if position_ids is None:
             position_ids = torch.arange(past, past + L, device=input_ids.device)  # (L,)
