@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
+from attnlab.backends import tiled_fused
 from attnlab.backends.blockmap import block_map
 from attnlab.backends.registry import AttentionCall, Backend, Capabilities, register_backend
 from attnlab.backends.tiled_autograd import TiledConfig, tiled_function
@@ -167,7 +168,7 @@ def gather_rows(x: Tensor, index: Tensor) -> Tensor:
 def run_tiled(call: AttentionCall) -> AttentionOutput:
     q = call.q
     grads = torch.is_grad_enabled() and any(t.requires_grad for t in (call.q, call.k, call.v))
-    plain = call.mask.bias is not None or call.score_mod is not None
+    plain = call.mask.bias is not None or call.score_mod is not None or not tiled_fused.fused_available()
     if q.dtype in HALF and (grads or plain):
         # The plain-op tiles (a bias or score_mod) and the backward compute scores, exp(S - lse)
         # and lse in the input dtype; half precision there loses the logits (fp16 scores near

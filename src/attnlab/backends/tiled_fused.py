@@ -38,6 +38,13 @@ def _self_check() -> tuple[bool, bool]:
     fwd, bwd = _op(), _op_backward()
     if fwd is None:
         return False, False
+    # It may first run inside a caller's no_grad / inference_mode (a model's forward): the check
+    # needs autograd for its reference gradients whatever the caller's mode.
+    with torch.inference_mode(False), torch.enable_grad():
+        return _check_ops(fwd, bwd)
+
+
+def _check_ops(fwd, bwd) -> tuple[bool, bool]:
     try:
         g = torch.Generator().manual_seed(0)
         q = torch.randn(2, 3, 40, 16, generator=g, dtype=torch.float64, requires_grad=True)
@@ -64,21 +71,38 @@ def _self_check() -> tuple[bool, bool]:
         return False, False
 
 
-AVAILABLE, AVAILABLE_BACKWARD = _self_check()
+def __getattr__(name: str) -> bool:
+    """``AVAILABLE`` / ``AVAILABLE_BACKWARD``: the self-check runs once, on first use, not at
+    import (its autograd call makes torch import sympy: ~1 s nobody who never tiles should pay)."""
+    if name in ("AVAILABLE", "AVAILABLE_BACKWARD"):
+        fwd, bwd = _self_check()
+        globals().update(AVAILABLE=fwd, AVAILABLE_BACKWARD=bwd)
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def fused_available() -> bool:
+    """The fused forward op is present and passed its check (run on first call)."""
+    return _flag("AVAILABLE")
+
+
+def _flag(name: str) -> bool:
+    g = globals()  # a bare name would not reach the module __getattr__
+    return bool(g[name]) if name in g else __getattr__(name)
 
 
 def fused_ok(q: Tensor, v: Tensor, modifies: bool, sanitize: bool) -> bool:
     """The op's own limits (one head size for q, k and v; float dtypes), and nothing that needs
     the plain path (a score_mod or bias between QKᵀ and softmax; non-finite k/v to clean)."""
-    return (AVAILABLE and q.dtype in _DTYPES and q.shape[-1] == v.shape[-1] and q.device.type == "cpu"
-            and not modifies and not sanitize)
+    return (_flag("AVAILABLE") and q.dtype in _DTYPES and q.shape[-1] == v.shape[-1]
+            and q.device.type == "cpu" and not modifies and not sanitize)
 
 
 def fused_backward_ok(q: Tensor, v: Tensor, modifies: bool, sanitize: bool, dlse: Tensor | None,
                       capture: bool) -> bool:
     """As :func:`fused_ok`; besides, the op has no input for a gradient that reaches the lse
     itself (merged sparse parts), nor for tensors inside a score_mod."""
-    return (AVAILABLE_BACKWARD and fused_ok(q, v, modifies, sanitize) and not capture
+    return (_flag("AVAILABLE_BACKWARD") and fused_ok(q, v, modifies, sanitize) and not capture
             and (dlse is None or not bool(dlse.any())))
 
 

@@ -87,7 +87,8 @@ def run_parallel(work: Callable[[Iterable[T], int], None], items: Sequence[T],
     the number of workers used.
 
     Work runs under no_grad in the workers (grad mode is thread-local; new threads start
-    with it on)."""
+    with it on), and under inference_mode when the caller is in it: tensors the caller made
+    there (the output buffers) may only be written inside it."""
     n = torch.get_num_threads() if threads is None else threads
     n = min(n, len(items))
     if n <= 1 or not _LOCK.acquire(blocking=False):
@@ -104,9 +105,11 @@ def run_parallel(work: Callable[[Iterable[T], int], None], items: Sequence[T],
                 return
             yield c
 
+    inference = torch.is_inference_mode_enabled()
+
     def body(i: int) -> None:
         torch.set_num_threads(1)
-        with torch.no_grad():
+        with torch.inference_mode(inference), torch.no_grad():
             work(pull(), i)
 
     prev = torch.get_num_threads()
