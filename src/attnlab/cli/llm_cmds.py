@@ -39,6 +39,11 @@ def _ints(name: str, text: str | None) -> list[int] | None:
         raise ValueError(f"{name}: expected comma-separated integers (e.g. 0,5,29), got {text!r}") from None
 
 
+def _write_now(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
 def _mkdir(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
@@ -123,7 +128,7 @@ def generate_command(
             why = page_limit(n, len(lays or range(lm.num_layers)), len(hds or range(lm.num_heads)))
             if why:
                 raise ValueError(why.replace(" positions", " positions (prompt + --max-new-tokens)", 1))
-        stream = None if as_json else (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
+        stream = None if as_json else _write_now
         g = generate_text(
             lm,
             prompt,

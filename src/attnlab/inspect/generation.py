@@ -139,7 +139,7 @@ def fit_prompt(lm: LoadedModel, prompt: str, *, system: str | None = None, chat:
 
 
 def eos_ids(lm: LoadedModel) -> set[int]:
-    cfg = lm.model.cfg
+    cfg: Any = getattr(lm.model, "cfg", None)
     ids = set(getattr(cfg, "eos_token_ids", ()) or ())
     if getattr(cfg, "eos_token_id", None) is not None:
         ids.add(int(cfg.eos_token_id))
@@ -174,7 +174,7 @@ def generate_ids(
     """
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens: expected a positive int, got {max_new_tokens!r}")
-    model = lm.model
+    model: Any = lm.model  # Llama | Decoder (both take cache=, need_weights=)
     stop_ids = eos_ids(lm) if stop_ids is None else stop_ids
     room = lm.max_tokens - len(prompt_ids)
     if room < 1:

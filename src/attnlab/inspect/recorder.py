@@ -24,7 +24,7 @@ from torch import Tensor, nn
 class AttentionRecorder:
     def __init__(
         self,
-        model: nn.Module,
+        model: Any,  # a model with .layers[i].attention.hook_pattern, num_layers, num_heads
         *,
         layers: Sequence[int] | None = None,
         heads: Sequence[int] | None = None,

@@ -183,7 +183,7 @@ def _as_ids(lm: LoadedModel, source: str | Sequence[int] | Tensor, tokens: int |
         ids = ids[:tokens]
     if ids.numel() < 2:
         raise ValueError(f"text: expected at least 2 tokens (one to predict), got {ids.numel()}")
-    limit = lm.model.cfg.max_positions
+    limit = lm.max_tokens
     if ids.numel() > limit:
         raise ValueError(f"tokens: expected at most {limit} (the model's context), got {ids.numel()}")
     return ids
@@ -232,7 +232,8 @@ def sink_profile(model: Llama, ids: Tensor, k: int = 1) -> tuple[list[float], li
         first.append(float(rows[..., 0].double().mean()))
         first_k.append(float(rows[..., :k].double().sum(-1).mean()))
 
-    handles = [layer.attention.hook_pattern.register_forward_hook(hook) for layer in model.layers]
+    blocks: list[Any] = list(model.layers)  # LlamaBlock: nn.ModuleList items type as Module
+    handles = [b.attention.hook_pattern.register_forward_hook(hook) for b in blocks]
     try:
         model(ids.view(1, -1), need_weights=True, keep_weights=False, backend="eager", logits_to_keep=1)
     finally:
@@ -297,7 +298,9 @@ def streaming_experiment(lm: LoadedModel, source: str | Sequence[int] | Tensor |
             part = recompute_nll(model, ids, w, recompute, backend=backend)  # (M,)
             nll = torch.full((n - 1,), math.nan).index_copy_(0, torch.arange(n - 1 - recompute, n - 1), part)
             rows.append(row(f"recompute {w}", w, 0, nll, time.perf_counter() - t0, rec=True))
-    pk, first, first_k, p_secs, p_n = max(1, max(ks)), [], [], 0.0, min(n, PROFILE_TOKENS)
+    first: list[float] = []
+    first_k: list[float] = []
+    pk, p_secs, p_n = max(1, max(ks)), 0.0, min(n, PROFILE_TOKENS)
     if profile:
         t0 = time.perf_counter()
         first, first_k = sink_profile(model, ids[:p_n], pk)

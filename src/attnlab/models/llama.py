@@ -209,7 +209,8 @@ class Llama(nn.Module):
         full_mask = combine(causal("bottom-right" if past else "top-left"),
                             key_padding_mask(attention_mask), mask)
         wanted = (lambda i: need_weights) if isinstance(need_weights, bool) else need_weights.__contains__
-        hidden, weights = [x], []
+        hidden: list[Tensor] = [x]
+        weights: list[Any] = []  # per layer: (B, H, L, Lk), None where not computed
         for i, block in enumerate(self.layers):
             x, w = block(x, mask=full_mask, score_mod=layer_score_mod(score_mods, i), need_weights=wanted(i),
                          cache=None if cache is None else cache[i], rotary=rotary, backend=backend)
@@ -219,5 +220,5 @@ class Llama(nn.Module):
         hidden[-1] = x  # as HF: hidden_states end with the final-norm output
         head = self.token_embedding.weight if self.lm_head is None else self.lm_head.weight
         logits = F.linear(x[:, -logits_to_keep:] if logits_to_keep else x, head)  # (B, L or n, V)
-        return TransformerOutput(x, tuple(hidden), tuple(weights) if need_weights and keep_weights else None,
-                                 logits, cache)
+        kept = tuple(weights) if need_weights and keep_weights else None
+        return TransformerOutput(x, tuple(hidden), kept, logits, cache)

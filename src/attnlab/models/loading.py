@@ -215,7 +215,7 @@ def load_gguf(path: str | Path | None = None, *, dtype: torch.dtype = torch.floa
     from attnlab.models.gguf_tokenizer import tokenizer_from_gguf
 
     embedded = path is None or str(path) == EMBEDDED_LLM
-    file = embedded_llm_path() if embedded else Path(path).expanduser()
+    file = embedded_llm_path() if path is None or embedded else Path(path).expanduser()
     contents = open_gguf(file)
     cfg = hf_config(contents)
     lcfg = LlamaConfig.from_hf(cfg)
