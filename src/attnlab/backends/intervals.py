@@ -104,10 +104,11 @@ def row_intervals(mask: Mask | None, q_len: int, kv_len: int) -> Intervals | Non
         lo, hi = mask.params["lo"].view(1, -1), mask.params["hi"].view(1, -1)
     elif mask.kind == "and":
         parts = [row_intervals(p, q_len, kv_len) for p in mask.parts]
-        if any(p is None for p in parts):
+        known = [p for p in parts if p is not None]
+        if len(known) < len(parts):
             return None
-        lo = torch.maximum(parts[0].lo, parts[1].lo)  # intersection of two intervals
-        hi = torch.minimum(parts[0].hi, parts[1].hi)
+        lo = torch.maximum(known[0].lo, known[1].lo)  # intersection of two intervals
+        hi = torch.minimum(known[0].hi, known[1].hi)
     else:
         return None
     lo, hi = lo.clamp(min=0), hi.clamp(max=kv_len - 1)

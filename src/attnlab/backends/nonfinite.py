@@ -42,6 +42,7 @@ def run_with_nonfinite_values(backend: Backend, call: AttentionCall) -> Attentio
     lse = out.lse
     if lse is None:  # a backend without lse (sdpa): the reference gives it
         lse = get_backend("eager").run(replace(call, v=clean, dropout_p=0.0, return_weights=False)).lse
+        assert lse is not None  # the eager reference always returns lse
     _, H, Lq, Lk = call.shape
     cols = bad.any(0).any(0).nonzero().flatten()  # (J,) keys bad in some batch/head
     v_bad = expand_kv(call.v, H)[:, :, cols]  # (B, H, J, Dv)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 
@@ -26,7 +26,7 @@ from attnlab.backends.blockmap import block_map
 from attnlab.backends.registry import AttentionCall, Backend, Capabilities, register_backend
 from attnlab.backends.tiled_autograd import TiledConfig, tiled_function
 from attnlab.backends.tiled_plan import Plan, build_plan
-from attnlab.backends.tiled_sparse import decompose, merge, residue_unview, residue_view
+from attnlab.backends.tiled_sparse import Part, decompose, merge, residue_unview, residue_view
 from attnlab.backends.tiles import TileContext
 from attnlab.functional.attention import HALF, AttentionOutput, ScoreMod, validate_qkv
 from attnlab.functional.mask_input import normalize_mask
@@ -135,7 +135,7 @@ def computed_pairs(mask: Mask | None, q_len: int, kv_len: int) -> int:
     part the mask is run as (the decomposition and tile shapes of :func:`run_tiled`). The
     allowed pairs over this is the share of the arithmetic that is useful: what tiling, and
     not the kernel, costs a pattern (benchmarks report it)."""
-    parts = decompose(mask, q_len, kv_len) or [None]
+    parts: Sequence[Part | None] = decompose(mask, q_len, kv_len) or [None]
     total = 0
     for p in parts:
         m, lq, lk, mult = mask, q_len, kv_len, 1
@@ -193,8 +193,9 @@ def run_tiled(call: AttentionCall) -> AttentionOutput:
         q, k, v = call.q, call.k, call.v
         if p.residue is not None:  # classes as heads of strided views
             B, H = q.shape[:2]
-            ctx, lse = _run_one(*(residue_view(t, p.residue) for t in (q, k, v)), p.mask, None, None, None,
-                                call.scale)  # (B·H, d, L/d, Dv), (B·H, d, L/d)
+            rq, rk, rv = (residue_view(t, p.residue) for t in (q, k, v))
+            # (B·H, d, L/d, Dv), (B·H, d, L/d)
+            ctx, lse = _run_one(rq, rk, rv, p.mask, None, None, None, call.scale)
             outs.append((residue_unview(ctx, B, H), residue_unview(lse, B, H)))
             continue
         if p.k_index is not None:

@@ -75,12 +75,15 @@ def _backward_chunks(tc: TileContext, x: Padded, plan: Plan, scale: float, chunk
                 scatter_band(dk, dks, seg, bk, base)
                 scatter_band(dv, dvs, seg, bk, base)
                 continue
+            # not fused (out is None): _scratch allocated both score buffers
+            assert s_buf is not None and d_buf is not None
             if sanitize and seg.masked:
                 kb, vb = clean_band(kb, oks, seg, bk), clean_band(vb, oks, seg, bk)
             for i, j in head_loop(B, H, seg.k_blocks.numel() * bq * bk):
                 qh, kh, vh, doh = (head_view(t, i, j) for t in (qc, kb, vb, doc))
                 lse_h, delta_h = head_view(lse_c, i, j), head_view(delta_c, i, j)
-                idx = (tc.b5, tc.h5, qi, ki) if i is None else (tc.b5[i: i + 1], tc.h5[:, j: j + 1], qi, ki)
+                idx = ((tc.b5, tc.h5, qi, ki) if i is None or j is None else
+                       (tc.b5[i: i + 1], tc.h5[:, j: j + 1], qi, ki))
                 shape = (*qh.shape[:4], kh.shape[3])
                 raw = qk(qh, kh, seg, s_buf[: math.prod(shape)].view(shape), scale)  # (b, h, nb, bq, w·bk)
                 if autograd_mod:
@@ -99,6 +102,7 @@ def _backward_chunks(tc: TileContext, x: Padded, plan: Plan, scale: float, chunk
                 if autograd_mod:
                     if capture:  # shared upstream nodes (the bias's graph) are visited once per tile
                         torch.autograd.backward(s, ds, retain_graph=True)
+                        assert raw.grad is not None  # s is computed from raw, a fresh leaf
                         ds = raw.grad
                     else:
                         (ds,) = torch.autograd.grad(s, raw, ds)

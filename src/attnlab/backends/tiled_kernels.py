@@ -178,13 +178,15 @@ def _forward_chunks(tc: TileContext, x: Padded, plan: Plan, scale: float, chunks
                 o, seg_lse = fused_tile(qc, kb, vb, seg, oks, scale, bk, m_buf)
                 _accumulate(acc, acc_lse, o, seg_lse, first=n_seg == 0)
                 continue
+            assert s_buf is not None  # allocated whenever the tiles are not fused
             if sanitize and seg.masked:
                 vb = clean_band(vb, oks, seg, bk)
             for i, j in head_loop(B, H, seg.k_blocks.numel() * bq * bk):
                 qh, kh, vh = head_view(qc, i, j), head_view(kb, i, j), head_view(vb, i, j)  # (b, h, nb, ., D)
                 shape = (*qh.shape[:4], kh.shape[3])
                 s = qk(qh, kh, seg, s_buf[: math.prod(shape)].view(shape), scale)  # (b, h, nb, bq, w·bk)
-                idx = (tc.b5, tc.h5, qi, ki) if i is None else (tc.b5[i: i + 1], tc.h5[:, j: j + 1], qi, ki)
+                idx = ((tc.b5, tc.h5, qi, ki) if i is None or j is None else
+                       (tc.b5[i: i + 1], tc.h5[:, j: j + 1], qi, ki))
                 p, seg_lse = _tile_softmax(tc, s, seg, [head_view(ok, i, j) for ok in oks], idx)
                 acc_h, lse_h = head_view(acc, i, j), head_view(acc_lse, i, j)
                 if n_seg == 0:

@@ -151,6 +151,6 @@ def merge(parts: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
         for c, lp in parts[1:]:
             ctx.add_(c.mul_(torch.exp(lp.unsqueeze(-1) - ref)))
         return ctx, lse
-    ctx = sum(c * torch.exp(lp.unsqueeze(-1) - ref) for c, lp in parts)
-    assert isinstance(ctx, Tensor)
-    return ctx, lse
+    total = sum(c * torch.exp(lp.unsqueeze(-1) - ref) for c, lp in parts)
+    assert isinstance(total, Tensor)
+    return total, lse

@@ -20,7 +20,8 @@ def _log(message: str) -> None:
 
 def train_cmd(
     config: Annotated[Path | None, typer.Argument(help="a .json/.toml config file")] = None,
-    out: Annotated[Path, typer.Option("--out", help="the run folder (the model goes here)")] = ...,
+    # `...` is typer's "required" marker; out cannot drop its default (it follows config, which has one)
+    out: Annotated[Path, typer.Option("--out", help="the run folder (the model goes here)")] = ...,  # type: ignore[assignment]
     preset_name: Annotated[str | None, typer.Option(
         "--preset", help="numbers (default), numbers-de, dates, bottleneck, tiny")] = None,
     overrides: SetOpt = None,

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
 from attnlab.cli.common import console, print_json, user_errors
+
+if TYPE_CHECKING:
+    from attnlab.functional.masks import Align
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output on stdout")]
 PngOpt = Annotated[Path | None, typer.Option("--png", help="write a PNG figure here")]
@@ -24,6 +27,12 @@ def parse_mask(spec: str) -> Any:
     """A :class:`attnlab.functional.masks.Mask` from a spec like ``causal&window:3,0``."""
     from attnlab.functional import masks as M
 
+    def align(rest: list[str]) -> Align:
+        a = rest[0] if rest else "top-left"
+        if a not in ("top-left", "bottom-right"):  # the message masks._check_align gives
+            raise ValueError(f"align: expected 'top-left' or 'bottom-right', got {a!r}")
+        return cast("Align", a)
+
     def term(text: str) -> Any:
         t = text.strip()
         if t.startswith("~"):
@@ -32,10 +41,9 @@ def parse_mask(spec: str) -> Any:
         args = [a.strip() for a in arg.split(",")] if arg else []
         try:
             if name == "causal" and len(args) <= 1:
-                return M.causal(*(args or ["top-left"]))
+                return M.causal(align(args))
             if name == "window" and len(args) in (2, 3):
-                return M.sliding_window(int(args[0]), int(args[1]),
-                                        *(args[2:] or ["top-left"]))
+                return M.sliding_window(int(args[0]), int(args[1]), align(args[2:]))
             if name == "prefix" and len(args) == 1:
                 return M.prefix_lm(int(args[0]))
             if name == "full" and not args:
@@ -157,12 +165,11 @@ def render_command(
             out.append(html)
         if figs:
             single = (layer is not None and head is not None) or n_layers * n_heads == 1
-            toks = {"q_tokens": data.q_tokens, "k_tokens": data.k_tokens}
-            fig = (viz.heatmap(data.weights[li, hi], **toks,
+            fig = (viz.heatmap(data.weights[li, hi], q_tokens=data.q_tokens, k_tokens=data.k_tokens,
                                title=f"layer {data.layers[li]}, head {data.heads[hi]}")
                    if single else
-                   viz.layer_head_grid(data.weights, **toks, layers=data.layers,
-                                       heads=data.heads, patterns=True))
+                   viz.layer_head_grid(data.weights, q_tokens=data.q_tokens, k_tokens=data.k_tokens,
+                                       layers=data.layers, heads=data.heads, patterns=True))
             for p in figs:
                 viz.save_figure(fig, p)
             out += figs

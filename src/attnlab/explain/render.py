@@ -72,8 +72,8 @@ def render_walkthrough(w: Walkthrough, focus: int | None = None) -> RenderableTy
 
 def _claims_table(w: Walkthrough) -> Table:
     t = Table(title="What the seed prints vs the exact values", title_justify="left")
-    for c in ("step", "query", "seed prints", "exact", "verdict"):
-        t.add_column(c)
+    for col in ("step", "query", "seed prints", "exact", "verdict"):
+        t.add_column(col)
     for c in w.checks:
         seed = ", ".join(f"{x:.{c.claim.decimals}f}" for x in c.claim.values)
         exact = ", ".join(_fmt(x) for x in c.exact)

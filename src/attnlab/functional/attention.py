@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import overload
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +52,11 @@ class QKV:
     def shape(self) -> tuple[int, int, int, int]:
         """(B, Hq, Lq, Lk): the shape of the scores."""
         return (self.q.shape[0], self.q.shape[1], self.q.shape[2], self.k.shape[2])
+
+    @overload
+    def restore(self, x: Tensor) -> Tensor: ...
+    @overload
+    def restore(self, x: Tensor | None) -> Tensor | None: ...
 
     def restore(self, x: Tensor | None) -> Tensor | None:
         """Drop the leading axes that were added for 2-D / 3-D inputs."""

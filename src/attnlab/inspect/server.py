@@ -28,7 +28,7 @@ import logging
 import threading
 from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import Any
+from typing import Any, Literal, overload
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -150,6 +150,11 @@ class _Viewer:
     def locked(self, handler: Callable[[dict[str, Any]], Response], data: dict[str, Any]) -> Response:
         with self.lock:
             return handler(data)
+
+    @overload
+    def text_arg(self, value: Any, name: str, required: Literal[True] = True) -> str: ...
+    @overload
+    def text_arg(self, value: Any, name: str, required: bool) -> str | None: ...
 
     def text_arg(self, value: Any, name: str, required: bool = True) -> str | None:
         if value is None or (isinstance(value, str) and not value.strip() and not required):

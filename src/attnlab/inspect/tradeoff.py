@@ -96,7 +96,7 @@ def tradeoff(lm: LoadedModel, texts: list[str] | None = None, widths: list[int] 
             coverage = float((fw * allowed).sum(-1).mean())
             acc[w].append((float(allowed.sum(-1).float().mean()), cos, agree, coverage))
     rows = []
-    for w, vals in acc.items():
+    for width, vals in acc.items():
         m = torch.tensor(vals).mean(0)
-        rows.append(TradeoffRow(w, float(m[0]), float(m[1]), float(m[2]), float(m[3])))
+        rows.append(TradeoffRow(width, float(m[0]), float(m[1]), float(m[2]), float(m[3])))
     return rows

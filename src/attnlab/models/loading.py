@@ -55,7 +55,10 @@ def default_model_dir() -> Path:
 class LoadedModel:
     """A model, its tokenizer and what it is. ``forward`` takes :class:`Encoded` texts."""
 
-    model: nn.Module  # Encoder | Decoder | Llama | TransformersModel
+    # Encoder | Decoder | Llama | TransformersModel. Any, not nn.Module: callers use what these
+    # share beyond Module (kind, num_layers, num_heads, layers, cfg, new_cache), which Module's
+    # __getattr__ would type as Tensor | Module.
+    model: Any
     tokenizer: TextTokenizer
     name: str
     path: Path

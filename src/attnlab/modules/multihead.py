@@ -98,11 +98,10 @@ class MultiHeadAttention(nn.Module):
         self.kdim = embed_dim if kdim is None else expect_positive_int("kdim", kdim)
         self.vdim = embed_dim if vdim is None else expect_positive_int("vdim", vdim)
         self.dropout = expect_probability("dropout", dropout)
-        kw = {"device": device, "dtype": dtype, "bias": bias}
-        self.q_proj = nn.Linear(embed_dim, num_heads * head_dim, **kw)
-        self.k_proj = nn.Linear(self.kdim, n_kv_heads * head_dim, **kw)
-        self.v_proj = nn.Linear(self.vdim, n_kv_heads * head_dim, **kw)
-        self.out_proj = nn.Linear(num_heads * head_dim, embed_dim, **kw)
+        self.q_proj = nn.Linear(embed_dim, num_heads * head_dim, bias=bias, device=device, dtype=dtype)
+        self.k_proj = nn.Linear(self.kdim, n_kv_heads * head_dim, bias=bias, device=device, dtype=dtype)
+        self.v_proj = nn.Linear(self.vdim, n_kv_heads * head_dim, bias=bias, device=device, dtype=dtype)
+        self.out_proj = nn.Linear(num_heads * head_dim, embed_dim, bias=bias, device=device, dtype=dtype)
         self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()
         self.hook_z = HookPoint()  # per-head context (B, H, Lq, Dh): ablate/patch heads here
         # per-head weights (B, H, Lq, Lk), only when need_weights: read them here as they are

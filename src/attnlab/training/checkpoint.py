@@ -104,7 +104,10 @@ def _python_rng() -> list[Any]:
 
 
 def _numpy_rng() -> list[Any]:
-    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)  # type: ignore[misc]
+    state = np.random.get_state(legacy=True)
+    # legacy=True gives the tuple form for the global MT19937 state (a dict only for other generators)
+    assert isinstance(state, tuple)
+    name, keys, pos, has_gauss, cached = state
     return [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
 
 

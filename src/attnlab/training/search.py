@@ -139,9 +139,9 @@ def beam_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, max_len: Tenso
     out_h = []
     for b in range(bsz):
         j = int(best[b])
-        w = None if w_hist is None else w_hist[b: b + 1, j]  # (1, T, Ls)
-        c = None if c_hist is None else c_hist[b: b + 1, j]
-        out_h.append(_hypothesis(hist[b, j], float(scores[b, j]), w, c, 0,
+        w_b = None if w_hist is None else w_hist[b: b + 1, j]  # (1, T, Ls)
+        c_b = None if c_hist is None else c_hist[b: b + 1, j]
+        out_h.append(_hypothesis(hist[b, j], float(scores[b, j]), w_b, c_b, 0,
                                  int(src_lengths[b])))
     return out_h
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import matplotlib
 from matplotlib.axes import Axes
@@ -75,7 +76,7 @@ def tick_step(n: int, max_ticks: int = MAX_TICKS) -> int:
     return max(1, math.ceil(n / max_ticks))
 
 
-def set_token_ticks(ax: Axes, axis: str, labels: Sequence[str], *, rotate: float = 0.0,
+def set_token_ticks(ax: Axes, axis: Literal["x", "y"], labels: Sequence[str], *, rotate: float = 0.0,
                     fontsize: float | None = None, max_ticks: int = MAX_TICKS) -> None:
     """Label cell centres 0..n-1 with tokens, plain text (no mathtext: ``$`` is literal)."""
     step = tick_step(len(labels), max_ticks)

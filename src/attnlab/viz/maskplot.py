@@ -67,8 +67,8 @@ def mask_plot(
     ax.set_ylabel("query (q_idx)")
     counts = m.sum(axis=1)  # (Lq,) keys visible to each query
     empty = counts == 0
-    for i in np.flatnonzero(empty):
-        ax.axhspan(i - 0.5, i + 0.5, color=EMPTY_ROW, alpha=0.15, linewidth=0)
+    for row in np.flatnonzero(empty):
+        ax.axhspan(row - 0.5, row + 0.5, color=EMPTY_ROW, alpha=0.15, linewidth=0)
     if show_counts and detail:
         for i, c in enumerate(counts):
             ax.text(lk - 0.5 + 0.25, i, str(int(c)), va="center", ha="left", fontsize=8,
