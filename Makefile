@@ -53,10 +53,12 @@ run: $(STAMP_RUN)
 lint: $(STAMP_DEV)
 	$(BIN)/ruff check src tests
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 test: $(STAMP_DEV) browser
 	$(BIN)/ruff check src tests
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -n 2 -q
 
 clean:
