@@ -17,7 +17,7 @@ def test_import_attnlab_viz_imports_no_torch():
 def test_import_attnlab_runs_no_self_check_and_names_resolve_lazily():
     out = _run(
         "import sys, attnlab\n"
-        "import attnlab.backends.tiled_fused as f\n"
+        "import attnlab.backends.tiled.fused as f\n"
         "print('AVAILABLE' in vars(f), 'sympy' in sys.modules)\n"
         "from attnlab import masks, MultiHeadAttention\n"
         "print(callable(attnlab.attention), masks.causal().kind, MultiHeadAttention.__name__)\n"
@@ -33,7 +33,7 @@ def test_the_lazy_self_check_passes_when_first_reached_inside_inference_mode():
     # check must still get its autograd reference, or the fused path is lost for the process.
     out = _run(
         "import torch, attnlab\n"
-        "import attnlab.backends.tiled_fused as f\n"
+        "import attnlab.backends.tiled.fused as f\n"
         "q = torch.randn(1, 2, 300, 16)\n"
         "with torch.inference_mode():\n"
         "    attnlab.attention(q, q, q, mask=attnlab.masks.causal(), backend='tiled')\n"

@@ -14,8 +14,7 @@ from typer.testing import CliRunner
 
 import attnlab
 from attnlab.cli.main import app
-from attnlab.functional.masks import causal, materialize, sliding_window
-from attnlab.functional.sparse_masks import longformer
+from attnlab.functional.masks import causal, longformer, materialize, sliding_window
 from attnlab.inspect.streaming import (
     _nll,
     default_text,

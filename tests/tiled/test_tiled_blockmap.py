@@ -5,7 +5,7 @@ import torch
 
 from attnlab import masks
 from attnlab.backends import block_map, count_allowed, tiled_attention, tiled_options
-from attnlab.backends.tiled_plan import build_plan
+from attnlab.backends.tiled.plan import build_plan
 from attnlab.functional.masks import as_mask, materialize
 
 NAMES = ["none", "causal", "causal-br", "window", "window-causal", "window-br", "document", "doc&causal",

@@ -1,17 +1,20 @@
 """The tiled backend is bitwise reproducible: with the same inputs and the same number of threads,
 forward (context, lse) and backward (dQ, dK, dV) give identical bits on every run, whatever the
 thread scheduling. dK/dV sum overlapping bands of many query chunks; their order is fixed by the
-plan (tiled_parallel.fixed_groups), not by which worker ran which chunk."""
+plan (parallel.fixed_groups), not by which worker ran which chunk."""
 
 import pytest
 import torch
 
 import attnlab
 from attnlab import masks
-from attnlab.backends import tiled_attention, tiled_backward, tiled_fused
-from attnlab.backends.blockmap import block_map
-from attnlab.backends.tiled import build_plan, choose_blocks
-from attnlab.backends.tiled_parallel import fixed_groups
+from attnlab.backends import tiled_attention
+from attnlab.backends.tiled import backward as tiled_backward
+from attnlab.backends.tiled import choose_blocks
+from attnlab.backends.tiled import fused as tiled_fused
+from attnlab.backends.tiled.blockmap import block_map
+from attnlab.backends.tiled.parallel import fixed_groups
+from attnlab.backends.tiled.plan import build_plan
 from attnlab.testing import assert_error_ratio
 
 L = 1024

@@ -6,7 +6,9 @@ import torch
 
 import attnlab
 from attnlab import masks, score_mods
-from attnlab.backends import tiled_attention, tiled_backward, tiled_fused
+from attnlab.backends import tiled_attention
+from attnlab.backends.tiled import backward as tiled_backward
+from attnlab.backends.tiled import fused as tiled_fused
 from attnlab.testing import assert_error_ratio
 
 NAMES = ["none", "causal-br", "window", "document", "doc&causal", "padding", "dilated", "dilated-br",

@@ -5,7 +5,9 @@ import torch
 
 import attnlab
 from attnlab import masks, score_mods
-from attnlab.backends import tiled_attention, tiled_fused, tiled_options, tiled_sparse
+from attnlab.backends import tiled_attention, tiled_options
+from attnlab.backends.tiled import fused as tiled_fused
+from attnlab.backends.tiled import sparse as tiled_sparse
 from attnlab.functional.masks import materialize
 from attnlab.testing import assert_error_ratio, naive_attention
 
@@ -172,7 +174,7 @@ def test_every_pattern_on_every_backend(tl, name, backend):
 
 
 def test_gather_rows_reshape_path_equals_index_select():
-    from attnlab.backends.tiled import gather_rows
+    from attnlab.backends.tiled.sparse import gather_rows
 
     x = torch.randn(2, 3, 24, 5)
     for idx in (torch.arange(24).view(6, 4).t().flatten(),  # residue order, d = 4

@@ -3,7 +3,6 @@
 from attnlab.backends import eager as _eager  # noqa: F401  (registers "eager")
 from attnlab.backends import sdpa as _sdpa  # noqa: F401  (registers "sdpa")
 from attnlab.backends import tiled as _tiled  # noqa: F401  (registers "tiled")
-from attnlab.backends.blockmap import BlockMap, block_map, count_allowed
 from attnlab.backends.dispatch import attention
 from attnlab.backends.registry import (
     AttentionCall,
@@ -16,7 +15,14 @@ from attnlab.backends.registry import (
     register_backend,
     use_backend,
 )
-from attnlab.backends.tiled import choose_blocks, tiled_attention, tiled_options
+from attnlab.backends.tiled import (
+    BlockMap,
+    block_map,
+    choose_blocks,
+    count_allowed,
+    tiled_attention,
+    tiled_options,
+)
 from attnlab.backends.weights import weights_for
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+from dataclasses import replace
 
 from torch import Tensor
 
@@ -16,7 +16,7 @@ from attnlab.backends.registry import (
 from attnlab.functional.attention import AttentionOutput, ScoreMod, validate_qkv
 from attnlab.functional.checks import expect_probability
 from attnlab.functional.mask_input import normalize_mask
-from attnlab.functional.scores import default_scale
+from attnlab.functional.scores import resolve_scale
 
 
 def attention(
@@ -48,17 +48,14 @@ def attention(
     with ``attnlab.use_backend(name)``.
     """
     qkv = validate_qkv(q, k, v)
-    if scale is None:
-        scale = default_scale(qkv.q.shape[-1])
-    elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise ValueError(f"scale: expected a finite number or None, got {scale!r}")
+    s = resolve_scale(scale, qkv.q.shape[-1])
     expect_probability("dropout_p", dropout_p)
     if score_mod is not None and not callable(score_mod):
         raise TypeError(
             f"score_mod: expected a callable(score, b, h, q_idx, kv_idx), got {type(score_mod).__name__}"
         )
     nm = normalize_mask(mask, qkv.shape, dtype=qkv.q.dtype, device=qkv.q.device)
-    call = AttentionCall(qkv.q, qkv.k, qkv.v, nm, score_mod, float(scale), dropout_p,
+    call = AttentionCall(qkv.q, qkv.k, qkv.v, nm, score_mod, s, dropout_p,
                          bool(training), bool(return_weights))
     name = backend if backend != "auto" else current_backend()
     if name == "auto":
@@ -72,7 +69,10 @@ def attention(
                 f"backends whose capabilities fit (attnlab backends)"
             )
     # NaN/inf values must not reach rows that may not see their key (nonfinite.py).
-    out = chosen.run(call) if values_finite(call.v) else run_with_nonfinite_values(chosen, call)
+    if values_finite(call.v):
+        out = chosen.run(replace(call, v_finite=True))
+    else:
+        out = run_with_nonfinite_values(chosen, call)
     return AttentionOutput(
         qkv.restore(out.context),
         qkv.restore(out.weights) if return_weights else None,

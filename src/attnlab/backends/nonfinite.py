@@ -36,9 +36,9 @@ def values_finite(v: Tensor) -> bool:
 def run_with_nonfinite_values(backend: Backend, call: AttentionCall) -> AttentionOutput:
     bad = ~torch.isfinite(call.v).all(-1)  # (B, Hkv, Lk) keys whose value holds NaN/inf
     if not bool(bad.any()):
-        return backend.run(call)  # the sum merely overflowed
+        return backend.run(replace(call, v_finite=True))  # the sum merely overflowed
     clean = call.v.masked_fill(bad.unsqueeze(-1), 0.0)
-    out = backend.run(replace(call, v=clean))
+    out = backend.run(replace(call, v=clean, v_finite=True))
     lse = out.lse
     if lse is None:  # a backend without lse (sdpa): the reference gives it
         lse = get_backend("eager").run(replace(call, v=clean, dropout_p=0.0, return_weights=False)).lse

@@ -58,6 +58,7 @@ class AttentionCall:
     dropout_p: float
     training: bool
     return_weights: bool
+    v_finite: bool = False  # dispatch found no NaN/inf in v (kernels need not check it again)
 
     @property
     def shape(self) -> tuple[int, int, int, int]:

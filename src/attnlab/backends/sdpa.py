@@ -9,7 +9,8 @@ Conversions at this boundary (and nowhere else):
   all-visible mask and their outputs replaced by exact zeros afterwards (so gradients into
   them are zero as well).
 - Keys that no query may see are zeroed so NaN/inf stored there never leaks.
-- A pure top-left causal mask becomes ``is_causal=True`` (no mask materialised).
+- A mask whose pattern has an SDPA form (plain causal, full, a decode step) runs without a
+  mask tensor: ``is_causal=True`` or no mask.
 """
 
 from __future__ import annotations
@@ -20,30 +21,25 @@ import torch.nn.functional as F
 from attnlab.backends.registry import AttentionCall, Backend, Capabilities, register_backend
 from attnlab.functional.attention import AttentionOutput
 from attnlab.functional.mask_input import allowed_dense
+from attnlab.functional.masks.base import SdpaForm
 
 
-def _is_plain_causal(call: AttentionCall) -> bool:
+def _mask_free_form(call: AttentionCall) -> SdpaForm | None:
+    """"causal" / "full" when the mask is a pattern SDPA runs without a mask tensor (plain causal
+    as is_causal, a KV-cache decode step as no mask); None when it must be materialised."""
     m = call.mask
     if m.mod is None or m.dense is not None or m.bias is not None:
-        return False
-    aligned = m.mod.params.get("align") == "top-left" or call.q.shape[2] == call.k.shape[2]
-    return m.mod.kind == "causal" and aligned
-
-
-def _is_decode_step(call: AttentionCall) -> bool:
-    """One query under a bottom-right causal mask (a KV-cache decode step): it sees every key."""
-    m = call.mask
-    if m.mod is None or m.dense is not None or m.bias is not None or call.q.shape[2] != 1:
-        return False
-    return m.mod.kind == "causal" and m.mod.params.get("align") == "bottom-right"
+        return None
+    return m.mod.pattern.sdpa_form(call.q.shape[2], call.k.shape[2])
 
 
 def run_sdpa(call: AttentionCall) -> AttentionOutput:
     q, k, v = call.q, call.k, call.v
     gqa = q.shape[1] != k.shape[1]
     p = call.dropout_p if call.dropout_active else 0.0
-    if call.mask.empty or _is_decode_step(call) or _is_plain_causal(call):
-        causal = not call.mask.empty and not _is_decode_step(call)
+    form = None if call.mask.empty else _mask_free_form(call)
+    if call.mask.empty or form is not None:
+        causal = form == "causal"
         ctx = F.scaled_dot_product_attention(
             q, k, v, dropout_p=p, is_causal=causal, scale=call.scale, enable_gqa=gqa
         )

@@ -7,15 +7,13 @@ O(rows · Lk) work and memory, so a 1M-token sequence can still be inspected row
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
-from attnlab.backends.tiles import TileContext
 from attnlab.functional.attention import ScoreMod, compute_dtype, expand_kv, validate_qkv
+from attnlab.functional.evaluator import Evaluator
 from attnlab.functional.mask_input import NormalizedMask, normalize_mask
-from attnlab.functional.scores import default_scale
+from attnlab.functional.scores import resolve_scale
 
 Selection = int | slice | list[int] | tuple[int, ...] | Tensor | None
 
@@ -51,9 +49,7 @@ def weights_for(q: Tensor, k: Tensor, lse: Tensor, *, rows: Selection = None, he
     if not isinstance(lse, Tensor) or tuple(lse.shape) != tuple(q.shape[:-1]):
         got = tuple(lse.shape) if isinstance(lse, Tensor) else type(lse).__name__
         raise ValueError(f"lse: expected shape {tuple(q.shape[:-1])} (q without its last dim), got {got}")
-    s = default_scale(qkv.q.shape[-1]) if scale is None else scale
-    if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s):
-        raise ValueError(f"scale: expected a finite number or None, got {scale!r}")
+    s = resolve_scale(scale, qkv.q.shape[-1])
     r, h = _select("rows", rows, Lq), _select("heads", heads, H)
     nm = normalize_mask(mask, qkv.shape, dtype=qkv.q.dtype, device=qkv.q.device)
     w = weights_rows(qkv.q, qkv.k, lse.reshape(B, H, Lq), nm, score_mod, s, r, h)
@@ -68,7 +64,7 @@ def weights_rows(q: Tensor, k: Tensor, lse: Tensor, nm: NormalizedMask, score_mo
     Lk = k.shape[2]
     dense = None if nm.dense is None else nm.dense.expand(-1, -1, Lq, Lk)
     bias = None if nm.bias is None else nm.bias.expand(-1, -1, Lq, Lk)
-    tc = TileContext(B, H, Lq, Lk, 1, 1, nm.mod, dense, bias, score_mod)
+    tc = Evaluator(B, H, Lq, Lk, nm.mod, dense, bias, score_mod)
     ct = compute_dtype(q.dtype)  # half inputs: scores in float32, as the reference computes them
     qs = q[:, h][:, :, r].to(ct)  # (B, h, r, D)
     ks = expand_kv(k, H)[:, h].to(ct)  # (B, h, Lk, D)

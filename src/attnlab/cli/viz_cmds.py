@@ -29,7 +29,7 @@ def parse_mask(spec: str) -> Any:
 
     def align(rest: list[str]) -> Align:
         a = rest[0] if rest else "top-left"
-        if a not in ("top-left", "bottom-right"):  # the message masks._check_align gives
+        if a not in ("top-left", "bottom-right"):  # the message masks.check_align gives
             raise ValueError(f"align: expected 'top-left' or 'bottom-right', got {a!r}")
         return cast("Align", a)
 

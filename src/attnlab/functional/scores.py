@@ -34,6 +34,15 @@ def default_scale(d_head: int) -> float:
     return 1.0 / math.sqrt(d_head)
 
 
+def resolve_scale(scale: object, d_head: int) -> float:
+    """The ``scale`` argument of every attention entry point: None means 1/sqrt(d_head)."""
+    if scale is None:
+        return default_scale(d_head)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"scale: expected a finite number or None, got {scale!r}")
+    return float(scale)
+
+
 def scaled_dot(q: Tensor, k: Tensor, scale: float | None = None) -> Tensor:
     """Scaled dot product (Vaswani eq. 1): qᵀk · scale, scale defaults to 1/sqrt(D)."""
     s = default_scale(q.shape[-1]) if scale is None else float(scale)

@@ -46,8 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attnlab.functional.masks import Mask, sliding_window
-from attnlab.functional.sparse_masks import longformer
+from attnlab.functional.masks import Mask, longformer, sliding_window
 from attnlab.models.llama import Llama
 from attnlab.models.loading import LoadedModel
 

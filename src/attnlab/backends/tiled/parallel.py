@@ -28,7 +28,7 @@ from typing import TypeVar
 
 import torch
 
-from attnlab.backends.tiled_plan import QueryChunk
+from attnlab.backends.tiled.plan import QueryChunk
 
 _LOCK = threading.Lock()  # one parallel tiled call at a time owns the thread setting
 T = TypeVar("T")

@@ -3,7 +3,7 @@ Dao et al. 2022, §3.1 "recomputation"), so training memory is linear in the seq
 
 Saved for backward: q, k, v, the padded context and lse - O(L·Dh), never the (Lq, Lk) weights.
 The lse output is differentiable too (d lse_i / d s_ij = P_ij), which lets partial attentions
-over disjoint key sets be merged by their lse with gradients (tiled_sparse.py).
+over disjoint key sets be merged by their lse with gradients (sparse.py).
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attnlab.backends.tiled_backward import backward_pass
-from attnlab.backends.tiled_kernels import Padded, forward_pass, pad_rows
-from attnlab.backends.tiled_plan import Plan
-from attnlab.backends.tiles import TileContext
+from attnlab.backends.tiled.backward import backward_pass
+from attnlab.backends.tiled.kernels import Padded, forward_pass, pad_rows
+from attnlab.backends.tiled.plan import Plan
+from attnlab.backends.tiled.tiles import TileContext
 from attnlab.functional.attention import expand_kv
 
 

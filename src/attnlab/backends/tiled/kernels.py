@@ -1,7 +1,7 @@
 """The tiled forward pass (FlashAttention, Dao et al. 2022, Alg. 1; the key-split merge of
-Flash-Decoding, Dao et al. 2023) and the helpers the backward pass (tiled_backward.py) shares.
+Flash-Decoding, Dao et al. 2023) and the helpers the backward pass (backward.py) shares.
 
-Per batched tile (see tiled_plan.py): S = scale·Q·Kᵀ (the scale fused into the GEMM),
+Per batched tile (see plan.py): S = scale·Q·Kᵀ (the scale fused into the GEMM),
 score_mod, -inf on the masked entries of partial tiles, then one fused softmax over the band,
 in place. A band holds every key block of its query blocks unless it was cut into key
 segments; segments are merged with their log-sum-exps (the online softmax, Alg. 1 lines 9-12,
@@ -19,10 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attnlab.backends.tiled_fused import fused_ok, fused_tile
-from attnlab.backends.tiled_parallel import run_parallel
-from attnlab.backends.tiled_plan import Plan, QueryChunk, Segment
-from attnlab.backends.tiles import TileContext, band, head_loop, pv, qk
+from attnlab.backends.tiled.fused import fused_ok, fused_tile
+from attnlab.backends.tiled.gemm import band, head_loop, pv, qk
+from attnlab.backends.tiled.parallel import run_parallel
+from attnlab.backends.tiled.plan import Plan, QueryChunk, Segment
+from attnlab.backends.tiled.tiles import TileContext
 from attnlab.functional.softmax import logsumexp_merge
 
 NEG_INF = float("-inf")

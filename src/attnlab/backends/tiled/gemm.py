@@ -1,107 +1,17 @@
-"""What one tile of the tiled kernel needs: index tensors, the mask, bias and score_mod.
+"""The GEMMs of a batched tile: key/value bands as views, and Q·Kᵀ, P·V, aᵀ·g over them.
 
 A tile covers ``nb`` query blocks of ``bq`` rows, each against its own band of key blocks
-(``w`` blocks of ``bk`` keys), for every batch element and head at once:
-scores are (B, H, nb, bq, w·bk). Index tensors are 5-D and broadcastable
-(b (B,1,1,1,1), h (1,H,1,1,1), q (1,1,nb,bq,1), kv (1,1,nb,1,w·bk)), the way FlexAttention
-calls mask_mods and score_mods, so the built-in vectorised mods work unchanged.
+(``w`` blocks of ``bk`` keys), for every batch element and head at once: scores are
+(B, H, nb, bq, w·bk).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
-from attnlab.backends.tiled_plan import Segment
-from attnlab.functional.attention import ScoreMod
-from attnlab.functional.masks import Mask
-
-
-def _pick(size: int, i: Tensor) -> Tensor:
-    """Index a (B|1) / (H|1) axis: a broadcast axis always reads entry 0."""
-    return i if size > 1 else i.new_zeros((1,) * i.ndim)
-
-
-@dataclass
-class TileContext:
-    batch: int
-    heads: int
-    q_len: int
-    kv_len: int
-    bq: int
-    bk: int
-    mask: Mask | None = None
-    dense: Tensor | None = None  # bool (B|1, H|1, Lq, Lk), True = may attend
-    bias: Tensor | None = None  # float (B|1, H|1, Lq, Lk), added to the scores
-    score_mod: ScoreMod | None = None
-
-    def __post_init__(self) -> None:
-        self.b5 = torch.arange(self.batch).view(-1, 1, 1, 1, 1)  # (B,1,1,1,1)
-        self.h5 = torch.arange(self.heads).view(1, -1, 1, 1, 1)  # (1,H,1,1,1)
-
-    @property
-    def modifies(self) -> bool:
-        return self.score_mod is not None or self.bias is not None
-
-    @property
-    def masks(self) -> bool:
-        return self.mask is not None or self.dense is not None
-
-    def q_index(self, q_blocks: Tensor) -> Tensor:
-        """(1, 1, nb, bq, 1) query positions of the chunk (may run past Lq: padding rows)."""
-        rows = q_blocks.view(-1, 1) * self.bq + torch.arange(self.bq)  # (nb, bq)
-        return rows.view(1, 1, -1, self.bq, 1)
-
-    def kv_index(self, k_blocks: Tensor) -> Tensor:
-        """(1, 1, nb, 1, w·bk) key positions of a band (may run past Lk: padding keys)."""
-        cols = (k_blocks.unsqueeze(-1) * self.bk + torch.arange(self.bk)).flatten(1)  # (nb, w·bk)
-        return cols.view(1, 1, cols.shape[0], 1, -1)
-
-    def allowed(self, b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
-        """Bool, broadcastable to the tile: mask_mod & dense mask & (kv < Lk).
-
-        Indices are clamped before the mask sees them (a padding row or key never indexes past
-        a segment-id table); padding keys are then masked out explicitly."""
-        qc, kc = q.clamp(max=self.q_len - 1), kv.clamp(max=self.kv_len - 1)
-        ok = kv < self.kv_len
-        if self.mask is not None:
-            m = self.mask.evaluate(b, h, qc, kc, self.q_len, self.kv_len)
-            if not isinstance(m, Tensor) or m.dtype != torch.bool:
-                raise TypeError(f"mask {self.mask.name}: expected the mask_mod to return a bool tensor")
-            ok = ok & m
-        if self.dense is not None:
-            d = self.dense
-            ok = ok & d[_pick(d.shape[0], b), _pick(d.shape[1], h), qc, kc]
-        return ok
-
-    def modify(self, scores: Tensor, b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
-        """Additive bias, then score_mod (the order of the eager reference)."""
-        qc, kc = q.clamp(max=self.q_len - 1), kv.clamp(max=self.kv_len - 1)
-        if self.bias is not None:
-            t = self.bias
-            scores = scores + t[_pick(t.shape[0], b), _pick(t.shape[1], h), qc, kc].to(scores.dtype)
-        if self.score_mod is not None:
-            out = self.score_mod(scores, b, h, qc, kc)
-            if not isinstance(out, Tensor) or out.shape != scores.shape:
-                got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-                raise ValueError(
-                    f"score_mod: expected it to return scores of shape {tuple(scores.shape)}, got {got}")
-            scores = out
-        return scores
-
-    def captures_grad(self) -> bool:
-        """Does the bias or score_mod carry tensors that want gradients (e.g. a relative
-        position table)? Probed once on a single score."""
-        if self.bias is not None and self.bias.requires_grad:
-            return True
-        if self.score_mod is None:
-            return False
-        z = torch.zeros(1, 1, 1, 1, 1)
-        with torch.enable_grad():
-            out = self.score_mod(z, z.long(), z.long(), z.long(), z.long())
-        return isinstance(out, Tensor) and out.requires_grad
+from attnlab.backends.tiled.plan import Segment
+from attnlab.backends.tiled.tuning import PER_HEAD_MAX, PER_HEAD_MIN_TILE
 
 
 def band(x: Tensor, seg: Segment, bk: int, buf: Tensor | None = None) -> Tensor:
@@ -147,10 +57,6 @@ def scatter_band(acc: Tensor, grad: Tensor, seg: Segment, bk: int, base: int = 0
     idx = seg.k_blocks.flatten() if base == 0 else seg.k_blocks.flatten() - base
     # deterministic on a CPU (torch.use_deterministic_algorithms flags index_add_ on CUDA only)
     blocks.index_add_(2, idx, g.reshape(B, H, nb * w, bk, D))
-
-
-PER_HEAD_MAX = 64  # up to this many B·H, loop over heads: no band copies (see _bmm)
-PER_HEAD_MIN_TILE = 1 << 20  # score elements (all heads) from which a tile runs head by head
 
 
 def head_loop(batch: int, heads: int, tile: int) -> list[tuple[int | None, int | None]]:

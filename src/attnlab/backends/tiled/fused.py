@@ -1,6 +1,6 @@
 """One batched tile through ATen's fused CPU flash-attention kernel.
 
-The plain-op tile (tiled_kernels._tile_softmax) is ~8 PyTorch ops, each a pass over the score
+The plain-op tile (kernels._tile_softmax) is ~8 PyTorch ops, each a pass over the score
 tile; their passes, not the GEMMs, are what keeps it below SDPA's speed. ATen ships the fused
 loop that SDPA uses on a CPU (``aten::_scaled_dot_product_flash_attention_for_cpu``: QKᵀ,
 additive mask, online softmax and PV per 2-D block, in cache, and it returns the lse). It
@@ -8,7 +8,7 @@ takes arbitrary batch strides, so a tile's query blocks and its key bands (strid
 overlapping for sliding windows) go in as (B·H, nb, rows, D) without a copy; the block map
 still decides which keys each query block reads. Used for the forward only when nothing needs
 the plain path: no score_mod or bias, finite k/v, and the op present and checked at import;
-the backward stays on recomputed tiles (tiled_backward.py).
+the backward stays on recomputed tiles (backward.py).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from attnlab.backends.tiled_plan import Segment
+from attnlab.backends.tiled.plan import Segment
 
 NEG_INF = float("-inf")
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)

@@ -17,7 +17,7 @@ from itertools import pairwise
 import torch
 from torch import Tensor
 
-from attnlab.backends.blockmap import BlockMap
+from attnlab.backends.tiled.blockmap import BlockMap
 
 
 @dataclass(frozen=True)

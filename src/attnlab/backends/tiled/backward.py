@@ -14,8 +14,9 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-from attnlab.backends.tiled_fused import fused_backward_ok, fused_tile_backward
-from attnlab.backends.tiled_kernels import (
+from attnlab.backends.tiled.fused import fused_backward_ok, fused_tile_backward
+from attnlab.backends.tiled.gemm import band, head_loop, pv, qk, scatter_band, tn
+from attnlab.backends.tiled.kernels import (
     NEG_INF,
     Padded,
     clean_band,
@@ -25,17 +26,10 @@ from attnlab.backends.tiled_kernels import (
     q_write,
     tile_masks,
 )
-from attnlab.backends.tiled_parallel import Group, fixed_groups, run_parallel
-from attnlab.backends.tiled_plan import Plan, QueryChunk
-from attnlab.backends.tiles import TileContext, band, head_loop, pv, qk, scatter_band, tn
-
-# ATen's fused backward pays off on tall tiles only (one-off A/B, n=8k fwd+bwd, 2 cores: causal 256-row
-# tiles 2.25 s -> 1.94 s, SDPA's own time; sliding window W=256 with 64-row tiles 205 -> 236 ms,
-# block-sparse 128-row tiles 397 -> 425 ms): its dK/dV come back per band and are added again.
-FUSED_BWD_MIN_ROWS = 256
-# Fixed dK/dV groups per worker thread: more than one leaves the dynamic scheduler something to
-# balance when the OS deschedules a worker, at the price of one more partial buffer each.
-GROUPS_PER_THREAD = 2
+from attnlab.backends.tiled.parallel import Group, fixed_groups, run_parallel
+from attnlab.backends.tiled.plan import Plan, QueryChunk
+from attnlab.backends.tiled.tiles import TileContext
+from attnlab.backends.tiled.tuning import FUSED_BWD_MIN_ROWS, GROUPS_PER_THREAD
 
 
 def _scratch(x: Padded, plan: Plan, fused: bool) -> tuple[Tensor | None, ...]:
@@ -54,7 +48,7 @@ def _backward_chunks(tc: TileContext, x: Padded, plan: Plan, scale: float, chunk
                      lse_r: Tensor, delta: Tensor, dout: Tensor, grads: tuple[Tensor, Tensor, Tensor],
                      sanitize: bool, capture: bool, out: Tensor | None, scratch: tuple[Tensor | None, ...],
                      base: int = 0) -> None:
-    """``out`` given: tiles go through ATen's fused backward (tiled_fused.py), which takes the
+    """``out`` given: tiles go through ATen's fused backward (fused.py), which takes the
     rows' context instead of delta. dK/dV (``grads[1:]``) start at key block ``base``."""
     B, H = x.q.shape[:2]
     bq, bk = plan.bq, plan.bk
@@ -124,7 +118,7 @@ def backward_pass(tc: TileContext, x: Padded, plan: Plan, scale: float, out: Ten
     Bitwise reproducible: dQ rows are disjoint per chunk. dK and dV bands of different chunks
     overlap, and a float sum depends on its order, so their order is fixed by the plan and the
     thread count alone, never by which worker ran what: the chunks are cut into fixed groups
-    (tiled_parallel.fixed_groups), each summed in query order into its own buffer (covering
+    (parallel.fixed_groups), each summed in query order into its own buffer (covering
     only the keys it reads); workers take whole groups, and the groups' buffers are then added
     in group order. (Per-worker buffers, as before, made dK/dV differ by ~1e-7 between runs.)"""
     B, H = x.q.shape[:2]

@@ -1,23 +1,24 @@
 """Masks whose rows are key intervals: query i may attend exactly keys lo[i]..hi[i].
 
 Causal, sliding window, prefix-LM, padding, packed documents (sorted segment ids) and their
-intersections (``&``) are all of this form. Knowing the interval of every row is O(Lq) memory
-and gives the block map exactly and cheaply: a (query block, key block) tile is empty, full or
-partial by comparing a few row bounds with the tile's columns, never by evaluating the
-Lq x Lk pairs. This is what makes the block map of a 1M-token sliding window take
-milliseconds.
+intersections (``&``) are all of this form (their patterns answer ``intervals``). Knowing the
+interval of every row is O(Lq) memory and gives the block map exactly and cheaply: a (query
+block, key block) tile is empty, full or partial by comparing a few row bounds with the tile's
+columns, never by evaluating the Lq x Lk pairs. This is what makes the block map of a 1M-token
+sliding window take milliseconds.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from attnlab.functional.masks import Mask, _offset
+from attnlab.functional.masks.base import Mask, Pattern
 
-BIG = 2**62
+BIG = 2**62  # lo of a row that sees nothing (lo > hi)
 
 
 @dataclass(frozen=True)
@@ -48,71 +49,41 @@ class Intervals:
         return int((self.hi - self.lo + 1).clamp(min=0).sum())
 
 
-def _rows(q_len: int) -> Tensor:
-    return torch.arange(q_len).view(1, -1)  # (1, Lq)
-
-
-def _sorted(t: Tensor) -> bool:
-    return t.shape[-1] < 2 or bool((t.diff(dim=-1) >= 0).all())
-
-
-def _document(params: dict, q_len: int, kv_len: int) -> tuple[Tensor, Tensor] | None:
-    qs, ks = params["q_segments"], params["kv_segments"]  # (Bq|1, Lq), (Bk|1, Lk)
-    if qs.shape[1] != q_len or ks.shape[1] != kv_len or not _sorted(ks):
-        return None  # unsorted keys: a row's keys are not one interval
-    bm = max(qs.shape[0], ks.shape[0])
-    qs, ks = qs.expand(bm, -1), ks.expand(bm, -1)
-    lo = torch.stack([torch.searchsorted(ks[b].contiguous(), qs[b].contiguous(), right=False)
-                      for b in range(bm)])
-    hi = torch.stack([torch.searchsorted(ks[b].contiguous(), qs[b].contiguous(), right=True)
-                      for b in range(bm)]) - 1
-    return lo, hi
-
-
-def _padding(params: dict, q_len: int, kv_len: int) -> tuple[Tensor, Tensor]:
-    ql, kl = params["q_lengths"], params["k_lengths"]
-    bm = max(1 if ql is None else ql.numel(), 1 if kl is None else kl.numel())
-    hi = torch.full((bm, q_len), kv_len - 1, dtype=torch.long)
-    if kl is not None:
-        hi = torch.minimum(hi, (kl.view(-1, 1) - 1).expand(bm, q_len))
-    lo = torch.zeros(bm, q_len, dtype=torch.long)
-    if ql is not None:
-        lo = torch.where(_rows(q_len) < ql.view(-1, 1), lo, torch.full_like(lo, BIG))
-    return lo, hi
-
-
 def row_intervals(mask: Mask | None, q_len: int, kv_len: int) -> Intervals | None:
-    """The rows of ``mask`` as key intervals, or None when it is not an interval mask."""
-    i = _rows(q_len)
-    if mask is None or mask.kind == "full":
-        lo, hi = torch.zeros_like(i), torch.full_like(i, kv_len - 1)
-    elif mask.kind == "causal":
-        lo, hi = torch.zeros_like(i), i + _offset(mask.params["align"], q_len, kv_len)
-    elif mask.kind == "sliding_window":
-        c = i + _offset(mask.params["align"], q_len, kv_len)
-        lo, hi = c - mask.params["left"], c + mask.params["right"]
-    elif mask.kind == "prefix_lm":
-        lo, hi = torch.zeros_like(i), torch.clamp(i, min=mask.params["prefix_len"] - 1)
-    elif mask.kind == "padding":
-        lo, hi = _padding(mask.params, q_len, kv_len)
-    elif mask.kind == "document":
-        got = _document(mask.params, q_len, kv_len)
-        if got is None:
-            return None
-        lo, hi = got
-    elif mask.kind == "intervals":  # explicit bounds (tiled_sparse.interval_mask)
-        lo, hi = mask.params["lo"].view(1, -1), mask.params["hi"].view(1, -1)
-    elif mask.kind == "and":
-        parts = [row_intervals(p, q_len, kv_len) for p in mask.parts]
-        known = [p for p in parts if p is not None]
-        if len(known) < len(parts):
-            return None
-        lo = torch.maximum(known[0].lo, known[1].lo)  # intersection of two intervals
-        hi = torch.minimum(known[0].hi, known[1].hi)
-    else:
+    """The rows of ``mask`` as key intervals (its pattern's answer, clipped to the keys), or None
+    when they are not intervals. No mask: every row sees every key."""
+    if mask is None:
+        i = torch.zeros(1, q_len, dtype=torch.long)
+        return Intervals(i, i + kv_len - 1)
+    got = mask.pattern.intervals(q_len, kv_len)
+    if got is None:
         return None
-    lo, hi = lo.clamp(min=0), hi.clamp(max=kv_len - 1)
-    return Intervals(lo, hi)
+    lo, hi = got
+    return Intervals(lo.clamp(min=0), hi.clamp(max=kv_len - 1))
+
+
+@dataclass(frozen=True, eq=False)
+class ExplicitIntervals(Pattern):
+    lo: Tensor  # (Lq,) int64
+    hi: Tensor  # (Lq,) int64
+    kind: ClassVar[str] = "intervals"
+
+    def intervals(self, q_len: int, kv_len: int) -> tuple[Tensor, Tensor]:
+        return self.lo.view(1, -1), self.hi.view(1, -1)
+
+    def span(self, kv_len: int) -> int:
+        return max(1, int((self.hi - self.lo + 1).clamp(min=0).float().mean()))
+
+
+def interval_mask(lo: Tensor, hi: Tensor, name: str) -> Mask:
+    """Query i may attend keys lo[i]..hi[i] (inclusive); lo > hi is an empty row. lo, hi: (Lq,).
+    The pieces of a decomposed pattern (parts.py) are such masks."""
+
+    def fn(b, h, q, kv, lq, lk):
+        qc = q.clamp(0, lo.numel() - 1)
+        return (kv >= lo.to(q.device)[qc]) & (kv <= hi.to(q.device)[qc])
+
+    return Mask(fn, name, ExplicitIntervals(lo, hi))
 
 
 def classify_intervals(iv: Intervals, r0: Tensor, r1: Tensor, c0: Tensor, c1: Tensor

@@ -7,12 +7,13 @@ and FlexAttention's BlockMask skip empty tiles and leave full tiles unmasked. A 
 - full:    every pair may attend -> computed without evaluating the mask;
 - partial: computed, then the mask_mod is evaluated on that tile only.
 
-The map is derived from the Mask's ``kind`` and ``params`` (analytic, see intervals.py and
-blockmap_kinds.py) or, for custom mask_mods, by evaluating the mask in chunks of query blocks
-(exact, O(Lq·Lk) predicate calls once per shape and cached). Conservative answers are allowed
-in one direction only: a tile may be called partial when it is really empty or full (costs
-time), never empty or full when it is not (would be wrong). ``exact`` says which.
-Stored sparse (CSR over query blocks) so a 1M-token sliding window needs no Lq x Lk anything.
+The map is derived from the mask's pattern (analytic: its rows as intervals or its own tile
+arithmetic, see attnlab.functional.masks and classify.py) or, for custom mask_mods, by
+evaluating the mask in chunks of query blocks (exact, O(Lq·Lk) predicate calls once per shape
+and cached). Conservative answers are allowed in one direction only: a tile may be called
+partial when it is really empty or full (costs time), never empty or full when it is not (would
+be wrong). ``exact`` says which. Stored sparse (CSR over query blocks) so a 1M-token sliding
+window needs no Lq x Lk anything.
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from attnlab.backends.blockmap_kinds import Grid, classify_chunk
-from attnlab.backends.intervals import classify_intervals, row_intervals
-from attnlab.functional.masks import Mask
-
-CHUNK_TILES = 1 << 22  # tiles classified per step on the dense path
+from attnlab.backends.tiled.classify import classify_chunk
+from attnlab.backends.tiled.tuning import BLOCK_MAP_CACHE, CHUNK_TILES
+from attnlab.functional.masks import Mask, index_grids
+from attnlab.functional.masks.grid import TileGrid
+from attnlab.functional.masks.intervals import BIG, classify_intervals, row_intervals
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ def _tile_bounds(n_blocks: int, block: int, length: int) -> tuple[Tensor, Tensor
     return start, (start + block).clamp(max=length) - 1  # inclusive bounds (nB,)
 
 
-def _from_intervals(mask: Mask | None, grid: Grid) -> BlockMap | None:
+def _from_intervals(mask: Mask | None, grid: TileGrid) -> BlockMap | None:
     """Fast path: enumerate, per query block, only the key blocks its rows can reach."""
     iv = row_intervals(mask, grid.q_len, grid.kv_len)
     if iv is None or not iv.monotone():
@@ -80,9 +81,9 @@ def _from_intervals(mask: Mask | None, grid: Grid) -> BlockMap | None:
     nq, bq, bk = grid.n_q_blocks, grid.bq, grid.bk
     pad = nq * bq - grid.q_len
     ne = torch.nn.functional.pad(iv.nonempty, (0, pad)).view(-1, nq, bq)  # (Bm, nQB, bq)
-    lo = torch.nn.functional.pad(iv.lo, (0, pad), value=2**62).view(-1, nq, bq)
+    lo = torch.nn.functional.pad(iv.lo, (0, pad), value=BIG).view(-1, nq, bq)
     hi = torch.nn.functional.pad(iv.hi, (0, pad), value=-1).view(-1, nq, bq)
-    big = torch.full_like(lo, 2**62)
+    big = torch.full_like(lo, BIG)
     jlo = torch.where(ne, lo, big).amin(dim=(0, 2)) // bk  # (nQB,) first reachable key block
     jhi = torch.where(ne, hi, -big).amax(dim=(0, 2)) // bk  # (nQB,) last one
     live = ne.any(dim=(0, 2))
@@ -96,7 +97,7 @@ def _from_intervals(mask: Mask | None, grid: Grid) -> BlockMap | None:
     return _assemble(grid, rows[tne], cols[tne], tfull[tne], exact=True)
 
 
-def _assemble(grid: Grid, rows: Tensor, cols: Tensor, full: Tensor, *, exact: bool) -> BlockMap:
+def _assemble(grid: TileGrid, rows: Tensor, cols: Tensor, full: Tensor, *, exact: bool) -> BlockMap:
     if grid.kv_len % grid.bk:  # the last key block holds padding: never "full"
         full = full & (cols != grid.n_kv_blocks - 1)
     row_ptr = torch.zeros(grid.n_q_blocks + 1, dtype=torch.long)
@@ -104,7 +105,7 @@ def _assemble(grid: Grid, rows: Tensor, cols: Tensor, full: Tensor, *, exact: bo
     return BlockMap(grid.q_len, grid.kv_len, grid.bq, grid.bk, row_ptr, cols, full, exact)
 
 
-def _from_chunks(mask: Mask | None, dense: Tensor | None, grid: Grid) -> BlockMap:
+def _from_chunks(mask: Mask | None, dense: Tensor | None, grid: TileGrid) -> BlockMap:
     """General path: classify all key blocks for chunks of query blocks, keep the non-empty."""
     nq, nk = grid.n_q_blocks, grid.n_kv_blocks
     step = max(1, CHUNK_TILES // max(1, nk))
@@ -137,7 +138,7 @@ def block_map(mask: Mask | None, q_len: int, kv_len: int, bq: int, bk: int, *,
     if hit is not None and hit[0] is mask and hit[1] is dense:
         _CACHE.move_to_end(key)
         return hit[2]
-    grid = Grid(q_len, kv_len, bq, bk, batch, heads)
+    grid = TileGrid(q_len, kv_len, bq, bk, batch, heads)
     if mask is not None:  # one evaluation at the last pair: length checks of the mask fire here
         last = torch.zeros(1, 1, 1, 1, dtype=torch.long)
         mask.evaluate(last, last, last + q_len - 1, last + kv_len - 1, q_len, kv_len)
@@ -147,7 +148,7 @@ def block_map(mask: Mask | None, q_len: int, kv_len: int, bq: int, bk: int, *,
     if dense is not None:  # a dense mask is O(Lq·Lk) memory: never keep one alive in a cache
         return bm
     _CACHE[key] = (mask, dense, bm)  # the strong refs keep id() from being reused
-    while len(_CACHE) > 16:
+    while len(_CACHE) > BLOCK_MAP_CACHE:
         _CACHE.popitem(last=False)
     return bm
 
@@ -160,8 +161,6 @@ def count_allowed(mask: Mask | None, q_len: int, kv_len: int, *, batch: int = 1,
     if iv is not None:
         per = iv.count()
         return per * heads * (batch if iv.lo.shape[0] == 1 else 1)
-    from attnlab.functional.masks import index_grids
-
     bm = block_map(mask, q_len, kv_len, block, block, batch=batch, heads=heads)
     rows = torch.repeat_interleave(torch.arange(bm.n_q_blocks), bm.counts)
     r0, r1 = _tile_bounds(bm.n_q_blocks, block, q_len)
