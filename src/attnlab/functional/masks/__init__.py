@@ -18,7 +18,8 @@ says what it answers). One module per pattern family:
 - longformer.py: :func:`longformer` (window + global tokens);
 - factorized.py: :func:`sparse_transformer_strided`, :func:`sparse_transformer_fixed`;
 - block_layout.py: :func:`block_sparse`, :func:`bigbird`;
-- intervals.py: rows as key intervals (and :func:`interval_mask`).
+- intervals.py: rows as key intervals (and :func:`interval_mask`);
+- shift.py: :func:`shifted`, a block of a bigger mask in global positions (context parallelism).
 """
 
 from attnlab.functional.masks.band import causal, full, prefix_lm, sliding_window
@@ -39,6 +40,7 @@ from attnlab.functional.masks.dilated import dilated_sliding_window
 from attnlab.functional.masks.factorized import sparse_transformer_fixed, sparse_transformer_strided
 from attnlab.functional.masks.intervals import interval_mask
 from attnlab.functional.masks.longformer import longformer
+from attnlab.functional.masks.shift import shifted
 
 __all__ = [
     "Align",
@@ -60,6 +62,7 @@ __all__ = [
     "materialize",
     "padding",
     "prefix_lm",
+    "shifted",
     "sliding_window",
     "sparse_transformer_fixed",
     "sparse_transformer_strided",
