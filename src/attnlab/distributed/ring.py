@@ -100,11 +100,12 @@ def pair_attention(cfg: RingConfig, q: Tensor, k: Tensor, v: Tensor, q_off: int,
 
 
 def merge_into(o: Tensor, lse: Tensor, o_p: Tensor, lse_p: Tensor) -> tuple[Tensor, Tensor]:
-    """Online-softmax merge of a partial (o_p, lse_p) into (o, lse); -inf rows stay exact zeros."""
+    """Online-softmax merge of a partial (o_p, lse_p) into (o, lse), in place in o (and o_p);
+    -inf rows stay exact zeros."""
     new = logsumexp_merge(lse, lse_p)
     ref = torch.where(torch.isfinite(new), new, torch.zeros_like(new))
     wa, wb = torch.exp(lse - ref).unsqueeze(-1), torch.exp(lse_p - ref).unsqueeze(-1)  # (B, H, c, 1)
-    return o * wa.to(o.dtype) + o_p * wb.to(o.dtype), new
+    return o.mul_(wa.to(o.dtype)).add_(o_p.mul_(wb.to(o.dtype))), new
 
 
 def _peer(cfg: RingConfig, group_rank: int) -> int:
@@ -126,8 +127,11 @@ def _nbytes(*ts: Tensor) -> int:
 Started = tuple[list[Any], tuple[Tensor, Tensor] | None, int]
 
 
-def _start_kv(cfg: RingConfig, k: Tensor, v: Tensor, hop: int) -> Started:
-    """Begin hop ``hop``'s K/V transfer: (works, the K/V this rank will use or None, bytes sent)."""
+def _start_kv(cfg: RingConfig, k: Tensor, v: Tensor, hop: int, into: tuple[Tensor, Tensor] | None
+              ) -> Started:
+    """Begin hop ``hop``'s K/V transfer, receiving ``into`` the given buffers: (works, the K/V this
+    rank will use or None, bytes sent). Buffers are reused across hops: a rank holds its own
+    shard plus at most two others, whatever the number of hops."""
     p, r, P = cfg.plan, cfg.rank, cfg.plan.world
     if hop == 0:
         return [], ((k, v) if p.receives(r, 0) else None), 0
@@ -137,7 +141,7 @@ def _start_kv(cfg: RingConfig, k: Tensor, v: Tensor, hop: int) -> Started:
         sends = [(k, dst, TAG_K), (v, dst, TAG_V)]
     if p.receives(r, hop):
         src = (r - hop) % P
-        got = (torch.empty_like(k), torch.empty_like(v))
+        got = into if into is not None else (torch.empty_like(k), torch.empty_like(v))
         recvs = [(got[0], src, TAG_K), (got[1], src, TAG_V)]
     return _exchange(cfg, sends, recvs), got, (_nbytes(k, v) if sends else 0)
 
@@ -155,11 +159,12 @@ def ring_forward(cfg: RingConfig, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tens
     lses = [torch.full((B, H, c), float("-inf"), dtype=torch.float32 if q.dtype != torch.float64
                        else torch.float64) for _ in qs]
     hops = p.hops()
-    pending = _start_kv(cfg, k, v, hops[0]) if hops else ([], None, 0)
+    bufs = [(torch.empty_like(k), torch.empty_like(v)) for _ in range(min(2, len(hops) - 1))]
+    pending = _start_kv(cfg, k, v, hops[0], None) if hops else ([], None, 0)
     for idx, hop in enumerate(hops):
         works, kv, sent = pending
         if idx + 1 < len(hops):  # prefetch the next hop's shard while this one computes
-            pending = _start_kv(cfg, k, v, hops[idx + 1])
+            pending = _start_kv(cfg, k, v, hops[idx + 1], bufs[idx % 2] if bufs else None)
         for w in works:
             w.wait()
         if cfg.stats is not None:
@@ -201,15 +206,21 @@ def ring_backward(cfg: RingConfig, saved: tuple[Tensor, ...], dout: Tensor, dlse
     dq = torch.zeros_like(q)
     dk, dv = torch.zeros_like(k), torch.zeros_like(v)
     dqs = _chunks(dq, cpr)
+    far = any(h > 0 for h in p.hops())
+    # Reused every hop: the received K/V (then the dK/dV coming back to us) and our partials.
+    buf = (torch.empty_like(k), torch.empty_like(v)) if far else None
+    part = (torch.empty_like(k), torch.empty_like(v)) if far else None
     for hop in p.hops():
-        works, kv, sent = _start_kv(cfg, k, v, hop)
+        works, kv, sent = _start_kv(cfg, k, v, hop, buf)
         for w in works:
             w.wait()
         sent_back = 0
-        pk = pv = None
+        pk, pv = (dk, dv) if hop == 0 or part is None else part
         if kv is not None:
+            if hop > 0:
+                pk.zero_()
+                pv.zero_()
             src = (r - hop) % P
-            pk, pv = torch.zeros_like(k), torch.zeros_like(v)
             ks, vs, pks, pvs = _chunks(kv[0], cpr), _chunks(kv[1], cpr), _chunks(pk, cpr), _chunks(pv, cpr)
             for a, gi, b, gj in p.pairs(r, src):
                 g = pair_grads(cfg, qs[a], ks[b], vs[b], gi * p.q_chunk, gj * p.kv_chunk, outs[a], lses[a],
@@ -217,21 +228,17 @@ def ring_backward(cfg: RingConfig, saved: tuple[Tensor, ...], dout: Tensor, dlse
                 dqs[a] += g[0]
                 pks[b] += g[1]
                 pvs[b] += g[2]
-        if hop == 0:
-            if pk is not None and pv is not None:
-                dk += pk
-                dv += pv
-        else:  # partial dK/dV back to the owner; ours come back from the rank that used them
+        if hop > 0 and buf is not None:  # partials back to the owner; ours come back from their user
             owner, user = (r - hop) % P, (r + hop) % P
-            sends = [] if pk is None or pv is None else [(pk, owner, TAG_DK), (pv, owner, TAG_DV)]
-            back = (torch.empty_like(k), torch.empty_like(v)) if p.sends(r, hop) else None
-            recvs = [] if back is None else [(back[0], user, TAG_DK), (back[1], user, TAG_DV)]
+            sends = [(pk, owner, TAG_DK), (pv, owner, TAG_DV)] if kv is not None else []
+            back = p.sends(r, hop)
+            recvs = [(buf[0], user, TAG_DK), (buf[1], user, TAG_DV)] if back else []
             for w in _exchange(cfg, sends, recvs):
                 w.wait()
-            if back is not None:
-                dk += back[0]
-                dv += back[1]
-            sent_back = _nbytes(k, v) if pk is not None else 0
+            if back:
+                dk += buf[0]
+                dv += buf[1]
+            sent_back = _nbytes(k, v) if kv is not None else 0
         if cfg.stats is not None:
             cfg.stats.bytes_sent_backward += sent + sent_back
     return dq, dk, dv
