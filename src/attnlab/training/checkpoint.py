@@ -137,7 +137,10 @@ def _committed(folder: Path) -> tuple[set[str], int | None]:
 
 
 def save_checkpoint(run: Path, model: Seq2Seq, opt: torch.optim.Optimizer,
-                    sched: torch.optim.lr_scheduler.ReduceLROnPlateau, progress: Progress) -> None:
+                    sched: torch.optim.lr_scheduler.ReduceLROnPlateau, progress: Progress,
+                    rng_states: list[Tensor] | None = None) -> None:
+    """Write a checkpoint atomically. ``rng_states``: every data-parallel rank's torch RNG
+    state (rank order; default: this process's), so each rank resumes its own dropout stream."""
     global _saves
     folder = run / "checkpoint"
     folder.mkdir(parents=True, exist_ok=True)
@@ -147,7 +150,10 @@ def save_checkpoint(run: Path, model: Seq2Seq, opt: torch.optim.Optimizer,
     try:
         atomic_write_bytes(folder / weights, model.weights_bytes())
         tensors, opt_meta = optimizer_tensors(opt)
-        tensors["rng.torch"] = torch.get_rng_state()
+        rngs = rng_states or [torch.get_rng_state()]
+        tensors["rng.torch"] = rngs[0]
+        for r, state in enumerate(rngs[1:], start=1):
+            tensors[f"rng.torch.rank{r}"] = state
         atomic_write_bytes(folder / optim, st_save(tensors, metadata={"format": CHECKPOINT_FORMAT}))
         fsync_dir(folder)  # the tensor files' names are on disk before any commit names them
         _saves += 1
@@ -156,7 +162,7 @@ def save_checkpoint(run: Path, model: Seq2Seq, opt: torch.optim.Optimizer,
             "format": CHECKPOINT_FORMAT, "weights": weights, "optim": optim,
             "optimizer": opt_meta, "scheduler": sched.state_dict(),
             "rng": {"python": _python_rng(), "numpy": _numpy_rng()},
-            "progress": asdict(progress),
+            "progress": asdict(progress), "world_size": len(rngs),
         })
         fsync_dir(folder)  # the commit itself
     except BaseException as e:
@@ -181,8 +187,10 @@ def save_checkpoint(run: Path, model: Seq2Seq, opt: torch.optim.Optimizer,
 
 
 def load_checkpoint(run: Path, model: Seq2Seq, opt: torch.optim.Optimizer,
-                    sched: torch.optim.lr_scheduler.ReduceLROnPlateau) -> Progress | None:
-    """Restore everything :func:`save_checkpoint` saved; None if there is no checkpoint."""
+                    sched: torch.optim.lr_scheduler.ReduceLROnPlateau, *, rank: int = 0,
+                    world: int = 1) -> Progress | None:
+    """Restore everything :func:`save_checkpoint` saved; None if there is no checkpoint.
+    ``rank``/``world``: this process in a data-parallel job (it restores its own RNG state)."""
     folder = run / "checkpoint"
     path = folder / "state.json"
     if not path.is_file():
@@ -194,9 +202,15 @@ def load_checkpoint(run: Path, model: Seq2Seq, opt: torch.optim.Optimizer,
     for key in ("weights", "optim"):
         if not (folder / state[key]).is_file():
             raise FileNotFoundError(f"{path}: names {state[key]}, which is missing from {folder}")
+    saved_world = int(state.get("world_size", 1))
+    if saved_world != world:
+        raise ValueError(f"--resume: the run was checkpointed by {saved_world} process(es), got {world}; "
+                         f"resume it with the same number (torchrun --nproc-per-node {saved_world}) "
+                         f"so that every rank continues its own random stream")
     model.load_state_dict(read_weights(folder / state["weights"], model.state_dict()))
     tensors = dict(st_load((folder / state["optim"]).read_bytes()))
-    torch.set_rng_state(tensors.pop("rng.torch"))
+    rngs = {k: tensors.pop(k) for k in list(tensors) if k.startswith("rng.torch")}
+    torch.set_rng_state(rngs["rng.torch" if rank == 0 else f"rng.torch.rank{rank}"])
     opt.load_state_dict(optimizer_state(tensors, state["optimizer"]))
     sched.load_state_dict(state["scheduler"])
     version, internal, gauss = state["rng"]["python"]

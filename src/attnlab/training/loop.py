@@ -22,12 +22,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from attnlab.data.batching import collate, encode_pairs, epoch_order
-from attnlab.data.io import write_json
+from attnlab.data.batching import Encoded, collate, encode_pairs, epoch_order
+from attnlab.data.io import read_json, write_json
 from attnlab.data.vocab import PAD_ID
 from attnlab.models.seq2seq.model import Seq2Seq
 from attnlab.training.checkpoint import Progress, fault, load_checkpoint, save_checkpoint
 from attnlab.training.config import RunConfig
+from attnlab.training.data_parallel import DataParallel, from_env
 from attnlab.training.evaluate import evaluate_pairs
 from attnlab.training.run import Run, create_run, open_run
 
@@ -54,15 +55,10 @@ def seed_everything(seed: int) -> None:
 def train(cfg: RunConfig | None, out: str | os.PathLike[str], *, resume: bool = False,
           log: Log | None = None) -> TrainResult:
     """Train into ``out`` (a new folder, or the run to resume). Returns the final results."""
-    log = log or (lambda _msg: None)
     out = Path(out)
-    if resume and (out / "run.json").is_file():
-        run = open_run(out, cfg)
-    elif cfg is None:
-        raise ValueError("cfg: expected a RunConfig (or resume=True with an existing run), "
-                         "got None")
-    else:
-        run = create_run(cfg, out)
+    dp = from_env()  # under torchrun: this rank's place in the job (data_parallel.py)
+    log = (log or (lambda _msg: None)) if dp.main else (lambda _msg: None)
+    run = _open(cfg, out, resume, dp)
     spec = run.cfg.train
     if spec.threads:
         torch.set_num_threads(spec.threads)
@@ -71,17 +67,37 @@ def train(cfg: RunConfig | None, out: str | os.PathLike[str], *, resume: bool = 
     opt = torch.optim.Adam(model.parameters(), lr=spec.lr)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt, mode="max", factor=spec.lr_decay, patience=spec.lr_patience)
-    prog = load_checkpoint(out, model, opt, sched) if resume else None
+    prog = load_checkpoint(out, model, opt, sched, rank=dp.rank, world=dp.world) if resume else None
     if prog is not None:
         log(f"resumed at step {prog.step} (epoch {prog.epoch}, batch {prog.batch_in_epoch})")
+    elif dp.active:
+        torch.manual_seed(spec.seed + dp.rank)  # each rank its own dropout stream (weights: DDP syncs)
     prog = prog or Progress()
     if not prog.stopped:
-        _loop(run, model, opt, sched, prog)
-    return _finish(run, prog, log)
+        _loop(run, model, opt, sched, prog, dp)
+    return _finish(run, prog, log, dp)
+
+
+def _open(cfg: RunConfig | None, out: Path, resume: bool, dp: DataParallel) -> Run:
+    """Create or reopen the run folder: rank 0 writes, the others read what it wrote."""
+    if cfg is None and not (resume and (out / "run.json").is_file()):
+        raise ValueError("cfg: expected a RunConfig (or resume=True with an existing run), "
+                         "got None")
+    error, run = None, None
+    if dp.main:
+        try:
+            run = open_run(out, cfg) if resume and (out / "run.json").is_file() else \
+                create_run(cfg, out)  # type: ignore[arg-type]  # cfg checked above
+        except (OSError, ValueError) as e:
+            if not dp.active:
+                raise
+            error = f"{type(e).__name__}: {e}"
+    dp.agree(error)  # every rank raises rank 0's error, none waits for it
+    return run if run is not None else open_run(out)
 
 
 def _loop(run: Run, model: Seq2Seq, opt: torch.optim.Optimizer,
-          sched: torch.optim.lr_scheduler.ReduceLROnPlateau, prog: Progress) -> None:
+          sched: torch.optim.lr_scheduler.ReduceLROnPlateau, prog: Progress, dp: DataParallel) -> None:
     spec, codec = run.cfg.train, run.codec
     data = encode_pairs(run.splits.train, codec.src_tok, codec.tgt_tok, codec.src_vocab,
                         codec.tgt_vocab)
@@ -90,7 +106,8 @@ def _loop(run: Run, model: Seq2Seq, opt: torch.optim.Optimizer,
                                   label_smoothing=spec.label_smoothing)
     vocab = run.cfg.model.tgt_vocab_size
     started = time.perf_counter()
-    bar = tqdm(total=spec.max_steps, initial=prog.step, disable=not spec.progress,
+    net = dp.wrap(model)  # DistributedDataParallel under torchrun, the model itself otherwise
+    bar = tqdm(total=spec.max_steps, initial=prog.step, disable=not spec.progress or not dp.main,
                file=sys.stderr, unit="step", dynamic_ncols=True, leave=False)
     try:
         while not prog.stopped:
@@ -99,14 +116,18 @@ def _loop(run: Run, model: Seq2Seq, opt: torch.optim.Optimizer,
                 break
             batches = epoch_order(lengths, spec.batch_size, spec.seed, prog.epoch)
             while prog.batch_in_epoch < len(batches) and not prog.stopped:
-                batch = collate(data, batches[prog.batch_in_epoch])
+                whole = batches[prog.batch_in_epoch]
                 t0 = time.perf_counter()
+                n_tok = _target_tokens(data, whole)  # the global batch's, on every rank
+                mine, weighted = dp.share(whole)
+                batch = collate(data, mine)
                 model.train()
-                logits = model(batch.src, batch.src_lengths, batch.tgt_in).logits  # (B, Lt, V)
-                n_tok = batch.n_target_tokens
+                logits = net(batch.src, batch.src_lengths, batch.tgt_in).logits  # (B, Lt, V)
                 loss = loss_fn(logits.reshape(-1, vocab), batch.tgt_out.reshape(-1))
                 opt.zero_grad(set_to_none=True)
-                (loss / n_tok).backward()  # mean over target tokens
+                # mean over the global batch's target tokens; DDP averages over ranks, hence x world
+                (loss * (dp.world if weighted else 0.0) / n_tok).backward()
+                loss = dp.sum(loss.detach() if weighted else loss.detach() * 0)  # the global batch's
                 nn.utils.clip_grad_norm_(model.parameters(), spec.clip)
                 opt.step()
                 prog.step += 1
@@ -121,7 +142,7 @@ def _loop(run: Run, model: Seq2Seq, opt: torch.optim.Optimizer,
                 bar.set_postfix(loss=f"{loss_value / n_tok:.3f}",
                                 tok_s=f"{prog.train_tokens / max(prog.train_seconds, 1e-9):.0f}",
                                 bleu=f"{max(prog.best_bleu, 0):.1f}", refresh=False)
-                _after_step(run, model, opt, sched, prog, started)
+                _after_step(run, model, opt, sched, prog, started, dp)
             if not prog.stopped:
                 prog.epoch += 1
                 prog.batch_in_epoch = 0
@@ -129,48 +150,70 @@ def _loop(run: Run, model: Seq2Seq, opt: torch.optim.Optimizer,
         bar.close()
 
 
+def _target_tokens(data: Encoded, index: list[int]) -> int:
+    """Target tokens a batch predicts (each target plus its </s>), without collating it."""
+    return sum(len(data.tgt[i]) + 1 for i in index)
+
+
 def _after_step(run: Run, model: Seq2Seq, opt: torch.optim.Optimizer,
                 sched: torch.optim.lr_scheduler.ReduceLROnPlateau, prog: Progress,
-                started: float) -> None:
+                started: float, dp: DataParallel) -> None:
     spec = run.cfg.train
     if prog.step >= spec.max_steps:
         prog.stopped = "max_steps"
-    elif spec.time_limit and time.perf_counter() - started > spec.time_limit * 60:
-        prog.stopped = "time_limit"
+    elif spec.time_limit and dp.broadcast_floats([time.perf_counter() - started])[0] > spec.time_limit * 60:
+        prog.stopped = "time_limit"  # rank 0's clock decides for all
     if prog.step % spec.eval_every == 0 or prog.stopped:
-        _validate(run, model, opt, sched, prog)
+        _validate(run, model, opt, sched, prog, dp)
     if prog.step % spec.checkpoint_every == 0 or prog.step % spec.eval_every == 0 \
             or prog.stopped:
-        save_checkpoint(run.folder, model, opt, sched, prog)
+        rngs = dp.gather_rng()
+        if dp.main:
+            save_checkpoint(run.folder, model, opt, sched, prog, rngs)
+        dp.barrier()  # a rank killed after this step resumes from this checkpoint
 
 
 def _validate(run: Run, model: Seq2Seq, opt: torch.optim.Optimizer,
-              sched: torch.optim.lr_scheduler.ReduceLROnPlateau, prog: Progress) -> None:
+              sched: torch.optim.lr_scheduler.ReduceLROnPlateau, prog: Progress,
+              dp: DataParallel) -> None:
     spec = run.cfg.train
-    res = evaluate_pairs(model, run.splits.valid, run.codec, batch_size=spec.eval_batch_size,
-                         ratio=spec.max_len_ratio)
-    bleu, chrf = res.metrics["bleu"], res.metrics["chrf"]
+    metrics: dict = {"bleu": None, "chrf": None, "exact": None}
+    if dp.main:  # the weights are the same everywhere: one rank scores, all decide alike
+        metrics = evaluate_pairs(model, run.splits.valid, run.codec, batch_size=spec.eval_batch_size,
+                                 ratio=spec.max_len_ratio).metrics
+    if dp.active:
+        nan = float("nan")
+        got = dp.broadcast_floats([nan if metrics[k] is None else float(metrics[k])
+                                   for k in ("bleu", "chrf", "exact")])
+        metrics = {k: None if x != x else x for k, x in zip(("bleu", "chrf", "exact"), got, strict=True)}
+    bleu, chrf = metrics["bleu"], metrics["chrf"]
     prog.history.append({"step": prog.step, "epoch": prog.epoch,
                          "train_loss": round(prog.window_loss / max(prog.window_tokens, 1), 5),
                          "valid_bleu": bleu, "valid_chrf": chrf,
-                         "valid_exact": res.metrics["exact"], "lr": opt.param_groups[0]["lr"]})
+                         "valid_exact": metrics["exact"], "lr": opt.param_groups[0]["lr"]})
     prog.window_loss, prog.window_tokens = 0.0, 0
     if bleu is None:  # no validation split: keep the latest model, never stop early
-        model.save(run.folder)
+        if dp.main:
+            model.save(run.folder)
         return
     score = bleu + chrf / 1000  # BLEU, ties (e.g. no 4-grams at all: BLEU 0) broken by chrF
     sched.step(score)
     if score > prog.best_score:
         prog.best_score, prog.best_bleu, prog.best_step, prog.bad_evals = score, bleu, prog.step, 0
-        model.save(run.folder)  # the best model is what translate / evaluate load
+        if dp.main:
+            model.save(run.folder)  # the best model is what translate / evaluate load
     else:
         prog.bad_evals += 1
         if spec.patience and prog.bad_evals >= spec.patience and not prog.stopped:
             prog.stopped = "early_stopping"
 
 
-def _finish(run: Run, prog: Progress, log: Log) -> TrainResult:
-    """Score the best model on the test split; write results.json."""
+def _finish(run: Run, prog: Progress, log: Log, dp: DataParallel) -> TrainResult:
+    """Score the best model on the test split; write results.json (rank 0; the others read it)."""
+    dp.barrier()
+    if not dp.main:
+        dp.barrier()  # rank 0 writes results.json
+        return TrainResult(run.folder, prog, read_json(run.folder / "results.json", "results"))
     best = Seq2Seq.load(run.folder)
     spec, data = run.cfg.train, run.cfg.data
     res = evaluate_pairs(best, run.splits.test, run.codec, batch_size=spec.eval_batch_size,
@@ -187,6 +230,7 @@ def _finish(run: Run, prog: Progress, log: Log) -> TrainResult:
     write_json(run.folder / "results.json", results)
     log(f"stopped ({prog.stopped}) at step {prog.step}; best valid BLEU {prog.best_bleu:.2f} "
         f"at step {prog.best_step}; test BLEU {res.metrics['bleu']:.2f}")
+    dp.barrier()
     return TrainResult(run.folder, prog, results)
 
 
