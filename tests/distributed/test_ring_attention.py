@@ -161,6 +161,10 @@ def _bad_input(rank, world):
         ring_attention(z, z, z, layout="zigzag")
     with pytest.raises(TypeError, match="global positions, got a Tensor"):
         ring_attention(z, z, z, mask=torch.ones(3, 3, dtype=torch.bool))
+    table = torch.zeros(8, requires_grad=True)
+    learned = lambda s, b, h, qi, ki: s + table[(qi - ki).clamp(0, 7)]  # noqa: E731
+    with pytest.raises(ValueError, match="score_mod: it holds tensors that want gradients"):
+        ring_attention(z, z, z, score_mod=learned)
     if world > 2:
         with pytest.raises(ValueError, match="ulysses"):
             ring_attention(z, z, z, mode="ulysses")  # 2 heads over 4 ranks

@@ -13,6 +13,7 @@ from attnlab.distributed.modes import allgather_attention, ulysses_attention
 from attnlab.distributed.plan import ring_plan
 from attnlab.distributed.ring import CommStats, RingConfig, RingFunction
 from attnlab.functional.attention import AttentionOutput, ScoreMod, validate_qkv
+from attnlab.functional.evaluator import Evaluator
 from attnlab.functional.masks import Mask, as_mask
 from attnlab.functional.scores import resolve_scale
 
@@ -70,6 +71,10 @@ def ring_attention(q: Tensor, k: Tensor, v: Tensor, *, mask: object = None,
     if score_mod is not None and not callable(score_mod):
         raise TypeError(f"score_mod: expected a callable(score, b, h, q_idx, kv_idx), got "
                         f"{type(score_mod).__name__}")
+    learned = score_mod is not None and Evaluator(1, 1, 1, 1, score_mod=score_mod).captures_grad()
+    if mode == "ring" and learned:
+        raise ValueError("score_mod: it holds tensors that want gradients (a learned bias table?), which "
+                         "mode='ring' does not differentiate; use mode='allgather' or 'ulysses'")
     qkv = validate_qkv(q, k, v)
     # Sent and received as flat buffers: dense layouts (a no-op for shards cut by shard()).
     q4, k4, v4 = qkv.q.contiguous(), qkv.k.contiguous(), qkv.v.contiguous()

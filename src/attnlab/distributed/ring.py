@@ -8,13 +8,10 @@ log-sum-exp, the merge of the online softmax (Milakov & Gimelshein 2018; FlashAt
 
     lse = log Σ_j exp(lse_j),   out = Σ_j exp(lse_j - lse) · out_j
 
-Backward (a custom autograd Function) fetches the K/V shards again and, per chunk pair,
-differentiates the pair's tiled attention with the gradients the merge gives it:
-
-    d out_j = w_j · d out,   d lse_j = w_j · (rowsum(d out ∘ (out_j - out)) + d lse),
-    w_j = exp(lse_j - lse)
-
-so nothing of size Lq x Lk exists anywhere; dK/dV partials go back to the shard's owner.
+Backward (a custom autograd Function) fetches the K/V shards again and runs, per chunk pair,
+the tiled backward at the global out and lse (FlashAttention Alg. 2 with P = exp(S - lse) and
+D = rowsum(dO ∘ O) of the whole softmax), so no forward is recomputed and nothing of size
+Lq x Lk exists anywhere; dK/dV partials go back to the shard's owner.
 Rows that see no key anywhere give zeros and lse = -inf, never NaN.
 """
 
@@ -29,6 +26,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from attnlab.backends.dispatch import attention
+from attnlab.backends.tiled import attention_backward
 from attnlab.distributed.plan import RingPlan
 from attnlab.functional.attention import ScoreMod
 from attnlab.functional.masks import Mask, shifted
@@ -86,14 +84,20 @@ def _head_window(mask: Mask, h_off: int) -> Mask:
                 f"{mask.name}[h+{h_off}]", mask.pattern)
 
 
-def pair_attention(cfg: RingConfig, q: Tensor, k: Tensor, v: Tensor, q_off: int, kv_off: int,
-                   h_off: int = 0) -> tuple[Tensor, Tensor]:
-    """Queries (B, H, c, D) from global position ``q_off`` against keys (B, Hkv, c', D) from
-    ``kv_off`` (and heads from ``h_off``): the mask and score_mod see global positions."""
+def _pair_mods(cfg: RingConfig, q_off: int, kv_off: int, h_off: int) -> tuple[Mask | None, ScoreMod | None]:
+    """The mask and score_mod of one block of queries x keys, in global positions (and heads)."""
     m = None if cfg.mask is None else _window(cfg.mask, q_off, kv_off, cfg.q_total, cfg.kv_total)
     if m is not None and h_off:
         m = _head_window(m, h_off)
     sm = None if cfg.score_mod is None else _global_score_mod(cfg.score_mod, q_off, kv_off, h_off)
+    return m, sm
+
+
+def pair_attention(cfg: RingConfig, q: Tensor, k: Tensor, v: Tensor, q_off: int, kv_off: int,
+                   h_off: int = 0) -> tuple[Tensor, Tensor]:
+    """Queries (B, H, c, D) from global position ``q_off`` against keys (B, Hkv, c', D) from
+    ``kv_off`` (and heads from ``h_off``): the mask and score_mod see global positions."""
+    m, sm = _pair_mods(cfg, q_off, kv_off, h_off)
     out = attention(q, k, v, mask=m, score_mod=sm, scale=cfg.scale, backend="tiled")
     assert out.lse is not None  # tiled always returns lse
     return out.context, out.lse
@@ -182,17 +186,12 @@ def ring_forward(cfg: RingConfig, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tens
 
 
 def pair_grads(cfg: RingConfig, q: Tensor, k: Tensor, v: Tensor, q_off: int, kv_off: int, out: Tensor,
-                lse: Tensor, dout: Tensor, dlse: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """dq, dk, dv of one chunk pair, from the global out/lse and their gradients."""
-    with torch.enable_grad():
-        qc, kc, vc = (t.detach().requires_grad_(True) for t in (q, k, v))
-        o_p, lse_p = pair_attention(cfg, qc, kc, vc, q_off, kv_off)
-        ok = torch.isfinite(lse) & torch.isfinite(lse_p)
-        w = torch.where(ok, torch.exp(lse_p.detach() - torch.where(ok, lse, 0.0)), 0.0)  # (B, H, c)
-        g_out = (w.unsqueeze(-1) * dout).to(o_p.dtype)
-        g_lse = w * ((dout * (o_p.detach() - out)).sum(-1) + dlse)
-        dq, dk, dv = torch.autograd.grad((o_p, lse_p), (qc, kc, vc), (g_out, g_lse.to(lse_p.dtype)))
-    return dq, dk, dv
+               lse: Tensor, dout: Tensor, dlse: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """dq, dk, dv of one chunk pair: the tiled backward run at the *global* out and lse of these
+    rows (FlashAttention's P = exp(S - lse) and D = rowsum(dO ∘ O) are then the whole softmax's),
+    so no forward is recomputed and nothing is merged."""
+    m, sm = _pair_mods(cfg, q_off, kv_off, 0)
+    return attention_backward(q, k, v, out, lse, dout, dlse, mask=m, score_mod=sm, scale=cfg.scale)
 
 
 def ring_backward(cfg: RingConfig, saved: tuple[Tensor, ...], dout: Tensor, dlse: Tensor | None

@@ -8,7 +8,14 @@ backward.py (Alg. 2) -> gemm.py, tiles.py, fused.py (the tile arithmetic) -> par
 Importing this package registers the backend.
 """
 
-from attnlab.backends.tiled.backend import TILED, computed_pairs, prefers_tiled, run_tiled, tiled_attention
+from attnlab.backends.tiled.backend import (
+    TILED,
+    attention_backward,
+    computed_pairs,
+    prefers_tiled,
+    run_tiled,
+    tiled_attention,
+)
 from attnlab.backends.tiled.blockmap import BlockMap, block_map, count_allowed
 from attnlab.backends.tiled.options import TiledOptions, choose_blocks, tiled_options
 
@@ -16,6 +23,7 @@ __all__ = [
     "TILED",
     "BlockMap",
     "TiledOptions",
+    "attention_backward",
     "block_map",
     "choose_blocks",
     "computed_pairs",

@@ -82,6 +82,24 @@ class TiledAttentionFunction(torch.autograd.Function):
         return (dq, _reduce_heads(dk[:, :, :lk], hkv), _reduce_heads(dv[:, :, :lk], hkv), None, None)
 
 
+def backward_at(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dout: Tensor,
+                dlse: Tensor | None, tc: TileContext, plan: Plan, scale: float, sanitize: bool
+                ) -> tuple[Tensor, Tensor, Tensor]:
+    """dq, dk, dv of attention whose context and lse are ``out`` and ``lse`` (the backward of
+    TiledAttentionFunction without its forward). Given a *global* out and lse, merged over
+    several key blocks, it yields one block's share: P = exp(S - lse) and D = rowsum(dO ∘ O)
+    are then the whole softmax's (ring attention's backward; Liu et al. 2023)."""
+    x = _padded(q, k, v, plan)
+    rows = plan.n_q_blocks * plan.bq
+    pad = (0, rows - out.shape[2])
+    lse_p = F.pad(lse, pad, value=float("-inf"))
+    dlse_p = None if dlse is None else F.pad(dlse, pad)
+    dq, dk, dv = backward_pass(tc, x, plan, scale, pad_rows(out, rows), lse_p, pad_rows(dout, rows), dlse_p,
+                               sanitize=sanitize, capture=False)
+    lq, lk, hkv = q.shape[2], k.shape[2], k.shape[1]
+    return dq[:, :, :lq], _reduce_heads(dk[:, :, :lk], hkv), _reduce_heads(dv[:, :, :lk], hkv)
+
+
 def tiled_function(q: Tensor, k: Tensor, v: Tensor, cfg: TiledConfig) -> tuple[Tensor, Tensor]:
     """context (B, H, Lq, Dv) and lse (B, H, Lq); differentiable w.r.t. q, k, v."""
     anchor = None

@@ -22,7 +22,7 @@ from attnlab.backends.dispatch import attention
 from attnlab.backends.nonfinite import values_finite
 from attnlab.backends.registry import AttentionCall, Backend, Capabilities, register_backend
 from attnlab.backends.tiled import fused as tiled_fused
-from attnlab.backends.tiled.autograd import TiledConfig, tiled_function
+from attnlab.backends.tiled.autograd import TiledConfig, backward_at, tiled_function
 from attnlab.backends.tiled.blockmap import block_map
 from attnlab.backends.tiled.options import choose_blocks, current_options, tiled_options
 from attnlab.backends.tiled.plan import Plan, build_plan
@@ -54,6 +54,26 @@ def _run_one(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None, dense: Tensor |
                       capture=torch.is_grad_enabled() and tc.captures_grad(),
                       backward_setup=lambda: setup(True))
     return tiled_function(q, k, v, cfg)
+
+
+def attention_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dout: Tensor,
+                       dlse: Tensor | None = None, *, mask: Mask | None = None,
+                       score_mod: ScoreMod | None = None, scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients (dq, dk, dv) of tiled attention at a given context ``out`` and ``lse`` and their
+    gradients, without re-running the forward: q (B, H, Lq, D), k/v (B, Hkv, Lk, D|Dv), out and
+    dout (B, H, Lq, Dv), lse and dlse (B, H, Lq), float32 or float64. With the out and lse of a
+    softmax over more keys than ``k`` holds (merged by lse), the result is the share of dq that
+    flows through these keys and their dk, dv: the backward of ring attention. Score_mods with
+    learnable tensors get no gradient here."""
+    B, H, Lq, _ = q.shape
+    Lk = k.shape[2]
+    bq, bk = choose_blocks(mask, Lq, Lk, backward=True)
+    bm = block_map(mask, Lq, Lk, bq, bk, batch=B, heads=H)
+    plan = build_plan(bm, B * H, current_options().budget,
+                      min_chunks=CHUNKS_PER_THREAD * torch.get_num_threads())
+    tc = TileContext(B, H, Lq, Lk, mask=mask, score_mod=score_mod, bq=bq, bk=bk)
+    finite = values_finite(k) and values_finite(v)
+    return backward_at(q, k, v, out, lse, dout, dlse, tc, plan, scale, not finite)
 
 
 def computed_pairs(mask: Mask | None, q_len: int, kv_len: int) -> int:
