@@ -10,6 +10,7 @@ from __future__ import annotations
 import tempfile
 import time
 import traceback
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -174,7 +175,9 @@ def _worker(rank: int, world: int, store: str, out_dir: str) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    # A collective that waits more than 60 s raises instead of hanging (gloo's default: 30 min).
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=60))
     try:
         _run_cases(rank, world)
         Path(out_dir, f"ok{rank}").write_text("ok")
