@@ -27,12 +27,12 @@ from torch import Tensor
 from attnlab.backends.tiled.classify import classify_chunk
 from attnlab.backends.tiled.tuning import BLOCK_MAP_CACHE, CHUNK_TILES
 from attnlab.functional.masks import Mask, index_grids
-from attnlab.functional.masks.grid import TileGrid
+from attnlab.functional.masks.grid import Blocks, TileGrid
 from attnlab.functional.masks.intervals import BIG, classify_intervals, row_intervals
 
 
 @dataclass(frozen=True)
-class BlockMap:
+class BlockMap(Blocks):
     """CSR over query blocks: row I's tiles are cols[row_ptr[I]:row_ptr[I+1]] (ascending)."""
 
     q_len: int
@@ -43,14 +43,6 @@ class BlockMap:
     cols: Tensor  # (nnz,) int64 key-block indices
     full: Tensor  # (nnz,) bool: no mask needed in this tile
     exact: bool  # False: some tiles called partial may really be empty or full
-
-    @property
-    def n_q_blocks(self) -> int:
-        return -(-self.q_len // self.bq)
-
-    @property
-    def n_kv_blocks(self) -> int:
-        return -(-self.kv_len // self.bk)
 
     @property
     def counts(self) -> Tensor:  # (nQB,) tiles per query block

@@ -17,16 +17,13 @@ from torch import Tensor
 TileClasses = tuple[Tensor, Tensor, bool]
 
 
-@dataclass(frozen=True)
-class TileGrid:
-    """bq x bk tiles over a (q_len, kv_len) score matrix, for ``batch`` x ``heads`` of them."""
+class Blocks:
+    """Block counts of bq x bk tiles over a (q_len, kv_len) matrix (the last ones may be short)."""
 
     q_len: int
     kv_len: int
     bq: int
     bk: int
-    batch: int
-    heads: int
 
     @property
     def n_q_blocks(self) -> int:
@@ -35,6 +32,18 @@ class TileGrid:
     @property
     def n_kv_blocks(self) -> int:
         return -(-self.kv_len // self.bk)
+
+
+@dataclass(frozen=True)
+class TileGrid(Blocks):
+    """bq x bk tiles over a (q_len, kv_len) score matrix, for ``batch`` x ``heads`` of them."""
+
+    q_len: int
+    kv_len: int
+    bq: int
+    bk: int
+    batch: int
+    heads: int
 
     def corners(self, i0: int, i1: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Inclusive tile bounds of query blocks i0..i1-1: r0, r1 (nI, 1) and c0, c1 (1, nK)."""
