@@ -92,5 +92,32 @@ def test_backends_explain_prints_the_rule():
 
     res = CliRunner().invoke(app, ["backends", "--explain"])
     assert res.exit_code == 0, res.output
-    assert "tiled" in res.output and "structured mask_mod" in res.output
+    assert "tiled" in res.output and "mask_mod SDPA would have to materialise" in res.output
     assert "tiled" in AUTO_RULE
+
+
+def test_explain_is_generated_from_the_registry():
+    """The text follows the ranks, capabilities and prefers docstrings that auto uses: a new
+    backend appears at its rank with its own words, and disappears with it."""
+    from dataclasses import replace
+
+    from attnlab.backends import registry
+
+    text = registry.explain_auto()
+    ranked = sorted((registry.get_backend(n) for n in registry.backend_names()), key=lambda b: b.auto_rank)
+    positions = [text.index(f". {b.name} (auto_rank {b.auto_rank}") for b in ranked]
+    assert positions == sorted(positions)
+
+    def prefers_toy(call):
+        """calls with an odd number of heads (a test)."""
+        return call.q.shape[1] % 2 == 1
+
+    toy = replace(registry.get_backend("sdpa"), name="toy", auto_rank=10, prefers=prefers_toy)
+    registry.register_backend(toy)
+    try:
+        text = registry.explain_auto()
+        assert "1. toy (auto_rank 10; cannot: returns weights, returns lse, score mod). Prefers: calls " \
+               "with an odd number of heads (a test)." in text
+    finally:
+        del registry._REGISTRY["toy"]
+    assert "toy" not in registry.explain_auto()

@@ -93,6 +93,12 @@ def run_eager(call: AttentionCall) -> AttentionOutput:
     )
 
 
+def prefers_eager(call: AttentionCall) -> bool:
+    """calls that ask for the weights (the only kernel that materialises them; at long lengths
+    use tiled and weights_for(rows=...)) or carry a score_mod too short for tiled to take."""
+    return call.return_weights or call.score_mod is not None
+
+
 EAGER = register_backend(Backend(
     name="eager",
     description="reference: materialises (B,H,Lq,Lk) scores; weights, lse, score_mod, dropout",
@@ -100,6 +106,5 @@ EAGER = register_backend(Backend(
                               dense_mask=True, score_mod=True, dropout=True, backward=True),
     run=run_eager,
     auto_rank=50,
-    # auto uses eager only when something else cannot serve: weights or a score_mod.
-    prefers=lambda call: call.return_weights or call.score_mod is not None,
+    prefers=prefers_eager,
 ))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -12,25 +13,12 @@ from torch import Tensor
 from attnlab.functional.attention import AttentionOutput, ScoreMod
 from attnlab.functional.mask_input import NormalizedMask
 
-AUTO_RULE = """\
-How backend="auto" chooses (first match wins; `attnlab backends --explain`):
-1. weights requested                    -> eager (the only kernel that materialises them;
-                                           at long lengths use tiled + weights_for(rows=...))
-2. dropout while training               -> sdpa, or eager with a score_mod (tiled has no dropout)
-3. a score_mod, Lq*Lk >= 2^20           -> tiled (never builds the Lq x Lk scores)
-4. a score_mod, shorter                 -> eager
-5. a structured mask_mod, Lq*Lk >= 2^20 -> tiled: sliding window, document, padding, prefix,
-   (any Mask except full and a plain     bottom-right causal, the sparse patterns, combinations
-   causal SDPA takes as is_causal)       and custom mask_mods; its block map skips empty tiles
-6. otherwise                            -> sdpa (torch's fused kernels): no mask, plain causal
-                                           (is_causal), dense bool/float mask tensors, and
-                                           short sequences (a materialised mask is cheap there)
+AUTO_NOTES = """\
 Measured on a 2-core CPU (benchmarks/RESULTS.md): SDPA's fused flash kernel is the fastest for
 dense and causal attention; tiled wins wherever the mask is sparse, and its memory stays
 linear where SDPA would materialise a Lq x Lk mask.
 An explicit backend="name" (or `with attnlab.use_backend(name)`) that cannot serve a call
-raises a ValueError saying what it lacks; it never silently falls back.
-"""
+raises a ValueError saying what it lacks; it never silently falls back."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +57,10 @@ class AttentionCall:
         return self.training and self.dropout_p > 0
 
 
+def _always(call: AttentionCall) -> bool:
+    return True
+
+
 @dataclass(frozen=True)
 class Backend:
     name: str
@@ -76,7 +68,9 @@ class Backend:
     capabilities: Capabilities
     run: Callable[[AttentionCall], AttentionOutput]
     auto_rank: int = 100  # lower is tried earlier by ``auto``
-    prefers: Callable[[AttentionCall], bool] = field(default=lambda call: True)
+    # Calls auto gives this backend when it can serve them; its docstring is what
+    # `attnlab backends --explain` says (explain_auto).
+    prefers: Callable[[AttentionCall], bool] = field(default=_always)
 
     def unsupported(self, call: AttentionCall) -> list[str]:
         """Why this backend cannot serve ``call`` (empty when it can)."""
@@ -129,6 +123,31 @@ def use_backend(name: str) -> Iterator[None]:
         yield
     finally:
         _CURRENT.reset(token)
+
+
+def _prefers_text(b: Backend) -> str:
+    doc = inspect.getdoc(b.prefers) if b.prefers is not _always else None
+    return " ".join(doc.split()) if doc else "every call it can serve"
+
+
+def explain_auto() -> str:
+    """The auto rule in words, generated from the registry: the same ranks, capabilities and
+    ``prefers`` predicates (their docstrings) that :func:`choose_backend` uses."""
+    caps = list(Capabilities().__dict__)
+    lines = ['How backend="auto" chooses (`attnlab backends --explain`): backends are tried in '
+             "auto_rank order; the first that can serve the call and prefers it runs it, and "
+             "eager (the reference) takes what none prefers."]
+    for i, b in enumerate(sorted(_REGISTRY.values(), key=lambda b: b.auto_rank), start=1):
+        lacks = [c.replace("_", " ") for c in caps if not getattr(b.capabilities, c)]
+        cannot = f"cannot: {', '.join(lacks)}" if lacks else "serves every call"
+        lines.append(f"{i}. {b.name} (auto_rank {b.auto_rank}; {cannot}). Prefers: {_prefers_text(b)}")
+    return "\n".join(lines) + "\n" + AUTO_NOTES + "\n"
+
+
+def __getattr__(name: str) -> str:
+    if name == "AUTO_RULE":  # the rule's text, always generated from the current registry
+        return explain_auto()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def choose_backend(call: AttentionCall) -> tuple[Backend, str]:

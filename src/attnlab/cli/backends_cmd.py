@@ -21,7 +21,7 @@ def backends_command(
         b = registry.get_backend(name)
         rows.append({"name": name, "description": b.description, "auto_rank": b.auto_rank,
                      **b.capabilities.__dict__})
-    rule = registry.AUTO_RULE
+    rule = registry.explain_auto()  # generated from the ranks and predicates auto uses
     if as_json:
         print_json({"backends": rows, "auto_rule": rule if explain else None})
         return

@@ -157,8 +157,10 @@ def tiled_attention(q: Tensor, k: Tensor, v: Tensor, *, mask: object = None,
 
 
 def prefers_tiled(call: AttentionCall) -> bool:
-    """Which calls ``auto`` gives to tiled (registry.AUTO_RULE): long sequences with a structured
-    mask or a score_mod, where the dense kernels would materialise Lq x Lk scores or mask."""
+    """long calls (Lq·Lk >= AUTO_MIN_PAIRS, about 1024 x 1024) with a score_mod, or with a
+    mask_mod SDPA would have to materialise (anything but full and a causal mask SDPA runs as
+    is_causal): sliding windows, documents, padding, prefix, bottom-right causal, the sparse
+    patterns, combinations and custom mask_mods; its block map skips their empty tiles."""
     _, _, Lq, Lk = call.shape
     if Lq * Lk < AUTO_MIN_PAIRS:
         return False
