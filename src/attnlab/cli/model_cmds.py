@@ -11,12 +11,15 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
 from attnlab.cli.common import console, err_console, load_lm, print_json, user_errors
+
+if TYPE_CHECKING:  # the CLI imports the inspect package only when a command runs
+    from attnlab.inspect.inspect_report import AblationReport, InspectReport, TokenWeight
 
 ModelOpt = Annotated[Path | None, typer.Option("--model", help="local Hugging Face model folder, a .gguf "
                                                "file, or smollm2 (the embedded LLM); default: the "
@@ -29,8 +32,8 @@ def _w(x: float) -> str:
     return f"{x:.3f}"
 
 
-def _tops(items: list[dict[str, Any]]) -> str:
-    return ", ".join(f"{t['token']} {_w(t['weight'])}" for t in items)
+def _tops(items: list[TokenWeight]) -> str:
+    return ", ".join(f"{t.token} {_w(t.weight)}" for t in items)
 
 
 def _split(values: list[str] | None) -> list[str]:
@@ -62,6 +65,7 @@ def inspect_command(
 ) -> None:
     """Where does each head look? Top attended tokens for a focus token, rollout, pictures."""
     with user_errors(as_json):
+        from attnlab.inspect.inspect_report import HeadWeights
         from attnlab.inspect.report import check_head, inspect_text
 
         lm = load_lm(model)
@@ -70,33 +74,33 @@ def inspect_command(
                            flow=flow, backend=backend)
         rep, cache = res.report, res.cache
         if ablate:
-            rep["ablation"] = _ablate(lm, cache.encoded, ablate)
+            rep.ablation = _ablate(lm, cache.encoded, ablate)
         if layer is not None and head is not None:
-            rep["head"] = {"layer": layer, "head": head,
-                           "weights": [[round(float(x), 6) for x in row] for row in cache.head(layer, head)]}
+            rep.head = HeadWeights(layer, head, [[round(float(x), 6) for x in row]
+                                                 for row in cache.head(layer, head)])
         if html is not None:
             from attnlab.inspect.views import inspect_page
 
-            best = rep.get("focused_heads", [{}])[0] if rep.get("focused_heads") else {}
-            lay = layer if layer is not None else best.get("layer", 0)
-            heads = [head] if head is not None else ([best["head"]] if "head" in best else None)
+            best = rep.focused_heads[0] if rep.focused_heads else None
+            lay = layer if layer is not None else (best.layer if best else 0)
+            heads = [head] if head is not None else ([best.head] if best else None)
             _mkdir(html)
             inspect_page(cache, view=view, layer=lay, heads=heads, path=html)
-            rep["html"] = str(html)
+            rep.html = str(html)
         if png is not None:
             from attnlab.inspect.views import inspect_png
 
             _mkdir(png)
             inspect_png(cache, png, layer=layer, head=head)
-            rep["png"] = str(png)
+            rep.png = str(png)
         if export is not None:
             from attnlab.inspect.report import export_attention
 
             _mkdir(export)
             export_attention(cache, export)
-            rep["export"] = str(export)
+            rep.export = str(export)
     if as_json:
-        print_json(rep)
+        print_json(rep.to_dict())
         return
     _print_inspect(rep, cache, layer, head)
 
@@ -105,7 +109,8 @@ def _mkdir(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
 
 
-def _ablate(lm, enc, specs: list[str]) -> dict[str, Any]:
+def _ablate(lm, enc, specs: list[str]) -> AblationReport:
+    from attnlab.inspect.inspect_report import AblationReport
     from attnlab.inspect.patching import Ablation, patch_effect
 
     abl = []
@@ -114,55 +119,52 @@ def _ablate(lm, enc, specs: list[str]) -> dict[str, Any]:
         if len(parts) != 2 or not all(p.isdigit() for p in parts):
             raise ValueError(f"--ablate: expected LAYER:HEAD (e.g. 3:1), got {s!r}")
         abl.append(Ablation(int(parts[0]), int(parts[1])))
-    eff = patch_effect(lm, enc, ablate=abl)
-    return {"heads": [[a.layer, a.head] for a in abl]} | eff.to_dict()
+    return AblationReport([[a.layer, a.head] for a in abl], patch_effect(lm, enc, ablate=abl))
 
 
-def _print_inspect(rep: dict[str, Any], cache, layer: int | None, head: int | None) -> None:
-    m = rep["model"]
-    console.print(f"[bold]{m['name']}[/] ({m['model_type']} {m['kind']}, {m['layers']} layers x "
-                  f"{m['heads']} heads, {m['engine']})", highlight=False)
-    if rep.get("generated"):
-        console.print(f"generated: {rep['generated']['text']!r}", highlight=False, markup=False)
-    toks = "  ".join(f"{i}:{t}" for i, t in enumerate(rep["tokens"]))
+def _print_inspect(rep: InspectReport, cache, layer: int | None, head: int | None) -> None:
+    m = rep.model
+    console.print(f"[bold]{m.name}[/] ({m.model_type} {m.kind}, {m.layers} layers x "
+                  f"{m.heads} heads, {m.engine})", highlight=False)
+    if rep.generated is not None:
+        console.print(f"generated: {rep.generated.text!r}", highlight=False, markup=False)
+    toks = "  ".join(f"{i}:{t}" for i, t in enumerate(rep.tokens))
     console.print(f"tokens: {toks}", highlight=False, markup=False)
-    if rep["truncated"]:
-        err_console.print(f"note: truncated {rep['total_tokens']} tokens to {len(rep['tokens'])}")
-    if "focus" in rep:
-        f = rep["focus"]
-        t = Table(title=f"Where {f['token']!r} (position {f['position']}) looks", title_justify="left")
+    if rep.truncated:
+        err_console.print(f"note: truncated {rep.total_tokens} tokens to {len(rep.tokens)}")
+    if rep.focus is not None:
+        f = rep.focus
+        t = Table(title=f"Where {f.token!r} (position {f.position}) looks", title_justify="left")
         t.add_column("layer", justify="right")
         t.add_column("mean over heads")
         t.add_column("most focused head")
-        for lay in rep["top_attended"]:
-            heads = lay["heads"]
-            h = max(range(len(heads)), key=lambda i: heads[i][0]["weight"])
-            t.add_row(str(lay["layer"]), _tops(lay["mean"]), f"h{h}: {_tops(heads[h][:2])}")
+        for lay in rep.top_attended:
+            heads = lay.heads
+            h = max(range(len(heads)), key=lambda i: heads[i][0].weight)
+            t.add_row(str(lay.layer), _tops(lay.mean), f"h{h}: {_tops(heads[h][:2])}")
         console.print(t)
-        fh = rep["focused_heads"]
-        if fh:
+        if rep.focused_heads:
             console.print("heads looking at one other (non-adjacent) token: " + ", ".join(
-                f"L{h['layer']}H{h['head']} {h['token']} {_w(h['weight'])}" for h in fh), highlight=False)
-        console.print(f"rollout (Abnar & Zuidema 2020): {_tops(rep['rollout'])}", highlight=False)
-        if "flow" in rep:
-            console.print(f"flow (max-flow, Abnar & Zuidema 2020): {_tops(rep['flow'])}", highlight=False)
-    if "backend_check" in rep:
-        b = rep["backend_check"]
-        console.print(f"backend {b['backend']}: max |Δ last hidden state| vs eager = "
-                      f"{b['max_abs_diff_vs_eager']:.2e}", highlight=False)
-    if "ablation" in rep:
-        a = rep["ablation"]
-        nt = a["next_token"]
+                f"L{h.layer}H{h.head} {h.token} {_w(h.weight)}" for h in rep.focused_heads), highlight=False)
+        console.print(f"rollout (Abnar & Zuidema 2020): {_tops(rep.rollout)}", highlight=False)
+        if rep.flow is not None:
+            console.print(f"flow (max-flow, Abnar & Zuidema 2020): {_tops(rep.flow)}", highlight=False)
+    if rep.backend_check is not None:
+        b = rep.backend_check
+        console.print(f"backend {b.backend}: max |Δ last hidden state| vs eager = "
+                      f"{b.max_abs_diff_vs_eager:.2e}", highlight=False)
+    if rep.ablation is not None:
+        a, nt = rep.ablation, rep.ablation.effect.next_token
         extra = f", next token {nt['before']!r} -> {nt['after']!r}" if nt else ""
-        console.print(f"ablating {a['heads']}: sentence cosine {a['sentence_cosine']:.6f}, max |Δh| "
-                      f"{a['max_abs_change']:.4g}{extra}", highlight=False)
+        console.print(f"ablating {a.heads}: sentence cosine {a.effect.sentence_cosine:.6f}, max |Δh| "
+                      f"{a.effect.max_abs_change:.4g}{extra}", highlight=False)
     if layer is not None and head is not None:
         from attnlab.inspect.views import terminal_head
 
         console.print(terminal_head(cache, layer, head))
-    for key in ("html", "png", "export"):
-        if key in rep:
-            console.print(f"wrote {rep[key]}", highlight=False)
+    for path in (rep.html, rep.png, rep.export):
+        if path is not None:
+            console.print(f"wrote {path}", highlight=False)
 
 
 def compare_command(

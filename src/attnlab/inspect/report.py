@@ -8,6 +8,17 @@ from typing import Any
 
 from attnlab.inspect.analysis import focused_heads, top_attended, top_attended_dict
 from attnlab.inspect.capture import AttentionCache, capture, find_token, generate
+from attnlab.inspect.inspect_report import (
+    BackendCheck,
+    Focus,
+    FocusedHead,
+    Generated,
+    InspectReport,
+    LayerTop,
+    ModelInfo,
+    TokenWeight,
+    token_weights,
+)
 from attnlab.inspect.rollout import rollout
 from attnlab.models.loading import LoadedModel
 
@@ -19,7 +30,7 @@ SEED_FOCUS = "it"
 @dataclass
 class InspectResult:
     cache: AttentionCache
-    report: dict[str, Any]
+    report: InspectReport
     focus: int | None
 
 
@@ -55,22 +66,12 @@ def inspect_text(lm: LoadedModel, text: str | None = None, *, focus: str | None 
     if generate_tokens:
         gen = generate(lm, text, max_new_tokens=generate_tokens, truncate=truncate)
         cache = gen.as_cache(lm)
-        generated = {"tokens": gen.new_tokens, "ids": gen.new_ids,
-                     "text": lm.tokenizer.decode(gen.new_ids)}
+        generated = Generated(gen.new_tokens, gen.new_ids, lm.tokenizer.decode(gen.new_ids))
     else:
         cache = capture(lm, text, truncate=truncate, keep_hidden=True)
     enc = cache.encoded
-    report: dict[str, Any] = {
-        "model": lm.describe(),
-        "text": text,
-        "tokens": enc.labels,
-        "special": enc.special,
-        "truncated": enc.truncated,
-        "total_tokens": enc.total_tokens,
-        "shape": list(cache.weights.shape),
-    }
-    if generated is not None:
-        report["generated"] = generated
+    report = InspectReport(ModelInfo.from_dict(lm.describe()), text, enc.labels, enc.special,
+                           enc.truncated, enc.total_tokens, list(cache.weights.shape), generated)
     if backend != "auto":
         if cache.hidden_states is None:
             raise ValueError("--backend: expected a plain forward pass, not --generate")
@@ -78,21 +79,22 @@ def inspect_text(lm: LoadedModel, text: str | None = None, *, focus: str | None 
         # backend runs the same pretrained model and must give the same hidden states.
         out = lm.forward(enc, need_weights=False, backend=backend)
         diff = float((out.last_hidden_state[0] - cache.hidden_states[-1]).abs().max())
-        report["backend_check"] = {"backend": backend, "max_abs_diff_vs_eager": diff}
+        report.backend_check = BackendCheck(backend, diff)
     pos = None
     if focus is not None:
         pos = find_token(enc, focus)
-        report["focus"] = {"token": enc.labels[pos], "position": pos}
-        report["top_attended"] = top_attended_dict(top_attended(cache, pos, k))["layers"]
-        report["focused_heads"] = focused_heads(cache, pos, n=5)
-        report["rollout"] = _rollout_top(cache, pos, k + 2)
+        report.focus = Focus(enc.labels[pos], pos)
+        report.top_attended = [
+            LayerTop(lay["layer"], token_weights(lay["mean"]), [token_weights(h) for h in lay["heads"]])
+            for lay in top_attended_dict(top_attended(cache, pos, k))["layers"]]
+        report.focused_heads = [FocusedHead(**h) for h in focused_heads(cache, pos, n=5)]
+        report.rollout = token_weights(_rollout_top(cache, pos, k + 2))
         if flow:
             from attnlab.inspect.flow import attention_flow
 
             row = attention_flow(cache.weights, queries=[pos])[0]
             idx = row.argsort(descending=True)[: k + 2].tolist()
-            report["flow"] = [{"position": j, "token": cache.tokens[j], "weight": round(float(row[j]), 6)}
-                              for j in idx]
+            report.flow = [TokenWeight(cache.tokens[j], round(float(row[j]), 6), j) for j in idx]
     return InspectResult(cache, report, pos)
 
 

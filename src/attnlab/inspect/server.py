@@ -178,7 +178,7 @@ class _Viewer:
         text = self.text_arg(d.get("text"), "text")
         focus = self.text_arg(d.get("focus"), "focus", required=False)
         res = inspect_text(self.lm, text, focus=focus, k=_int_arg(d.get("top"), "top", 3, 1, MAX_TOP))
-        rep = res.report | {"patterns": head_patterns(res.cache), "model": self.model_info}
+        rep = res.report.to_dict() | {"patterns": head_patterns(res.cache), "model": self.model_info}
         return JSONResponse(rep)
 
     def api_compare(self, d: dict[str, Any]) -> Response:
