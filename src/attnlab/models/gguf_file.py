@@ -58,9 +58,6 @@ class GGUFContents:
     def architecture(self) -> str:
         return str(self.metadata.get("general.architecture", ""))
 
-    def tensor_types(self) -> dict[str, str]:
-        return {t.name: t.tensor_type.name for t in self.reader.tensors}
-
 
 def _reader_class() -> type:
     from gguf import GGUFReader

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -107,7 +106,3 @@ def from_env() -> DataParallel:
         dist.init_process_group(backend, init_method="env://")
     return DataParallel(dist.get_rank(), dist.get_world_size())
 
-
-def unwrap(model: nn.Module) -> Any:
-    """The model inside a DistributedDataParallel wrapper (checkpoints and evaluation use it)."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
