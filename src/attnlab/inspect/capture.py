@@ -72,6 +72,13 @@ class AttentionCache:
     def query_labels(self) -> list[str]:
         return self.q_labels if self.q_labels is not None else self.encoded.labels
 
+    def find(self, token: str, occurrence: int = 1) -> int:
+        """Position of ``token`` (matched without sub-word markers, case-insensitively).
+
+        ``token`` may also be ``"it#2"`` (second occurrence) or ``"@10"`` (position 10).
+        """
+        return find_token(self.encoded, token, occurrence)
+
     def to_numpy(self):
         return self.weights.detach().cpu().numpy()
 
