@@ -18,15 +18,17 @@ from attnlab.data.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Vocab
 def test_tsv_reads_the_tutorial_format(tmp_path):
     f = tmp_path / "spa.txt"
     f.write_text("Go.\tVe.\tCC-BY 2.0 (France) Attribution: tatoeba.org\n\n"
-                 "Hi!\t  Hola. \r\n", encoding="utf-8")
+                 "Hi!\t  Hola. \tCC-BY 2.0\r\n", encoding="utf-8")
     data = load_tsv(f)
     assert data.pairs == [Pair(src="Ve.", tgt="Go."), Pair(src="Hola.", tgt="Hi!")]
     assert data.blank == 1
+    f.write_text("Go.\tVe.\nHi!\tHola.\n", encoding="utf-8")  # no attribution column
+    assert load_tsv(f).pairs == data.pairs
 
 
 @pytest.mark.parametrize(("content", "line", "expect"), [
     ("a\tb\nonly-one-field\n", 2, "got 1 field"),
-    ("a\tb\tc\td\n", 1, "got 4 field"),
+    ("a\tb\tc\nx\ty\n", 2, "expected 3 tab-separated fields like line 1, got 2 field"),
     ("a\tb\n\t b\n", 2, "non-empty target"),
     ("a\tb\nx\t \n", 2, "non-empty source"),
 ])

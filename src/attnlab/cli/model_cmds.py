@@ -64,6 +64,14 @@ def inspect_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Where does each head look? Top attended tokens for a focus token, rollout, pictures."""
+    from attnlab.cli.translator_inspect import inspect_translator, is_translator_folder
+
+    if model is not None and is_translator_folder(model):  # a Transformer trained by attnlab train
+        inspect_translator(text, model, png=png, html=html, as_json=as_json, unsupported={
+            "--focus": focus is not None, "--layer": layer is not None, "--head": head is not None,
+            "--export": export is not None, "--flow": flow, "--generate": generate_tokens > 0,
+            "--ablate": bool(ablate), "--backend": backend != "auto", "--truncate": truncate})
+        return
     with user_errors(as_json):
         from attnlab.inspect.inspect_report import HeadWeights
         from attnlab.inspect.report import check_head, inspect_text

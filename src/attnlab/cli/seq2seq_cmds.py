@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from attnlab.cli.common import console, err_console, print_json, user_errors
+from attnlab.cli.induction_cmd import induction_cmd
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output on stdout")]
 SetOpt = Annotated[list[str] | None, typer.Option(
@@ -23,12 +25,15 @@ def train_cmd(
     # `...` is typer's "required" marker; out cannot drop its default (it follows config, which has one)
     out: Annotated[Path, typer.Option("--out", help="the run folder (the model goes here)")] = ...,  # type: ignore[assignment]
     preset_name: Annotated[str | None, typer.Option(
-        "--preset", help="numbers (default), numbers-de, dates, bottleneck, tiny")] = None,
+        "--preset", help="numbers (default), numbers-de, dates, bottleneck, tiny, "
+                         "transformer-numbers, transformer-tiny")] = None,
+    arch: Annotated[str | None, typer.Option(
+        "--arch", help="rnn or transformer: the same as --set model.arch=ARCH (applied first)")] = None,
     overrides: SetOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Train a seq2seq translator with attention; checkpoints let --resume continue it."""
+    """Train a translator (RNN with attention, or a Transformer); --resume continues it."""
     from attnlab.training.config import apply_overrides, load_config, preset
     from attnlab.training.loop import train
     from attnlab.training.run import RESUMABLE, read_run_config
@@ -37,6 +42,8 @@ def train_cmd(
         if config is not None and preset_name is not None:
             raise ValueError("CONFIG / --preset: expected one of them, got both")
         sets = list(overrides or [])
+        if arch is not None:
+            sets.insert(0, f"model.arch={arch}")
         if resume and config is None and preset_name is None:
             if not (out / "run.json").is_file():
                 raise FileNotFoundError(
@@ -47,9 +54,11 @@ def train_cmd(
             if bad:
                 raise ValueError(f"--set: a resumed run keeps its model and data; only "
                                  f"{', '.join(RESUMABLE)} may change, got {bad}")
+            cfg = apply_overrides(cfg, sets)
+        elif config is not None:  # file + --set, validated once: a file may leave data.path to --set
+            cfg = load_config(config, sets)
         else:
-            cfg = load_config(config) if config is not None else preset(preset_name or "numbers")
-        cfg = apply_overrides(cfg, sets)
+            cfg = apply_overrides(preset(preset_name or "numbers"), sets)
         if as_json:
             cfg = apply_overrides(cfg, ["train.progress=false"])
         try:
@@ -70,29 +79,56 @@ def train_cmd(
 
 
 def translate_cmd(
-    text: Annotated[str, typer.Argument(help="the sentence to translate")],
-    model: Annotated[Path, typer.Option("--model", help="a folder written by attnlab train")],
+    text: Annotated[str | None, typer.Argument(help="the sentence to translate")] = None,
+    # `...`: required (it follows text, which has a default)
+    model: Annotated[Path, typer.Option("--model", help="a folder written by attnlab train")
+                     ] = ...,  # type: ignore[assignment]
+    file: Annotated[str | None, typer.Option(
+        "--file", help="translate every line of this file ('-' = stdin), one translation a line "
+                       "(blank lines stay blank)")] = None,
     beam: Annotated[int, typer.Option("--beam", help="beam size; 1 = greedy")] = 1,
     alpha: Annotated[float, typer.Option("--alpha", help="length normalisation exponent")] = 1.0,
     png: Annotated[Path | None, typer.Option("--png", help="write the alignment as PNG")] = None,
     html: Annotated[Path | None, typer.Option("--html", help="write an interactive page")] = None,
+    heads: Annotated[Path | None, typer.Option(
+        "--heads", help="Transformer: draw every layer x head of encoder self-, decoder self- and "
+                        "cross-attention into this folder (PNG grids + HTML pages)")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Translate TEXT and show which source words each target word attended to."""
+    """Translate TEXT and show which source words each target word attended to; or translate
+    every line of --file."""
     from attnlab.training.translator import Translator
 
     with user_errors(as_json):
         if beam < 1:
             raise ValueError(f"--beam: expected >= 1, got {beam}")
+        if (text is None) == (file is None):
+            raise ValueError(f"TEXT / --file: expected a sentence or --file FILE, got "
+                             f"{'both' if file is not None else 'neither'}")
+        if file is not None:
+            drawn = [o for o, v in (("--png", png), ("--html", html), ("--heads", heads)) if v]
+            if drawn:
+                raise ValueError(f"{'/'.join(drawn)}: draws one sentence's attention; expected "
+                                 f"TEXT, got --file (translate that line alone to draw it)")
+            _translate_file(model, file, beam, alpha, as_json)
+            return
+        assert text is not None
         tr = Translator.load(model)
-        t = tr.translate(text, beam=beam, alpha=alpha)
+        t = tr.translate(text, beam=beam, alpha=alpha, attention=heads is not None)
         if (png or html) and t.weights is None:
             raise ValueError("--png/--html: this model has no attention (model.attention = "
                              "none), so there is no alignment to draw")
         if png:
-            _alignment_png(t, png, tr.model.cfg.attention)
+            _alignment_png(t, png, tr.alignment_name)
         if html:
-            _alignment_html(t, html, tr.model.cfg.attention)
+            _alignment_html(t, html, tr.alignment_name)
+        if heads is not None and t.maps is not None:
+            from attnlab.training.pictures import attention_pictures
+
+            written = attention_pictures(t.maps, heads, title=f"{t.source} -> {t.text}", html=True)
+            if not as_json:
+                err_console.print(f"wrote {', '.join(str(w) for w in written)}", markup=False,
+                                  soft_wrap=True)
     if as_json:
         print_json(t.to_dict())
         return
@@ -108,7 +144,34 @@ def translate_cmd(
     from attnlab.viz import terminal_heatmap
 
     console.print(terminal_heatmap(t.weights, q_tokens=t.target_labels, k_tokens=t.source_tokens,
-                                title=f"alignment ({tr.model.cfg.attention})"))
+                                title=f"alignment ({tr.alignment_name})"))
+
+
+def _translate_file(model: Path, file: str, beam: int, alpha: float, as_json: bool) -> None:
+    """One translation per input line, in order, on stdout; notes (unknown words, outputs cut
+    at the length limit) summarised on stderr."""
+    from attnlab.data.aligned import read_lines
+    from attnlab.training.translator import Translator
+
+    lines = read_lines(file, "--file", keep_trailing=True)  # input errors before the model loads
+    results = Translator.load(model).translate_many(lines, beam=beam, alpha=alpha)
+    if as_json:
+        print_json([{"line": i, **t.to_dict()} if t is not None else
+                    {"line": i, "source": line, "translation": "", "blank": True}
+                    for i, (line, t) in enumerate(zip(lines, results, strict=True), start=1)])
+        return
+    sys.stdout.write("".join(("" if t is None else t.text) + "\n" for t in results))
+    sys.stdout.flush()
+    unknown = [(i, t.unknown) for i, t in enumerate(results, start=1) if t and t.unknown]
+    cut = [i for i, t in enumerate(results, start=1) if t and not t.finished]
+    if unknown:
+        shown = "; ".join(f"line {i}: {u}" for i, u in unknown[:5])
+        more = f"; and {len(unknown) - 5} more lines" if len(unknown) > 5 else ""
+        _log(f"note: unknown source tokens read as <unk> on {len(unknown)} of {len(lines)} "
+             f"lines: {shown}{more}")
+    if cut:
+        _log(f"note: stopped at the length limit before </s> on {len(cut)} lines: "
+             f"{', '.join(map(str, cut[:20]))}{' ...' if len(cut) > 20 else ''}")
 
 
 def _alignment_png(t: Any, path: Path, attention: str) -> None:
@@ -181,4 +244,5 @@ def register(app: typer.Typer) -> None:
     experiment = typer.Typer(help="Experiments that reproduce results from the papers.",
                              no_args_is_help=True)
     experiment.command("bottleneck")(bottleneck_cmd)
+    experiment.command("induction")(induction_cmd)
     app.add_typer(experiment, name="experiment")

@@ -112,6 +112,24 @@ class MultiHeadAttention(nn.Module):
         B, L, _ = x.shape
         return x.view(B, L, n, self.head_dim).transpose(1, 2)  # (B, L, n·Dh) -> (B, n, L, Dh)
 
+    def project_kv(self, key: Tensor, value: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """K = key W^K, V = value W^V split into heads: (B, Hkv, Lk, Dh) each.
+
+        For memory read many times: a decoder's cross-attention (Vaswani et al. §3.2.3) reads the
+        same encoder output at every decoding step, so it projects it once and passes ``kv=``.
+        """
+        value = key if value is None else value
+        for name, t, d in (("key", key, self.kdim), ("value", value, self.vdim)):
+            expect_tensor(name, t, ndim=3, floating=True)
+            if t.shape[-1] != d:
+                raise ValueError(f"{name}: expected last dim {d}, got shape {tuple(t.shape)}")
+        if key.shape[:2] != value.shape[:2]:
+            raise ValueError(f"key/value: expected (B, Lk, *) with equal B and Lk, "
+                             f"got {tuple(key.shape)} and {tuple(value.shape)}")
+        k = self.hook_k(self._heads(self.k_proj(key), self.n_kv_heads))  # (B, Hkv, Lk, Dh)
+        v = self.hook_v(self._heads(self.v_proj(value), self.n_kv_heads))  # (B, Hkv, Lk, Dh)
+        return k, v
+
     def forward(
         self,
         query: Tensor,
@@ -124,13 +142,20 @@ class MultiHeadAttention(nn.Module):
         cache: KVCache | None = None,
         rotary: tuple[Tensor, Tensor] | None = None,
         backend: str = "auto",
+        kv: tuple[Tensor, Tensor] | None = None,
     ) -> MultiHeadOutput:
         """Self-attention when ``key`` is None; cross-attention otherwise (value defaults to key).
 
         ``rotary``: RoPE (Su et al. 2021) cos/sin tables of the new positions, (L, Dh) or
         (B, 1, L, Dh), applied to the projected q and k before k enters the cache (so cached
         keys are stored rotated, as Llama-family models do).
+        ``kv``: keys and values already projected by :meth:`project_kv`, (B, Hkv, Lk, Dh) each,
+        instead of ``key``/``value`` (cross-attention over a memory projected once).
         """
+        if kv is not None:
+            return self._attend_projected(query, kv, mask=mask, score_mod=score_mod,
+                                          need_weights=need_weights, backend=backend,
+                                          extra=(key, value, cache, rotary))
         key = query if key is None else key
         value = key if value is None else value
         for name, t, d in (("query", query, self.embed_dim), ("key", key, self.kdim),
@@ -150,6 +175,32 @@ class MultiHeadAttention(nn.Module):
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         if cache is not None:
             k, v = cache.update(k, v)  # (B, Hkv, L_past + Lk, Dh)
+        return self._attend(q, k, v, mask, score_mod, need_weights, backend)
+
+    def _attend_projected(self, query: Tensor, kv: tuple[Tensor, Tensor], *, mask: object,
+                          score_mod: ScoreMod | None, need_weights: bool, backend: str,
+                          extra: tuple[object, ...]) -> MultiHeadOutput:
+        given = [n for n, x in zip(("key", "value", "cache", "rotary"), extra, strict=True)
+                 if x is not None]
+        if given:
+            raise ValueError(f"kv: expected no key, value, cache or rotary alongside projected keys "
+                             f"and values, got {', '.join(given)}")
+        expect_tensor("query", query, ndim=3, floating=True)
+        if query.shape[-1] != self.embed_dim:
+            raise ValueError(f"query: expected last dim {self.embed_dim}, got shape {tuple(query.shape)}")
+        k, v = kv
+        want = (query.shape[0], self.n_kv_heads, self.head_dim)
+        for name, t in (("kv[0]", k), ("kv[1]", v)):
+            if not isinstance(t, Tensor) or t.ndim != 4 or (t.shape[0], t.shape[1], t.shape[3]) != want:
+                got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+                raise ValueError(f"{name}: expected (B, Hkv, Lk, Dh) with (B, Hkv, Dh) = {want} "
+                                 f"(from project_kv), got {got}")
+        q = self.hook_q(self._heads(self.q_proj(query), self.num_heads))  # (B, H, Lq, Dh)
+        return self._attend(q, k, v, mask, score_mod, need_weights, backend)
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: object, score_mod: ScoreMod | None,
+                need_weights: bool, backend: str) -> MultiHeadOutput:
+        """Attention over projected heads, then Concat(head_1..head_h) W^O (§3.2.2)."""
         out = attention(q, k, v, mask=mask, score_mod=score_mod, dropout_p=self.dropout,
                         training=self.training, return_weights=need_weights, backend=backend)
         z = self.hook_z(out.context)  # (B, H, Lq, Dh)

@@ -39,7 +39,8 @@ from safetensors.torch import save as st_save
 from torch import Tensor
 
 from attnlab.data.io import FormatError, atomic_write_bytes, read_json, write_json
-from attnlab.models.seq2seq.model import Seq2Seq, read_weights
+from attnlab.models.translation import TranslationModel, read_weights
+from attnlab.training.schedule import Scheduler
 
 CHECKPOINT_FORMAT = "attnlab.checkpoint/1"
 FAULT_ENV = "ATTNLAB_FAULT"  # test hook: "step:N" or "save:N" -> SIGKILL this process there
@@ -136,8 +137,8 @@ def _committed(folder: Path) -> tuple[set[str], int | None]:
         return set(), None
 
 
-def save_checkpoint(run: Path, model: Seq2Seq, opt: torch.optim.Optimizer,
-                    sched: torch.optim.lr_scheduler.ReduceLROnPlateau, progress: Progress,
+def save_checkpoint(run: Path, model: TranslationModel, opt: torch.optim.Optimizer,
+                    sched: Scheduler, progress: Progress,
                     rng_states: list[Tensor] | None = None) -> None:
     """Write a checkpoint atomically. ``rng_states``: every data-parallel rank's torch RNG
     state (rank order; default: this process's), so each rank resumes its own dropout stream."""
@@ -186,8 +187,8 @@ def save_checkpoint(run: Path, model: Seq2Seq, opt: torch.optim.Optimizer,
             stale.unlink(missing_ok=True)
 
 
-def load_checkpoint(run: Path, model: Seq2Seq, opt: torch.optim.Optimizer,
-                    sched: torch.optim.lr_scheduler.ReduceLROnPlateau, *, rank: int = 0,
+def load_checkpoint(run: Path, model: TranslationModel, opt: torch.optim.Optimizer,
+                    sched: Scheduler, *, rank: int = 0,
                     world: int = 1) -> Progress | None:
     """Restore everything :func:`save_checkpoint` saved; None if there is no checkpoint.
     ``rank``/``world``: this process in a data-parallel job (it restores its own RNG state)."""

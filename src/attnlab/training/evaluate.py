@@ -10,7 +10,7 @@ from attnlab.data.batching import eval_order, pad
 from attnlab.data.tokenize import Tokenizer
 from attnlab.data.tsv import Pair
 from attnlab.data.vocab import Vocab
-from attnlab.models.seq2seq.model import Seq2Seq
+from attnlab.models.translation import TranslationModel
 from attnlab.training.metrics import by_length, scores
 from attnlab.training.search import Hypothesis, decode
 
@@ -39,7 +39,7 @@ class EvalResult:
     refs: list[str] = field(default_factory=list)
 
 
-def decode_ids(model: Seq2Seq, src_ids: Sequence[Sequence[int]], *, beam: int = 1,
+def decode_ids(model: TranslationModel, src_ids: Sequence[Sequence[int]], *, beam: int = 1,
                alpha: float = 1.0, ratio: float = 2.0, batch_size: int = 200
                ) -> list[Hypothesis]:
     """Decode many sources in length-sorted batches; results in the input order."""
@@ -52,7 +52,7 @@ def decode_ids(model: Seq2Seq, src_ids: Sequence[Sequence[int]], *, beam: int = 
     return [h for h in out if h is not None]
 
 
-def evaluate_pairs(model: Seq2Seq, pairs: Sequence[Pair], codec: Codec, *, beam: int = 1,
+def evaluate_pairs(model: TranslationModel, pairs: Sequence[Pair], codec: Codec, *, beam: int = 1,
                    alpha: float = 1.0, ratio: float = 2.0, batch_size: int = 200,
                    edges: Sequence[int] | None = None) -> EvalResult:
     """BLEU / chrF / exact match of the model's translations against the references, the

@@ -25,12 +25,14 @@ from tqdm import tqdm
 from attnlab.data.batching import Encoded, collate, encode_pairs, epoch_order
 from attnlab.data.io import read_json, write_json
 from attnlab.data.vocab import PAD_ID
-from attnlab.models.seq2seq.model import Seq2Seq
+from attnlab.models.translation import TranslationModel
+from attnlab.models.translators import build_translator, load_translator
 from attnlab.training.checkpoint import Progress, fault, load_checkpoint, save_checkpoint
-from attnlab.training.config import RunConfig
+from attnlab.training.config import RunConfig, TrainSpec
 from attnlab.training.data_parallel import DataParallel, from_env
 from attnlab.training.evaluate import evaluate_pairs
 from attnlab.training.run import Run, create_run, open_run
+from attnlab.training.schedule import Scheduler, after_step, after_validation, make_scheduler
 
 Log = Callable[[str], None]
 
@@ -63,19 +65,38 @@ def train(cfg: RunConfig | None, out: str | os.PathLike[str], *, resume: bool = 
     if spec.threads:
         torch.set_num_threads(spec.threads)
     seed_everything(spec.seed)
-    model = Seq2Seq(run.cfg.model)
+    model = build_translator(run.cfg.model)  # model.arch: rnn (Seq2Seq) | transformer
     opt = torch.optim.Adam(model.parameters(), lr=spec.lr)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        opt, mode="max", factor=spec.lr_decay, patience=spec.lr_patience)
+    sched = make_scheduler(opt, spec.schedule, warmup=spec.warmup, lr_decay=spec.lr_decay,
+                           lr_patience=spec.lr_patience)
     prog = load_checkpoint(out, model, opt, sched, rank=dp.rank, world=dp.world) if resume else None
     if prog is not None:
         log(f"resumed at step {prog.step} (epoch {prog.epoch}, batch {prog.batch_in_epoch})")
-    elif dp.active:
-        torch.manual_seed(spec.seed + dp.rank)  # each rank its own dropout stream (weights: DDP syncs)
+    else:
+        if run.splits.report is not None:  # a new run: say what its data became
+            log(run.splits.report.summary())
+        if dp.active:
+            torch.manual_seed(spec.seed + dp.rank)  # each rank its own dropout stream (weights: DDP syncs)
     prog = prog or Progress()
+    if prog.stopped and _budget_left(prog, spec):
+        log(f"continuing: the run had stopped ({prog.stopped}), but the budget now allows more")
+        prog.stopped = ""
     if not prog.stopped:
         _loop(run, model, opt, sched, prog, dp)
     return _finish(run, prog, log, dp)
+
+
+def _budget_left(prog: Progress, spec: TrainSpec) -> bool:
+    """Whether a finished run's reason to stop still holds after --resume changed its budget
+    (train.max_steps, max_epochs, patience: RESUMABLE keys); without this, raising
+    train.max_steps on a finished run would only rescore it."""
+    if prog.stopped == "max_steps":
+        return prog.step < spec.max_steps
+    if prog.stopped == "max_epochs":
+        return prog.epoch < spec.max_epochs
+    if prog.stopped == "early_stopping":
+        return spec.patience == 0 or prog.bad_evals < spec.patience
+    return prog.stopped == "time_limit"  # the clock is per process: a resume gets a new one
 
 
 def _open(cfg: RunConfig | None, out: Path, resume: bool, dp: DataParallel) -> Run:
@@ -96,8 +117,8 @@ def _open(cfg: RunConfig | None, out: Path, resume: bool, dp: DataParallel) -> R
     return run if run is not None else open_run(out)
 
 
-def _loop(run: Run, model: Seq2Seq, opt: torch.optim.Optimizer,
-          sched: torch.optim.lr_scheduler.ReduceLROnPlateau, prog: Progress, dp: DataParallel) -> None:
+def _loop(run: Run, model: TranslationModel, opt: torch.optim.Optimizer, sched: Scheduler,
+          prog: Progress, dp: DataParallel) -> None:
     spec, codec = run.cfg.train, run.codec
     data = encode_pairs(run.splits.train, codec.src_tok, codec.tgt_tok, codec.src_vocab,
                         codec.tgt_vocab)
@@ -130,6 +151,7 @@ def _loop(run: Run, model: Seq2Seq, opt: torch.optim.Optimizer,
                 loss = dp.sum(loss.detach() if weighted else loss.detach() * 0)  # the global batch's
                 nn.utils.clip_grad_norm_(model.parameters(), spec.clip)
                 opt.step()
+                after_step(sched)  # noam: the next step's rate
                 prog.step += 1
                 prog.batch_in_epoch += 1
                 loss_value = loss.detach().item()
@@ -155,9 +177,8 @@ def _target_tokens(data: Encoded, index: list[int]) -> int:
     return sum(len(data.tgt[i]) + 1 for i in index)
 
 
-def _after_step(run: Run, model: Seq2Seq, opt: torch.optim.Optimizer,
-                sched: torch.optim.lr_scheduler.ReduceLROnPlateau, prog: Progress,
-                started: float, dp: DataParallel) -> None:
+def _after_step(run: Run, model: TranslationModel, opt: torch.optim.Optimizer, sched: Scheduler,
+                prog: Progress, started: float, dp: DataParallel) -> None:
     spec = run.cfg.train
     if prog.step >= spec.max_steps:
         prog.stopped = "max_steps"
@@ -173,9 +194,8 @@ def _after_step(run: Run, model: Seq2Seq, opt: torch.optim.Optimizer,
         dp.barrier()  # a rank killed after this step resumes from this checkpoint
 
 
-def _validate(run: Run, model: Seq2Seq, opt: torch.optim.Optimizer,
-              sched: torch.optim.lr_scheduler.ReduceLROnPlateau, prog: Progress,
-              dp: DataParallel) -> None:
+def _validate(run: Run, model: TranslationModel, opt: torch.optim.Optimizer, sched: Scheduler,
+              prog: Progress, dp: DataParallel) -> None:
     spec = run.cfg.train
     metrics: dict = {"bleu": None, "chrf": None, "exact": None}
     if dp.main:  # the weights are the same everywhere: one rank scores, all decide alike
@@ -197,7 +217,7 @@ def _validate(run: Run, model: Seq2Seq, opt: torch.optim.Optimizer,
             model.save(run.folder)
         return
     score = bleu + chrf / 1000  # BLEU, ties (e.g. no 4-grams at all: BLEU 0) broken by chrF
-    sched.step(score)
+    after_validation(sched, score)  # plateau: decay the rate when BLEU stalls
     if score > prog.best_score:
         prog.best_score, prog.best_bleu, prog.best_step, prog.bad_evals = score, bleu, prog.step, 0
         if dp.main:
@@ -214,7 +234,7 @@ def _finish(run: Run, prog: Progress, log: Log, dp: DataParallel) -> TrainResult
     if not dp.main:
         dp.barrier()  # rank 0 writes results.json
         return TrainResult(run.folder, prog, read_json(run.folder / "results.json", "results"))
-    best = Seq2Seq.load(run.folder)
+    best = load_translator(run.folder)
     spec, data = run.cfg.train, run.cfg.data
     res = evaluate_pairs(best, run.splits.test, run.codec, batch_size=spec.eval_batch_size,
                          ratio=spec.max_len_ratio, edges=data.buckets)
@@ -225,6 +245,7 @@ def _finish(run: Run, prog: Progress, log: Log, dp: DataParallel) -> TrainResult
         "train_seconds": round(prog.train_seconds, 2),
         "tokens_per_second": round(prog.train_tokens / max(prog.train_seconds, 1e-9), 1),
         "history": prog.history, "threads": torch.get_num_threads(),
+        "data": None if run.splits.report is None else run.splits.report.to_dict(),
         "config": run.cfg.to_dict(),
     }
     write_json(run.folder / "results.json", results)

@@ -3,6 +3,7 @@
     run.json              format tag + the full RunConfig (vocabulary sizes included)
     data/{train,valid,test}.tsv   the exact splits (target<TAB>source), so resuming or
                           evaluating never depends on regenerating a corpus
+    data/report.json      where the pairs came from and what was dropped (DataReport)
     codec.json, src_vocab.json, tgt_vocab.json   tokenisation + vocabularies
     model.json, model.safetensors                the best model so far (by valid BLEU)
     checkpoint/           see :mod:`attnlab.training.checkpoint`
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from attnlab.data.io import FormatError, read_json, write_json
+from attnlab.data.report import DataReport
 from attnlab.data.splits import Splits, build_splits
 from attnlab.data.tokenize import Tokenizer
 from attnlab.data.tsv import Pair, load_tsv, write_tsv
@@ -91,6 +93,8 @@ def create_run(cfg: RunConfig, folder: str | os.PathLike[str]) -> Run:
     (folder / "data").mkdir(parents=True, exist_ok=True)
     for name in SPLITS:
         write_tsv(folder / "data" / f"{name}.tsv", getattr(splits, name))
+    if splits.report is not None:
+        write_json(folder / "data" / "report.json", splits.report.to_dict())
     save_codec(folder, codec)
     write_json(folder / "run.json", {"format": RUN_FORMAT, "config": cfg.to_dict()})
     return Run(folder, cfg, splits, codec)
@@ -125,8 +129,14 @@ def open_run(folder: str | os.PathLike[str], cfg: RunConfig | None = None) -> Ru
                 section, name = key.split(".")
                 saved = set_value(saved, key, getattr(getattr(cfg, section), name), "--resume")
         write_json(folder / "run.json", {"format": RUN_FORMAT, "config": saved.to_dict()})
-    splits = Splits(*(_load_split(folder, name) for name in SPLITS))
+    train, valid, test = (_load_split(folder, name) for name in SPLITS)
+    splits = Splits(train, valid, test, report=_load_report(folder))
     return Run(folder, saved, splits, load_codec(folder))
+
+
+def _load_report(folder: Path) -> DataReport | None:
+    path = folder / "data" / "report.json"  # absent in runs made before it existed
+    return DataReport.from_dict(read_json(path, "data report")) if path.is_file() else None
 
 
 def _load_split(folder: Path, name: str) -> list[Pair]:
@@ -139,5 +149,7 @@ def _load_split(folder: Path, name: str) -> list[Pair]:
 def config_differences(a: RunConfig, b: RunConfig) -> list[str]:
     """Keys (``section.name``) whose values differ, vocabulary sizes (set from data) aside."""
     da, db = a.to_dict(), b.to_dict()
+    if da["model"]["arch"] != db["model"]["arch"]:  # other architecture: other model keys
+        da["model"], db["model"] = {"arch": da["model"]["arch"]}, {"arch": db["model"]["arch"]}
     return [f"{s}.{k}" for s in da for k in da[s]
             if da[s][k] != db[s][k] and not k.endswith("vocab_size")]

@@ -14,12 +14,13 @@ search makes exactly the greedy choices (a test checks it).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from attnlab.data.vocab import BOS_ID, EOS_ID, PAD_ID
-from attnlab.models.seq2seq.model import Seq2Seq
+from attnlab.models.translation import TranslationModel
 
 
 @dataclass
@@ -37,11 +38,13 @@ def max_lengths(src_lengths: Tensor, ratio: float = 2.0, extra: int = 10) -> Ten
 
 
 @torch.no_grad()
-def greedy(model: Seq2Seq, src: Tensor, src_lengths: Tensor, max_len: Tensor) -> list[Hypothesis]:
-    """src (B, Ls), src_lengths (B,), max_len (B,): argmax at every step."""
+def greedy(model: TranslationModel, src: Tensor, src_lengths: Tensor, max_len: Tensor, *,
+           cache: bool = True) -> list[Hypothesis]:
+    """src (B, Ls), src_lengths (B,), max_len (B,): argmax at every step. ``cache=False``:
+    a Transformer recomputes the whole prefix at every step (the reference for its KV cache)."""
     model.eval()
     memory = model.encode(src, src_lengths)
-    state = model.init_state(memory)
+    state = _init_state(model, memory, cache)
     bsz = src.shape[0]
     y = torch.full((bsz,), BOS_ID, dtype=torch.long)
     done = torch.zeros(bsz, dtype=torch.bool)
@@ -71,6 +74,11 @@ def greedy(model: Seq2Seq, src: Tensor, src_lengths: Tensor, max_len: Tensor) ->
             for b in range(bsz)]
 
 
+def _init_state(model: TranslationModel, memory: Any, cache: bool) -> Any:
+    # asked only when off, so that any object with init_state(memory) can be searched
+    return model.init_state(memory) if cache else model.init_state(memory, cache=False)
+
+
 def _hypothesis(toks: Tensor, score: float, w: Tensor | None, c: Tensor | None, b: int,
                 src_len: int) -> Hypothesis:
     ids = toks.tolist()
@@ -83,8 +91,8 @@ def _hypothesis(toks: Tensor, score: float, w: Tensor | None, c: Tensor | None, 
 
 
 @torch.no_grad()
-def beam_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, max_len: Tensor,
-                beam: int = 5, alpha: float = 1.0) -> list[Hypothesis]:
+def beam_search(model: TranslationModel, src: Tensor, src_lengths: Tensor, max_len: Tensor,
+                beam: int = 5, alpha: float = 1.0, *, cache: bool = True) -> list[Hypothesis]:
     """Batched beam search: (B sentences × ``beam`` hypotheses) decoded together."""
     if beam < 1:
         raise ValueError(f"beam: expected >= 1, got {beam}")
@@ -92,7 +100,7 @@ def beam_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, max_len: Tenso
     bsz, k = src.shape[0], beam
     flat = torch.arange(bsz).repeat_interleave(k)  # (B·K,): sentence of each hypothesis
     memory = model.encode(src, src_lengths)
-    state = model.init_state(memory).index_select(flat)
+    state = _init_state(model, memory, cache).index_select(flat)
     memory = memory.index_select(flat)
     vocab = model.cfg.tgt_vocab_size
     if k > vocab:
@@ -146,9 +154,9 @@ def beam_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, max_len: Tenso
     return out_h
 
 
-def decode(model: Seq2Seq, src: Tensor, src_lengths: Tensor, *, beam: int = 1,
-           alpha: float = 1.0, ratio: float = 2.0) -> list[Hypothesis]:
+def decode(model: TranslationModel, src: Tensor, src_lengths: Tensor, *, beam: int = 1,
+           alpha: float = 1.0, ratio: float = 2.0, cache: bool = True) -> list[Hypothesis]:
     limit = max_lengths(src_lengths, ratio)
     if beam == 1:
-        return greedy(model, src, src_lengths, limit)
-    return beam_search(model, src, src_lengths, limit, beam, alpha)
+        return greedy(model, src, src_lengths, limit, cache=cache)
+    return beam_search(model, src, src_lengths, limit, beam, alpha, cache=cache)
