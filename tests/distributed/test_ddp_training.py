@@ -51,6 +51,7 @@ def test_killed_two_rank_run_resumes_bit_identical(tmp_path):
     args = (*ARGS[:-2], "--json")  # with dropout: each rank's random stream must resume too
     r = _run(tmp_path, *args, "--out", str(ref), ranks=2)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count('"tokens_per_second"') == 1  # rank 0 reports for the job, once
     r = _run(tmp_path, *args, "--out", str(run), ranks=2, env={FAULT_ENV: "step:25"})
     assert r.returncode != 0  # both ranks SIGKILLed at step 25: the step-20 checkpoint stands
     r = _run(tmp_path, *args, "--out", str(run), "--resume", ranks=2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -68,6 +69,8 @@ def train_cmd(
                        f"--resume --out {out}", markup=False, soft_wrap=True)
             raise typer.Exit(code=130) from None
     r = result.results
+    if int(os.environ.get("RANK", "0")) > 0:
+        return  # under torchrun, rank 0 reports for the job (the others trained in step with it)
     if as_json:
         print_json({"out": str(out), **{k: v for k, v in r.items() if k != "config"}})
         return
