@@ -53,7 +53,24 @@ def weights_for(q: Tensor, k: Tensor, lse: Tensor, *, rows: Selection = None, he
     r, h = _select("rows", rows, Lq), _select("heads", heads, H)
     nm = normalize_mask(mask, qkv.shape, dtype=qkv.q.dtype, device=qkv.q.device)
     w = weights_rows(qkv.q, qkv.k, lse.reshape(B, H, Lq), nm, score_mod, s, r, h)
+    _check_normalised(w, lse.reshape(B, H, Lq)[:, h][:, :, r], r, h)
     return w.reshape(w.shape[4 - q.ndim:]) if q.ndim < 4 else w
+
+
+def _check_normalised(w: Tensor, lse: Tensor, r: Tensor, h: Tensor) -> None:
+    """Rows recomputed from an lse sum to 1 only with the mask, score_mod and scale of the call
+    that made it; anything else would silently give wrong weights, so it is an error."""
+    sums = w.double().sum(-1)  # (B, h, r)
+    # half weights carry ~0.4% rounding each (and a float32 lse near 8000 is spaced 1e-3): a
+    # mismatched mask or scale moves the sums far more (tests: 7.2 for a causal lse, no mask)
+    tol = 0.02 if w.dtype in (torch.float16, torch.bfloat16) else 1e-3
+    bad = torch.isfinite(lse) & ((sums - 1).abs() > tol)
+    if bool(bad.any()):
+        b, hi, ri = (int(x) for x in bad.nonzero()[0])
+        raise ValueError(
+            f"lse: the weights recomputed from it sum to {float(sums[b, hi, ri]):.4g}, not 1 (batch {b}, "
+            f"head {int(h[hi])}, row {int(r[ri])}): pass the same mask, score_mod and scale as the "
+            f"attention call that returned this lse")
 
 
 def weights_rows(q: Tensor, k: Tensor, lse: Tensor, nm: NormalizedMask, score_mod: ScoreMod | None,

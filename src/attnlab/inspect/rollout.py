@@ -11,7 +11,7 @@ common variants (Chefer et al. 2021 discuss them).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -19,8 +19,18 @@ from torch import Tensor
 Fusion = Literal["mean", "max", "min"]
 
 
+def as_weights(weights: object) -> Tensor:
+    """The (L, H, T, T) weights of a tensor or of what ``capture`` returns (its ``.weights``)."""
+    w = getattr(weights, "weights", weights)
+    if not isinstance(w, Tensor):
+        raise TypeError(f"weights: expected a (layers, heads, T, T) tensor or a captured "
+                        f"AttentionCache (attnlab.inspect.capture), got {type(weights).__name__}")
+    return w
+
+
 def fuse_heads(weights: Tensor, fusion: Fusion = "mean") -> Tensor:
     """(L, H, T, T) -> (L, T, T)."""
+    weights = as_weights(weights)
     if weights.ndim != 4 or weights.shape[-1] != weights.shape[-2]:
         raise ValueError(f"weights: expected (layers, heads, T, T) self-attention, "
                          f"got {tuple(weights.shape)}")
@@ -37,15 +47,16 @@ def residual_attention(weights: Tensor, fusion: Fusion = "mean", residual: float
     """``Â_l = (1 − r)·A_l + r·I``, rows re-normalised: (L, T, T) from (L, H, T, T)."""
     if not 0.0 <= residual <= 1.0:
         raise ValueError(f"residual: expected a weight in [0, 1], got {residual}")
-    a = fuse_heads(weights.double(), fusion)  # (L, T, T); float64: products of many layers
+    a = fuse_heads(as_weights(weights).double(), fusion)  # (L, T, T); float64: products of many layers
     eye = torch.eye(a.shape[-1], dtype=a.dtype)
     a = (1.0 - residual) * a + residual * eye
     return a / a.sum(dim=-1, keepdim=True)
 
 
-def rollout(weights: Tensor, *, fusion: Fusion = "mean", residual: float = 0.5,
+def rollout(weights: Tensor | Any, *, fusion: Fusion = "mean", residual: float = 0.5,
             upto: int | None = None) -> Tensor:
-    """Rollout through layers ``0..upto`` (default all): (T, T), rows sum to 1, float64."""
+    """Rollout through layers ``0..upto`` (default all): (T, T), rows sum to 1, float64.
+    ``weights``: (L, H, T, T), or the AttentionCache ``capture(lm, text)`` returns."""
     a = residual_attention(weights, fusion, residual)  # (L, T, T)
     n = a.shape[0] if upto is None else upto + 1
     if not 1 <= n <= a.shape[0]:

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from attnlab.backends.registry import get_backend
 from attnlab.models.common import TransformerOutput
 from attnlab.models.decoder import DECODER_TYPES, Decoder, DecoderConfig
 from attnlab.models.encoder import ENCODER_TYPES, Encoder, EncoderConfig
@@ -109,9 +110,15 @@ class LoadedModel:
         return ids, mask, types
 
     @torch.no_grad()
-    def forward(self, encs: Encoded | Sequence[Encoded], *, need_weights: bool = True, mask: object = None,
-                score_mods: Any = None, backend: str = "auto") -> TransformerOutput:
-        """Run the model on one or more tokenised texts (padded to a batch)."""
+    def forward(self, encs: Encoded | Sequence[Encoded], *, need_weights: bool | None = None,
+                mask: object = None, score_mods: Any = None, backend: str = "auto") -> TransformerOutput:
+        """Run the model on one or more tokenised texts (padded to a batch).
+
+        ``need_weights`` None (default): the attention weights when the backend returns them
+        (auto, eager), none with sdpa / tiled, so ``forward(enc, backend="sdpa")`` just runs;
+        True with a backend that cannot return them is an error saying so."""
+        if need_weights is None:
+            need_weights = backend == "auto" or get_backend(backend).capabilities.returns_weights
         batch = [encs] if isinstance(encs, Encoded) else list(encs)
         ids, am, types = self.batch(batch)
         kw: dict[str, Any] = {"need_weights": need_weights, "mask": mask, "score_mods": score_mods,

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from attnlab.backends.dispatch import attention
 from attnlab.functional.attention import ScoreMod
 from attnlab.functional.checks import expect_positive_int, expect_probability, expect_tensor
+from attnlab.functional.masks import Mask
 from attnlab.functional.positional import apply_rotary
 from attnlab.modules.hooks import HookPoint
 
@@ -28,6 +29,17 @@ class MultiHeadOutput:
 
     def __iter__(self):  # `out, weights = mha(x)` like nn.MultiheadAttention
         return iter((self.output, self.weights))
+
+
+def _check_cache_mask(mask: object, past: int, new: int) -> None:
+    """With cached keys, queries are the newest positions: a top-left aligned mask would hide
+    the past from them (query 0 would see key 0 only), silently. PyTorch's is_causal has the same
+    trap; Hugging Face builds its masks from the cache position. Refused here."""
+    if past and isinstance(mask, Mask) and getattr(mask.pattern, "align", None) == "top-left" and new:
+        raise ValueError(
+            f"mask: {mask.name} is aligned top-left, but {past} cached key(s) precede the {new} new "
+            f"queries, so they would not see the past; use align='bottom-right' (e.g. "
+            f"masks.causal(align='bottom-right'), masks.sliding_window(W, 0, align='bottom-right'))")
 
 
 class KVCache:
@@ -174,6 +186,7 @@ class MultiHeadAttention(nn.Module):
         if rotary is not None:
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         if cache is not None:
+            _check_cache_mask(mask, len(cache), q.shape[2])  # before the cache changes
             k, v = cache.update(k, v)  # (B, Hkv, L_past + Lk, Dh)
         return self._attend(q, k, v, mask, score_mod, need_weights, backend)
 
