@@ -59,7 +59,7 @@ def test_plot_mask_bottom_right_and_text(app) -> None:
         (["--mask", "bogus"], "--mask: expected a term like causal"),
         (["--mask", "window:x,1"], "--mask: bad term 'window:x,1'"),
         (["--png", "m.jpg"], "--png: expected a file name ending in .png"),
-        (["--q-len", "0"], "q_len: expected a positive int"),
+        (["--q-len", "0"], "--q-len: expected 1..512 positions to draw, got 0"),  # names the option
     ],
 )
 def test_plot_mask_errors(app, args, message) -> None:

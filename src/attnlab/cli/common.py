@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -44,6 +45,13 @@ def parse_json_option(name: str, text: str | None) -> Any:
     except json.JSONDecodeError as e:
         raise ValueError(f"{name}: expected JSON (e.g. [[1, 0], [0, 1]]), got {text!r}: {e.msg}") from None
 
+
+
+def split_tokens(text: str | None) -> list[str] | None:
+    """Token labels as every command takes them: separated by commas and/or whitespace."""
+    if not text:
+        return None
+    return [t for t in re.split(r"[,\s]+", text.strip()) if t]
 
 
 def load_lm(model: str | Path | None, *, small: bool = True):

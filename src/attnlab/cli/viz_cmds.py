@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
-from attnlab.cli.common import console, print_json, user_errors
+from attnlab.cli.common import console, print_json, split_tokens, user_errors
 
 if TYPE_CHECKING:
     from attnlab.functional.masks import Align
@@ -78,13 +78,16 @@ def _written(png: Path | None, svg: Path | None) -> list[Path]:
     return [p for p in (png, svg) if p is not None]
 
 
+MAX_DRAWN = 512  # positions per axis plot-mask draws: 512 x 512 cells is a readable picture
+
+
 def plot_mask_command(
     mask: Annotated[str, typer.Option("--mask", help=MASK_HELP)] = "causal",
     q_len: Annotated[int, typer.Option("--q-len", help="number of queries")] = 8,
     kv_len: Annotated[int | None, typer.Option("--kv-len", help="number of keys "
                                                "(default: q-len)")] = None,
-    tokens: Annotated[str | None, typer.Option("--tokens", help="space-separated labels "
-                                               "for the positions")] = None,
+    tokens: Annotated[str | None, typer.Option("--tokens", help="labels for the key positions, "
+                                               "comma- or space-separated")] = None,
     png: PngOpt = None,
     svg: SvgOpt = None,
     as_json: JsonOpt = False,
@@ -95,9 +98,17 @@ def plot_mask_command(
         from attnlab.viz import mask_plot
 
         kv = q_len if kv_len is None else kv_len
+        for name, n in (("--q-len", q_len), ("--kv-len", kv)):
+            if n < 1 or n > MAX_DRAWN:
+                raise ValueError(
+                    f"{name}: expected 1..{MAX_DRAWN} positions to draw, got {n}; a mask is the same "
+                    f"function at any length, so draw a window of it (--q-len/--kv-len <= {MAX_DRAWN}), "
+                    f"or count its allowed pairs at full length with attnlab.backends.count_allowed")
         m = parse_mask(mask)
         dense = materialize(m, q_len, kv)[0, 0].numpy()  # (Lq, Lk) bool
-        labels = tokens.split() if tokens else None
+        labels = split_tokens(tokens)
+        if labels is not None and len(labels) != kv:
+            raise ValueError(f"--tokens: expected {kv} labels (one per key position), got {len(labels)}")
         q_labels = k_labels = labels
         if labels is not None and q_len != kv:
             # Bottom-right alignment: the queries are the last q_len of the kv_len positions.

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from attnlab.cli.common import console, parse_json_option, print_json, user_errors
+from attnlab.cli.common import console, parse_json_option, print_json, split_tokens, user_errors
 from attnlab.explain.examples import EXAMPLES
 from attnlab.explain.render import print_walkthrough, render_perturbation
 from attnlab.explain.walkthrough import perturb, walk, walk_example
@@ -31,7 +31,8 @@ def walk_command(
     v: Annotated[str | None, typer.Option("--v", help="values as JSON (default: k)")] = None,
     file: Annotated[Path | None,
                     typer.Option(help='JSON file {"q":..,"k":..,"v":..,"tokens":..}')] = None,
-    tokens: Annotated[str | None, typer.Option(help="comma-separated token labels")] = None,
+    tokens: Annotated[str | None, typer.Option(help="token labels, comma- or space-separated: one per "
+                                                    "key (and per query when q = k)")] = None,
     scale: Annotated[bool | None, typer.Option("--scale/--no-scale",
                                                help="divide by sqrt(d) (default: as the example)")] = None,
     focus: Annotated[str | None, typer.Option(help="query token whose arithmetic is spelled out")] = None,
@@ -52,9 +53,8 @@ def walk_command(
             qm = parse_json_option("--q", q) if q else data.get("q")
             km = parse_json_option("--k", k) if k else data.get("k", qm)
             vm = parse_json_option("--v", v) if v else data.get("v", km)
-            labels = tokens.split(",") if tokens else data.get("tokens")
-            kl = labels if labels and qm is not None and len(labels) == len(km or []) else None
-            ql = labels if labels and qm is not None and len(labels) == len(qm) else None
+            labels = split_tokens(tokens) if tokens else data.get("tokens")
+            ql, kl = _labels(labels, qm, km)
             w = walk(qm, km, vm, scale=True if scale is None else scale, q_tokens=ql, k_tokens=kl)
         else:
             name = example or "cat-sat"
@@ -83,3 +83,22 @@ def walk_command(
 
 def register(app: typer.Typer) -> None:
     app.command("walk")(walk_command)
+
+
+def _labels(labels: object, qm: object, km: object) -> tuple[list[str] | None, list[str] | None]:
+    """(query labels, key labels) from one --tokens list: it names the keys, and the queries too
+    when there are as many; any other count is an error (it used to be dropped silently)."""
+    if not labels:
+        return None, None
+    if not isinstance(labels, list):
+        raise ValueError(f"--tokens: expected a list of labels, got {type(labels).__name__}")
+    n_q = len(qm) if isinstance(qm, list) else None
+    n_k = len(km) if isinstance(km, list) else None
+    names = [str(t) for t in labels]
+    if n_k is not None and len(names) == n_k:
+        return (names if n_q == n_k else None), names
+    if n_q is not None and len(names) == n_q:
+        return names, None
+    want = f"{n_k} labels (one per row of --q and --k)" if n_q == n_k else \
+        f"{n_k} labels (one per key row of --k) or {n_q} (one per query row of --q)"
+    raise ValueError(f"--tokens: expected {want}, got {len(names)}: {names}")

@@ -93,6 +93,10 @@ def walk(q: object, k: object, v: object | None = None, *, scale: float | bool =
     raw = qt @ kt.T  # (Lq, Lk)
     out = attention(qt, kt, vt, scale=s, return_weights=True, backend="eager")
     assert out.weights is not None
+    for what, t in (("the scores q·kᵀ", raw * s), ("the weights", out.weights), ("the context", out.context)):
+        if not bool(torch.isfinite(t).all()):  # float64 overflow: 1e308 · 1e308, say
+            raise ValueError(f"q/k/v: {what} overflow float64 (largest finite 1.8e308); use smaller "
+                             f"numbers")
     return Walkthrough(
         q_tokens=list(qn), k_tokens=list(kn), q=qt.tolist(), k=kt.tolist(), v=vt.tolist(),
         raw_scores=raw.tolist(), scale=s, scores=(raw * s).tolist(),
