@@ -4,9 +4,21 @@ from __future__ import annotations
 
 import ast
 import json
+from dataclasses import FrozenInstanceError, replace
 from pathlib import Path
 
-from attnlab.inspect.inspect_report import FocusedHead, InspectReport, LayerTop, TokenWeight
+import pytest
+
+from attnlab.inspect.inspect_report import (
+    BackendCheck,
+    Focus,
+    FocusedHead,
+    HeadWeights,
+    InspectReport,
+    LayerTop,
+    ModelInfo,
+    TokenWeight,
+)
 from attnlab.inspect.report import inspect_text
 from attnlab.models.loading import load_model
 
@@ -35,3 +47,37 @@ def test_the_cli_reads_no_report_by_string_keys():
                    and isinstance(n.slice, ast.Constant) and isinstance(n.slice.value, str))
     # only the patching module's next-token dict is still a dict (25 string keys before)
     assert keyed == ["nt['after']", "nt['before']"], keyed
+
+
+def _small_report() -> InspectReport:
+    model = ModelInfo("m", "/m", "bert", "encoder", "attnlab", 1, 1, 8, [])
+    return InspectReport(model, "a b", ["a", "b"], [False, False], False, 2, [1, 1, 1, 2, 2])
+
+
+def test_the_report_is_frozen_and_parts_are_added_with_replace():
+    rep = _small_report()
+    with pytest.raises(FrozenInstanceError):
+        rep.html = "x.html"  # type: ignore[misc]
+    full = replace(rep, backend_check=BackendCheck("sdpa", 0.0), focus=Focus("b", 1),
+                   top_attended=[LayerTop(0, [TokenWeight("a", 0.5, 0)], [[TokenWeight("a", 0.5, 0)]])],
+                   rollout=[TokenWeight("a", 0.75, 0)], flow=[TokenWeight("a", 0.25, 0)],
+                   head=HeadWeights(0, 0, [[1.0, 0.0], [0.5, 0.5]]), html="p.html", png="p.png",
+                   export="e.json")
+    assert list(rep.to_dict()) == ["model", "text", "tokens", "special", "truncated", "total_tokens", "shape"]
+    d = full.to_dict()
+    assert list(d) == ["model", "text", "tokens", "special", "truncated", "total_tokens", "shape",
+                       "backend_check", "focus", "top_attended", "focused_heads", "rollout", "flow", "head",
+                       "html", "png", "export"]
+    assert d["backend_check"] == {"backend": "sdpa", "max_abs_diff_vs_eager": 0.0}
+    assert d["focus"] == {"token": "b", "position": 1}
+    assert d["top_attended"][0]["heads"] == [[{"position": 0, "token": "a", "weight": 0.5}]]
+    assert d["flow"] == [{"position": 0, "token": "a", "weight": 0.25}]
+    assert d["head"] == {"layer": 0, "head": 0, "weights": [[1.0, 0.0], [0.5, 0.5]]}
+    assert "html" not in rep.to_dict()  # replace left the original as it was
+
+
+def test_without_a_focus_the_focus_parts_are_left_out():
+    lm = load_model(None)
+    rep = inspect_text(lm, "a cat sat on the mat").report
+    assert rep.focus is None and rep.top_attended == [] and rep.flow is None
+    assert list(rep.to_dict()) == ["model", "text", "tokens", "special", "truncated", "total_tokens", "shape"]

@@ -57,6 +57,10 @@ class AttentionCall:
         return self.training and self.dropout_p > 0
 
 
+# The backend ``auto`` gives the calls no backend prefers: the reference, which serves every call.
+AUTO_FALLBACK = "eager"
+
+
 def _always(call: AttentionCall) -> bool:
     return True
 
@@ -136,7 +140,7 @@ def explain_auto() -> str:
     caps = list(Capabilities().__dict__)
     lines = ['How backend="auto" chooses (`attnlab backends --explain`): backends are tried in '
              "auto_rank order; the first that can serve the call and prefers it runs it, and "
-             "eager (the reference) takes what none prefers."]
+             f"{AUTO_FALLBACK} (the reference) takes what none prefers."]
     for i, b in enumerate(sorted(_REGISTRY.values(), key=lambda b: b.auto_rank), start=1):
         lacks = [c.replace("_", " ") for c in caps if not getattr(b.capabilities, c)]
         cannot = f"cannot: {', '.join(lacks)}" if lacks else "serves every call"
@@ -157,5 +161,5 @@ def choose_backend(call: AttentionCall) -> tuple[Backend, str]:
         why = b.unsupported(call)
         if not why and b.prefers(call):
             return b, f"{b.name}: lowest auto_rank ({b.auto_rank}) that serves and prefers this call"
-    eager = get_backend("eager")
-    return eager, "eager: the reference serves every call"
+    fallback = get_backend(AUTO_FALLBACK)
+    return fallback, f"{fallback.name}: the reference serves every call"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -80,12 +81,12 @@ def inspect_command(
         check_head(lm, layer, head)
         res = inspect_text(lm, text, focus=focus, k=top, truncate=truncate, generate_tokens=generate_tokens,
                            flow=flow, backend=backend)
-        rep, cache = res.report, res.cache
+        rep, cache = res.report, res.cache  # rep is frozen: each part asked for is added with replace
         if ablate:
-            rep.ablation = _ablate(lm, cache.encoded, ablate)
+            rep = replace(rep, ablation=_ablate(lm, cache.encoded, ablate))
         if layer is not None and head is not None:
-            rep.head = HeadWeights(layer, head, [[round(float(x), 6) for x in row]
-                                                 for row in cache.head(layer, head)])
+            rep = replace(rep, head=HeadWeights(layer, head, [[round(float(x), 6) for x in row]
+                                                              for row in cache.head(layer, head)]))
         if html is not None:
             from attnlab.inspect.views import inspect_page
 
@@ -94,19 +95,19 @@ def inspect_command(
             heads = [head] if head is not None else ([best.head] if best else None)
             _mkdir(html)
             inspect_page(cache, view=view, layer=lay, heads=heads, path=html)
-            rep.html = str(html)
+            rep = replace(rep, html=str(html))
         if png is not None:
             from attnlab.inspect.views import inspect_png
 
             _mkdir(png)
             inspect_png(cache, png, layer=layer, head=head)
-            rep.png = str(png)
+            rep = replace(rep, png=str(png))
         if export is not None:
             from attnlab.inspect.report import export_attention
 
             _mkdir(export)
             export_attention(cache, export)
-            rep.export = str(export)
+            rep = replace(rep, export=str(export))
     if as_json:
         print_json(rep.to_dict())
         return

@@ -101,8 +101,10 @@ class HeadWeights:
     weights: list[list[float]]
 
 
-@dataclass
+@dataclass(frozen=True)
 class InspectReport:
+    """Built once by ``report.inspect_text``; the CLI adds its parts with ``dataclasses.replace``."""
+
     model: ModelInfo
     text: str
     tokens: list[str]
@@ -117,7 +119,7 @@ class InspectReport:
     focused_heads: list[FocusedHead] = field(default_factory=list)
     rollout: list[TokenWeight] = field(default_factory=list)
     flow: list[TokenWeight] | None = None
-    # added by the CLI when asked for
+    # added by the CLI (dataclasses.replace) when asked for
     ablation: AblationReport | None = None
     head: HeadWeights | None = None
     html: str | None = None

@@ -27,11 +27,10 @@ SEED_TEXT_B = "The animal didn't cross the street because it was too wide"
 SEED_FOCUS = "it"
 
 
-@dataclass
+@dataclass(frozen=True)
 class InspectResult:
     cache: AttentionCache
-    report: InspectReport
-    focus: int | None
+    report: InspectReport  # its focus.position is the focus token's index
 
 
 def check_head(lm: LoadedModel, layer: int | None, head: int | None) -> None:
@@ -70,32 +69,43 @@ def inspect_text(lm: LoadedModel, text: str | None = None, *, focus: str | None 
     else:
         cache = capture(lm, text, truncate=truncate, keep_hidden=True)
     enc = cache.encoded
-    report = InspectReport(ModelInfo.from_dict(lm.describe()), text, enc.labels, enc.special,
-                           enc.truncated, enc.total_tokens, list(cache.weights.shape), generated)
-    if backend != "auto":
-        if cache.hidden_states is None:
-            raise ValueError("--backend: expected a plain forward pass, not --generate")
-        # Weights come from the eager kernel (the only one that returns them); the chosen
-        # backend runs the same pretrained model and must give the same hidden states.
-        out = lm.forward(enc, need_weights=False, backend=backend)
-        diff = float((out.last_hidden_state[0] - cache.hidden_states[-1]).abs().max())
-        report.backend_check = BackendCheck(backend, diff)
-    pos = None
-    if focus is not None:
-        pos = find_token(enc, focus)
-        report.focus = Focus(enc.labels[pos], pos)
-        report.top_attended = [
-            LayerTop(lay["layer"], token_weights(lay["mean"]), [token_weights(h) for h in lay["heads"]])
-            for lay in top_attended_dict(top_attended(cache, pos, k))["layers"]]
-        report.focused_heads = [FocusedHead(**h) for h in focused_heads(cache, pos, n=5)]
-        report.rollout = token_weights(_rollout_top(cache, pos, k + 2))
+    check = None if backend == "auto" else _backend_check(lm, cache, backend)
+    pos = None if focus is None else find_token(enc, focus)
+    # The focus parts stay empty (and out of to_dict) without a focus token.
+    tops: list[LayerTop] = []
+    heads: list[FocusedHead] = []
+    roll: list[TokenWeight] = []
+    flow_top: list[TokenWeight] | None = None
+    if pos is not None:
+        tops = [LayerTop(lay["layer"], token_weights(lay["mean"]), [token_weights(h) for h in lay["heads"]])
+                for lay in top_attended_dict(top_attended(cache, pos, k))["layers"]]
+        heads = [FocusedHead(**h) for h in focused_heads(cache, pos, n=5)]
+        roll = token_weights(_rollout_top(cache, pos, k + 2))
         if flow:
-            from attnlab.inspect.flow import attention_flow
+            flow_top = _flow_top(cache, pos, k + 2)
+    report = InspectReport(ModelInfo.from_dict(lm.describe()), text, enc.labels, enc.special,
+                           enc.truncated, enc.total_tokens, list(cache.weights.shape), generated,
+                           backend_check=check, focus=None if pos is None else Focus(enc.labels[pos], pos),
+                           top_attended=tops, focused_heads=heads, rollout=roll, flow=flow_top)
+    return InspectResult(cache, report)
 
-            row = attention_flow(cache.weights, queries=[pos])[0]
-            idx = row.argsort(descending=True)[: k + 2].tolist()
-            report.flow = [TokenWeight(cache.tokens[j], round(float(row[j]), 6), j) for j in idx]
-    return InspectResult(cache, report, pos)
+
+def _backend_check(lm: LoadedModel, cache: AttentionCache, backend: str) -> BackendCheck:
+    if cache.hidden_states is None:
+        raise ValueError("--backend: expected a plain forward pass, not --generate")
+    # Weights come from the eager kernel (the only one that returns them); the chosen
+    # backend runs the same pretrained model and must give the same hidden states.
+    out = lm.forward(cache.encoded, need_weights=False, backend=backend)
+    diff = float((out.last_hidden_state[0] - cache.hidden_states[-1]).abs().max())
+    return BackendCheck(backend, diff)
+
+
+def _flow_top(cache: AttentionCache, focus: int, k: int) -> list[TokenWeight]:
+    from attnlab.inspect.flow import attention_flow
+
+    row = attention_flow(cache.weights, queries=[focus])[0]
+    idx = row.argsort(descending=True)[:k].tolist()
+    return [TokenWeight(cache.tokens[j], round(float(row[j]), 6), j) for j in idx]
 
 
 def head_patterns(cache: AttentionCache) -> list[list[dict[str, Any]]]:
