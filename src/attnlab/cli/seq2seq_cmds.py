@@ -247,5 +247,9 @@ def register(app: typer.Typer) -> None:
     experiment = typer.Typer(help="Experiments that reproduce results from the papers.",
                              no_args_is_help=True)
     experiment.command("bottleneck")(bottleneck_cmd)
+    from attnlab.cli.experiment12_cmds import architectures_cmd, heads_cmd  # light: typer only
+
+    experiment.command("architectures")(architectures_cmd)
+    experiment.command("heads")(heads_cmd)
     experiment.command("induction")(induction_cmd)
     app.add_typer(experiment, name="experiment")

@@ -1,0 +1,80 @@
+"""``attnlab experiment architectures | heads``: Transformer vs RNN translators; head ablation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from attnlab.cli.common import console, err_console, print_json, user_errors
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output on stdout")]
+SetOpt = Annotated[list[str] | None, typer.Option(
+    "--set", help="override a config key for every model, e.g. --set train.seed=2 "
+                  "(a model.* key applies to the models that have it; repeatable)")]
+ThreadsOpt = Annotated[int, typer.Option(
+    "--threads", help="torch threads for training and scoring (0 = min(cores, 2))")]
+QuickOpt = Annotated[bool, typer.Option("--quick", help="tiny sizes: a smoke run in seconds")]
+
+
+def _log(message: str) -> None:
+    err_console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
+def architectures_cmd(
+    out: Annotated[Path, typer.Option("--out", help="experiment folder")] = Path(
+        "runs/architectures"),
+    quick: QuickOpt = False,
+    threads: ThreadsOpt = 0,
+    overrides: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Transformer vs Bahdanau vs Luong (general): BLEU, BLEU by length, tokens/s, steps to 90."""
+    with user_errors(as_json):
+        if threads < 0:
+            raise ValueError(f"--threads: expected >= 0, got {threads}")
+        from attnlab.training.experiment_arch import run_architectures
+
+        res = run_architectures(out, quick=quick, overrides=list(overrides or []),
+                                threads=threads, log=None if as_json else _log)
+    if as_json:
+        print_json({"out": str(out), "summary": res.summary, "rows": res.rows,
+                    "throughput_ratio_transformer_vs_bahdanau": res.throughput_ratio,
+                    "seconds": round(res.seconds, 1)})
+        return
+    console.print((out / "table.md").read_text(encoding="utf-8"), markup=False, soft_wrap=True)
+    console.print(f"wrote {out / 'results.json'}, table.md, bleu_vs_length.png", soft_wrap=True)
+
+
+def heads_cmd(
+    out: Annotated[Path, typer.Option("--out", help="experiment folder")] = Path("runs/heads"),
+    model: Annotated[Path | None, typer.Option(
+        "--model", help="a finished Transformer run folder (default: train one into OUT/model)")
+    ] = None,
+    sentences: Annotated[int, typer.Option(
+        "--sentences", help="test sentences each ablated model translates")] = 300,
+    quick: QuickOpt = False,
+    threads: ThreadsOpt = 0,
+    overrides: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ablate every head of a Transformer translator (BLEU drop), rank heads by importance
+    (Michel et al. 2019) and prune them: BLEU against heads kept."""
+    with user_errors(as_json):
+        if threads < 0:
+            raise ValueError(f"--threads: expected >= 0, got {threads}")
+        if model is not None and (quick or overrides):
+            raise ValueError("--model: a given run is not retrained; drop --quick / --set")
+        from attnlab.training.experiment_heads import run_heads
+
+        res = run_heads(out, model_dir=model, quick=quick, overrides=list(overrides or []),
+                        sentences=sentences, threads=threads, log=None if as_json else _log)
+    if as_json:
+        print_json({"out": str(out), "baseline_bleu": res.baseline_bleu,
+                    "ablation": res.ablation, "pruning": res.pruning,
+                    "seconds": round(res.seconds, 1)})
+        return
+    console.print((out / "table.md").read_text(encoding="utf-8"), markup=False, soft_wrap=True)
+    console.print(f"wrote {out / 'results.json'}, table.md, heads_*.png, pruning.png",
+                  soft_wrap=True)
