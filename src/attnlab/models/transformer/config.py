@@ -7,7 +7,7 @@ Names follow Vaswani et al. 2017 (Table 3): ``d_model``, ``heads`` (h), ``layers
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Self, cast
 
 POSITIONS: tuple[str, ...] = (
     "sinusoidal",  # fixed sin/cos added to the embeddings (§3.5)
@@ -51,8 +51,26 @@ def _from_dict(cls: Any, d: dict[str, Any]) -> Any:
     return cls(**d)
 
 
+class _Shared:
+    """What both Transformer configs share: the head width and the dict round trip."""
+
+    d_model: int
+    heads: int
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.heads
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]  # subclasses are dataclasses
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Self:
+        return cast(Self, _from_dict(cls, d))
+
+
 @dataclass
-class TransformerConfig:
+class TransformerConfig(_Shared):
     """The encoder-decoder (Vaswani et al. 2017, Fig. 1)."""
 
     src_vocab_size: int = 0  # filled in from the data's vocabulary
@@ -77,20 +95,10 @@ class TransformerConfig:
                 raise ValueError(f"model.{name}: expected >= 5 (4 specials + tokens), "
                                  f"got {getattr(self, name)}")
 
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.heads
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TransformerConfig:
-        return _from_dict(cls, d)
 
 
 @dataclass
-class LMConfig:
+class LMConfig(_Shared):
     """A decoder-only language model: the Transformer's decoder without cross-attention."""
 
     vocab_size: int
@@ -113,13 +121,3 @@ class LMConfig:
         if self.vocab_size < 1:
             raise ValueError(f"model.vocab_size: expected >= 1, got {self.vocab_size}")
 
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.heads
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> LMConfig:
-        return _from_dict(cls, d)
