@@ -37,9 +37,9 @@ browser:
 	      || echo "note: could not install chromium; browser tests will skip"; \
 	  else echo "note: no chromium and no apt-get as root; browser tests will skip"; fi; }
 
-# The seeds' tour on the embedded models. all-MiniLM-L6-v2: where does "it" look when the animal
+# A tour of two classic attention questions on the embedded models. all-MiniLM-L6-v2: where does "it" look when the animal
 # is tired vs when the street is wide? SmolLM2-135M-Instruct: do the words "Make it secure." added
-# to the seed's prompt steer the answer through attention (topic mass, attention share, knockout)?
+# to the blog post's login-form prompt steer the answer through attention (topic mass, attention share, knockout)?
 # Pictures and offline pages land in out/.
 SENT := The animal didn't cross the street because it was too
 run: $(STAMP_RUN)

@@ -108,7 +108,7 @@ def report(results: dict[str, dict[str, list[float]]], runs: int) -> str:
     lines = [
         "# Cold start: `attnlab inspect` vs transformers AutoModel",
         "",
-        "New process to first result on the default model (all-MiniLM-L6-v2, the seeds' sentence,",
+        "New process to first result on the default model (all-MiniLM-L6-v2, the \"it\" sentence,",
         "per-head attention weights, where \"it\" looks). Same machine, runs alternating.",
         "",
         "Command: `.venv/bin/python benchmarks/cold_start.py --runs "

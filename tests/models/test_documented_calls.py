@@ -27,6 +27,8 @@ def test_forward_with_a_backend_that_returns_no_weights_runs_as_documented(lm):
     torch.testing.assert_close(out.last_hidden_state, ref.last_hidden_state, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="'sdpa' cannot return weights"):
         lm.forward(enc, backend="sdpa", need_weights=True)
+    with attnlab.use_backend("sdpa"):  # the context manager is a choice of backend too
+        assert lm.forward(enc).attentions is None
 
 
 def test_rollout_takes_what_capture_returns(lm):

@@ -176,7 +176,8 @@ def prompt_effect_command(
     base: Annotated[
         str | None,
         typer.Argument(
-            help="the prompt (default: the seed's 'create a python post request handler of a login form')"
+            help="the prompt (default: 'create a python post request handler of a login form', the "
+                 "prompt of the blog post 'Making Intuitive Sense of Attention')"
         ),
     ] = None,
     add: Annotated[

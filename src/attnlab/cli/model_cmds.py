@@ -42,7 +42,9 @@ def _split(values: list[str] | None) -> list[str]:
 
 
 def inspect_command(
-    text: Annotated[str | None, typer.Argument(help="text to inspect (default: the seeds' sentence)")] = None,
+    text: Annotated[str | None, typer.Argument(
+        help="text to inspect (default: \"The animal didn't cross the street because it was too "
+             "tired\")")] = None,
     model: ModelOpt = None,
     focus: Annotated[str | None, typer.Option(help="token whose attention is analysed, e.g. it (it#2: "
                                               "second one, @5: position 5)")] = None,

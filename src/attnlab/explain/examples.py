@@ -1,6 +1,6 @@
-"""The worked examples of the seeds, with the numbers the seeds print.
+"""Worked examples from attention tutorials, with the numbers the tutorials print.
 
-Each :class:`SeedClaim` is a value as a seed prints it; the walkthrough recomputes it exactly
+Each :class:`SeedClaim` is a value as its source article prints it; the walkthrough recomputes it exactly
 and says where the printed rounding differs from the exact result.
 """
 
@@ -39,12 +39,12 @@ EXAMPLES: dict[str, Example] = {
     "cat-sat": Example(
         name="cat-sat",
         title='Self-attention over "The cat sat" (Q = K = V = the embeddings)',
-        source="seeds/003 §1.7 'Building Intuition: A Visual Walkthrough'",
+        source="an attention tutorial, §1.7 'Building Intuition: A Visual Walkthrough'",
         q_tokens=("The", "cat", "sat"),
         k_tokens=("The", "cat", "sat"),
         q=_CAT, k=_CAT, v=_CAT,
         scaled=False,
-        story='The seed skips the projections (Q = K = V) and the 1/sqrt(d) scaling, and follows '
+        story='The tutorial skips the projections (Q = K = V) and the 1/sqrt(d) scaling, and follows '
               'the query "sat": it scores highest against "cat".',
         claims=(
             SeedClaim("scores", 2, (0.61, 0.89, 0.77), 2),
@@ -55,7 +55,7 @@ EXAMPLES: dict[str, Example] = {
     "library": Example(
         name="library",
         title="The library: a query for books, matched against their labels",
-        source="seeds/002 §3 and seeds/003 §1.3 'Example: Finding a Book'",
+        source="'Attention Mechanism 101' §3 and an attention tutorial, §1.3 'Example: Finding a Book'",
         q_tokens=("machine learning Python",),
         k_tokens=("ML algorithms Python", "Web development JavaScript", "Deep learning PyTorch"),
         # features: [machine learning, python, web/js, deep learning]
@@ -66,21 +66,21 @@ EXAMPLES: dict[str, Example] = {
         value_labels=("scikit-learn chapter", "React tutorial", "neural networks"),
         scaled=False,
         story="Query = what you want, key = the label on the book, value = its content. Labels "
-              "are bag-of-topic vectors [ML, Python, Web/JS, Deep learning]; the seed's weights "
+              "are bag-of-topic vectors [ML, Python, Web/JS, Deep learning]; the articles' weights "
               "are illustrative, so attnlab shows what these vectors really give.",
         claims=(SeedClaim("weights", 0, (0.6, 0.05, 0.35), 2),),
     ),
     "it": Example(
         name="it",
         title='Dot products of the query "it" with "cat", "sat", "mat"',
-        source="seeds/002 §3 (the 4-dimensional example)",
+        source="'Attention Mechanism 101' §3 (the 4-dimensional example)",
         q_tokens=("it",),
         k_tokens=("cat", "sat", "mat"),
         q=((1.0, 0.0, 1.0, 0.0),),
         k=((1.0, 1.0, 0.0, 0.0), (0.0, 1.0, 1.0, 0.0), (0.0, 0.0, 1.0, 1.0)),
         v=((1.0, 1.0, 0.0, 0.0), (0.0, 1.0, 1.0, 0.0), (0.0, 0.0, 1.0, 1.0)),
         scaled=False,
-        story="Every dot product is 1, so attention is uniform: the seed's point that real, "
+        story="Every dot product is 1, so attention is uniform: the article's point that real, "
               "learned embeddings are what make 'it' prefer 'cat'.",
         claims=(SeedClaim("scores", 0, (1.0, 1.0, 1.0), 0),),
     ),

@@ -1,4 +1,4 @@
-"""Rich rendering of a walkthrough: one table per step, then what the seed printed."""
+"""Rich rendering of a walkthrough: one table per step, then what the article printed."""
 
 from __future__ import annotations
 
@@ -71,8 +71,8 @@ def render_walkthrough(w: Walkthrough, focus: int | None = None) -> RenderableTy
 
 
 def _claims_table(w: Walkthrough) -> Table:
-    t = Table(title="What the seed prints vs the exact values", title_justify="left")
-    for col in ("step", "query", "seed prints", "exact", "verdict"):
+    t = Table(title="What the article prints vs the exact values", title_justify="left")
+    for col in ("step", "query", "article prints", "exact", "verdict"):
         t.add_column(col)
     for c in w.checks:
         seed = ", ".join(f"{x:.{c.claim.decimals}f}" for x in c.claim.values)

@@ -24,7 +24,7 @@ class ClaimCheck:
     agrees: bool  # exact values round to what the seed prints
 
     def to_dict(self) -> dict[str, Any]:
-        return {"what": self.claim.what, "row": self.claim.row, "seed": list(self.claim.values),
+        return {"what": self.claim.what, "row": self.claim.row, "printed": list(self.claim.values),
                 "exact": self.exact, "decimals": self.claim.decimals, "agrees": self.agrees}
 
 
@@ -105,7 +105,7 @@ def walk(q: object, k: object, v: object | None = None, *, scale: float | bool =
 
 
 def check_claims(w: Walkthrough, claims: tuple[SeedClaim, ...]) -> list[ClaimCheck]:
-    """Compare each printed seed value with the exact one, at the seed's precision."""
+    """Compare each value the article prints with the exact one, at the article's precision."""
     table = {"scores": w.scores, "weights": w.weights, "context": w.context}
     out = []
     for c in claims:
@@ -118,7 +118,7 @@ def check_claims(w: Walkthrough, claims: tuple[SeedClaim, ...]) -> list[ClaimChe
 
 
 def walk_example(ex: Example, *, scale: float | bool | None = None) -> Walkthrough:
-    """Run a built-in example; ``scale=None`` follows the seed (scaled or not)."""
+    """Run a built-in example; ``scale=None`` follows the article (scaled or not)."""
     w = walk(ex.q, ex.k, ex.v, scale=ex.scaled if scale is None else scale,
              q_tokens=list(ex.q_tokens), k_tokens=list(ex.k_tokens))
     w.title, w.story, w.source = ex.title, ex.story, ex.source
@@ -150,7 +150,7 @@ class Perturbation:
 
 
 def perturb(w: Walkthrough, query: str | int, dim: int, delta: float) -> Perturbation:
-    """The seeds' drill: nudge one query coordinate and recompute where it routes.
+    """Nudge one query coordinate and recompute where it routes (the tutorial's exercise).
 
     Only the query changes (keys and values stay), even when the example had Q = K = V.
     """

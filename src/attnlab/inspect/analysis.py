@@ -1,6 +1,6 @@
 """Where does a focus token look? Top-k attended tokens per layer and head.
 
-For the seeds' sentence "The animal didn't cross the street because it was too tired" and the
+For the sentence "The animal didn't cross the street because it was too tired" and the
 focus "it", each head's row of "it" says which tokens it draws on. :func:`top_attended` lists
 the k largest weights of that row for every (layer, head) and for each layer's mean over heads;
 :func:`focused_heads` ranks heads by how sharply the focus looks at one content token (not

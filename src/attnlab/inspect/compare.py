@@ -1,6 +1,6 @@
 """Two inputs, one focus token: which heads move their attention between candidate tokens?
 
-The seeds' test of dynamic routing: in "The animal didn't cross the street because it was too
+The classic test of dynamic routing: in "The animal didn't cross the street because it was too
 tired" the pronoun "it" refers to the animal; with "... too wide" it refers to the street. A
 head that tracks the referent should move weight from "animal" to "street" between the two.
 

@@ -1,5 +1,5 @@
-"""The seeds' prompt experiment, measured: do words added to a prompt steer the answer through
-attention?
+"""The "how secure is this code" prompt experiment, measured: do words added to a prompt steer
+the answer through attention?
 
 ``prompt_effect(lm, base, add)`` generates greedily from ``base`` and from ``base + add`` and
 reports, side by side:

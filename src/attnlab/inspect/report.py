@@ -53,7 +53,8 @@ def _rollout_top(cache: AttentionCache, focus: int, k: int) -> list[dict[str, An
 def inspect_text(lm: LoadedModel, text: str | None = None, *, focus: str | None = None, k: int = 3,
                  truncate: bool = False, generate_tokens: int = 0, flow: bool = False,
                  backend: str = "auto") -> InspectResult:
-    """Capture ``text`` (default: the seeds' sentence) and analyse ``focus`` (default "it" for it).
+    """Capture ``text`` (default: "The animal didn't cross the street because it was too tired")
+    and analyse ``focus`` (default "it" for it).
 
     ``generate_tokens`` > 0 (decoders): greedy-decode that many tokens first and inspect the
     prompt plus the continuation, with each step's attention.

@@ -41,6 +41,7 @@ from starlette.routing import Route
 from attnlab.inspect.capture import capture, find_token
 from attnlab.inspect.compare import compare
 from attnlab.inspect.report import SEED_TEXT, head_patterns, inspect_text
+from attnlab.inspect.server_export import MEDIA, SAVE_VIEWS, compare_file, file_name, head_file, model_file
 from attnlab.inspect.server_limits import BadRequest, parse_json_object, read_body, with_deadlines
 from attnlab.inspect.views import compare_page, inspect_page
 from attnlab.models.loading import LoadedModel
@@ -96,6 +97,8 @@ def create_app(lm: LoadedModel, *, max_chars: int = 1000, host: str = "127.0.0.1
         Route("/view/model", v.endpoint(v.view_model), methods=["GET"]),
         Route("/view/compare", v.endpoint(v.view_compare), methods=["GET"]),
     ]
+    routes += [Route(f"/save/{view}.{fmt}", v.endpoint(v.saver(view, fmt)), methods=["GET"])
+               for view in SAVE_VIEWS for fmt in MEDIA]
     hosts = sorted({"127.0.0.1", "localhost", "::1", "[::1]", host})
     app = Starlette(routes=routes, middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts)])
     app.state.uvicorn_settings = uvicorn_settings(max_chars)
@@ -217,6 +220,40 @@ class _Viewer:
         focus = self.text_arg(d.get("focus"), "focus") or "it"
         return _page(compare_page(compare(self.lm, a, b, focus, _candidates(d.get("candidates")))))
 
+    def saver(self, view: str, fmt: str) -> Callable[[dict[str, Any]], Response]:
+        """The handler of ``/save/{view}.{fmt}``: the view the page shows, as a file to keep."""
+        def save(d: dict[str, Any]) -> Response:
+            body, name = self.save_compare(d, fmt) if view == "compare" else self.save_text(d, view, fmt)
+            headers = {"Content-Disposition": f'attachment; filename="{name}"',
+                       # opened rather than saved, the file still may not run or fetch anything
+                       "Content-Security-Policy": "default-src 'none'; sandbox"}
+            if fmt == "html":  # the page's own <meta> CSP pins its script and style: let them run
+                headers["Content-Security-Policy"] = "frame-ancestors 'none'"
+            return Response(body, media_type=MEDIA[fmt], headers=headers)
+        save.__name__ = f"save_{view}_{fmt}"
+        return save
+
+    def save_text(self, d: dict[str, Any], view: str, fmt: str) -> tuple[bytes, str]:
+        cache = capture(self.lm, self.text_arg(d.get("text"), "text"), keep_hidden=False)
+        if view == "model":
+            return model_file(cache, fmt), file_name(view, fmt)
+        layer = _int_arg(d.get("layer"), "layer", 0, 0, cache.num_layers - 1)
+        heads = _heads_arg(d.get("heads"), cache.num_heads)
+        return head_file(cache, fmt, layer, heads), file_name(view, fmt, layer)
+
+    def save_compare(self, d: dict[str, Any], fmt: str) -> tuple[bytes, str]:
+        a, b = self.text_arg(d.get("a"), "a"), self.text_arg(d.get("b"), "b")
+        focus = self.text_arg(d.get("focus"), "focus", required=False) or "it"
+        cmp = compare(self.lm, a, b, focus, _candidates(d.get("candidates")))
+        ca, best = cmp.cache_a, cmp.best
+        layer = _int_arg(d.get("layer"), "layer", best.layer, 0, ca.num_layers - 1)
+        default_head = -1 if best.head is None else best.head
+        head = _int_arg(d.get("head"), "head", default_head, -1, ca.num_heads - 1)  # -1: mean of heads
+        n_q = max(len(ca.tokens), len(cmp.cache_b.tokens))  # the view's query buttons cover both texts
+        query = _int_arg(d.get("query"), "query", cmp.focus_a, 0, n_q - 1)
+        chosen = None if head < 0 else head
+        return compare_file(cmp, fmt, layer, chosen, query), file_name("compare", fmt, layer, chosen)
+
     async def static(self, request: Request) -> Response:
         name = request.path_params.get("name", "index.html")
         if name not in self.files or (name == "index.html" and request.url.path != "/"):
@@ -253,6 +290,17 @@ def _int_arg(value: Any, name: str, default: int, lo: int, hi: int) -> int:
     if not lo <= number <= hi:
         raise BadRequest(f"{name}: expected {lo}..{hi}, got {str(number)[:40]}")
     return number
+
+
+def _heads_arg(value: Any, n_heads: int) -> list[int] | None:
+    """Head indices from a query string, ``"1,4,9"``; empty or absent: every head (None)."""
+    if value is None or not str(value).strip():
+        return None
+    parts = str(value).replace(",", " ").split()
+    if len(parts) > n_heads:
+        raise BadRequest(f"heads: expected at most {n_heads} head indices, got {len(parts)}")
+    heads = [_int_arg(p, "heads", 0, 0, n_heads - 1) for p in parts]
+    return sorted(set(heads))
 
 
 def _candidates(value: Any) -> list[str] | None:

@@ -1,4 +1,4 @@
-"""Global versus local attention, measured on a real model (the seeds' trade-off).
+"""Global versus local attention, measured on a real model (Luong et al.'s trade-off).
 
 The model runs once with full attention and once per window width w with every layer limited
 to a sliding window (``attnlab.masks.sliding_window``: keys i−w..i+w for encoders, i−w..i for

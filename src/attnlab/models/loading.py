@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from attnlab.backends.registry import get_backend
+from attnlab.backends.registry import current_backend, get_backend
 from attnlab.models.common import TransformerOutput
 from attnlab.models.decoder import DECODER_TYPES, Decoder, DecoderConfig
 from attnlab.models.encoder import ENCODER_TYPES, Encoder, EncoderConfig
@@ -117,8 +117,9 @@ class LoadedModel:
         ``need_weights`` None (default): the attention weights when the backend returns them
         (auto, eager), none with sdpa / tiled, so ``forward(enc, backend="sdpa")`` just runs;
         True with a backend that cannot return them is an error saying so."""
-        if need_weights is None:
-            need_weights = backend == "auto" or get_backend(backend).capabilities.returns_weights
+        if need_weights is None:  # `with attnlab.use_backend(name)` counts as choosing it
+            chosen = current_backend() if backend == "auto" else backend
+            need_weights = chosen == "auto" or get_backend(chosen).capabilities.returns_weights
         batch = [encs] if isinstance(encs, Encoded) else list(encs)
         ids, am, types = self.batch(batch)
         kw: dict[str, Any] = {"need_weights": need_weights, "mask": mask, "score_mods": score_mods,

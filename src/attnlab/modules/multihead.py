@@ -8,6 +8,7 @@ Inputs are batch-first: query (B, Lq, E), key (B, Lk, kdim), value (B, Lk, vdim)
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -31,15 +32,56 @@ class MultiHeadOutput:
         return iter((self.output, self.weights))
 
 
-def _check_cache_mask(mask: object, past: int, new: int) -> None:
+def _top_left_parts(mask: Mask) -> list[str]:
+    """Names of the top-left aligned masks inside ``mask``, combinators included: in
+    ``causal() & sliding_window(8)`` the causal part alone already hides the past."""
+    p = mask.pattern
+    found = [mask.name] if getattr(p, "align", None) == "top-left" else []
+    if dataclasses.is_dataclass(p):
+        for f in dataclasses.fields(p):  # And/Or hold masks a and b, Not holds a
+            sub = getattr(p, f.name)
+            if isinstance(sub, Mask):
+                found += _top_left_parts(sub)
+    return found
+
+
+def _reads_new_queries_from_zero(mask: Mask, past: int, new: int, device: torch.device) -> bool:
+    """Does ``mask`` give the new queries (positions past..past+new-1 of the sequence) other keys
+    than the same rows of the whole sequence's mask? A top-left aligned part, a prefix-LM
+    (causal from 0) or any mask that numbers the queries from 0 does: the past is then hidden."""
+    total = past + new
+    b = h = torch.zeros((), dtype=torch.long, device=device)
+    kv = torch.arange(total, device=device).view(1, -1)  # (1, Lk)
+    rows = torch.arange(new, device=device).view(-1, 1)  # (Lq, 1)
+    try:
+        as_given = mask.evaluate(b, h, rows, kv, new, total)  # (Lq, Lk), what attention will use
+        whole = mask.evaluate(b, h, rows + past, kv, total, total)  # the same rows, in the full sequence
+    except (IndexError, RuntimeError):  # a custom mask that cannot be asked about other rows
+        return False
+    return not bool(torch.equal(as_given.expand(new, total), whole.expand(new, total)))
+
+
+def _check_cache_mask(mask: object, past: int, new: int, device: torch.device) -> None:
     """With cached keys, queries are the newest positions: a top-left aligned mask would hide
     the past from them (query 0 would see key 0 only), silently. PyTorch's is_causal has the same
     trap; Hugging Face builds its masks from the cache position. Refused here."""
-    if past and isinstance(mask, Mask) and getattr(mask.pattern, "align", None) == "top-left" and new:
+    if not (past and new and isinstance(mask, Mask)):
+        return
+    if not _reads_new_queries_from_zero(mask, past, new, device):
+        return
+    parts = _top_left_parts(mask)
+    if parts:
+        what = ("is aligned top-left" if parts == [mask.name]
+                else f"has top-left aligned parts ({', '.join(parts)})")
         raise ValueError(
-            f"mask: {mask.name} is aligned top-left, but {past} cached key(s) precede the {new} new "
+            f"mask: {mask.name} {what}, but {past} cached key(s) precede the {new} new "
             f"queries, so they would not see the past; use align='bottom-right' (e.g. "
             f"masks.causal(align='bottom-right'), masks.sliding_window(W, 0, align='bottom-right'))")
+    raise ValueError(
+        f"mask: {mask.name} numbers the {new} new queries from 0, but {past} cached key(s) precede "
+        f"them, so the new queries would get other keys than in the whole sequence; pass a mask "
+        f"aligned to the last key (e.g. masks.causal(align='bottom-right')) or a bool tensor "
+        f"(Lq, Lk) for the new rows")
 
 
 class KVCache:
@@ -186,7 +228,7 @@ class MultiHeadAttention(nn.Module):
         if rotary is not None:
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         if cache is not None:
-            _check_cache_mask(mask, len(cache), q.shape[2])  # before the cache changes
+            _check_cache_mask(mask, len(cache), q.shape[2], q.device)  # before the cache changes
             k, v = cache.update(k, v)  # (B, Hkv, L_past + Lk, Dh)
         return self._attend(q, k, v, mask, score_mod, need_weights, backend)
 

@@ -1,4 +1,4 @@
-"""Name the common attention patterns of one head (the seeds' "Common Attention Patterns").
+"""Name the common attention patterns of one head (the tutorials' "Common Attention Patterns").
 
 For a weights matrix (Lq, Lk) every score lies in [0, 1]; higher means more of that pattern:
 

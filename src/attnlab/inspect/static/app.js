@@ -58,43 +58,116 @@
         fmt(h.shift ?? h.moved), h.toward || ""]), [0, 1, 4]);
   }
 
+  // What the frame shows, for the Save links: the view, its arguments, and what the frame
+  // reports as the user changes layer/heads/query inside it (see onFrameMessage).
+  let current = null;
+  let seq = 0; // only the latest request may fill the page: a slow earlier one is dropped
+
+  function saveLinks() {
+    $("save").hidden = !current;
+    if (!current) return;
+    const params = new URLSearchParams(current.params);
+    for (const [k, v] of Object.entries(current.state)) params.set(k, v);
+    for (const fmt of ["png", "svg", "html"]) {
+      $(`save-${fmt}`).href = `/save/${current.view}.${fmt}?${params}`;
+    }
+  }
+
+  // A new frame, not a new src: the old view must go even while the new one is still loading.
+  function setFrame(src) {
+    const old = $("view-frame"), frame = old.cloneNode(false);
+    frame.removeAttribute("src");
+    if (src) frame.src = src;
+    frame.hidden = !src;
+    old.replaceWith(frame);
+  }
+
+  function clearResults() {
+    $("summary").hidden = true;
+    $("summary-title").textContent = "";
+    $("summary-table").tHead.replaceChildren();
+    $("summary-table").tBodies[0].replaceChildren();
+    current = null;
+    saveLinks();
+    setFrame(null);
+  }
+
+  const int = (x) => Number.isInteger(x) && x >= -1 && x < 100000;
+
+  function onFrameMessage(ev) {
+    const frame = $("view-frame");
+    const m = ev.data;
+    // Only the view frame's own messages, only the fields the Save links use, only integers.
+    if (!current || ev.source !== frame.contentWindow || !m || m.attnlab !== "view-state") return;
+    if (m.view !== current.view) return;
+    const state = {};
+    if (int(m.layer)) state.layer = String(m.layer);
+    if (int(m.head)) state.head = String(m.head);
+    if (int(m.query)) state.query = String(m.query);
+    if (Array.isArray(m.heads) && m.heads.length <= 1000 && m.heads.every(int)) {
+      state.heads = m.heads.join(",");
+    }
+    current.state = state;
+    saveLinks();
+  }
+
   async function show(ev) {
     if (ev) ev.preventDefault();
+    const mine = ++seq;
     const view = $("view").value, a = $("text-a").value, b = $("text-b").value;
     const focus = $("focus").value.trim(), candidates = $("candidates").value.trim();
     say("computing…");
     try {
-      let params;
+      let params, state;
       if (view === "compare") {
-        showCompare(await post("/api/compare", { a, b, focus, candidates }));
-        params = new URLSearchParams({ a, b, focus, candidates });
+        const rep = await post("/api/compare", { a, b, focus, candidates });
+        if (mine !== seq) return;
+        showCompare(rep);
+        params = { a, b, focus, candidates };
+        state = {};
       } else {
         const rep = await post("/api/inspect", { text: a, focus: focus || null });
+        if (mine !== seq) return;
         showInspect(rep);
         const best = rep.focused_heads && rep.focused_heads[0];
-        params = new URLSearchParams({ text: a, layer: best ? String(best.layer) : "0",
-          head: best ? String(best.head) : "" });
+        params = { text: a };
+        // The head view opens on the most focused head, as before; the model view has no state.
+        state = view !== "head" ? {}
+          : { layer: best ? String(best.layer) : "0", heads: best ? String(best.head) : "" };
       }
-      $("view-frame").src = `/view/${view}?${params}`;
+      const url = new URLSearchParams(params);
+      if (view === "head") {
+        url.set("layer", state.layer);
+        url.set("head", state.heads);
+      }
+      current = { view, params, state };
+      saveLinks();
+      setFrame(`/view/${view}?${url}`);
       say("");
     } catch (e) {
+      if (mine !== seq) return;
+      clearResults(); // results of an earlier text must not sit under this text's error
       say(`error: ${e.message}`, true);
     }
   }
 
   async function init() {
     $("form").addEventListener("submit", show);
+    window.addEventListener("message", onFrameMessage);
     try {
       const r = await fetch("/api/health");
       const h = await r.json();
       const m = h.model;
-      $("model-name").textContent = `${m.name} · ${m.model_type} ${m.kind} · ${m.layers} layers × ${m.heads} heads`;
+      $("model-name").textContent =
+        `${m.name} · ${m.model_type} ${m.kind} · ${m.layers} layers × ${m.heads} heads`;
       for (const id of ["text-a", "text-b"]) $(id).maxLength = h.max_chars;
       $("text-a").value = h.default_text;
       $("text-b").value = h.default_text.replace(/tired$/, "wide");
     } catch (e) {
       say(`error: ${e.message}`, true);
+      return;
     }
+    await show(); // the first screen shows the worked example, not an empty frame
   }
   init();
 })();

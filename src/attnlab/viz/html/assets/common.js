@@ -126,7 +126,16 @@ const AL = (() => {
     document.getElementById("subtitle").textContent = subtitle;
   }
 
+  // Inside `attnlab serve`'s page this page is a sandboxed frame the page cannot read; telling
+  // it which layer/head/query is on screen lets its Save links save what the user sees. Only
+  // small integers are sent. A page opened on its own (a top-level window) sends nothing.
+  function reportView(state) {
+    if (window.parent === window) return;
+    window.parent.postMessage(Object.assign({ attnlab: "view-state", view: document.body.dataset.view },
+      state), "*");
+  }
+
   const range = (n) => Array.from({ length: n }, (_, i) => i);
   return { DATA, el, ramp, BLUES, headColor, absMax, drawMatrix, heatmapPanel, fmt, download,
-    selectEl, setHeader, range };
+    selectEl, setHeader, range, reportView };
 })();

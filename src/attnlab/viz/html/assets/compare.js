@@ -80,6 +80,8 @@
     }
     btns.forEach((b, i) => b.classList.toggle("sel", i === state.query));
     fillRows(ma, mb);
+    AL.reportView({ layer: A.layers[state.layer], head: state.head < NH ? A.heads[state.head] : -1,
+      query: state.query });
     document.body.dataset.ready = "1";
   }
 

@@ -167,6 +167,8 @@
     drawLines(ctx, 4, LINES_W - 4, 0);
     shadeTokens();
     fillDetail();
+    const shown = [...state.heads].sort((a, b) => a - b).map((h) => D.heads[h]);
+    AL.reportView({ layer: D.layers[state.layer], heads: shown });
     document.body.dataset.ready = "1";
   }
 
