@@ -187,10 +187,10 @@ def test_generate_and_prompt_effect_cli(tiny_llama, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["generate", "  "], "prompt: expected some text"),
+    (["generate", "  "], "PROMPT: expected some text"),
     (["generate", "hi", "--greedy", "--temperature", "0.5"], "--greedy: expected either"),
-    (["generate", "hi", "--top-p", "2"], "top_p: expected a number in (0, 1]"),
-    (["generate", "hi", "--max-new-tokens", "0"], "max_new_tokens: expected a positive int"),
+    (["generate", "hi", "--top-p", "2"], "--top-p: expected a number in (0, 1]"),
+    (["generate", "hi", "--max-new-tokens", "0"], "--max-new-tokens: expected a positive int"),
     (["generate", "word " * 70], "expected fewer than 64 tokens"),
     (["prompt-effect", "The animal", "--add", ""], "add: expected words"),
     (["prompt-effect", "The animal", "--add", "animal"], "already in the prompt"),
@@ -227,7 +227,8 @@ def test_truncate_keeps_the_first_tokens_of_the_message_and_room_to_generate(lm)
                                                                             "captured layers [1], got 0"),
     (["generate", "hi", "--seed", "-1"], "seed: expected an int"),
     (["prompt-effect", "The animal", "--add", "tired", "--alpha", "2"], "alpha: expected a number in (0, 1]"),
-    (["prompt-effect", "The animal", "--add", "tired", "--steer-heads", "0"], "steer_heads: expected an int"),
+    (["prompt-effect", "The animal", "--add", "tired", "--steer-heads", "0"],
+     "--steer-heads: expected an int"),
     (["prompt-effect", "The animal", "--add", "tired", "--bands", "9"], "bands: expected an int in 1..2"),
     (["prompt-effect", "The animal", "--add", "tired", "--emphasize", "ani"], "expected whole words"),
     (["prompt-effect", "The animal", "--add", "tired", "--html", "x.png"], "--html: expected"),

@@ -88,4 +88,4 @@ def test_render_html_png_terminal_and_patterns(app, tmp_path) -> None:
     code, out = run(app, "render", str(src), "--head", "5", "--json")
     assert code == 2 and "--head: expected a position in 0..1, got 5" in out
     code, out = run(app, "render", str(tmp_path / "nope.json"))
-    assert code == 2 and "source: expected a JSON file" in out
+    assert code == 2 and "FILE: expected a JSON file" in out  # the argument typed, not viz's "source"

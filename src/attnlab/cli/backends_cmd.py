@@ -7,7 +7,6 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from attnlab.backends import registry
 from attnlab.cli.common import console, print_json
 
 
@@ -16,6 +15,8 @@ def backends_command(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """List attention backends and their declared capabilities."""
+    from attnlab.backends import registry  # imports torch: only once the command runs
+
     rows = []
     for name in registry.backend_names():
         b = registry.get_backend(name)

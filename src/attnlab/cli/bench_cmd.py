@@ -5,26 +5,27 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
 
-from attnlab.cli.common import err_console, print_json, user_errors
+from attnlab.cli.common import err_console, print_json, split_tokens, user_errors
 
 
 def _split(values: list[str] | None) -> list[str] | None:
-    """Accept both ``--cases a --cases b`` and ``--cases a,b``."""
+    """Accept ``--cases a --cases b``, ``--cases a,b`` and ``--cases 'a b'`` (as every list option)."""
     if not values:
         return None
-    return [x.strip() for v in values for x in v.split(",") if x.strip()]
+    return [x for v in values for x in split_tokens(v) or []]
 
 
 def bench_command(
     quick: Annotated[bool, typer.Option("--quick", help="smoke run in seconds (n=256, no compile)")] = False,
     suite: Annotated[str, typer.Option(help="standard | targets | patterns | quick")] = "standard",
-    cases: Annotated[list[str] | None, typer.Option("--cases", help="case names, comma-separated")] = None,
+    cases: Annotated[list[str] | None, typer.Option("--cases", help="case names, comma- and/or "
+                                                    "space-separated")] = None,
     n: Annotated[list[str] | None, typer.Option("--n", help="lengths, e.g. 1k,16k,1m")] = None,
     modes: Annotated[list[str] | None, typer.Option("--modes", help="fwd and/or fwd+bwd")] = None,
     peers: Annotated[list[str] | None, typer.Option("--peers", help="tiled, sdpa, flex, eager")] = None,
@@ -36,18 +37,21 @@ def bench_command(
     as_json: Annotated[bool, typer.Option("--json", help="print the results as JSON")] = False,
 ) -> None:
     """Benchmark tiled attention against eager, torch SDPA and compiled FlexAttention."""
+    import torch  # imported here, not at module level: `attnlab --help` must not load it
+
     from attnlab.bench import harness, report
     from attnlab.bench.cases import CASES, parse_n
     from attnlab.bench.machine import machine_info, matmul_peak
     from attnlab.bench.peers import Limits
     from attnlab.bench.suites import make_suite
 
-    with user_errors(as_json):
+    names = {"suite": "--suite", "cases": "--cases", "n": "--n", "modes": "--modes", "peers": "--peers"}
+    with user_errors(as_json, names):  # make_suite / parse_n name their parameters, not the options
         if threads is not None:
             if threads < 1:
-                raise ValueError(f"threads: expected a positive int, got {threads}")
+                raise ValueError(f"--threads: expected a positive int, got {threads}")
             torch.set_num_threads(threads)
-        ns = None if not n else [parse_n(x) for x in _split(n) or []]
+        ns = None if not n else [_length(parse_n, x) for x in _split(n) or []]
         s = make_suite("quick" if quick else suite, cases=_split(cases), ns=ns, modes=_split(modes),
                        peers=_split(peers))
         out.mkdir(parents=True, exist_ok=True)
@@ -97,6 +101,13 @@ def bench_command(
         return
     sys.stdout.write(md)
     err_console.print(f"wrote {out}/bench.csv, bench.json, bench.md" + (", bench.png" if plotted else ""))
+
+
+def _length(parse_n: Callable[[str], int], text: str) -> int:
+    try:
+        return parse_n(text)
+    except ValueError:  # float('1q') says only "could not convert string to float"
+        raise ValueError(f"--n: expected a positive length like 4096, 16k or 1m, got {text!r}") from None
 
 
 def _command() -> str:

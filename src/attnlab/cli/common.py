@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -21,29 +22,69 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
+def write_error(msg: str, as_json: bool, extra: dict[str, Any] | None = None) -> None:
+    """One line: ``{"error": msg}`` on stdout under --json, else ``error: msg`` on stderr."""
+    if as_json:
+        sys.stdout.write(json.dumps({"error": msg} | (extra or {}), ensure_ascii=False) + "\n")
+    else:
+        # markup=False: messages hold things like mask[b, h] that rich would eat as tags.
+        err_console.print(f"error: {msg}", markup=False, highlight=False, soft_wrap=True)
+
+
+def as_option(msg: str, names: Mapping[str, str] | None) -> str:
+    """Library messages start with the parameter's name (``k: expected a positive int``); the
+    user typed an option (``--top``), so the name is swapped for the option's."""
+    head, sep, rest = msg.partition(": ")
+    if not sep or not names:
+        return msg
+    if head in names:
+        return f"{names[head]}: {rest}"
+    first, space, tail = head.partition(" ")  # "focus (text B): ..." -> "--focus (text B): ..."
+    return f"{names[first]}{space}{tail}: {rest}" if first in names else msg
+
+
 @contextmanager
-def user_errors(as_json: bool = False) -> Iterator[None]:
+def user_errors(as_json: bool = False, names: Mapping[str, str] | None = None) -> Iterator[None]:
     """Bad input -> one clear line on stderr (or ``{"error": ...}`` on stdout with --json) and
-    exit code 2, never a traceback. OSError covers missing / existing files."""
+    exit code 2, never a traceback. OSError covers missing / existing files. ``names`` maps the
+    library's parameter names to the command's options, e.g. ``{"k": "--top"}``."""
     try:
         yield
     except (ValueError, TypeError, OSError, KeyError) as e:
         msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-        if as_json:
-            sys.stdout.write(json.dumps({"error": msg}, ensure_ascii=False) + "\n")
-        else:
-            # markup=False: messages hold things like mask[b, h] that rich would eat as tags.
-            err_console.print(f"error: {msg}", markup=False, highlight=False, soft_wrap=True)
+        write_error(as_option(msg, names), as_json)
         raise typer.Exit(code=2) from None
+
+
+def _finite(name: str, text: str) -> float:
+    x = float(text)
+    if not math.isfinite(x):  # 1e400: json reads it as inf, and --json would print Infinity
+        shown = text if len(text) <= 24 else f"{text[:12]}... ({len(text)} characters)"
+        raise ValueError(f"{name}: expected finite numbers (at most 1.8e308 in size), got {shown}")
+    return x
+
+
+def _no_constants(name: str, text: str) -> Any:
+    raise ValueError(f"{name}: expected JSON numbers, got {text} (not JSON, and not finite)")
+
+
+def parse_json(name: str, text: str) -> Any:
+    """Strict JSON as the user gives it: NaN, Infinity and numbers beyond float64 are refused
+    (Python's json takes them, and they come back out as invalid JSON under --json)."""
+    try:
+        # an int of 300+ digits is past float64 too (torch turns it into inf): checked like a float
+        return json.loads(text, parse_float=lambda s: _finite(name, s),
+                          parse_int=lambda s: int(_finite(name, s)) if len(s) > 300 else int(s),
+                          parse_constant=lambda s: _no_constants(name, s))
+    except json.JSONDecodeError as e:
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        raise ValueError(f"{name}: expected JSON (e.g. [[1, 0], [0, 1]]), got {shown!r}: {e.msg}") from None
 
 
 def parse_json_option(name: str, text: str | None) -> Any:
     if text is None:
         return None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{name}: expected JSON (e.g. [[1, 0], [0, 1]]), got {text!r}: {e.msg}") from None
+    return parse_json(name, text)
 
 
 

@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from attnlab.cli.common import console, load_lm, print_json, user_errors
+from attnlab.cli.common import console, load_lm, print_json, split_tokens, user_errors
 
 LLMOpt = Annotated[
     str,
@@ -28,6 +28,28 @@ MaxNewOpt = Annotated[int, typer.Option("--max-new-tokens", help="tokens to gene
 SystemOpt = Annotated[
     str | None, typer.Option("--system", help="system message (default: the chat template's)")
 ]
+
+
+# Library parameter names -> the options (and arguments) the user typed.
+GENERATE_NAMES = {"prompt": "PROMPT", "max_new_tokens": "--max-new-tokens", "temperature": "--temperature",
+                  "top_p": "--top-p", "seed": "--seed", "layers": "--layers", "heads": "--heads"}
+EFFECT_NAMES = {"prompt": "BASE", "add": "--add", "topic": "--topic", "bands": "--bands",
+                "alpha": "--alpha", "steer_heads": "--steer-heads", "pasta": "--emphasize",
+                "max_new_tokens": "--max-new-tokens"}
+# Captured attention is N(N+1)/2 x layers x heads fp16 values (inspect/recorder.py): 8,192 positions
+# on all 270 heads of SmolLM2 would be 18 GB. Past this, generate refuses before it starts.
+MAX_CAPTURE_BYTES = 2_000_000_000
+
+
+def _capture_limit(n_prompt: int, max_new: int, context: int, n_layers: int, n_heads: int) -> str | None:
+    n = min(n_prompt + max_new - 1, context)  # positions recorded: generation stops at the context
+    need = n * (n + 1) // 2 * n_layers * n_heads * 2
+    if need <= MAX_CAPTURE_BYTES:
+        return None
+    return (f"--max-new-tokens: capturing attention over up to {n:,} positions (prompt {n_prompt} + "
+            f"{max_new:,} new) x {n_layers} layers x {n_heads} heads needs {need / 1e9:.1f} GB (fp16); "
+            f"expected at most {MAX_CAPTURE_BYTES / 1e9:.0f} GB: lower --max-new-tokens, or capture "
+            f"fewer --layers/--heads (e.g. --layers 0,15,29)")
 
 
 def _ints(name: str, text: str | None) -> list[int] | None:
@@ -97,7 +119,7 @@ def generate_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Generate an answer, streaming it, with every generated token's attention captured."""
-    with user_errors(as_json):
+    with user_errors(as_json, GENERATE_NAMES):
         from attnlab.inspect.generation import Sampling, generate_text
 
         _check_outputs(png, html)
@@ -119,15 +141,20 @@ def generate_command(
             if v is not None and v not in allowed:
                 raise ValueError(f"{name}: expected one of the captured {name[2:]}s "
                                  f"{allowed if len(allowed) < 12 else f'0..{n - 1}'}, got {v}")
-        if html is not None:  # refuse a page too big to write before generating, not after
+        if capture:  # refuse what cannot be held (or drawn) before generating, not after
             from attnlab.inspect.generation import fit_prompt
-            from attnlab.inspect.llm_views import page_limit
 
-            n = len(fit_prompt(lm, prompt, system=system, chat=not raw, max_new_tokens=max_new_tokens,
-                               truncate=truncate)) + max_new_tokens - 1
-            why = page_limit(n, len(lays or range(lm.num_layers)), len(hds or range(lm.num_heads)))
+            n_prompt = len(fit_prompt(lm, prompt, system=system, chat=not raw,
+                                      max_new_tokens=max_new_tokens, truncate=truncate))
+            n_l, n_h = len(lays or range(lm.num_layers)), len(hds or range(lm.num_heads))
+            why = _capture_limit(n_prompt, max_new_tokens, lm.max_tokens, n_l, n_h)
+            if why is None and html is not None:
+                from attnlab.inspect.llm_views import page_limit
+
+                why = page_limit(n_prompt + max_new_tokens - 1, n_l, n_h)
+                why = why and why.replace(" positions", " positions (prompt + --max-new-tokens)", 1)
             if why:
-                raise ValueError(why.replace(" positions", " positions (prompt + --max-new-tokens)", 1))
+                raise ValueError(why)
         stream = None if as_json else _write_now
         g = generate_text(
             lm,
@@ -184,7 +211,8 @@ def prompt_effect_command(
         str | None, typer.Option("--add", help="words added to the prompt (default: 'Make it secure.')")
     ] = None,
     topic: Annotated[
-        str | None, typer.Option(help="topic lexicon, comma-separated (default: security words)")
+        str | None,
+        typer.Option(help="topic lexicon, comma- and/or space-separated (default: security words)"),
     ] = None,
     model: LLMOpt = "smollm2",
     system: SystemOpt = None,
@@ -210,18 +238,26 @@ def prompt_effect_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Do added words steer the answer through attention? Topic mass, attention share, knockout."""
-    with user_errors(as_json):
+    with user_errors(as_json, EFFECT_NAMES):
         from attnlab.inspect import prompt_effect as pe
         from attnlab.inspect.steering import SECURITY_LEXICON, check_alpha
 
         _check_outputs(png, html, out)
         check_alpha(alpha)
-        words = SECURITY_LEXICON if topic is None else tuple(w for w in topic.split(",") if w.strip())
+        words = SECURITY_LEXICON if topic is None else tuple(split_tokens(topic) or ())
         lm = load_lm(model, small=False)
+        text, added = pe.DEFAULT_BASE if base is None else base, pe.DEFAULT_ADD if add is None else add
+        if text.strip() and added.strip():  # (else prompt_effect says which is missing)
+            # The augmented run captures every head's attention while it generates: refuse first.
+            n_prompt = len(pe.fit_prompt(lm, f"{text.rstrip()} {added.strip()}", system=system,
+                                         max_new_tokens=max_new_tokens))
+            why = _capture_limit(n_prompt, max_new_tokens, lm.max_tokens, lm.num_layers, lm.num_heads)
+            if why:
+                raise ValueError(why)
         eff = pe.prompt_effect(
             lm,
-            pe.DEFAULT_BASE if base is None else base,
-            pe.DEFAULT_ADD if add is None else add,
+            text,
+            added,
             topic_words=words,
             max_new_tokens=max_new_tokens,
             system=system,

@@ -28,6 +28,15 @@ ModelOpt = Annotated[Path | None, typer.Option("--model", help="local Hugging Fa
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 TruncOpt = Annotated[bool, typer.Option("--truncate", help="cut texts longer than the model's positions")]
 
+# The library names its parameters (k, focus, text...); errors name what the user typed instead.
+INSPECT_NAMES = {"k": "--top", "focus": "--focus", "generate": "--generate", "generate_tokens": "--generate",
+                 "max_new_tokens": "--generate", "backend": "--backend", "ablate": "--ablate",
+                 "text": "TEXT", "prompt": "TEXT"}
+COMPARE_NAMES = {"k": "--top", "focus": "--focus", "candidates": "--candidates", "text": "TEXTS",
+                 "texts": "TEXTS"}
+TEXTS_NAMES = {"text": "TEXTS", "texts": "TEXTS", "widths": "--widths"}
+SERVE_NAMES = {"max_chars": "--max-chars", "host": "--host", "port": "--port"}
+
 
 def _w(x: float) -> str:
     return f"{x:.3f}"
@@ -75,7 +84,7 @@ def inspect_command(
             "--export": export is not None, "--flow": flow, "--generate": generate_tokens > 0,
             "--ablate": bool(ablate), "--backend": backend != "auto", "--truncate": truncate})
         return
-    with user_errors(as_json):
+    with user_errors(as_json, INSPECT_NAMES):
         from attnlab.inspect.inspect_report import HeadWeights
         from attnlab.inspect.report import check_head, inspect_text
 
@@ -193,7 +202,9 @@ def compare_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Rank heads by how far the focus token's attention moved between two texts."""
-    with user_errors(as_json):
+    with user_errors(as_json, COMPARE_NAMES):
+        if top < 1:
+            raise ValueError(f"--top: expected a positive int, got {top}")
         # `--candidates animal street`: click hands "street" to the positional texts; take it back.
         cands = _split(candidates)
         if len(texts) > 2 and candidates:
@@ -247,7 +258,7 @@ def heads_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Detect previous-token, duplicate, induction, [CLS]/[SEP]/sink, positional and broad heads."""
-    with user_errors(as_json):
+    with user_errors(as_json, TEXTS_NAMES):
         from attnlab.inspect.heads import detect_heads
 
         lm = load_lm(model)
@@ -292,7 +303,7 @@ def tradeoff_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Run the model with sliding-window attention of several widths; report drift from full."""
-    with user_errors(as_json):
+    with user_errors(as_json, TEXTS_NAMES):
         ws = []
         for w in _split(widths):
             if not w.isdigit():
@@ -301,6 +312,10 @@ def tradeoff_command(
         from attnlab.inspect.tradeoff import tradeoff
 
         lm = load_lm(model)
+        too_wide = [w for w in ws if w > lm.max_tokens]
+        if too_wide:  # wider than every text is full attention (and 1e20 overflows the mask's ints)
+            raise ValueError(f"--widths: expected half-widths up to {lm.max_tokens} (the model's "
+                             f"positions; full attention is always measured), got {too_wide[0]}")
         rows = tradeoff(lm, list(texts) if texts else None, ws or None, truncate=truncate,
                         global_first=global_first)
         rep = {"model": lm.describe(), "global_first": global_first, "rows": [r.to_dict() for r in rows]}
@@ -326,7 +341,7 @@ def serve_command(
     as_json: Annotated[bool, typer.Option("--json", help="print the address as one JSON line")] = False,
 ) -> None:
     """A local page to type sentences and explore the head, model and compare views."""
-    with user_errors(as_json):
+    with user_errors(as_json, SERVE_NAMES):
         if not 0 < port < 65536:
             raise ValueError(f"--port: expected 1..65535, got {port}")
         from attnlab.inspect.server import create_app

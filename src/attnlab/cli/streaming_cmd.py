@@ -68,7 +68,9 @@ def streaming_command(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Perplexity with full / window / window + sink attention (StreamingLLM, Xiao et al. 2023)."""
-    with user_errors(as_json):
+    names = {"tokens": "--tokens", "recompute": "--recompute", "window": "--window", "sinks": "--sinks",
+             "text": "--text-file" if text_file is not None else "--tokens"}
+    with user_errors(as_json, names):
         wins = _ints("--window", window, 1)
         ks = _ints("--sinks", sinks, 0)
         if max(ks) >= min(wins):
@@ -86,6 +88,9 @@ def streaming_command(
 
         lm = load_lm(model, small=False)
         ids = lm.tokenizer.piece_ids(default_text() if text is None else text)[:tokens]
+        if len(ids) > lm.max_tokens:  # name the number asked for (the library sees only len(ids))
+            raise ValueError(f"--tokens: expected at most {lm.max_tokens} (the model's context), "
+                             f"got {tokens}")
         if len(ids) < max(wins) + 2:
             src = "--text-file" if text_file is not None else "--tokens"
             raise ValueError(f"{src}: expected at least window + 2 = {max(wins) + 2} tokens (some "

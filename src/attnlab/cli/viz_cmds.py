@@ -51,7 +51,8 @@ def parse_mask(spec: str) -> Any:
             if name == "document" and args:
                 return M.document([int(a) for a in args])
         except ValueError as exc:
-            raise ValueError(f"--mask: bad term {t!r}: {exc}") from None
+            why = "expected integers (e.g. window:3,0)" if "invalid literal for int" in str(exc) else exc
+            raise ValueError(f"--mask: bad term {t!r}: {why}") from None
         raise ValueError(f"--mask: expected a term like causal, window:3,0, prefix:2, full or "
                          f"document:0,0,1; got {t!r}")
 
@@ -87,7 +88,7 @@ def plot_mask_command(
     kv_len: Annotated[int | None, typer.Option("--kv-len", help="number of keys "
                                                "(default: q-len)")] = None,
     tokens: Annotated[str | None, typer.Option("--tokens", help="labels for the key positions, "
-                                               "comma- or space-separated")] = None,
+                                               "comma- and/or space-separated")] = None,
     png: PngOpt = None,
     svg: SvgOpt = None,
     as_json: JsonOpt = False,
@@ -155,7 +156,7 @@ def render_command(
     Figures: one (layer, head) heatmap when --layer and --head are given (or there is only
     one head), else the layers x heads grid.
     """
-    with user_errors(as_json):
+    with user_errors(as_json, {"source": "FILE"}):  # viz.load_json names its argument "source"
         from attnlab import viz
 
         data = viz.load_json(file)

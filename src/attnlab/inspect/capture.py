@@ -165,7 +165,8 @@ def generate(lm: LoadedModel, prompt: str | Encoded, *, max_new_tokens: int = 10
              truncate: bool = False) -> GenerationCapture:
     """Greedy decoding (argmax each step) with a KV cache, keeping every step's weights."""
     if lm.kind != "decoder" or not lm.native:
-        raise ValueError(f"generate: expected a decoder loaded by attnlab (gpt2), got a {lm.kind} "
+        raise ValueError(f"generate: expected a decoder loaded by attnlab (gpt2), got "
+                         f"{'an' if lm.kind[:1] in 'aeiou' else 'a'} {lm.kind} "
                          f"({lm.model_type}, {lm.engine})")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens: expected a positive int, got {max_new_tokens!r}")

@@ -272,7 +272,8 @@ def generate_text(
     if lm.kind != "decoder" or not lm.native:
         raise ValueError(
             f"--model: expected a decoder LLM loaded by attnlab (smollm2, a llama GGUF or "
-            f"folder, gpt2), got a {lm.kind} ({lm.model_type}, {lm.engine})"
+            f"folder, gpt2), got {'an' if lm.kind[:1] in 'aeiou' else 'a'} {lm.kind} ({lm.model_type}, "
+            f"{lm.engine})"
         )
     enc = fit_prompt(lm, prompt, system=system, chat=chat, max_new_tokens=max_new_tokens, truncate=truncate)
     stops = eos_ids(lm)
