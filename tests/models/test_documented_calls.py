@@ -48,6 +48,16 @@ def test_weights_for_refuses_a_mask_other_than_the_forwards():
         weights_for(q, k, out.lse, rows=[5])  # no mask: rows used to sum to 7, silently
 
 
+def test_weights_for_refuses_a_mask_that_opens_a_row_the_forward_saw_empty():
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 2, 6, 8), torch.randn(1, 2, 6, 8)
+    before = masks.causal() & ~masks.sliding_window(0, 0)  # row 0 sees no key: lse -inf
+    out = attnlab.attention(q, k, k, mask=before, backend="tiled")
+    assert torch.equal(weights_for(q, k, out.lse, rows=[0], mask=before), torch.zeros(1, 2, 1, 6))
+    with pytest.raises(ValueError, match=r"lse: row 0 .*saw no key.*lets it see 1"):
+        weights_for(q, k, out.lse, rows=[0], mask=masks.causal())  # used to return zeros
+
+
 def test_a_kv_cache_refuses_a_top_left_mask_and_is_exact_bottom_right():
     torch.manual_seed(0)
     mha = MultiHeadAttention(16, 2)

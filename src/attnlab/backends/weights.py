@@ -54,6 +54,7 @@ def weights_for(q: Tensor, k: Tensor, lse: Tensor, *, rows: Selection = None, he
     nm = normalize_mask(mask, qkv.shape, dtype=qkv.q.dtype, device=qkv.q.device)
     w = weights_rows(qkv.q, qkv.k, lse.reshape(B, H, Lq), nm, score_mod, s, r, h)
     _check_normalised(w, lse.reshape(B, H, Lq)[:, h][:, :, r], r, h)
+    _check_dead_rows(qkv.q, qkv.k, lse.reshape(B, H, Lq), nm, score_mod, s, r, h)
     return w.reshape(w.shape[4 - q.ndim:]) if q.ndim < 4 else w
 
 
@@ -71,6 +72,25 @@ def _check_normalised(w: Tensor, lse: Tensor, r: Tensor, h: Tensor) -> None:
             f"lse: the weights recomputed from it sum to {float(sums[b, hi, ri]):.4g}, not 1 (batch {b}, "
             f"head {int(h[hi])}, row {int(r[ri])}): pass the same mask, score_mod and scale as the "
             f"attention call that returned this lse")
+
+
+def _check_dead_rows(q: Tensor, k: Tensor, lse: Tensor, nm: NormalizedMask,
+                     score_mod: ScoreMod | None, scale: float, r: Tensor, h: Tensor) -> None:
+    """A row with lse = -inf saw no key in the call that made it; if this mask lets it see one,
+    the mask is not that call's, and the zeros returned for the row would be silently wrong."""
+    dead = lse[:, h][:, :, r] == float("-inf")  # (B, h, r)
+    if not bool(dead.any()):
+        return
+    # exp(score - 0) > 0 wherever this mask and score_mod leave a finite score: (B, h, r, Lk)
+    seen = weights_rows(q, k, torch.where(lse == float("-inf"), 0.0, lse), nm, score_mod, scale,
+                        r, h) > 0
+    bad = dead & seen.any(-1)
+    if bool(bad.any()):
+        b, hi, ri = (int(x) for x in bad.nonzero()[0])
+        raise ValueError(
+            f"lse: row {int(r[ri])} (batch {b}, head {int(h[hi])}) saw no key in the call that "
+            f"returned this lse (lse = -inf), but this mask lets it see "
+            f"{int(seen[b, hi, ri].sum())}: pass the same mask, score_mod and scale as that call")
 
 
 def weights_rows(q: Tensor, k: Tensor, lse: Tensor, nm: NormalizedMask, score_mod: ScoreMod | None,
