@@ -81,3 +81,16 @@ def test_without_a_focus_the_focus_parts_are_left_out():
     rep = inspect_text(lm, "a cat sat on the mat").report
     assert rep.focus is None and rep.top_attended == [] and rep.flow is None
     assert list(rep.to_dict()) == ["model", "text", "tokens", "special", "truncated", "total_tokens", "shape"]
+
+
+def test_inspect_refuses_a_capture_it_could_not_hold_before_running():
+    from types import SimpleNamespace
+
+    from attnlab.inspect.report import _check_capture_size
+
+    llm = SimpleNamespace(max_tokens=8192, num_layers=30, num_heads=9)  # SmolLM2's shape
+    _check_capture_size(llm, 20, 100)  # type: ignore[arg-type]  # 120 positions: 16 MB
+    with pytest.raises(ValueError, match=r"generate_tokens: 1 text tokens \+ 5,000 generated .*27\.0 GB"):
+        _check_capture_size(llm, 1, 5000)  # type: ignore[arg-type]  # used to run out of memory
+    with pytest.raises(ValueError, match=r"text: 8,000 tokens .*expected at most 2 GB"):
+        _check_capture_size(llm, 8000, 0)  # type: ignore[arg-type]

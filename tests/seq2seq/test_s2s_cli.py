@@ -51,7 +51,21 @@ def test_translate_text_png_html_and_unknown_words(trained, s2s, tmp_path):
 def test_translate_empty_text_is_a_clear_error(trained, s2s, text):
     res = _invoke(s2s, "translate", "--model", str(trained), text)
     assert res.exit_code == 2
-    assert "text: expected a non-empty sentence" in res.output
+    assert "TEXT: expected a non-empty sentence" in res.output
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--beam", "1000000000"], "--beam: expected at most the target vocabulary size"),  # was: allocate
+    (["--alpha", "nan"], "--alpha: expected a finite number >= 0, got nan"),  # was: silent nan ranking
+    (["--alpha", "-1"], "--alpha: expected a finite number >= 0, got -1"),
+])
+def test_translate_and_evaluate_refuse_bad_search_settings_by_option(trained, s2s, args, says):
+    res = _invoke(s2s, "translate", "--model", str(trained), "one", *args, "--beam", "2") \
+        if args[0] == "--alpha" else _invoke(s2s, "translate", "--model", str(trained), "one", *args)
+    assert res.exit_code == 2 and says in res.output, res.output
+    if args[0] == "--beam":
+        res = _invoke(s2s, "evaluate", "--model", str(trained), *args)
+        assert res.exit_code == 2 and says in res.output, res.output
 
 
 def test_evaluate(trained, s2s):
@@ -60,7 +74,7 @@ def test_evaluate(trained, s2s):
     d = json.loads(res.stdout)
     assert d["split"] == "valid" and d["n"] == 20 and d["by_length"][0]["n"] == 20
     res = _invoke(s2s, "evaluate", "--model", str(trained), "--split", "dev")
-    assert res.exit_code == 2 and "split: expected one of train, valid, test" in res.output
+    assert res.exit_code == 2 and "--split: expected one of train, valid, test" in res.output
 
 
 def test_bad_model_folders(trained, s2s, tmp_path):

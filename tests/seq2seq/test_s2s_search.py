@@ -85,8 +85,10 @@ def test_length_normalisation_changes_the_winner():
 
 def test_bad_beam(s2s):
     model = s2s.tiny_model("bahdanau")
-    with pytest.raises(ValueError, match="beam: expected >= 1"):
+    with pytest.raises(ValueError, match="beam: expected an int >= 1, got 0"):
         decode(model, SRC, SRC_LEN, beam=0)
+    with pytest.raises(ValueError, match="alpha: expected a finite number >= 0, got nan"):
+        decode(model, SRC, SRC_LEN, beam=2, alpha=float("nan"))
     with pytest.raises(ValueError, match="at most the target vocabulary size"):
         decode(model, SRC, SRC_LEN, beam=50)
     assert EOS_ID == 3

@@ -16,6 +16,12 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output o
 SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", help="override a config key, e.g. --set train.lr=0.001 (repeatable)")]
 
+# Library parameter names -> the options a user typed (errors name what the user can change).
+TRAIN_NAMES = {"preset": "--preset", "out": "--out", "arch": "--arch", "config": "CONFIG"}
+TRANSLATE_NAMES = {"text": "TEXT", "model": "--model", "beam": "--beam", "alpha": "--alpha",
+                   "file": "--file", "png": "--png", "html": "--html", "heads": "--heads"}
+EVALUATE_NAMES = {"model": "--model", "split": "--split", "beam": "--beam"}
+
 
 def _log(message: str) -> None:
     err_console.print(message, markup=False, highlight=False, soft_wrap=True)
@@ -39,7 +45,7 @@ def train_cmd(
     from attnlab.training.loop import train
     from attnlab.training.run import RESUMABLE, read_run_config
 
-    with user_errors(as_json):
+    with user_errors(as_json, TRAIN_NAMES):
         if config is not None and preset_name is not None:
             raise ValueError("CONFIG / --preset: expected one of them, got both")
         sets = list(overrides or [])
@@ -102,7 +108,7 @@ def translate_cmd(
     every line of --file."""
     from attnlab.training.translator import Translator
 
-    with user_errors(as_json):
+    with user_errors(as_json, TRANSLATE_NAMES):
         if beam < 1:
             raise ValueError(f"--beam: expected >= 1, got {beam}")
         if (text is None) == (file is None):
@@ -203,7 +209,7 @@ def evaluate_cmd(
     """BLEU, chrF and exact match on a split, overall and by source length."""
     from attnlab.training.translator import Translator
 
-    with user_errors(as_json):
+    with user_errors(as_json, EVALUATE_NAMES):
         if beam < 1:
             raise ValueError(f"--beam: expected >= 1, got {beam}")
         res = Translator.load(model).evaluate(split, beam=beam)

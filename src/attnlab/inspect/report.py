@@ -63,12 +63,14 @@ def inspect_text(lm: LoadedModel, text: str | None = None, *, focus: str | None 
         text = SEED_TEXT
         focus = SEED_FOCUS if focus is None else focus
     generated = None
+    enc = lm.encode(text, truncate=truncate)
+    _check_capture_size(lm, len(enc), generate_tokens)
     if generate_tokens:
-        gen = generate(lm, text, max_new_tokens=generate_tokens, truncate=truncate)
+        gen = generate(lm, enc, max_new_tokens=generate_tokens)
         cache = gen.as_cache(lm)
         generated = Generated(gen.new_tokens, gen.new_ids, lm.tokenizer.decode(gen.new_ids))
     else:
-        cache = capture(lm, text, truncate=truncate, keep_hidden=True)
+        cache = capture(lm, enc, keep_hidden=True)
     enc = cache.encoded
     check = None if backend == "auto" else _backend_check(lm, cache, backend)
     pos = None if focus is None else find_token(enc, focus)
@@ -89,6 +91,22 @@ def inspect_text(lm: LoadedModel, text: str | None = None, *, focus: str | None 
                            backend_check=check, focus=None if pos is None else Focus(enc.labels[pos], pos),
                            top_attended=tops, focused_heads=heads, rollout=roll, flow=flow_top)
     return InspectResult(cache, report)
+
+
+MAX_CAPTURE_BYTES = 2_000_000_000  # every layer's and head's (T, T) weights are held at once
+
+
+def _check_capture_size(lm: LoadedModel, n_text: int, generate_tokens: int) -> None:
+    """Refuse before running what could not be held: an LLM's context (8192 for SmolLM2) x 30
+    layers x 9 heads of float32 weights is 72 GB."""
+    n = min(n_text + generate_tokens, lm.max_tokens)  # generation stops at the context
+    need = lm.num_layers * lm.num_heads * n * n * 4
+    if need > MAX_CAPTURE_BYTES:
+        what = (f"generate_tokens: {n_text} text tokens + {generate_tokens:,} generated"
+                if generate_tokens else f"text: {n_text:,} tokens")
+        raise ValueError(f"{what} x {lm.num_layers} layers x {lm.num_heads} heads of weights need "
+                         f"{need / 1e9:.1f} GB; expected at most {MAX_CAPTURE_BYTES / 1e9:.0f} GB: "
+                         "inspect a shorter text or generate fewer tokens")
 
 
 def _backend_check(lm: LoadedModel, cache: AttentionCache, backend: str) -> BackendCheck:

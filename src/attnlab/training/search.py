@@ -13,6 +13,7 @@ search makes exactly the greedy choices (a test checks it).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,15 +97,15 @@ def beam_search(model: TranslationModel, src: Tensor, src_lengths: Tensor, max_l
     """Batched beam search: (B sentences × ``beam`` hypotheses) decoded together."""
     if beam < 1:
         raise ValueError(f"beam: expected >= 1, got {beam}")
+    vocab = model.cfg.tgt_vocab_size
+    if beam > vocab:  # before anything is allocated per hypothesis
+        raise ValueError(f"beam: expected at most the target vocabulary size {vocab}, got {beam}")
     model.eval()
     bsz, k = src.shape[0], beam
     flat = torch.arange(bsz).repeat_interleave(k)  # (B·K,): sentence of each hypothesis
     memory = model.encode(src, src_lengths)
     state = _init_state(model, memory, cache).index_select(flat)
     memory = memory.index_select(flat)
-    vocab = model.cfg.tgt_vocab_size
-    if k > vocab:
-        raise ValueError(f"beam: expected at most the target vocabulary size {vocab}, got {k}")
     scores = torch.full((bsz, k), float("-inf"), dtype=torch.float64)
     scores[:, 0] = 0.0  # all beams start identical: expand only the first
     done = torch.zeros(bsz, k, dtype=torch.bool)
@@ -156,6 +157,10 @@ def beam_search(model: TranslationModel, src: Tensor, src_lengths: Tensor, max_l
 
 def decode(model: TranslationModel, src: Tensor, src_lengths: Tensor, *, beam: int = 1,
            alpha: float = 1.0, ratio: float = 2.0, cache: bool = True) -> list[Hypothesis]:
+    if isinstance(beam, bool) or not isinstance(beam, int) or beam < 1:
+        raise ValueError(f"beam: expected an int >= 1, got {beam!r}")
+    if not math.isfinite(alpha) or alpha < 0:  # nan would rank every hypothesis as nan
+        raise ValueError(f"alpha: expected a finite number >= 0, got {alpha}")
     limit = max_lengths(src_lengths, ratio)
     if beam == 1:
         return greedy(model, src, src_lengths, limit, cache=cache)
