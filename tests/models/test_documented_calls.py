@@ -54,7 +54,7 @@ def test_weights_for_refuses_a_mask_that_opens_a_row_the_forward_saw_empty():
     before = masks.causal() & ~masks.sliding_window(0, 0)  # row 0 sees no key: lse -inf
     out = attnlab.attention(q, k, k, mask=before, backend="tiled")
     assert torch.equal(weights_for(q, k, out.lse, rows=[0], mask=before), torch.zeros(1, 2, 1, 6))
-    with pytest.raises(ValueError, match=r"lse: row 0 .*saw no key.*lets it see 1"):
+    with pytest.raises(ValueError, match=r"lse: a row that saw no key .*sees 1 here .*row 0\)"):
         weights_for(q, k, out.lse, rows=[0], mask=masks.causal())  # used to return zeros
 
 

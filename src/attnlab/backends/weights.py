@@ -7,6 +7,8 @@ O(rows · Lk) work and memory, so a 1M-token sequence can still be inspected row
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -66,12 +68,8 @@ def _check_normalised(w: Tensor, lse: Tensor, r: Tensor, h: Tensor) -> None:
     # mismatched mask or scale moves the sums far more (tests: 7.2 for a causal lse, no mask)
     tol = 0.02 if w.dtype in (torch.float16, torch.bfloat16) else 1e-3
     bad = torch.isfinite(lse) & ((sums - 1).abs() > tol)
-    if bool(bad.any()):
-        b, hi, ri = (int(x) for x in bad.nonzero()[0])
-        raise ValueError(
-            f"lse: the weights recomputed from it sum to {float(sums[b, hi, ri]):.4g}, not 1 (batch {b}, "
-            f"head {int(h[hi])}, row {int(r[ri])}): pass the same mask, score_mod and scale as the "
-            f"attention call that returned this lse")
+    _refuse(bad, r, h, lambda b, hi, ri: f"the weights recomputed from it sum to "
+                                         f"{float(sums[b, hi, ri]):.4g}, not 1")
 
 
 def _check_dead_rows(q: Tensor, k: Tensor, lse: Tensor, nm: NormalizedMask,
@@ -84,13 +82,17 @@ def _check_dead_rows(q: Tensor, k: Tensor, lse: Tensor, nm: NormalizedMask,
     # exp(score - 0) > 0 wherever this mask and score_mod leave a finite score: (B, h, r, Lk)
     seen = weights_rows(q, k, torch.where(lse == float("-inf"), 0.0, lse), nm, score_mod, scale,
                         r, h) > 0
-    bad = dead & seen.any(-1)
+    _refuse(dead & seen.any(-1), r, h, lambda b, hi, ri: f"a row that saw no key (lse = -inf) "
+                                                         f"sees {int(seen[b, hi, ri].sum())} here")
+
+
+def _refuse(bad: Tensor, r: Tensor, h: Tensor, why: Callable[[int, int, int], str]) -> None:
+    """bad (B, h, r) bool: raise for the first bad row, saying ``why`` and where."""
     if bool(bad.any()):
         b, hi, ri = (int(x) for x in bad.nonzero()[0])
-        raise ValueError(
-            f"lse: row {int(r[ri])} (batch {b}, head {int(h[hi])}) saw no key in the call that "
-            f"returned this lse (lse = -inf), but this mask lets it see "
-            f"{int(seen[b, hi, ri].sum())}: pass the same mask, score_mod and scale as that call")
+        raise ValueError(f"lse: {why(b, hi, ri)} (batch {b}, head {int(h[hi])}, row {int(r[ri])}): "
+                         "pass the same mask, score_mod and scale as the attention call that "
+                         "returned this lse")
 
 
 def weights_rows(q: Tensor, k: Tensor, lse: Tensor, nm: NormalizedMask, score_mod: ScoreMod | None,
