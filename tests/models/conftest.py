@@ -4,6 +4,9 @@ tokenizer.json) built in a temporary directory, and the embedded default model."
 from __future__ import annotations
 
 import inspect
+import socket
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -239,3 +242,28 @@ def write_llama_gguf(folder: Path, out: Path, *, qtype: str = "Q8_0", arch: str 
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory) -> Path:
     return make_llama(tmp_path_factory.mktemp("llama"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def live_server(app):
+    """The module's ``app`` served by uvicorn on a free 127.0.0.1 port, as `attnlab serve` runs it."""
+    import uvicorn
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           **app.state.uvicorn_settings))  # as `attnlab serve` runs it
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
