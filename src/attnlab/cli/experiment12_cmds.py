@@ -1,4 +1,4 @@
-"""``attnlab experiment architectures | heads``: Transformer vs RNN translators; head ablation."""
+"""``attnlab experiment architectures | heads | ablations``: Transformer vs RNNs; heads; Table 3."""
 
 from __future__ import annotations
 
@@ -78,3 +78,28 @@ def heads_cmd(
     console.print((out / "table.md").read_text(encoding="utf-8"), markup=False, soft_wrap=True)
     console.print(f"wrote {out / 'results.json'}, table.md, heads_*.png, pruning.png",
                   soft_wrap=True)
+
+
+def ablations_cmd(
+    out: Annotated[Path, typer.Option("--out", help="experiment folder")] = Path(
+        "runs/ablations"),
+    quick: QuickOpt = False,
+    threads: ThreadsOpt = 0,
+    overrides: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Vaswani et al. Table 3 in small: heads 1/2/4/8 at a fixed d_model, and positions
+    sinusoidal/learned/rotary/none, each a Transformer translator on the numbers corpus."""
+    with user_errors(as_json):
+        if threads < 0:
+            raise ValueError(f"--threads: expected >= 0, got {threads}")
+        from attnlab.training.experiment_ablations import run_ablations
+
+        res = run_ablations(out, quick=quick, overrides=list(overrides or []),
+                            threads=threads, log=None if as_json else _log)
+    if as_json:
+        print_json({"out": str(out), "summary": res.summary, "rows": res.rows,
+                    "seconds": round(res.seconds, 1)})
+        return
+    console.print((out / "table.md").read_text(encoding="utf-8"), markup=False, soft_wrap=True)
+    console.print(f"wrote {out / 'results.json'}, table.md, ablations.png", soft_wrap=True)

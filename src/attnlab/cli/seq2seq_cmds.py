@@ -257,5 +257,8 @@ def register(app: typer.Typer) -> None:
 
     experiment.command("architectures")(architectures_cmd)
     experiment.command("heads")(heads_cmd)
+    from attnlab.cli.experiment12_cmds import ablations_cmd  # light: typer only
+
+    experiment.command("ablations")(ablations_cmd)
     experiment.command("induction")(induction_cmd)
     app.add_typer(experiment, name="experiment")
