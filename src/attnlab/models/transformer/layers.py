@@ -60,6 +60,9 @@ class InputEmbedding(nn.Module):
         self.table: nn.Embedding | None = None
         if positions == "learned":
             self.table = nn.Embedding(max_len, d_model)
+            # fairseq's N(0, 1/d), 1/√d of the √d-scaled tokens. N(0, 1) trains the ablations
+            # translator to 94.3 test BLEU in 1000 steps, not 81.1, and did no worse on the
+            # induction LM in 3 seeds; kept until more runs say so (docs/transformer.md, ablations)
             nn.init.normal_(self.table.weight, std=d_model ** -0.5)
         self.drop = nn.Dropout(dropout)
 
