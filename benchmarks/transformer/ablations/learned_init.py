@@ -4,7 +4,8 @@ attnlab initialises the table N(0, 1/d) (fairseq). This script retrains, with th
 patched to another start, the two models that use learned positions:
 
 - ``translator``: the ablations experiment's h4-learned translator (1000 steps, 2 threads);
-- ``induction``: the induction experiment's 2-layer attention-only LM (2500 steps, 2 threads).
+- ``induction``: the induction experiment's 2-layer attention-only LM (2500 steps, 2 threads;
+  the experiment itself runs at 1 thread, so its seed-0 run is not this script's).
 
 Modes: ``default`` = attnlab's own init (no patch); ``std1`` = N(0, 1); ``scaled`` = N(0, 1/d)
 multiplied by √d in the forward pass (the same start as std1, but Adam moves it √d times faster,
