@@ -244,10 +244,17 @@ def tiny_llama(tmp_path_factory) -> Path:
     return make_llama(tmp_path_factory.mktemp("llama"))
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(name="free_port", scope="session")
+def free_port_fixture():
+    """The function, for test modules (they cannot import conftest)."""
+    return free_port
 
 
 @pytest.fixture(scope="module")
@@ -255,7 +262,7 @@ def live_server(app):
     """The module's ``app`` served by uvicorn on a free 127.0.0.1 port, as `attnlab serve` runs it."""
     import uvicorn
 
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                            **app.state.uvicorn_settings))  # as `attnlab serve` runs it
     thread = threading.Thread(target=server.run, daemon=True)

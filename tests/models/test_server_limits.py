@@ -192,21 +192,15 @@ def test_query_arguments_are_checked_too(client):
 # ------------------------------------------------------------------ a real server
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def uv(minilm):
+def uv(minilm, free_port):
     """uvicorn on 127.0.0.1 with ``attnlab serve``'s settings, its deadlines shortened to 1 s."""
     import uvicorn
 
     app = create_app(minilm, max_chars=1000, body_timeout_s=DEADLINE_S)
     settings = uvicorn_settings(1000, head_timeout_s=DEADLINE_S, drain_timeout_s=DEADLINE_S,
                                 keep_alive_s=DEADLINE_S)
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=_free_port(), log_level="error",
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="error",
                                         **settings))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
@@ -338,9 +332,9 @@ def test_long_view_url_fits_the_head_cap(server):
 
 
 @pytest.fixture(scope="module")
-def cli_server():
+def cli_server(free_port):
     """``attnlab serve`` itself, in its own process (so that its memory can be read alone)."""
-    port = _free_port()
+    port = free_port()
     code = "import sys; from attnlab.cli.main import app; sys.argv[0] = 'attnlab'; app()"
     proc = subprocess.Popen([sys.executable, "-c", code, "serve", "--port", str(port), "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)

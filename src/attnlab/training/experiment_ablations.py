@@ -33,8 +33,8 @@ from attnlab.training.config import RunConfig, apply_overrides, preset
 from attnlab.training.experiment import _train_one
 from attnlab.training.experiment_arch import DEFAULTS as ARCH_DATA
 from attnlab.training.experiment_arch import QUICK as ARCH_QUICK
-from attnlab.training.experiment_arch import parameter_count
-from attnlab.training.run import RESUMABLE, config_differences, open_run, read_run_config
+from attnlab.training.experiment_arch import parameter_count, refuse_other_runs
+from attnlab.training.run import open_run
 
 HEADS: tuple[int, ...] = (1, 2, 4, 8)
 POSITIONS: tuple[str, ...] = ("sinusoidal", "learned", "rotary", "none")
@@ -98,13 +98,7 @@ def run_ablations(out: str | os.PathLike[str], *, quick: bool = False,
     out = Path(out)
     cfgs = variant_configs(quick=quick, overrides=overrides, threads=threads)
     out.mkdir(parents=True, exist_ok=True)
-    for name, cfg in cfgs.items():  # never mix results of different settings in one folder
-        if (out / name / "run.json").is_file():
-            diff = [k for k in config_differences(read_run_config(out / name), cfg)
-                    if k not in RESUMABLE]
-            if diff:
-                raise ValueError(f"--out: {out / name} holds a run with other settings ({diff}); "
-                                 f"choose another --out (nothing was changed)")
+    refuse_other_runs(out, cfgs)
     started = time.perf_counter()
     summary, rows = [], []
     for i, (name, cfg) in enumerate(cfgs.items(), 1):

@@ -53,6 +53,18 @@ QUICK_MODEL = {"transformer": ["model.d_model=16", "model.ffn=32", "model.layers
 TARGET_BLEU = 90.0
 
 
+def refuse_other_runs(out: Path, cfgs: dict[str, RunConfig]) -> None:
+    """Never mix results of different settings in one folder: a run folder ``out/name`` that
+    exists must hold ``cfgs[name]`` (keys a resume may change aside)."""
+    for name, cfg in cfgs.items():
+        if (out / name / "run.json").is_file():
+            diff = [k for k in config_differences(read_run_config(out / name), cfg)
+                    if k not in RESUMABLE]
+            if diff:
+                raise ValueError(f"--out: {out / name} holds a run with other settings ({diff}); "
+                                 f"choose another --out (nothing was changed)")
+
+
 @dataclass
 class ArchResult:
     folder: Path
@@ -97,13 +109,7 @@ def run_architectures(out: str | os.PathLike[str], *, quick: bool = False,
     out = Path(out)
     cfgs = model_configs(quick=quick, overrides=overrides, threads=threads, models=models)
     out.mkdir(parents=True, exist_ok=True)
-    for m, cfg in cfgs.items():  # never mix results of different settings in one folder
-        if (out / m / "run.json").is_file():
-            diff = [k for k in config_differences(read_run_config(out / m), cfg)
-                    if k not in RESUMABLE]
-            if diff:
-                raise ValueError(f"--out: {out / m} holds a run with other settings ({diff}); "
-                                 f"choose another --out (nothing was changed)")
+    refuse_other_runs(out, cfgs)
     started = time.perf_counter()
     results, params = {}, {}
     for i, (m, cfg) in enumerate(cfgs.items(), 1):
