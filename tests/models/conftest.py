@@ -3,10 +3,12 @@ tokenizer.json) built in a temporary directory, and the embedded default model."
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -257,20 +259,34 @@ def free_port_fixture():
     return free_port
 
 
-@pytest.fixture(scope="module")
-def live_server(app):
-    """The module's ``app`` served by uvicorn on a free 127.0.0.1 port, as `attnlab serve` runs it."""
+@contextlib.contextmanager
+def serving(app, log_level: str = "warning", **settings) -> Iterator:
+    """``app`` served by uvicorn in a thread on a free 127.0.0.1 port; yields the server."""
     import uvicorn
 
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           **app.state.uvicorn_settings))  # as `attnlab serve` runs it
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(),
+                                           log_level=log_level, **settings))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 20
     while not server.started and time.time() < deadline:
         time.sleep(0.05)
     assert server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield server
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(name="serving", scope="session")
+def serving_fixture():
+    """The context manager, for test modules (they cannot import conftest)."""
+    return serving
+
+
+@pytest.fixture(scope="module")
+def live_server(app):
+    """The module's ``app`` served as `attnlab serve` runs it; yields its base URL."""
+    with serving(app, **app.state.uvicorn_settings) as server:
+        yield f"http://127.0.0.1:{server.config.port}"

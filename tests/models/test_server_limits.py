@@ -193,24 +193,13 @@ def test_query_arguments_are_checked_too(client):
 
 
 @pytest.fixture(scope="module")
-def uv(minilm, free_port):
+def uv(minilm, serving):
     """uvicorn on 127.0.0.1 with ``attnlab serve``'s settings, its deadlines shortened to 1 s."""
-    import uvicorn
-
     app = create_app(minilm, max_chars=1000, body_timeout_s=DEADLINE_S)
     settings = uvicorn_settings(1000, head_timeout_s=DEADLINE_S, drain_timeout_s=DEADLINE_S,
                                 keep_alive_s=DEADLINE_S)
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="error",
-                                        **settings))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert srv.started, "uvicorn did not start"
-    yield srv
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serving(app, log_level="error", **settings) as srv:
+        yield srv
 
 
 @pytest.fixture
