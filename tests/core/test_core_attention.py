@@ -126,6 +126,18 @@ def test_additive_float_mask_and_bool_mask_agree(backend):
     torch.testing.assert_close(c.double(), ref, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_float_keep_mask_of_0s_and_1s_is_refused_not_added(backend):
+    """torch.tril(torch.ones(L, L)) added to the scores masks nothing: it used to run silently."""
+    q, k, v = rand_qkv(Lk=5)
+    with pytest.raises(ValueError, match=r"mask: a float mask is added .* only 0s and 1s.*mask\.bool\(\)"):
+        attnlab.attention(q, k, v, mask=torch.tril(torch.ones(5, 5)), backend=backend)
+    keep = attnlab.attention(q, k, v, mask=torch.tril(torch.ones(5, 5)).bool(), backend=backend)
+    torch.testing.assert_close(keep.context, attnlab.attention(q, k, v, mask=masks.causal(),
+                                                               backend=backend).context)
+    attnlab.attention(q, k, v, mask=torch.zeros(5, 5), backend=backend)  # all-0 bias: no bias
+
+
 def test_gqa_matches_sdpa_enable_gqa_and_explicit_repeat():
     q, k, v = rand_qkv(H=8, Hkv=2)
     ours = attnlab.attention(q, k, v, backend="eager").context

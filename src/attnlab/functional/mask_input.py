@@ -12,7 +12,9 @@ Accepted (all with the same polarity, True / finite = may attend):
   inputs) and added to scores that every backend computes in at least float32. Without the
   threshold, finfo(float32).min would average every key for float32 inputs and turn into
   -inf (zeros) for float16/bfloat16 ones.
-Integer tensors are refused: 0/1 masks are ambiguous between "keep" and "drop" conventions.
+Integer tensors are refused: 0/1 masks are ambiguous between "keep" and "drop" conventions;
+so is a float tensor of only 0s and 1s (``torch.tril(torch.ones(L, L))``), refused with the same
+advice: added, it would mask nothing.
 """
 
 from __future__ import annotations
@@ -79,6 +81,12 @@ def normalize_mask(mask: object, shape: tuple[int, int, int, int], *, dtype: tor
             m = _check_shape(mask, shape, mask.ndim)
             if bool(torch.isnan(m).any()) or bool((m == float("inf")).any()):
                 raise ValueError("mask: an additive float mask may hold finite values or -inf, got NaN/+inf")
+            if bool((m == 1).any()) and bool(((m == 0) | (m == 1)).all()):
+                # torch.tril(torch.ones(L, L)) is a keep-mask in intent; added, it masks nothing
+                raise ValueError(
+                    "mask: a float mask is added to the scores (0 = keep, -inf = masked), got one "
+                    "of only 0s and 1s, which would mask nothing; for a keep-mask pass "
+                    "mask.bool() (True = may attend)")
             allowed = m > MASKED_AT_OR_BELOW  # (B|1, H|1, Lq|1, Lk)
             mf = m.to(bias_dtype(dtype))  # widened before the select: exact for every mask dtype
             bias = torch.where(allowed, mf, torch.zeros((), dtype=mf.dtype, device=mf.device))
