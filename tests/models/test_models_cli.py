@@ -116,3 +116,27 @@ def test_truncate_flag_and_model_folder_errors(tmp_path, tiny_bert):
     (bad / "model.safetensors").write_bytes(b"garbage")
     res = runner.invoke(app, ["inspect", "hello", "--model", str(bad)])
     assert res.exit_code == 2 and "expected a valid safetensors file" in " ".join(res.output.split())
+
+
+def test_inspect_own_sentence_without_focus_says_what_to_ask_for():
+    """It used to print the tokens and stop, with no hint (newcomer review)."""
+    out = run("inspect", "The trophy did not fit in the suitcase because it was too big").output
+    assert "tokens: 0:[CLS]" in out and "no --focus: add --focus TOKEN (e.g. --focus it)" in out
+    assert "no --focus" not in run("inspect", "The trophy did not fit", "--focus", "fit").output
+
+
+def test_inspect_layer_alone_is_an_error_not_ignored():
+    out = run("inspect", "--layer", "3", code=2).output
+    assert "--layer: expected with --head (one head's weights) or --png/--html" in out
+
+
+def test_a_model_that_is_not_there_names_the_option_and_the_accepted_forms():
+    out = run("inspect", "--model", "minilm", code=2).output
+    assert "--model: expected a model folder, a .gguf file or 'smollm2'" in out and "'minilm'" in out
+
+
+def test_load_model_from_python_names_the_parameter_not_the_option():
+    from attnlab.models.loading import load_model
+
+    with pytest.raises(FileNotFoundError, match=r"^model: expected a model folder, a \.gguf file"):
+        load_model("minilm")

@@ -78,6 +78,8 @@ def test_compare_default_candidates_and_errors(minilm):
         compare(minilm, SEED_TEXT, "a dog barked", "it")
     with pytest.raises(ValueError, match="candidates"):
         compare(minilm, SEED_TEXT, SEED_TEXT_B, "it", ["animal", "giraffe"])
+    with pytest.raises(TypeError, match=r"candidates: expected a list of tokens.*got the string 'animal'"):
+        compare(minilm, SEED_TEXT, SEED_TEXT_B, "it", "animal")  # type: ignore[arg-type]  # was: its letters
 
 
 # ------------------------------------------------------------------ patching

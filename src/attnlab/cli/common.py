@@ -111,7 +111,11 @@ def load_lm(model: str | Path | None, *, small: bool = True):
         torch.set_num_threads(1)
     elif "ATTNLAB_THREADS" in os.environ:
         torch.set_num_threads(max(1, int(os.environ["ATTNLAB_THREADS"])))
-    return load_model(model)
+    try:
+        return load_model(model)
+    except (FileNotFoundError, ValueError) as e:  # the library says model:, the user typed --model
+        e.args = (as_option(str(e), {"model": "--model"}), *e.args[1:])
+        raise
 
 
 Registrar = Callable[[typer.Typer], None]

@@ -88,6 +88,9 @@ def inspect_command(
         from attnlab.inspect.inspect_report import HeadWeights
         from attnlab.inspect.report import check_head, inspect_text
 
+        if layer is not None and head is None and png is None and html is None:
+            raise ValueError("--layer: expected with --head (one head's weights) or --png/--html "
+                             "(that layer drawn), got --layer alone")
         lm = load_lm(model)
         check_head(lm, layer, head)
         res = inspect_text(lm, text, focus=focus, k=top, truncate=truncate, generate_tokens=generate_tokens,
@@ -169,6 +172,10 @@ def _print_inspect(rep: InspectReport, cache, layer: int | None, head: int | Non
         console.print(f"rollout (Abnar & Zuidema 2020): {_tops(rep.rollout)}", highlight=False)
         if rep.flow is not None:
             console.print(f"flow (max-flow, Abnar & Zuidema 2020): {_tops(rep.flow)}", highlight=False)
+    elif layer is None:  # only the tokens so far: say what to ask for
+        console.print("no --focus: add --focus TOKEN (e.g. --focus it) to see where that token "
+                      "looks, or --layer L --head H for one head's weights", highlight=False,
+                      markup=False)
     if rep.backend_check is not None:
         b = rep.backend_check
         console.print(f"backend {b.backend}: max |Δ last hidden state| vs eager = "

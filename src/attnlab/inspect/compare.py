@@ -90,6 +90,9 @@ def _default_candidates(a: AttentionCache, b: AttentionCache, focus_a: int) -> l
 def compare(lm: LoadedModel, text_a: str, text_b: str, focus: str, candidates: list[str] | None = None,
             *, truncate: bool = False) -> Comparison:
     """Rank heads by how far ``focus``'s attention moved between ``candidates`` from A to B."""
+    if isinstance(candidates, str):  # list("animal") would be its letters
+        raise TypeError(f"candidates: expected a list of tokens, e.g. ['animal', 'street'], got "
+                        f"the string {candidates!r}")
     ca = capture(lm, lm.encode(text_a, truncate=truncate, name="text_a"), keep_hidden=False)
     cb = capture(lm, lm.encode(text_b, truncate=truncate, name="text_b"), keep_hidden=False)
     fa = find_token(ca.encoded, focus, name="focus (text A)")

@@ -82,7 +82,7 @@ def open_gguf(path: str | Path) -> GGUFContents:
     """Parse the header and metadata of a GGUF file (tensors stay memory-mapped)."""
     p = Path(path).expanduser()
     if not p.is_file():
-        raise FileNotFoundError(f"--model: expected a GGUF file, got {str(p)!r} (not found)")
+        raise FileNotFoundError(f"model: expected a GGUF file, got {str(p)!r} (not found)")
     try:
         reader = _reader_class()(p)
     except (ValueError, IndexError, OverflowError, KeyError, TypeError) as e:

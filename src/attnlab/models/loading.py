@@ -176,9 +176,11 @@ def _llama_net(cfg: LlamaConfig, untied: bool) -> Llama:
 
 def _read_config(folder: Path) -> dict[str, Any]:
     if not folder.exists():
-        raise FileNotFoundError(f"--model: expected a model folder, got {str(folder)!r} (not found)")
+        raise FileNotFoundError(f"model: expected a model folder, a .gguf file or 'smollm2' (the "
+                                f"embedded LLM; default: the embedded all-MiniLM-L6-v2), got "
+                                f"{str(folder)!r} (not found)")
     if not folder.is_dir():
-        raise FileNotFoundError(f"--model: expected a folder with config.json, model.safetensors and "
+        raise FileNotFoundError(f"model: expected a folder with config.json, model.safetensors and "
                                 f"tokenizer.json, got a file: {folder}")
     need = ["config.json", "tokenizer.json"]
     has_weights = any((folder / n).is_file() for n in ("model.safetensors", "model.safetensors.index.json"))
