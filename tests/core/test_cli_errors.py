@@ -41,7 +41,15 @@ def test_library_names_become_the_options_typed():
      "--q: expected at most 64 rows (walk prints every step for a person to follow), got 65; walk a slice"),
     (["walk", "--q", "[[1, 0]]", "--tokens", "a,b,c"], "--tokens: expected 1 label (one per row"),  # labels
     (["plot-mask", "--mask", "window:a,b"],  # was Python's "invalid literal for int() with base 10: 'a'"
-     "--mask: bad term 'window:a,b': expected integers (e.g. window:3,0)"),
+     "--mask: bad term 'window:a,b': expected integers; write window:LEFT,RIGHT or "
+     "window:LEFT,RIGHT,bottom-right (e.g. window:2,0)"),
+    (["plot-mask", "--mask", "window:2"],  # newcomer review: the form, not a generic list
+     "--mask: bad term 'window:2': expected window:LEFT,RIGHT or window:LEFT,RIGHT,bottom-right"),
+    (["plot-mask", "--mask", "window:2,0:bottom-right"],  # was "expected integers (e.g. window:3,0)"
+     "--mask: bad term 'window:2,0:bottom-right': expected integers; write window:LEFT,RIGHT or "
+     "window:LEFT,RIGHT,bottom-right"),
+    (["plot-mask", "--mask", "causal&&window:1,0"],  # was "... got ''"
+     "--mask: an empty term in 'causal&&window:1,0' (two operators in a row, or one at an end)"),
     (["plot-mask", "--mask", "causal:x"], "--mask: bad term 'causal:x': align: expected 'top-left'"),
     (["render", "/nonexistent.json"], "FILE: expected a JSON file or JSON text"),  # was "source:"
     (["bench", "--threads", "0"], "--threads: expected a positive int, got 0"),  # was "threads:"

@@ -23,6 +23,13 @@ MASK_HELP = (
 )
 
 
+# The form of each term, for errors that say how to write it.
+FORMS = {"causal": "causal or causal:bottom-right",
+         "window": "window:LEFT,RIGHT or window:LEFT,RIGHT,bottom-right (e.g. window:2,0)",
+         "prefix": "prefix:N (e.g. prefix:2)", "full": "full (no arguments)",
+         "document": "document:ID,ID,... (one segment id per position, e.g. document:0,0,1)"}
+
+
 def parse_mask(spec: str) -> Any:
     """A :class:`attnlab.functional.masks.Mask` from a spec like ``causal&window:3,0``."""
     from attnlab.functional import masks as M
@@ -51,8 +58,14 @@ def parse_mask(spec: str) -> Any:
             if name == "document" and args:
                 return M.document([int(a) for a in args])
         except ValueError as exc:
-            why = "expected integers (e.g. window:3,0)" if "invalid literal for int" in str(exc) else exc
+            why = (f"expected integers; write {FORMS.get(name, 'window:3,0')}"
+                   if "invalid literal for int" in str(exc) else exc)
             raise ValueError(f"--mask: bad term {t!r}: {why}") from None
+        if not t:
+            raise ValueError(f"--mask: an empty term in {spec!r} (two operators in a row, or one at "
+                             f"an end); expected terms joined by single & or |, e.g. causal&window:3,0")
+        if name in FORMS:
+            raise ValueError(f"--mask: bad term {t!r}: expected {FORMS[name]}")
         raise ValueError(f"--mask: expected a term like causal, window:3,0, prefix:2, full or "
                          f"document:0,0,1; got {t!r}")
 
