@@ -249,8 +249,10 @@ def _finish(run: Run, prog: Progress, log: Log, dp: DataParallel) -> TrainResult
         "config": run.cfg.to_dict(),
     }
     write_json(run.folder / "results.json", results)
-    log(f"stopped ({prog.stopped}) at step {prog.step}; best valid BLEU {prog.best_bleu:.2f} "
-        f"at step {prog.best_step}; test BLEU {res.metrics['bleu']:.2f}")
+    chrf = next((h["valid_chrf"] for h in prog.history if h["step"] == prog.best_step), None)
+    kept = f", chrF {chrf:.2f}" if chrf is not None else ""  # chrF breaks ties (BLEU 0 without 4-grams)
+    log(f"stopped ({prog.stopped}) at step {prog.step}; kept the model of step {prog.best_step} "
+        f"(valid BLEU {prog.best_bleu:.2f}{kept}); test BLEU {res.metrics['bleu']:.2f}")
     dp.barrier()
     return TrainResult(run.folder, prog, results)
 
