@@ -39,7 +39,8 @@ def __getattr__(name: str) -> object:
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_WHERE])
+    # the public names once each (a resolved name is also in globals()), not the loader's own
+    return sorted({*__all__, "__version__"} | {n for n in globals() if n.startswith("__")})
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs; never executed

@@ -40,3 +40,13 @@ def test_the_lazy_self_check_passes_when_first_reached_inside_inference_mode():
         "print(f.AVAILABLE, f.AVAILABLE_BACKWARD)\n"
     )
     assert out.strip() == "True True"
+
+
+def test_dir_lists_the_public_names_once_and_not_the_loaders_own():
+    """dir(attnlab) listed KVCache twice once resolved, and TYPE_CHECKING, importlib, annotations."""
+    import attnlab
+
+    _ = attnlab.KVCache, attnlab.masks  # resolved names land in the module's globals
+    public = [n for n in dir(attnlab) if not n.startswith("__")]
+    assert public == sorted(attnlab.__all__)
+    assert "__version__" in dir(attnlab)
