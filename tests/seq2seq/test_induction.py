@@ -64,3 +64,36 @@ def test_command_writes_json_markdown_and_png(tmp_path):
     assert (tmp_path / "induction.png").read_bytes()[:4] == b"\x89PNG"
     assert "| 2-layer attention-only |" in (tmp_path / "results.md").read_text()
     assert json.loads((tmp_path / "results.json").read_text())["config"]["steps"] == 40
+
+
+def test_seeds_runs_each_seed_and_tabulates_them(tmp_path):
+    from attnlab.cli.main import app
+
+    res = CliRunner().invoke(app, ["experiment", "induction", "--quick", "--seeds", "0, 3",
+                                   "--out", str(tmp_path), "--json"])
+    assert res.exit_code == 0, res.output
+    seeds = json.loads(res.output)["seeds"]
+    assert sorted(seeds) == ["0", "3"] and [s["layers"] for s in seeds["3"]] == [1, 2]
+    for s in (0, 3):
+        saved = json.loads((tmp_path / f"seed-{s}" / "results.json").read_text())
+        assert saved["config"]["seed"] == s and (tmp_path / f"seed-{s}" / "induction.png").is_file()
+    assert json.loads((tmp_path / "seeds.json").read_text()) == seeds
+    table = (tmp_path / "seeds.md").read_text()
+    assert "| 3 |" in table and "of 2 seeds reach 2-layer repeat accuracy > 0.8" in table
+    # the seed-0 run is the plain command's run: same numbers
+    one = CliRunner().invoke(app, ["experiment", "induction", "--quick", "--out", str(tmp_path / "one"),
+                                   "--json"])
+    strip = [{k: v for k, v in s.items() if k != "seconds"} for s in json.loads(one.output)["summary"]]
+    assert strip == [{k: v for k, v in s.items() if k != "seconds"} for s in seeds["0"]]
+
+
+@pytest.mark.parametrize(("args", "error"), [
+    (["--seeds", "0,x"], "--seeds: expected distinct integers >= 0"),
+    (["--seeds", "1,1"], "--seeds: expected distinct integers >= 0"),
+    (["--seeds", "1", "--seed", "2"], "--seeds: expected --seed or --seeds, got both"),
+])
+def test_bad_seeds_are_one_line_errors(tmp_path, args, error):
+    from attnlab.cli.main import app
+
+    res = CliRunner().invoke(app, ["experiment", "induction", "--quick", "--out", str(tmp_path), *args])
+    assert res.exit_code == 2 and error in res.output, res.output

@@ -193,6 +193,24 @@ def markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def seeds_markdown(runs: dict[int, dict[str, Any]], accuracy: float = 0.8, score: float = 0.5) -> str:
+    """One row per seed (``runs``: seed -> run_induction's result) and how many seeds reach the
+    issue's marks: 2-layer repeat accuracy > ``accuracy``, best induction score > ``score``."""
+    lines = ["| seed | 2-layer repeat accuracy | best induction score (head) | phase change at step | "
+             "1-layer repeat accuracy |", "|---:|---:|---:|---:|---:|"]
+    hits = 0
+    for seed, res in runs.items():
+        one, two = (next(s for s in res["summary"] if s["layers"] == n) for n in (1, 2))
+        pc = two["phase_change_step"] if two["phase_change_step"] is not None else "never"
+        lines.append(f"| {seed} | {two['repeat_accuracy']:.3f} | {two['best_induction']:.3f} "
+                     f"({two['best_head']}) | {pc} | {one['repeat_accuracy']:.3f} |")
+        hits += two["repeat_accuracy"] > accuracy and two["best_induction"] > score
+    steps = next(iter(runs.values()))["config"]["steps"]
+    lines += ["", f"{hits} of {len(runs)} seeds reach 2-layer repeat accuracy > {accuracy} with an "
+              f"induction score > {score} within {steps} steps."]
+    return "\n".join(lines) + "\n"
+
+
 def plot_png(res: dict[str, Any]) -> bytes:
     """Repeat accuracy and best induction score against steps, one line per model."""
     import io
