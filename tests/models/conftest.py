@@ -246,6 +246,21 @@ def tiny_llama(tmp_path_factory) -> Path:
     return make_llama(tmp_path_factory.mktemp("llama"))
 
 
+@pytest.fixture(scope="module")
+def app(minilm):
+    """The viewer app over the embedded MiniLM, as the server tests use it."""
+    from attnlab.inspect.server import create_app
+
+    return create_app(minilm, max_chars=300)
+
+
+@pytest.fixture
+def client(app):
+    from starlette.testclient import TestClient
+
+    return TestClient(app, base_url="http://127.0.0.1:8765")
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as s:

@@ -8,23 +8,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from starlette.testclient import TestClient
 
 from attnlab.inspect.report import SEED_TEXT, SEED_TEXT_B
-from attnlab.inspect.server import create_app
 
 CHROMIUM = "/usr/bin/chromium"
 XSS = '<img src=x onerror="window.__pwned=1"></script><script>window.__pwned=1</script> it'
-
-
-@pytest.fixture(scope="module")
-def app(minilm):
-    return create_app(minilm, max_chars=300)
-
-
-@pytest.fixture
-def client(app):
-    return TestClient(app, base_url="http://127.0.0.1:8765")
 
 
 def test_index_static_and_security_headers(client):

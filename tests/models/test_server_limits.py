@@ -27,11 +27,6 @@ JSON = {"content-type": "application/json"}
 DEADLINE_S = 1.0  # the test server's head / body / keep-alive deadlines
 
 
-@pytest.fixture(scope="module")
-def app(minilm):
-    return create_app(minilm, max_chars=300)
-
-
 @pytest.fixture
 def client(app):
     return TestClient(app, base_url="http://127.0.0.1:8765", raise_server_exceptions=False)

@@ -10,24 +10,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from starlette.testclient import TestClient
 
 from attnlab.inspect.report import SEED_TEXT, SEED_TEXT_B
-from attnlab.inspect.server import create_app
 
 CHROMIUM = "/usr/bin/chromium"
 XSS = '<img src=x onerror="window.__pwned=1"></script><script>window.__pwned=1</script> it'
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module")
-def app(minilm):
-    return create_app(minilm, max_chars=300)
-
-
-@pytest.fixture
-def client(app):
-    return TestClient(app, base_url="http://127.0.0.1:8765")
 
 
 # ------------------------------------------------------------------ the save endpoints
