@@ -18,6 +18,9 @@ ThreadsOpt = Annotated[int, typer.Option(
 QuickOpt = Annotated[bool, typer.Option("--quick", help="tiny sizes: a smoke run in seconds")]
 
 
+NAMES = {"threads": "--threads"}  # the library's names -> the options the user typed
+
+
 def _log(message: str) -> None:
     err_console.print(message, markup=False, highlight=False, soft_wrap=True)
 
@@ -31,9 +34,7 @@ def architectures_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Transformer vs Bahdanau vs Luong (general): BLEU, BLEU by length, tokens/s, steps to 90."""
-    with user_errors(as_json):
-        if threads < 0:
-            raise ValueError(f"--threads: expected >= 0, got {threads}")
+    with user_errors(as_json, NAMES):
         from attnlab.training.experiment_arch import run_architectures
 
         res = run_architectures(out, quick=quick, overrides=list(overrides or []),
@@ -61,9 +62,7 @@ def heads_cmd(
 ) -> None:
     """Ablate every head of a Transformer translator (BLEU drop), rank heads by importance
     (Michel et al. 2019) and prune them: BLEU against heads kept."""
-    with user_errors(as_json):
-        if threads < 0:
-            raise ValueError(f"--threads: expected >= 0, got {threads}")
+    with user_errors(as_json, NAMES):
         if model is not None and (quick or overrides):
             raise ValueError("--model: a given run is not retrained; drop --quick / --set")
         from attnlab.training.experiment_heads import run_heads
@@ -90,9 +89,7 @@ def ablations_cmd(
 ) -> None:
     """Vaswani et al. Table 3 in small: heads 1/2/4/8 at a fixed d_model, and positions
     sinusoidal/learned/rotary/none, each a Transformer translator on the numbers corpus."""
-    with user_errors(as_json):
-        if threads < 0:
-            raise ValueError(f"--threads: expected >= 0, got {threads}")
+    with user_errors(as_json, NAMES):
         from attnlab.training.experiment_ablations import run_ablations
 
         res = run_ablations(out, quick=quick, overrides=list(overrides or []),

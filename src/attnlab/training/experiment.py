@@ -48,6 +48,14 @@ def experiment_config(*, quick: bool = False, overrides: Sequence[str] = ()) -> 
     return apply_overrides(preset("bottleneck"), [*(QUICK if quick else []), *overrides])
 
 
+def experiment_threads(threads: int) -> int:
+    """The torch threads an experiment trains with: ``threads``, or 0 = min(cores, 2) (these
+    models are small; more threads mostly wait on each other)."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+        raise ValueError(f"threads: expected >= 0, got {threads!r}")
+    return threads or min(os.cpu_count() or 1, 2)
+
+
 def _train_one(cfg_dict: dict[str, Any], folder: str, threads: int) -> dict[str, Any]:
     """Worker: train (or resume) one model and return its results.json."""
     if (Path(folder) / "results.json").is_file():

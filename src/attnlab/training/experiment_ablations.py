@@ -30,7 +30,7 @@ from typing import Any
 from attnlab.data.io import atomic_write_bytes, atomic_write_text, write_json
 from attnlab.models.transformer.config import TransformerConfig
 from attnlab.training.config import RunConfig, apply_overrides, preset
-from attnlab.training.experiment import _train_one
+from attnlab.training.experiment import _train_one, experiment_threads
 from attnlab.training.experiment_arch import DEFAULTS as ARCH_DATA
 from attnlab.training.experiment_arch import QUICK as ARCH_QUICK
 from attnlab.training.experiment_arch import parameter_count, refuse_other_runs
@@ -79,9 +79,7 @@ def variant_configs(*, quick: bool = False, overrides: Sequence[str] = (),
         if key in VARIED:
             raise ValueError(f"--set: {key} is what this experiment varies (heads {HEADS}, "
                              f"positions {POSITIONS}); got {o!r}")
-    if threads < 0:
-        raise ValueError(f"threads: expected >= 0, got {threads}")
-    threads = threads or min(os.cpu_count() or 1, 2)
+    threads = experiment_threads(threads)
     base = apply_overrides(preset("bottleneck"), [
         *ARCH_DATA, *MODEL, *BUDGET, *(ARCH_QUICK if quick else []),
         *(QUICK_MODEL if quick else []), *overrides,

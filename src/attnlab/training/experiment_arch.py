@@ -24,7 +24,7 @@ from typing import Any
 
 from attnlab.data.io import atomic_write_bytes, atomic_write_text, write_json
 from attnlab.training.config import RunConfig, all_keys, apply_overrides, preset
-from attnlab.training.experiment import _train_one, plot_png
+from attnlab.training.experiment import _train_one, experiment_threads, plot_png
 from attnlab.training.run import RESUMABLE, config_differences, read_run_config
 
 MODELS: tuple[str, ...] = ("transformer", "bahdanau", "luong-general")
@@ -81,7 +81,7 @@ def model_configs(*, quick: bool = False, overrides: Sequence[str] = (), threads
     bad = [m for m in models if m not in ARCH_SETTINGS]
     if bad:
         raise ValueError(f"models: expected some of {', '.join(ARCH_SETTINGS)}, got {bad}")
-    threads = threads or min(os.cpu_count() or 1, 2)
+    threads = experiment_threads(threads)
     cfgs = {}
     for m in models:
         sets = [*DEFAULTS, *(QUICK if quick else []), *ARCH_SETTINGS[m],

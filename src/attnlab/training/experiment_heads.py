@@ -33,6 +33,7 @@ from attnlab.data.vocab import PAD_ID
 from attnlab.models.transformer.heads import ablation_masks, attention_sites, head_mask
 from attnlab.training.config import RunConfig, apply_overrides, preset
 from attnlab.training.evaluate import Codec, evaluate_pairs
+from attnlab.training.experiment import experiment_threads
 
 DEFAULTS = ["data.train_size=20000", "train.max_steps=1000", "train.eval_every=250",
             "train.checkpoint_every=250", "train.patience=0"]
@@ -52,7 +53,7 @@ class HeadsResult:
 
 def experiment_config(*, quick: bool = False, overrides: Sequence[str] = (),
                       threads: int = 0) -> RunConfig:
-    threads = threads or min(os.cpu_count() or 1, 2)
+    threads = experiment_threads(threads)
     base = preset("transformer-tiny" if quick else "transformer-numbers")
     return apply_overrides(base, [*([] if quick else DEFAULTS), *(QUICK if quick else []),
                                   *overrides, "train.progress=false", f"train.threads={threads}"])
@@ -158,7 +159,7 @@ def run_heads(out: str | os.PathLike[str], *, model_dir: str | os.PathLike[str] 
         raise FileNotFoundError(f"--model: {model_dir} holds no finished run (results.json "
                                 f"missing); train one with `attnlab train --arch transformer`")
     else:
-        torch.set_num_threads(threads or min(os.cpu_count() or 1, 2))
+        torch.set_num_threads(experiment_threads(threads))
     run = open_run(model_dir)
     if run.cfg.arch != "transformer":
         raise ValueError(f"--model: expected a Transformer run (model.arch=transformer), got "
