@@ -146,6 +146,7 @@ def run_heads(out: str | os.PathLike[str], *, model_dir: str | os.PathLike[str] 
     log = log or (lambda _m: None)
     if sentences < 1:
         raise ValueError(f"--sentences: expected >= 1, got {sentences}")
+    threads = experiment_threads(threads)  # checked before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -159,7 +160,7 @@ def run_heads(out: str | os.PathLike[str], *, model_dir: str | os.PathLike[str] 
         raise FileNotFoundError(f"--model: {model_dir} holds no finished run (results.json "
                                 f"missing); train one with `attnlab train --arch transformer`")
     else:
-        torch.set_num_threads(experiment_threads(threads))
+        torch.set_num_threads(threads)
     run = open_run(model_dir)
     if run.cfg.arch != "transformer":
         raise ValueError(f"--model: expected a Transformer run (model.arch=transformer), got "
