@@ -95,6 +95,17 @@ def split_tokens(text: str | None) -> list[str] | None:
     return [t for t in re.split(r"[,\s]+", text.strip()) if t]
 
 
+def split_ints(name: str, text: str, lo: int = 0) -> list[int]:
+    """Integers as every command takes them (``0,1,4`` or ``0 1 4``), each >= ``lo``."""
+    try:
+        vals = [int(x) for x in split_tokens(text) or []]
+    except ValueError:
+        raise ValueError(f"{name}: expected comma-separated integers (e.g. 0,1,4), got {text!r}") from None
+    if not vals or any(v < lo for v in vals):
+        raise ValueError(f"{name}: expected integers >= {lo}, got {text!r}")
+    return vals
+
+
 def load_lm(model: str | Path | None, *, small: bool = True):
     """Load a model for a CLI command; ``small``: one thread, suited to short inputs on small
     models (an LLM's matrix-vector decode steps are memory-bound and gain from every core)."""

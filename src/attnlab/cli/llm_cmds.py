@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from attnlab.cli.common import console, load_lm, print_json, split_tokens, user_errors
+from attnlab.cli.common import console, load_lm, print_json, split_ints, split_tokens, user_errors
 
 LLMOpt = Annotated[
     str,
@@ -50,15 +50,6 @@ def _capture_limit(n_prompt: int, max_new: int, context: int, n_layers: int, n_h
             f"{max_new:,} new) x {n_layers} layers x {n_heads} heads needs {need / 1e9:.1f} GB (fp16); "
             f"expected at most {MAX_CAPTURE_BYTES / 1e9:.0f} GB: lower --max-new-tokens, or capture "
             f"fewer --layers/--heads (e.g. --layers 0,15,29)")
-
-
-def _ints(name: str, text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        return [int(x) for x in text.replace(",", " ").split()]
-    except ValueError:
-        raise ValueError(f"{name}: expected comma-separated integers (e.g. 0,5,29), got {text!r}") from None
 
 
 def _write_now(text: str) -> None:
@@ -134,7 +125,8 @@ def generate_command(
         )
         lm = load_lm(model, small=False)
         capture = html is not None or png is not None or layers is not None or heads is not None
-        lays, hds = _ints("--layers", layers), _ints("--heads", heads)
+        lays = None if layers is None else split_ints("--layers", layers)
+        hds = None if heads is None else split_ints("--heads", heads)
         checks = (("--layer", layer, lays, lm.num_layers), ("--head", head, hds, lm.num_heads))
         for name, v, chosen, n in checks:
             allowed = chosen if chosen is not None else list(range(n))

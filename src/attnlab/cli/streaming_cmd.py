@@ -13,19 +13,9 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from attnlab.cli.common import console, load_lm, print_json, user_errors
+from attnlab.cli.common import console, load_lm, print_json, split_ints, user_errors
 
 SPARK = "▁▂▃▄▅▆▇█"
-
-
-def _ints(name: str, text: str, lo: int) -> list[int]:
-    try:
-        vals = [int(x) for x in text.replace(",", " ").split()]
-    except ValueError:
-        raise ValueError(f"{name}: expected comma-separated integers (e.g. 0,1,4), got {text!r}") from None
-    if not vals or any(v < lo for v in vals):
-        raise ValueError(f"{name}: expected integers >= {lo}, got {text!r}")
-    return vals
 
 
 def _read_text(path: Path) -> str:
@@ -71,8 +61,8 @@ def streaming_command(
     names = {"tokens": "--tokens", "recompute": "--recompute", "window": "--window", "sinks": "--sinks",
              "text": "--text-file" if text_file is not None else "--tokens"}
     with user_errors(as_json, names):
-        wins = _ints("--window", window, 1)
-        ks = _ints("--sinks", sinks, 0)
+        wins = split_ints("--window", window, 1)
+        ks = split_ints("--sinks", sinks, 0)
         if max(ks) >= min(wins):
             raise ValueError(f"--sinks: expected each K < --window ({min(wins)}), got {sinks!r}")
         for name, val, lo in (("--tokens", tokens, 2), ("--recompute", recompute, 0),
