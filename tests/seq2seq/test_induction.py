@@ -91,6 +91,7 @@ def test_seeds_runs_each_seed_and_tabulates_them(tmp_path):
     (["--seeds", "0,x"], "--seeds: expected distinct integers >= 0"),
     (["--seeds", "1,1"], "--seeds: expected distinct integers >= 0"),
     (["--seeds", "1", "--seed", "2"], "--seeds: expected --seed or --seeds, got both"),
+    (["--seeds", "1", "--seed", "0"], "--seeds: expected --seed or --seeds, got both"),  # 0 was missed
 ])
 def test_bad_seeds_are_one_line_errors(tmp_path, args, error):
     from attnlab.cli.main import app

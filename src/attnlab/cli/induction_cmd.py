@@ -21,7 +21,8 @@ def _seeds(text: str) -> list[int]:
 def induction_cmd(
     out: Annotated[Path, typer.Option("--out", help="experiment folder")] = Path("runs/induction"),
     steps: Annotated[int, typer.Option("--steps", help="training steps per model")] = 2500,
-    seed: Annotated[int, typer.Option("--seed", help="seed of data and initialisation")] = 0,
+    seed: Annotated[int | None, typer.Option(
+        "--seed", help="seed of data and initialisation (default 0)")] = None,
     seeds: Annotated[str | None, typer.Option(
         "--seeds", help="run the experiment once per seed (e.g. 0,1,2) into OUT/seed-N, and "
                         "tabulate how often the phase change comes (seeds.md, seeds.json)")] = None,
@@ -42,9 +43,9 @@ def induction_cmd(
 
         if steps < 1:
             raise ValueError(f"--steps: expected a positive int, got {steps}")
-        if seeds is not None and seed != 0:
+        if seeds is not None and seed is not None:
             raise ValueError("--seeds: expected --seed or --seeds, got both")
-        chosen = _seeds(seeds) if seeds is not None else [seed]
+        chosen = _seeds(seeds) if seeds is not None else [0 if seed is None else seed]
         runs: dict[int, dict[str, Any]] = {}
         for s in chosen:
             cfg = InductionConfig(steps=40 if quick else steps, eval_every=20 if quick else 100, seed=s)
@@ -61,12 +62,12 @@ def induction_cmd(
             atomic_write_text(out / "seeds.md", seeds_markdown(runs))
     if as_json:
         if seeds is None:
-            print_json({"out": str(out), "summary": runs[seed]["summary"]})
+            print_json({"out": str(out), "summary": runs[chosen[0]]["summary"]})
         else:
             print_json({"out": str(out), "seeds": {str(s): r["summary"] for s, r in runs.items()}})
         return
     if seeds is None:
-        console.print(markdown(runs[seed]), markup=False, soft_wrap=True)
+        console.print(markdown(runs[chosen[0]]), markup=False, soft_wrap=True)
         console.print(f"wrote {out / 'induction.png'}, results.json, results.md", soft_wrap=True)
         return
     console.print(seeds_markdown(runs), markup=False, soft_wrap=True)
