@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from attnlab.models import load_model
-from attnlab.models.gguf_file import open_gguf, unpermute_rope
+from attnlab.models.gguf_file import open_gguf
+from attnlab.models.llama_gguf import unpermute_rope
 
 from .conftest import make_llama, write_llama_gguf
 
@@ -79,13 +80,16 @@ def test_gguf_weights_are_the_dequantized_checkpoint(tiny_llama, tmp_path, qtype
     import gguf
     from safetensors.torch import load_file
 
-    from attnlab.models.gguf_file import hf_config, hf_tensors
+    from attnlab.models.arch import for_gguf
+    from attnlab.models.gguf_file import hf_tensors
 
     f = write_llama_gguf(tiny_llama, tmp_path / "m.gguf", qtype=qtype)
     c = open_gguf(f)
-    cfg = hf_config(c)
+    spec = for_gguf(c).gguf
+    assert spec is not None
+    cfg = spec.read_config(c)
     assert (cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]) == (4, 2, 8)
-    ours = hf_tensors(c, cfg)
+    ours = hf_tensors(c, cfg, spec.tensors, spec.transforms)
     ref = load_file(str(tiny_llama / "model.safetensors"))
     for name, t in ref.items():
         a = t.numpy()

@@ -3,6 +3,7 @@ folder can only make attnlab read files inside it."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -13,23 +14,23 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from attnlab.models import load_model, loading
+from attnlab.models import arch, load_model, loading
 
 from .conftest import make_bert, make_gpt2, write_llama_gguf
 
 # ----------------------------------------------------------------------- thread-safe construction
 
 
-def _blocking(cls, building: threading.Event, done: threading.Event):
-    """``cls`` whose constructor, once its modules exist, waits while another thread works."""
+def _blocking(build, building: threading.Event, done: threading.Event):
+    """A registry builder that, once its model's modules exist, waits while another thread works."""
 
-    class Blocking(cls):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            building.set()
-            assert done.wait(30), "the other thread never finished"
+    def blocking(*args, **kwargs):
+        net = build(*args, **kwargs)
+        building.set()
+        assert done.wait(30), "the other thread never finished"
+        return net
 
-    return Blocking
+    return blocking
 
 
 @pytest.mark.parametrize("path", ["bert", "gpt2", "llama", "gguf"])
@@ -41,9 +42,11 @@ def test_loading_leaves_modules_built_by_other_threads_initialised(path, tiny_be
     target = {"bert": tiny_bert, "gpt2": tiny_gpt2, "llama": tiny_llama}.get(path)
     if path == "gguf":
         target = write_llama_gguf(tiny_llama, tmp_path / "m.gguf", qtype="F32")
-    cls = {"bert": "Encoder", "gpt2": "Decoder"}.get(path, "Llama")
+    name = {"bert": "bert", "gpt2": "gpt2"}.get(path, "llama")
     building, done = threading.Event(), threading.Event()
-    monkeypatch.setattr(loading, cls, _blocking(getattr(loading, cls), building, done))
+    entry = arch.ARCHITECTURES[name]
+    monkeypatch.setitem(arch.ARCHITECTURES, name,
+                        dataclasses.replace(entry, build=_blocking(entry.build, building, done)))
 
     torch.manual_seed(1234)
     ref_linear, ref_embedding = nn.Linear(16, 16), nn.Embedding(8, 16)  # kept alive: no reuse

@@ -13,6 +13,7 @@ projections of MultiHeadAttention.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +32,7 @@ from attnlab.models.common import (
     key_padding_mask,
     layer_score_mod,
 )
-from attnlab.modules.hooks import HookPoint
+from attnlab.modules.hooks import HookedModel, HookPoint
 from attnlab.modules.multihead import KVCache, MultiHeadAttention
 
 DECODER_TYPES = ("gpt2",)
@@ -100,23 +101,30 @@ class DecoderBlock(nn.Module):
         self.mlp_out = nn.Linear(cfg.intermediate_size, E)
         self.act = activation(cfg.activation)
         self.dropout = nn.Dropout(cfg.resid_dropout)
-        self.hook_attn_out = HookPoint()  # (B, L, E)
-        self.hook_resid_post = HookPoint()  # (B, L, E)
+        # The residual stream before, between and after the sublayers, and what each adds (B, L, E).
+        self.hook_resid_pre, self.hook_attn_out = HookPoint(), HookPoint()
+        self.hook_resid_mid, self.hook_mlp_out = HookPoint(), HookPoint()
+        self.hook_resid_post = HookPoint()
+        self.hook_mlp_post = HookPoint()  # (B, L, I): the MLP's hidden activation
 
     def forward(self, x: Tensor, *, mask: object, score_mod, need_weights: bool, cache: KVCache | None,
                 backend: str) -> tuple[Tensor, Tensor | None]:
+        x = self.hook_resid_pre(x)  # (B, L, E)
         attn = self.attention(self.attention_norm(x), mask=mask, score_mod=score_mod,
                               need_weights=need_weights, cache=cache, backend=backend)
-        x = x + self.hook_attn_out(self.dropout(attn.output))  # (B, L, E)
-        h = self.mlp_out(self.act(self.mlp_in(self.mlp_norm(x))))  # (B, L, I) -> (B, L, E)
-        x = x + self.dropout(h)
+        x = self.hook_resid_mid(x + self.hook_attn_out(self.dropout(attn.output)))  # (B, L, E)
+        h = self.hook_mlp_post(self.act(self.mlp_in(self.mlp_norm(x))))  # (B, L, I)
+        h = self.mlp_out(h)  # (B, L, E)
+        x = x + self.hook_mlp_out(self.dropout(h))
         return self.hook_resid_post(x), attn.weights
 
 
-class Decoder(nn.Module):
-    """A GPT-2 language model: ``forward`` gives hidden states, logits and (optionally) weights."""
+class Decoder(HookedModel):
+    """A GPT-2 language model: ``forward`` gives hidden states, logits and (optionally) weights.
+    Implements :class:`attnlab.models.contract.CausalLM`."""
 
     kind = "decoder"
+    mlp_post = "hook_mlp_post"
 
     def __init__(self, cfg: DecoderConfig) -> None:
         super().__init__()
@@ -124,10 +132,12 @@ class Decoder(nn.Module):
         self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.position_embedding = nn.Embedding(cfg.max_positions, cfg.hidden_size)
         self.dropout = nn.Dropout(cfg.embd_dropout)
+        self.hook_embed = HookPoint()  # (B, L, E): token + position embeddings
         self.layers = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.num_layers))
         self.final_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         # None = tied to token_embedding (GPT-2); a checkpoint with its own lm_head.weight sets it.
         self.lm_head: nn.Linear | None = None
+        self.setup_hooks()
 
     @property
     def num_layers(self) -> int:
@@ -137,19 +147,42 @@ class Decoder(nn.Module):
     def num_heads(self) -> int:
         return self.cfg.num_heads
 
+    @property
+    def num_kv_heads(self) -> int:
+        return self.cfg.num_heads
+
+    @property
+    def max_positions(self) -> int:
+        return self.cfg.max_positions
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        return () if self.cfg.eos_token_id is None else (int(self.cfg.eos_token_id),)
+
+    def layer_window(self, layer: int) -> int | None:
+        return None  # every GPT-2 layer attends to the whole past
+
     def new_cache(self) -> list[KVCache]:
         return [KVCache() for _ in self.layers]
+
+    def unembed(self, x: Tensor) -> Tensor:
+        """Logits of residual-stream vectors already through the final norm: (..., E) -> (..., V)."""
+        head = self.token_embedding.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(x, head)
 
     def forward(
         self,
         input_ids: Tensor,  # (B, L) the new tokens (all of them without a cache)
         attention_mask: Tensor | None = None,  # (B, L_past + L) 1 = token, 0 = padding
         *,
+        position_ids: Tensor | None = None,  # (B, L) or (L,); default past..past+L-1
         cache: list[KVCache] | None = None,
         mask: object = None,  # extra mask_mod ANDed with the causal mask, e.g. sliding_window(4)
         score_mods: ScoreMods | None = None,
-        need_weights: bool = False,
+        need_weights: bool | Collection[int] = False,  # True, or the layers whose weights to compute
+        keep_weights: bool = True,  # False: weights only reach hook_pattern (bounded memory)
         backend: str = "auto",
+        logits_to_keep: int = 0,  # 0 = logits at every position; n = only the last n
     ) -> TransformerOutput:
         past = len(cache[0]) if cache else 0
         check_ids("input_ids", input_ids, self.cfg.vocab_size, self.cfg.max_positions, past)
@@ -157,22 +190,24 @@ class Decoder(nn.Module):
         if cache is not None and len(cache) != len(self.layers):
             raise ValueError(f"cache: expected {len(self.layers)} KVCache (one per layer), got {len(cache)}")
         L = input_ids.shape[1]
-        pos = torch.arange(past, past + L, device=input_ids.device)  # (L,)
-        x = self.dropout(self.token_embedding(input_ids) + self.position_embedding(pos))  # (B, L, E)
+        pos = torch.arange(past, past + L, device=input_ids.device) if position_ids is None else position_ids
+        x = self.hook_embed(self.token_embedding(input_ids) + self.position_embedding(pos))  # (B, L, E)
+        x = self.dropout(x)
         # With a cache the L new queries are the newest of past + L keys: bottom-right alignment.
         full_mask = combine(causal("bottom-right" if past else "top-left"),
                             key_padding_mask(attention_mask), mask)
-        hidden, weights = [x], []
+        wanted = (lambda i: need_weights) if isinstance(need_weights, bool) else need_weights.__contains__
+        hidden: list[Tensor] = [x]
+        weights: list[Any] = []  # per layer: (B, H, L, Lk), None where not computed
         for i, block in enumerate(self.layers):
             x, w = block(x, mask=full_mask, score_mod=layer_score_mod(score_mods, i),
-                         need_weights=need_weights, cache=None if cache is None else cache[i],
+                         need_weights=wanted(i), cache=None if cache is None else cache[i],
                          backend=backend)
             hidden.append(x)
-            weights.append(w)
+            weights.append(w if keep_weights else None)
         x = self.final_norm(x)
         # HF's hidden_states end with the final-LayerNorm output instead of the raw last layer.
         hidden[-1] = x
-        head = self.token_embedding.weight if self.lm_head is None else self.lm_head.weight
-        logits = F.linear(x, head)  # (B, L, V)
-        return TransformerOutput(x, tuple(hidden), tuple(weights) if need_weights else None,
-                                 logits, cache)
+        logits = self.unembed(x[:, -logits_to_keep:] if logits_to_keep else x)  # (B, L or n, V)
+        kept = tuple(weights) if need_weights and keep_weights else None
+        return TransformerOutput(x, tuple(hidden), kept, logits, cache)

@@ -28,7 +28,7 @@ from attnlab.models.common import (
     key_padding_mask,
     layer_score_mod,
 )
-from attnlab.modules.hooks import HookPoint
+from attnlab.modules.hooks import HookedModel, HookPoint
 from attnlab.modules.multihead import MultiHeadAttention
 
 ENCODER_TYPES = ("bert", "roberta", "xlm-roberta")
@@ -119,24 +119,30 @@ class EncoderLayer(nn.Module):
         self.ffn_norm = nn.LayerNorm(E, eps=cfg.layer_norm_eps)
         self.act = activation(cfg.hidden_act)
         self.dropout = nn.Dropout(cfg.hidden_dropout)
-        self.hook_attn_out = HookPoint()  # (B, L, E): the attention block's contribution
-        self.hook_resid_post = HookPoint()  # (B, L, E): the layer's output
+        # Post-LN: the stream before the layer, after LN(x + attention), after the layer (B, L, E),
+        # and what each sublayer adds before its LayerNorm.
+        self.hook_resid_pre, self.hook_attn_out = HookPoint(), HookPoint()
+        self.hook_resid_mid, self.hook_mlp_out = HookPoint(), HookPoint()
+        self.hook_resid_post = HookPoint()
+        self.hook_mlp_post = HookPoint()  # (B, L, I): the feed-forward's hidden activation
 
     def forward(self, x: Tensor, *, mask: object, score_mod, need_weights: bool,
                 backend: str) -> tuple[Tensor, Tensor | None]:
+        x = self.hook_resid_pre(x)  # (B, L, E)
         attn = self.attention(x, mask=mask, score_mod=score_mod, need_weights=need_weights,
                               backend=backend)
         a = self.hook_attn_out(self.dropout(attn.output))  # (B, L, E)
-        x = self.attention_norm(x + a)
-        h = self.ffn_out(self.act(self.ffn_in(x)))  # (B, L, I) -> (B, L, E)
-        x = self.ffn_norm(x + self.dropout(h))
+        x = self.hook_resid_mid(self.attention_norm(x + a))
+        h = self.ffn_out(self.hook_mlp_post(self.act(self.ffn_in(x))))  # (B, L, I) -> (B, L, E)
+        x = self.ffn_norm(x + self.hook_mlp_out(self.dropout(h)))
         return self.hook_resid_post(x), attn.weights
 
 
-class Encoder(nn.Module):
+class Encoder(HookedModel):
     """A BERT/RoBERTa encoder. ``forward`` returns every hidden state and, on request, weights."""
 
     kind = "encoder"
+    mlp_post = "hook_mlp_post"
 
     def __init__(self, cfg: EncoderConfig, *, pooler: bool = False) -> None:
         super().__init__()
@@ -145,6 +151,8 @@ class Encoder(nn.Module):
         self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_layers))
         # The [CLS] pooler (dense + tanh) is part of BertModel; kept when the checkpoint has it.
         self.pooler = nn.Linear(cfg.hidden_size, cfg.hidden_size) if pooler else None
+        self.hook_embed = HookPoint()  # (B, L, E): the embeddings' output (after their LayerNorm)
+        self.setup_hooks()
 
     @property
     def num_layers(self) -> int:
@@ -168,7 +176,7 @@ class Encoder(nn.Module):
         check_ids("input_ids", input_ids, self.cfg.vocab_size, self.cfg.max_tokens)
         check_score_mods(score_mods, self.cfg.num_layers)
         full_mask = combine(key_padding_mask(attention_mask), mask)
-        x = self.embeddings(input_ids, token_type_ids)  # (B, L, E)
+        x = self.hook_embed(self.embeddings(input_ids, token_type_ids))  # (B, L, E)
         hidden, weights = [x], []
         for i, layer in enumerate(self.layers):
             x, w = layer(x, mask=full_mask, score_mod=layer_score_mod(score_mods, i),

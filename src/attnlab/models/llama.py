@@ -35,8 +35,9 @@ from attnlab.models.common import (
     key_padding_mask,
     layer_score_mod,
 )
-from attnlab.modules.hooks import HookPoint
+from attnlab.modules.hooks import HookedModel, HookPoint
 from attnlab.modules.multihead import KVCache, MultiHeadAttention
+from attnlab.modules.norms import RMSNorm
 
 LLAMA_TYPES = ("llama",)
 
@@ -110,14 +111,15 @@ class SwiGLU(nn.Module):
         self.gate = nn.Linear(dim, hidden, bias=bias)
         self.up = nn.Linear(dim, hidden, bias=bias)
         self.down = nn.Linear(hidden, dim, bias=bias)
+        self.hook_post = HookPoint()  # (B, L, I): silu(gate(x)) * up(x), the hidden activation
 
     def forward(self, x: Tensor) -> Tensor:
         g = self.gate(x)  # (B, L, E) -> (B, L, I)
         if g.requires_grad:
-            return self.down(F.silu(g) * self.up(x))  # (B, L, E)
+            return self.down(self.hook_post(F.silu(g) * self.up(x)))  # (B, L, E)
         # Inference: act in gate's buffer instead of two new (B, L, I) temporaries (~10% of the
         # MLP's time in a 1,000-token prefill, measured).
-        return self.down(F.silu(g, inplace=True).mul_(self.up(x)))
+        return self.down(self.hook_post(F.silu(g, inplace=True).mul_(self.up(x))))
 
 
 class LlamaBlock(nn.Module):
@@ -131,21 +133,24 @@ class LlamaBlock(nn.Module):
                                             head_dim=cfg.head_dim, bias=cfg.attention_bias)
         self.mlp_norm = nn.RMSNorm(E, eps=cfg.rms_norm_eps)
         self.mlp = SwiGLU(E, cfg.intermediate_size, cfg.mlp_bias)
-        self.hook_attn_out = HookPoint()  # (B, L, E)
-        self.hook_mlp_out = HookPoint()  # (B, L, E)
-        self.hook_resid_post = HookPoint()  # (B, L, E)
+        # The residual stream before, between and after the sublayers, and what each adds (B, L, E).
+        self.hook_resid_pre, self.hook_attn_out = HookPoint(), HookPoint()
+        self.hook_resid_mid, self.hook_mlp_out = HookPoint(), HookPoint()
+        self.hook_resid_post = HookPoint()
 
     def forward(self, x: Tensor, *, mask: object, score_mod, need_weights: bool, cache: KVCache | None,
                 rotary: tuple[Tensor, Tensor], backend: str) -> tuple[Tensor, Tensor | None]:
+        x = self.hook_resid_pre(x)  # (B, L, E)
         attn = self.attention(self.attention_norm(x), mask=mask, score_mod=score_mod,
                               need_weights=need_weights, cache=cache, rotary=rotary, backend=backend)
-        x = x + self.hook_attn_out(attn.output)  # (B, L, E)
+        x = self.hook_resid_mid(x + self.hook_attn_out(attn.output))  # (B, L, E)
         x = x + self.hook_mlp_out(self.mlp(self.mlp_norm(x)))  # (B, L, E)
         return self.hook_resid_post(x), attn.weights
 
 
-class Llama(nn.Module):
-    """A Llama-family language model: ``forward`` gives hidden states, logits and weights."""
+class Llama(HookedModel):
+    """A Llama-family language model: ``forward`` gives hidden states, logits and weights.
+    Implements :class:`attnlab.models.contract.CausalLM`."""
 
     kind = "decoder"
 
@@ -153,11 +158,13 @@ class Llama(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.hook_embed = HookPoint()  # (B, L, E)
         self.layers = nn.ModuleList(LlamaBlock(cfg) for _ in range(cfg.num_layers))
-        self.final_norm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        self.final_norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
         # None = tied to token_embedding; a checkpoint with its own lm_head.weight sets it.
         self.lm_head: nn.Linear | None = None
         self._rope: tuple[Tensor, Tensor] | None = None  # (N, Dh) cos/sin, grown on demand
+        self.setup_hooks()
 
     @property
     def num_layers(self) -> int:
@@ -167,8 +174,29 @@ class Llama(nn.Module):
     def num_heads(self) -> int:
         return self.cfg.num_heads
 
+    @property
+    def num_kv_heads(self) -> int:
+        return self.cfg.num_kv_heads
+
+    @property
+    def max_positions(self) -> int:
+        return self.cfg.max_positions
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        return self.cfg.eos_token_ids
+
+    def layer_window(self, layer: int) -> int | None:
+        """Keys a layer's queries see behind them; None = the whole past (every Llama layer)."""
+        return None
+
     def new_cache(self) -> list[KVCache]:
         return [KVCache() for _ in self.layers]
+
+    def unembed(self, x: Tensor) -> Tensor:
+        """Logits of residual-stream vectors already through the final norm: (..., E) -> (..., V)."""
+        head = self.token_embedding.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(x, head)
 
     def rope(self, position_ids: Tensor) -> tuple[Tensor, Tensor]:
         """cos/sin of the given positions: (L, Dh) for shared positions (L,), (B, 1, L, Dh) for (B, L)."""
@@ -204,7 +232,7 @@ class Llama(nn.Module):
         if position_ids is None:
             position_ids = torch.arange(past, past + L, device=input_ids.device)  # (L,)
         rotary = self.rope(position_ids)
-        x = self.token_embedding(input_ids)  # (B, L, E)
+        x = self.hook_embed(self.token_embedding(input_ids))  # (B, L, E)
         # With a cache the L new queries are the newest of past + L keys: bottom-right alignment.
         full_mask = combine(causal("bottom-right" if past else "top-left"),
                             key_padding_mask(attention_mask), mask)
@@ -218,7 +246,6 @@ class Llama(nn.Module):
             weights.append(w if keep_weights else None)
         x = self.final_norm(x)
         hidden[-1] = x  # as HF: hidden_states end with the final-norm output
-        head = self.token_embedding.weight if self.lm_head is None else self.lm_head.weight
-        logits = F.linear(x[:, -logits_to_keep:] if logits_to_keep else x, head)  # (B, L or n, V)
+        logits = self.unembed(x[:, -logits_to_keep:] if logits_to_keep else x)  # (B, L or n, V)
         kept = tuple(weights) if need_weights and keep_weights else None
         return TransformerOutput(x, tuple(hidden), kept, logits, cache)

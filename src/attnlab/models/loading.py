@@ -20,23 +20,12 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from attnlab.backends.registry import current_backend, get_backend
+from attnlab.models.arch import Architecture, for_gguf, for_model_type, native_model_types
 from attnlab.models.common import TransformerOutput
-from attnlab.models.decoder import DECODER_TYPES, Decoder, DecoderConfig
-from attnlab.models.encoder import ENCODER_TYPES, Encoder, EncoderConfig
-from attnlab.models.llama import LLAMA_TYPES, Llama, LlamaConfig
 from attnlab.models.tokenizer import Encoded, TextTokenizer
-from attnlab.models.weights import (
-    apply_map,
-    contained,
-    decoder_map,
-    encoder_map,
-    llama_map,
-    read_safetensors,
-    safetensors_files,
-)
+from attnlab.models.weights import apply_map, contained, read_safetensors, safetensors_files
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
-NATIVE_TYPES = ENCODER_TYPES + DECODER_TYPES + LLAMA_TYPES
 _M = TypeVar("_M", bound=nn.Module)
 
 
@@ -160,20 +149,6 @@ def _build(make: Callable[[], _M]) -> _M:
         return make()
 
 
-def _decoder_net(cfg: DecoderConfig, untied: bool) -> Decoder:
-    net = Decoder(cfg)
-    if untied:
-        net.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-    return net
-
-
-def _llama_net(cfg: LlamaConfig, untied: bool) -> Llama:
-    net = Llama(cfg)
-    if untied:
-        net.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-    return net
-
-
 def _read_config(folder: Path) -> dict[str, Any]:
     if not folder.exists():
         raise FileNotFoundError(f"model: expected a model folder, a .gguf file or 'smollm2' (the "
@@ -222,25 +197,37 @@ def _chat_template(folder: Path) -> str | None:
 
 
 def load_gguf(path: str | Path | None = None, *, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """A llama-architecture GGUF file (default: the embedded SmolLM2-135M-Instruct), its
-    weights dequantized to ``dtype``, with the tokenizer and chat template of its metadata."""
-    from attnlab.models.gguf_file import EMBEDDED_LLM, embedded_llm_path, hf_config, hf_tensors, open_gguf
+    """A GGUF file of an architecture in the registry (default: the embedded
+    SmolLM2-135M-Instruct), its weights dequantized to ``dtype``, with the tokenizer and chat
+    template of its metadata."""
+    from attnlab.models.gguf_file import EMBEDDED_LLM, embedded_llm_path, hf_tensors, open_gguf
     from attnlab.models.gguf_tokenizer import tokenizer_from_gguf
 
     embedded = path is None or str(path) == EMBEDDED_LLM
     file = embedded_llm_path() if path is None or embedded else Path(path).expanduser()
     contents = open_gguf(file)
-    cfg = hf_config(contents)
-    lcfg = LlamaConfig.from_hf(cfg)
-    tensors = hf_tensors(contents, cfg)
-    wmap, untied = llama_map(lcfg, set(tensors))
-    net = _build(lambda: _llama_net(lcfg, untied))
-    _load_state(net, wmap, tensors, dtype, file)
-    tok = TextTokenizer(tokenizer_from_gguf(contents.metadata, source=str(file)), lcfg.max_tokens,
+    arch = for_gguf(contents)
+    assert arch.gguf is not None  # for_gguf only returns entries with a GGUF spec
+    cfg = arch.gguf.read_config(contents)
+    typed = arch.read_config(cfg)
+    tensors = hf_tensors(contents, cfg, arch.gguf.tensors, arch.gguf.transforms)
+    net = _build_loaded(arch, typed, tensors, dtype, file)
+    tok = TextTokenizer(tokenizer_from_gguf(contents.metadata, source=str(file)), arch.max_tokens(typed),
                         source=str(file))
     name = "SmolLM2-135M-Instruct" if embedded else file.stem
     template = contents.metadata.get("tokenizer.chat_template")
-    return LoadedModel(net, tok, name, file, "llama", "attnlab", chat_template=template)
+    return LoadedModel(net, tok, name, file, str(cfg["model_type"]), "attnlab", chat_template=template)
+
+
+def _build_loaded(arch: Architecture, typed: Any, tensors: dict[str, Tensor], dtype: torch.dtype,
+                  source: Path, ignored: list[str] | None = None) -> nn.Module:
+    """The registry entry's model, built without random init, with the checkpoint's weights."""
+    wmap, flag = arch.weight_map(typed, set(tensors))
+    net = _build(lambda: arch.build(typed, flag))
+    got = _load_state(net, wmap, tensors, dtype, source)
+    if ignored is not None:
+        ignored.extend(got)
+    return net
 
 
 def _load_state(net: nn.Module, wmap: Any, tensors: dict[str, Tensor], dtype: torch.dtype,
@@ -273,10 +260,11 @@ def load_model(path: str | Path | None = None, *, dtype: torch.dtype = torch.flo
     cfg = _read_config(folder)
     name = DEFAULT_MODEL_NAME if path is None else folder.name
     model_type = str(cfg["model_type"])
-    if model_type not in NATIVE_TYPES:
+    arch = for_model_type(model_type)
+    if arch is None:
         if not fallback:
             raise ValueError(f"{folder / 'config.json'}: model_type {model_type!r} is not one attnlab "
-                             f"implements ({', '.join(NATIVE_TYPES)})")
+                             f"implements ({', '.join(native_model_types())})")
         from attnlab.models.hf_fallback import load_transformers
 
         safetensors_files(folder)  # transformers reads them; refuse shards outside the folder
@@ -284,28 +272,13 @@ def load_model(path: str | Path | None = None, *, dtype: torch.dtype = torch.flo
         model = load_transformers(folder, cfg, dtype)
         model.requires_grad_(False)
         return LoadedModel(model, tok, name, folder, model_type, "transformers")
-    net: Encoder | Decoder | Llama
     tensors = read_safetensors(folder)
-    keys = set(tensors)
     try:
-        if model_type in ENCODER_TYPES:
-            ecfg = EncoderConfig.from_hf(cfg)
-            wmap, pooler = encoder_map(ecfg, keys)
-            net = _build(lambda: Encoder(ecfg, pooler=pooler))
-            max_tokens = ecfg.max_tokens
-        elif model_type in LLAMA_TYPES:
-            lcfg = LlamaConfig.from_hf(cfg)
-            wmap, untied = llama_map(lcfg, keys)
-            net = _build(lambda: _llama_net(lcfg, untied))
-            max_tokens = lcfg.max_tokens
-        else:
-            dcfg = DecoderConfig.from_hf(cfg)
-            wmap, untied = decoder_map(dcfg, keys)
-            net = _build(lambda: _decoder_net(dcfg, untied))
-            max_tokens = dcfg.max_tokens
+        typed = arch.read_config(cfg)
     except KeyError as e:
         raise ValueError(f"{folder / 'config.json'}: expected the field {e.args[0]!r} "
                          f"for {model_type}") from None
-    ignored = _load_state(net, wmap, tensors, dtype, folder / "model.safetensors")
-    tok = TextTokenizer.from_file(folder / "tokenizer.json", max_tokens)
+    ignored: list[str] = []
+    net = _build_loaded(arch, typed, tensors, dtype, folder / "model.safetensors", ignored)
+    tok = TextTokenizer.from_file(folder / "tokenizer.json", arch.max_tokens(typed))
     return LoadedModel(net, tok, name, folder, model_type, "attnlab", ignored, _chat_template(folder))

@@ -128,6 +128,8 @@ class MultiHeadAttention(nn.Module):
         head_dim: int | None = None,
         bias: bool = True,
         dropout: float = 0.0,
+        scale: float | None = None,
+        qk_norm: tuple[nn.Module, nn.Module] | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -152,15 +154,22 @@ class MultiHeadAttention(nn.Module):
         self.kdim = embed_dim if kdim is None else expect_positive_int("kdim", kdim)
         self.vdim = embed_dim if vdim is None else expect_positive_int("vdim", vdim)
         self.dropout = expect_probability("dropout", dropout)
+        self.scale = scale  # None: 1/sqrt(Dh); Gemma's query_pre_attn_scalar sets its own
+        # QK-norm (Dehghani et al. 2023; Gemma 3): a norm over Dh on each head's q and k, before RoPE.
+        self.q_norm: nn.Module | None = None if qk_norm is None else qk_norm[0]
+        self.k_norm: nn.Module | None = None if qk_norm is None else qk_norm[1]
         self.q_proj = nn.Linear(embed_dim, num_heads * head_dim, bias=bias, device=device, dtype=dtype)
         self.k_proj = nn.Linear(self.kdim, n_kv_heads * head_dim, bias=bias, device=device, dtype=dtype)
         self.v_proj = nn.Linear(self.vdim, n_kv_heads * head_dim, bias=bias, device=device, dtype=dtype)
         self.out_proj = nn.Linear(num_heads * head_dim, embed_dim, bias=bias, device=device, dtype=dtype)
         self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()
         self.hook_z = HookPoint()  # per-head context (B, H, Lq, Dh): ablate/patch heads here
-        # per-head weights (B, H, Lq, Lk), only when need_weights: read them here as they are
-        # computed (e.g. during generation) without keeping every layer's in memory.
+        # per-head weights (B, H, Lq, Lk), computed when need_weights or a hook listens here: read
+        # them as they are computed (e.g. during generation) without keeping every layer's.
         self.hook_pattern = HookPoint()
+        # pre-softmax scores (B, H, Lq, Lk), after scale and score_mod, before the mask; a hook
+        # listening here runs the layer on the eager backend (the only one that forms them).
+        self.hook_scores = HookPoint()
 
     def _heads(self, x: Tensor, n: int) -> Tensor:
         B, L, _ = x.shape
@@ -222,11 +231,15 @@ class MultiHeadAttention(nn.Module):
                 f"key/value: expected (B, Lk, *) with B={query.shape[0]} and equal Lk, "
                 f"got {tuple(key.shape)} and {tuple(value.shape)}"
             )
-        q = self.hook_q(self._heads(self.q_proj(query), self.num_heads))  # (B, H, Lq, Dh)
-        k = self.hook_k(self._heads(self.k_proj(key), self.n_kv_heads))  # (B, Hkv, Lk, Dh)
-        v = self.hook_v(self._heads(self.v_proj(value), self.n_kv_heads))  # (B, Hkv, Lk, Dh)
+        q = self._heads(self.q_proj(query), self.num_heads)  # (B, H, Lq, Dh)
+        k = self._heads(self.k_proj(key), self.n_kv_heads)  # (B, Hkv, Lk, Dh)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)  # over Dh, per head
         if rotary is not None:
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        # q and k as the scores see them (after QK-norm and RoPE)
+        q, k = self.hook_q(q), self.hook_k(k)
+        v = self.hook_v(self._heads(self.v_proj(value), self.n_kv_heads))  # (B, Hkv, Lk, Dh)
         if cache is not None:
             _check_cache_mask(mask, len(cache), q.shape[2], q.device)  # before the cache changes
             k, v = cache.update(k, v)  # (B, Hkv, L_past + Lk, Dh)
@@ -250,19 +263,35 @@ class MultiHeadAttention(nn.Module):
                 got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
                 raise ValueError(f"{name}: expected (B, Hkv, Lk, Dh) with (B, Hkv, Dh) = {want} "
                                  f"(from project_kv), got {got}")
-        q = self.hook_q(self._heads(self.q_proj(query), self.num_heads))  # (B, H, Lq, Dh)
-        return self._attend(q, k, v, mask, score_mod, need_weights, backend)
+        q = self._heads(self.q_proj(query), self.num_heads)  # (B, H, Lq, Dh)
+        if self.q_norm is not None:
+            q = self.q_norm(q)
+        return self._attend(self.hook_q(q), k, v, mask, score_mod, need_weights, backend)
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: object, score_mod: ScoreMod | None,
                 need_weights: bool, backend: str) -> MultiHeadOutput:
         """Attention over projected heads, then Concat(head_1..head_h) W^O (§3.2.2)."""
-        out = attention(q, k, v, mask=mask, score_mod=score_mod, dropout_p=self.dropout,
-                        training=self.training, return_weights=need_weights, backend=backend)
+        if self.hook_scores.active:
+            score_mod, backend = self._scores_through_hook(score_mod), "eager"
+        weigh = need_weights or self.hook_pattern.active
+        out = attention(q, k, v, mask=mask, score_mod=score_mod, scale=self.scale, dropout_p=self.dropout,
+                        training=self.training, return_weights=weigh, backend=backend)
+        weights = None if out.weights is None else self.hook_pattern(out.weights)  # (B, H, Lq, Lk)
         z = self.hook_z(out.context)  # (B, H, Lq, Dh)
         B, H, Lq, Dh = z.shape
         merged = z.transpose(1, 2).reshape(B, Lq, H * Dh)  # (B, Lq, H·Dh)
-        weights = None if out.weights is None else self.hook_pattern(out.weights)
-        return MultiHeadOutput(self.out_proj(merged), weights, out.lse)
+        return MultiHeadOutput(self.out_proj(merged), weights if need_weights else None, out.lse)
+
+    def _scores_through_hook(self, score_mod: ScoreMod | None) -> ScoreMod:
+        """The score_mod the eager backend calls once on the whole (B, H, Lq, Lk) scores, followed
+        by ``hook_scores`` (which may replace them)."""
+
+        def through(s: Tensor, b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+            if score_mod is not None:
+                s = score_mod(s, b, h, q, kv)
+            return self.hook_scores(s)  # (B, H, Lq, Lk)
+
+        return through
 
     @classmethod
     def from_torch(cls, m: nn.MultiheadAttention) -> MultiHeadAttention:

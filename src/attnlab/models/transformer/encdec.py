@@ -32,6 +32,7 @@ from attnlab.functional.masks import causal, materialize, padding
 from attnlab.models.transformer.config import TransformerConfig
 from attnlab.models.transformer.layers import InputEmbedding, TransformerLayer, rotary_tables
 from attnlab.models.translation import TranslationModel
+from attnlab.modules.hooks import HookedModel
 from attnlab.modules.multihead import KVCache
 
 FORMAT = "attnlab.transformer/1"  # listed in attnlab.models.translation.FORMATS
@@ -97,9 +98,12 @@ class TransformerStep:
     centres: Tensor | None = None
 
 
-class Transformer(TranslationModel):
+class Transformer(TranslationModel, HookedModel):
     FORMAT = FORMAT
     ARCH = "transformer"
+    blocks = "decoder"  # hook_name(layer, site) names the decoder's layers; the encoder's by name
+    attn_attr = "self_attn"
+    mlp_post = "ffn.hook_post"
 
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
@@ -123,6 +127,7 @@ class Transformer(TranslationModel):
         if self.out is not None:
             nn.init.xavier_uniform_(self.out.weight)
             nn.init.zeros_(self.out.bias)
+        self.setup_hooks()
 
     @classmethod
     def config_from_dict(cls, d: dict[str, Any]) -> TransformerConfig:

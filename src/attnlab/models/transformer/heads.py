@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from attnlab.modules.hooks import HookedModel
 from attnlab.modules.multihead import MultiHeadAttention
 
 
@@ -34,47 +35,50 @@ class AttentionSite:
 
 
 def attention_sites(model: nn.Module) -> list[AttentionSite]:
-    """The attentions of a Transformer or TransformerLM in forward order (encoder first)."""
+    """The attentions of a Transformer or TransformerLM in forward order (encoder first), found
+    by their named hook points (``<stack>.<layer>.<kind>_attn.hook_z``)."""
+    if not isinstance(model, HookedModel):
+        raise ValueError(f"model: expected a Transformer or TransformerLM (layers with "
+                         f"self_attn), got {type(model).__name__}")
+    modules = dict(model.named_modules())
     sites = []
-    for stack in ("encoder", "decoder", "layers"):
-        layers = getattr(model, stack, None)
-        if not isinstance(layers, nn.ModuleList):
-            continue
-        for i, layer in enumerate(layers):
-            for kind in ("self", "cross"):
-                m = getattr(layer, f"{kind}_attn", None)
-                if isinstance(m, MultiHeadAttention):
-                    sites.append(AttentionSite(f"{stack}.{i}.{kind}", stack, i, kind, m))
+    for name in model.hook_points:
+        parts = name.split(".")  # stack, layer, self_attn | cross_attn, hook_z
+        if len(parts) == 4 and parts[3] == "hook_z" and parts[2] in ("self_attn", "cross_attn"):
+            m = modules[".".join(parts[:3])]
+            assert isinstance(m, MultiHeadAttention)
+            sites.append(AttentionSite(f"{parts[0]}.{parts[1]}.{parts[2][:-5]}", parts[0],
+                                       int(parts[1]), parts[2][:-5], m))
     if not sites:
         raise ValueError(f"model: expected a Transformer or TransformerLM (layers with "
                          f"self_attn), got {type(model).__name__}")
-    return sites
+    order = {"encoder": 0, "decoder": 1, "layers": 2}
+    return sorted(sites, key=lambda s: (order.get(s.stack, 3), s.layer, s.kind != "self"))
 
 
 @contextlib.contextmanager
 def head_mask(model: nn.Module, masks: Mapping[str, Tensor]) -> Iterator[None]:
     """``with head_mask(model, {"decoder.0.cross": torch.tensor([1., 0., 1., 1.])}): ...``"""
     sites = {s.name: s for s in attention_sites(model)}
-    handles = []
-    try:
-        for name, m in masks.items():
-            if name not in sites:
-                raise ValueError(f"masks: unknown attention {name!r}; expected some of "
-                                 f"{', '.join(sites)}")
-            h = sites[name].heads
-            if not isinstance(m, Tensor) or m.shape != (h,):
-                got = tuple(m.shape) if isinstance(m, Tensor) else type(m).__name__
-                raise ValueError(f"masks[{name!r}]: expected a tensor of shape ({h},), one "
-                                 f"multiplier per head, got {got}")
+    assert isinstance(model, HookedModel)  # attention_sites checked it
+    hooks = []
+    for name, m in masks.items():
+        if name not in sites:
+            raise ValueError(f"masks: unknown attention {name!r}; expected some of "
+                             f"{', '.join(sites)}")
+        h = sites[name].heads
+        if not isinstance(m, Tensor) or m.shape != (h,):
+            got = tuple(m.shape) if isinstance(m, Tensor) else type(m).__name__
+            raise ValueError(f"masks[{name!r}]: expected a tensor of shape ({h},), one "
+                             f"multiplier per head, got {got}")
 
-            def hook(_mod: nn.Module, _inp: object, z: Tensor, m: Tensor = m) -> Tensor:
-                return z * m.to(z.dtype).view(1, -1, 1, 1)  # (B, H, Lq, Dh) · (1, H, 1, 1)
+        def hook(z: Tensor, _hook: object, m: Tensor = m) -> Tensor:
+            return z * m.to(z.dtype).view(1, -1, 1, 1)  # (B, H, Lq, Dh) · (1, H, 1, 1)
 
-            handles.append(sites[name].module.hook_z.register_forward_hook(hook))
+        site = sites[name]
+        hooks.append((f"{site.stack}.{site.layer}.{site.kind}_attn.hook_z", hook))
+    with model.hooks(hooks):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def ablation_masks(model: nn.Module, heads: list[tuple[str, int]]) -> dict[str, Tensor]:

@@ -98,9 +98,10 @@ class FeedForward(nn.Module):
         super().__init__()
         self.w1 = nn.Linear(d_model, ffn)
         self.w2 = nn.Linear(ffn, d_model)
+        self.hook_post = HookPoint()  # (B, L, d_ff): the hidden activation
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.w2(torch.relu(self.w1(x)))  # (B, L, D) -> (B, L, d_ff) -> (B, L, D)
+        return self.w2(self.hook_post(torch.relu(self.w1(x))))  # (B, L, D) -> (B, L, d_ff) -> (B, L, D)
 
 
 @dataclass
@@ -130,6 +131,8 @@ class TransformerLayer(nn.Module):
         # Hook points (B, L, D): each sublayer's output before the residual add, and the stream
         self.hook_attn_out, self.hook_cross_out = HookPoint(), HookPoint()
         self.hook_mlp_out, self.hook_resid_post = HookPoint(), HookPoint()
+        # the stream entering the layer and after self-attention's residual (+ norm in post-LN)
+        self.hook_resid_pre, self.hook_resid_mid = HookPoint(), HookPoint()
         init_linear(self)
 
     def _residual(self, x: Tensor, out: Tensor, norm: nn.LayerNorm) -> Tensor:
@@ -146,9 +149,10 @@ class TransformerLayer(nn.Module):
         (``cross_attn.project_kv(encoder output)``); ``cache``: this layer's self-attention
         KV cache; ``cross_weights``: return the cross-attention weights even without
         ``need_weights`` (the alignment a translator shows)."""
+        x = self.hook_resid_pre(x)  # (B, L, D)
         h = self.norm_self(x) if self.pre else x
         a = self.self_attn(h, mask=self_mask, rotary=rotary, cache=cache, need_weights=need_weights)
-        x = self._residual(x, self.hook_attn_out(a.output), self.norm_self)
+        x = self.hook_resid_mid(self._residual(x, self.hook_attn_out(a.output), self.norm_self))
         c = None
         if self.cross_attn is not None and self.norm_cross is not None:
             if memory_kv is None:

@@ -27,6 +27,7 @@ from attnlab.functional.masks import causal
 from attnlab.models.transformer.config import LMConfig
 from attnlab.models.transformer.layers import InputEmbedding, TransformerLayer, rotary_tables
 from attnlab.models.translation import CONFIG, WEIGHTS, read_model_json, read_weights
+from attnlab.modules.hooks import HookedModel
 from attnlab.modules.multihead import KVCache
 
 LM_FORMAT = "attnlab.transformer-lm/1"
@@ -39,7 +40,10 @@ class LMOutput:
     cache: list[KVCache] | None = None
 
 
-class TransformerLM(nn.Module):
+class TransformerLM(HookedModel):
+    attn_attr = "self_attn"
+    mlp_post = "ffn.hook_post"
+
     def __init__(self, cfg: LMConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -56,6 +60,7 @@ class TransformerLM(nn.Module):
         if self.out is not None:
             nn.init.xavier_uniform_(self.out.weight)
             nn.init.zeros_(self.out.bias)
+        self.setup_hooks()
 
     def new_cache(self) -> list[KVCache]:
         return [KVCache() for _ in self.layers]
