@@ -9,12 +9,13 @@ attention (the new token's row over every key so far), for decoders.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from attnlab.inspect.recorder import AttentionRecorder
 from attnlab.models.loading import LoadedModel
 from attnlab.models.tokenizer import Encoded, normalize_token
 
@@ -130,7 +131,9 @@ def capture(lm: LoadedModel, text: str | Encoded, *, truncate: bool = False, mas
 
 @dataclass
 class GenerationCapture:
-    """Greedy decoding with attention kept per step.
+    """Greedy decoding with every layer's and head's attention recorded: a view of the
+    :class:`~attnlab.inspect.recorder.AttentionRecorder` that the one decode loop
+    (:func:`attnlab.inspect.generation.generate_ids`) fills.
 
     ``steps[0]`` is the prompt's forward pass (L, H, P, P); ``steps[t]`` for t >= 1 is the
     row of the t-th fed token, (L, H, 1, P + t). :meth:`as_cache` lays them out as one
@@ -140,53 +143,41 @@ class GenerationCapture:
     prompt: Encoded
     new_ids: list[int]
     new_tokens: list[str]
-    steps: list[Tensor] = field(default_factory=list)
+    recorder: AttentionRecorder
     model: str = ""
 
     @property
     def text(self) -> str:
         return self.prompt.text
 
+    @property
+    def steps(self) -> list[Tensor]:
+        P, n = len(self.prompt), len(self.recorder)
+        first = self.recorder.matrix(0, P)  # (L, H, P, P)
+        return [first] + [self.recorder.row(p).float().unsqueeze(2) for p in range(P, n)]  # (L, H, 1, p+1)
+
     def as_cache(self, lm: LoadedModel) -> AttentionCache:
-        fed = self.prompt.ids + self.new_ids[: len(self.steps) - 1]
-        N = len(fed)
-        L, H = self.steps[0].shape[:2]
-        w = torch.zeros(L, H, N, N)  # (L, H, N, N); zeros above the diagonal (causal)
-        P = len(self.prompt)
-        w[:, :, :P, :P] = self.steps[0]
-        for t, step in enumerate(self.steps[1:], start=1):
-            w[:, :, P + t - 1, : P + t] = step[:, :, 0]
+        fed = self.prompt.ids + self.new_ids[: len(self.recorder) - len(self.prompt)]
         enc = lm.tokenizer.encode_ids(fed, self.prompt.text)
-        return AttentionCache(w, enc, None, self.model, "decoder")
+        return AttentionCache(self.recorder.matrix(), enc, None, self.model, "decoder")  # (L, H, N, N)
 
 
-@torch.no_grad()
 def generate(lm: LoadedModel, prompt: str | Encoded, *, max_new_tokens: int = 10, stop_at_eos: bool = True,
              truncate: bool = False) -> GenerationCapture:
-    """Greedy decoding (argmax each step) with a KV cache, keeping every step's weights."""
+    """Greedy decoding (argmax each step) with a KV cache, recording every layer's and head's
+    attention as it is computed (float32), on the raw text (no chat template)."""
+    from attnlab.inspect.generation import Sampling, eos_ids, generate_ids
+
     if lm.kind != "decoder" or not lm.native:
-        raise ValueError(f"generate: expected a decoder loaded by attnlab (gpt2), got "
+        raise ValueError(f"generate: expected a decoder loaded by attnlab (gpt2, smollm2, a llama GGUF), got "
                          f"{'an' if lm.kind[:1] in 'aeiou' else 'a'} {lm.kind} "
                          f"({lm.model_type}, {lm.engine})")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens: expected a positive int, got {max_new_tokens!r}")
     enc = prompt if isinstance(prompt, Encoded) else lm.encode(prompt, truncate=truncate, name="prompt")
-    room = lm.max_tokens - len(enc)
-    if room < 1:
-        raise ValueError(f"prompt: expected fewer than {lm.max_tokens} tokens to leave room to generate, "
-                         f"got {len(enc)}")
-    model = lm.model
-    cache = model.new_cache()
-    eos = model.cfg.eos_token_id
-    cap = GenerationCapture(enc, [], [], [], lm.name)
-    ids = torch.tensor([enc.ids])  # (1, P)
-    for _ in range(min(max_new_tokens, room)):
-        out = model(ids, cache=cache, need_weights=True)
-        cap.steps.append(stack_weights(out.attentions))  # (L, H, Lq, P + t)
-        nxt = int(out.logits[0, -1].argmax())
-        cap.new_ids.append(nxt)
-        cap.new_tokens.append(lm.tokenizer.label(lm.tokenizer.id_to_token(nxt)))
-        if stop_at_eos and eos is not None and nxt == eos:
-            break
-        ids = torch.tensor([[nxt]])  # (1, 1): only the new token; the past lives in the cache
-    return cap
+    recorder = AttentionRecorder(lm.model, dtype=torch.float32)
+    try:
+        new, _, _ = generate_ids(lm, enc.ids, max_new_tokens=max_new_tokens, sampling=Sampling(),
+                                 stop_ids=eos_ids(lm) if stop_at_eos else set(), recorder=recorder)
+    finally:
+        recorder.remove()
+    labels = [lm.tokenizer.label(lm.tokenizer.id_to_token(i)) for i in new]
+    return GenerationCapture(enc, new, labels, recorder, lm.name)

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from attnlab.inspect.recorder import AttentionRecorder
+from attnlab.models.contract import as_causal_lm
 from attnlab.models.loading import LoadedModel
 from attnlab.models.tokenizer import Encoded
 
@@ -139,10 +140,8 @@ def fit_prompt(lm: LoadedModel, prompt: str, *, system: str | None = None, chat:
 
 
 def eos_ids(lm: LoadedModel) -> set[int]:
-    cfg: Any = getattr(lm.model, "cfg", None)
-    ids = set(getattr(cfg, "eos_token_ids", ()) or ())
-    if getattr(cfg, "eos_token_id", None) is not None:
-        ids.add(int(cfg.eos_token_id))
+    """The ids that end an answer: the model's end-of-sequence ids and the chat's end of turn."""
+    ids = set(as_causal_lm(lm.model, "--model").eos_token_ids)
     end_turn = lm.tokenizer.token_id("<|im_end|>")  # ChatML's end of turn
     if end_turn is not None:
         ids.add(end_turn)
@@ -174,7 +173,7 @@ def generate_ids(
     """
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens: expected a positive int, got {max_new_tokens!r}")
-    model: Any = lm.model  # Llama | Decoder (both take cache=, need_weights=)
+    model = as_causal_lm(lm.model, "--model")
     stop_ids = eos_ids(lm) if stop_ids is None else stop_ids
     room = lm.max_tokens - len(prompt_ids)
     if room < 1:
@@ -185,9 +184,9 @@ def generate_ids(
         )
     gen = None if sampling.greedy else torch.Generator().manual_seed(sampling.seed)
     need = recorder.layers if recorder is not None else False
-    kw: dict[str, Any] = {"mask": mask, "score_mods": score_mods, "backend": backend}
-    if hasattr(model, "rope"):  # Llama: weights go to the recorder's hooks only; last logits only
-        kw |= {"keep_weights": False, "logits_to_keep": 1}
+    # Weights go to the recorder's hooks only; logits of the last position only.
+    kw: dict[str, Any] = {"mask": mask, "score_mods": score_mods, "backend": backend,
+                          "keep_weights": False, "logits_to_keep": 1}
     cache = model.new_cache() if use_cache else None
     seq = list(prompt_ids)
     new: list[int] = []
@@ -196,12 +195,13 @@ def generate_ids(
     t_prefill = 0.0
     reason = "max_new_tokens"
     for step in range(min(max_new_tokens, room)):
-        out = model(ids, cache=cache, need_weights=need, **kw)
+        logits = model(ids, cache=cache, need_weights=need, **kw).logits
+        assert logits is not None  # a CausalLM always has its language-model head
         if step == 0:
             t_prefill = time.perf_counter() - t0
         if on_logits is not None:
-            on_logits(out.logits[0, -1])  # (V,) the distribution this token is drawn from
-        nxt = next_token(out.logits[0, -1], sampling, gen)
+            on_logits(logits[0, -1])  # (V,) the distribution this token is drawn from
+        nxt = next_token(logits[0, -1], sampling, gen)
         new.append(nxt)
         seq.append(nxt)
         if on_token is not None:

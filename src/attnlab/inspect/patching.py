@@ -5,7 +5,7 @@ monkey-patched, nothing stays registered after the call):
 
 - **read scores**: a score_mod that records the pre-softmax scores of each layer and returns
   them unchanged (``record_scores``);
-- **ablate a head**: replace its context (MultiHeadAttention's ``hook_z``, (B, H, Lq, Dh))
+- **ablate a head**: replace its context (the ``attn.z`` hook point, (B, H, Lq, Dh))
   by zeros or by its mean over positions (mean ablation keeps the bias the head adds);
 - **replace a pattern**: a score_mod that sets the head's scores to log(pattern), so the
   softmax returns exactly ``pattern`` (rows summing to 1) and the head mixes its values with
@@ -69,10 +69,9 @@ def ablated(lm: LoadedModel, ablations: Sequence[Ablation]) -> Iterator[None]:
         if a.mode not in ("zero", "mean"):
             raise ValueError(f"ablate: expected mode 'zero' or 'mean', got {a.mode!r}")
         by_layer.setdefault(a.layer, []).append(a)
-    handles = []
 
     def make_hook(items: list[Ablation]):
-        def hook(_module, _inputs, z: Tensor) -> Tensor:  # z: (B, H, Lq, Dh)
+        def hook(z: Tensor, _hook: object) -> Tensor:  # z: (B, H, Lq, Dh)
             z = z.clone()
             for a in items:
                 if a.mode == "zero":
@@ -82,14 +81,10 @@ def ablated(lm: LoadedModel, ablations: Sequence[Ablation]) -> Iterator[None]:
             return z
         return hook
 
-    try:
-        for layer, items in by_layer.items():
-            hp = lm.model.layers[layer].attention.hook_z
-            handles.append(hp.register_forward_hook(make_hook(items)))
+    model = lm.model
+    with model.hooks([(model.hook_name(layer, "attn.z"), make_hook(items))
+                      for layer, items in by_layer.items()]):
         yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def pattern_score_mods(lm: LoadedModel, patches: Sequence[PatternPatch]) -> dict[int, Any]:

@@ -1,8 +1,9 @@
 """Attention rows recorded as the model computes them: one row per fed position, per layer/head.
 
-A :class:`AttentionRecorder` registers forward hooks on the ``hook_pattern`` of the chosen
-layers' attention modules. Each forward pass (the prompt's prefill, then one decode step per
-generated token) hands it (B=1, H, Lq, Lk) weights; at once, inside that layer's hook, it packs
+A :class:`AttentionRecorder` adds hooks at the ``attn.pattern`` hook point of the chosen layers
+(by name: ``model.hook_name(layer, "attn.pattern")``, any :class:`CausalLM`). Each forward pass
+(the prompt's prefill, then one decode step per generated token) hands it (B=1, H, Lq, Lk)
+weights; at once, inside that layer's hook, it packs
 the causal triangle — for each query position p the row over keys 0..p — of the chosen heads
 into one flat ``dtype`` (fp16 by default) buffer. Nothing is recomputed afterwards, and no
 layer's full matrix outlives its own hook.
@@ -18,36 +19,38 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+
+from attnlab.models.contract import as_causal_lm
+from attnlab.modules.hooks import HookPoint
 
 
 class AttentionRecorder:
     def __init__(
         self,
-        model: Any,  # a model with .layers[i].attention.hook_pattern, num_layers, num_heads
+        model: Any,  # a CausalLM (attnlab.models.contract)
         *,
         layers: Sequence[int] | None = None,
         heads: Sequence[int] | None = None,
         dtype: torch.dtype = torch.float16,
     ) -> None:
-        n_layers, n_heads = model.num_layers, model.num_heads
+        lm = as_causal_lm(model, "recorder")
+        n_layers, n_heads = lm.num_layers, lm.num_heads
         self.layers = _select("layers", layers, n_layers)
         self.heads = _select("heads", heads, n_heads)
-        kv = getattr(getattr(model, "cfg", None), "num_kv_heads", n_heads)
-        group = n_heads // kv
+        group = n_heads // lm.num_kv_heads
         self.kv_group = [h // group for h in self.heads]  # K/V head each recorded query head reads
         self.dtype = dtype
         # Per recorded layer, one packed chunk per forward pass: (first position, rows, (Hs, T)),
         # the rows p = first .. first + rows - 1 concatenated, each p + 1 long.
         self._chunks: dict[int, list[tuple[int, int, Tensor]]] = {i: [] for i in self.layers}
         self._n = 0  # positions recorded (by every layer)
-        self._handles = [
-            model.layers[i].attention.hook_pattern.register_forward_hook(self._hook(i)) for i in self.layers
-        ]
+        self._handles = [h for i in self.layers
+                         for h in lm.add_hook(lm.hook_name(i, "attn.pattern"), self._hook(i))]
         self._head_idx = torch.tensor(self.heads)
 
     def _hook(self, layer: int):
-        def hook(module: nn.Module, args: Any, output: Tensor) -> None:
+        def hook(output: Tensor, _hook: HookPoint) -> None:
             w = output[0].index_select(0, self._head_idx)  # (B=1, H, Lq, Lk) -> (Hs, Lq, Lk)
             Lq, Lk = w.shape[-2:]
             first = Lk - Lq  # the queries are the newest Lq of Lk positions
@@ -101,7 +104,7 @@ class AttentionRecorder:
 
     def matrix(self, start: int = 0, stop: int | None = None) -> Tensor:
         """Rows start..stop as one causal (layers, heads, n, stop) float32 tensor (zeros above)."""
-        stop = len(self.rows) if stop is None else stop
+        stop = self._n if stop is None else stop
         Ls, Hs = len(self.layers), len(self.heads)
         out = torch.zeros(Ls, Hs, stop - start, stop)
         for i, p in enumerate(range(start, stop)):

@@ -30,7 +30,7 @@ instead of just before the window.
 
 The sink profile is the share of attention on the first token per layer (mean over heads and
 query positions 1.., position 0 trivially attends only to itself), read from each layer's
-``hook_pattern`` with eager attention, one layer's (B, H, L, L) weights alive at a time.
+the ``attn.pattern`` hook points with eager attention, one layer's (B, H, L, L) weights alive at a time.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attnlab.functional.masks import Mask, longformer, sliding_window
-from attnlab.models.llama import Llama
+from attnlab.models.contract import CausalLM, as_causal_lm
 from attnlab.models.loading import LoadedModel
 
 DEFAULT_TOKENS = 2048
@@ -188,14 +188,13 @@ def _as_ids(lm: LoadedModel, source: str | Sequence[int] | Tensor, tokens: int |
     return ids
 
 
-def _nll(model: Llama, ids: Tensor, **kw: Any) -> Tensor:
+def _nll(model: CausalLM, ids: Tensor, **kw: Any) -> Tensor:
     """Per-target NLL (B, L-1) of a teacher-forced pass; logits in chunks (never (L, V) at once)."""
     out = model(ids, logits_to_keep=1, **kw)
     h = out.hidden_states[-1]  # (B, L, E) final-norm output
-    head = model.token_embedding.weight if model.lm_head is None else model.lm_head.weight  # (V, E)
     parts = []
     for c in range(0, ids.shape[1] - 1, CHUNK):
-        logits = F.linear(h[:, c: c + CHUNK][:, : ids.shape[1] - 1 - c], head).float()  # (B, C, V)
+        logits = model.unembed(h[:, c: c + CHUNK][:, : ids.shape[1] - 1 - c]).float()  # (B, C, V)
         tgt = ids[:, c + 1: c + 1 + logits.shape[1]]  # (B, C)
         parts.append(F.cross_entropy(logits.transpose(1, 2), tgt, reduction="none"))  # (B, C)
     return torch.cat(parts, dim=1)  # (B, L-1)
@@ -205,7 +204,7 @@ def _mean(x: Tensor) -> float | None:
     return float(x.double().mean()) if x.numel() else None
 
 
-def recompute_nll(model: Llama, ids: Tensor, window: int, last: int, *, backend: str = "tiled",
+def recompute_nll(model: CausalLM, ids: Tensor, window: int, last: int, *, backend: str = "tiled",
                   batch: int = 16) -> Tensor:
     """Sliding window with re-computation: NLL (last,) of tokens N-last..N-1, token t predicted
     from a fresh forward over ids[t-W:t] at positions 0..W-1."""
@@ -215,29 +214,25 @@ def recompute_nll(model: Llama, ids: Tensor, window: int, last: int, *, backend:
     out = []
     for c in range(0, last, batch):
         x = ids[ctx[c: c + batch]]  # (b, W)
-        logits = model(x, backend=backend, logits_to_keep=1).logits[:, -1].float()  # (b, V)
+        h = model(x, backend=backend, logits_to_keep=1).last_hidden_state[:, -1]  # (b, E)
+        logits = model.unembed(h).float()  # (b, V)
         out.append(F.cross_entropy(logits, ids[ts[c: c + batch]], reduction="none"))  # (b,)
     return torch.cat(out)
 
 
-def sink_profile(model: Llama, ids: Tensor, k: int = 1) -> tuple[list[float], list[float]]:
+def sink_profile(model: CausalLM, ids: Tensor, k: int = 1) -> tuple[list[float], list[float]]:
     """Per layer: mean share of attention (over heads and queries 1..L-1) on token 0 and on
-    tokens 0..k-1, under full causal attention (eager weights via hook_pattern)."""
+    tokens 0..k-1, under full causal attention (eager weights via the attn.pattern hooks)."""
     first: list[float] = []
     first_k: list[float] = []
 
-    def hook(_m: object, _inp: object, w: Tensor) -> None:  # w (B, H, L, L)
+    def hook(w: Tensor, _hook: object) -> None:  # w (B, H, L, L)
         rows = w[0, :, 1:] if w.shape[2] > 1 else w[0]  # (H, L-1, L)
         first.append(float(rows[..., 0].double().mean()))
         first_k.append(float(rows[..., :k].double().sum(-1).mean()))
 
-    blocks: list[Any] = list(model.layers)  # LlamaBlock: nn.ModuleList items type as Module
-    handles = [b.attention.hook_pattern.register_forward_hook(hook) for b in blocks]
-    try:
-        model(ids.view(1, -1), need_weights=True, keep_weights=False, backend="eager", logits_to_keep=1)
-    finally:
-        for hd in handles:
-            hd.remove()
+    with model.hooks([(model.hook_name(i, "attn.pattern"), hook) for i in range(model.num_layers)]):
+        model(ids.view(1, -1), keep_weights=False, backend="eager", logits_to_keep=1)
     return first, first_k
 
 
@@ -257,8 +252,7 @@ def streaming_experiment(lm: LoadedModel, source: str | Sequence[int] | Tensor |
     al. 2023), one teacher-forced pass each over the first ``tokens`` tokens of ``source`` (text
     or ids; default :func:`default_text`), plus the per-layer sink profile and, with
     ``recompute=M``, the sliding-window-with-re-computation baseline on the last M tokens."""
-    if not isinstance(lm.model, Llama):
-        raise ValueError(f"model: expected a Llama-family (RoPE) decoder, got {type(lm.model).__name__}")
+    model = as_causal_lm(lm.model, "model")
     wins = _check_ints("windows", windows, 1)
     ks = _check_ints("sinks", sinks, 0)
     if max(ks) >= min(wins):
@@ -270,7 +264,7 @@ def streaming_experiment(lm: LoadedModel, source: str | Sequence[int] | Tensor |
     if recompute and recompute > n - max(wins):
         raise ValueError(f"recompute: expected at most N - window = {n - max(wins)} tokens (each needs "
                          f"a full window before it), got {recompute}")
-    model, x = lm.model, ids.view(1, -1)  # (1, N)
+    x = ids.view(1, -1)  # (1, N)
     model(x[:, :8], backend=backend, logits_to_keep=1)  # warm-up: rope tables, first-call costs
     q = torch.arange(n - 1)  # (N-1,) query of each target
 

@@ -16,6 +16,7 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor
+from torch.utils.hooks import RemovableHandle
 
 from attnlab.models.common import ScoreMods, TransformerOutput
 from attnlab.modules.hooks import ActivationCache, HookFn, HookPoint, NameFilter
@@ -56,6 +57,8 @@ class CausalLM(Protocol):
 
     def hook_name(self, layer: int, site: str) -> str: ...
 
+    def add_hook(self, name: str | Callable[[str], bool], fn: HookFn) -> list[RemovableHandle]: ...
+
     def hooks(self, fwd_hooks: Sequence[tuple[str | Callable[[str], bool], HookFn]] = ()
               ) -> AbstractContextManager[None]: ...
 
@@ -80,14 +83,16 @@ class CausalLM(Protocol):
 
 
 _MEMBERS = ("kind", "num_layers", "num_heads", "num_kv_heads", "max_positions", "eos_token_ids",
-            "layer_window", "new_cache", "unembed", "hook_points", "hook_name", "hooks", "run_with_cache")
+            "layer_window", "new_cache", "unembed", "hook_points", "hook_name", "add_hook", "hooks",
+            "run_with_cache")
 
 
 def as_causal_lm(model: object, what: str = "model") -> CausalLM:
     """``model`` typed as a :class:`CausalLM`, or a ValueError naming what it lacks."""
     missing = [m for m in _MEMBERS if not hasattr(model, m)]
     if missing or getattr(model, "kind", None) != "decoder":
-        why = f"lacks {', '.join(missing)}" if missing else f"is a {getattr(model, 'kind', '?')}"
+        kind = getattr(model, "kind", None)
+        why = f"is an {kind}" if kind == "encoder" else f"lacks {', '.join(missing) or 'kind = decoder'}"
         raise ValueError(f"{what}: expected a decoder LLM implementing attnlab's CausalLM contract "
                          f"(smollm2, gemma3, a llama/gpt2 folder or GGUF), got {type(model).__name__}, "
                          f"which {why}")
