@@ -75,7 +75,7 @@ def test_model_command_errors_name_the_options():
     assert _error("inspect", "--top", "0") == "--top: expected a positive int, got 0"  # was "k: ..."
     # was "generate: ... got a encoder"
     assert _error("inspect", "--generate", "2").startswith(
-        "--generate: expected a decoder loaded by attnlab (gpt2), got an encoder")
+        "--generate: expected a decoder loaded by attnlab (gpt2, smollm2, a llama GGUF), got an encoder")
     texts = ("the cat sat on the mat", "the dog sat on the mat", "--focus", "sat", "--candidates", "mat,the")
     for top in ("0", "-3"):  # was an empty table (0) and every head but the last 3 (-3)
         assert _error("compare", *texts, "--top", top) == f"--top: expected a positive int, got {top}"

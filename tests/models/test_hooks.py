@@ -50,7 +50,8 @@ def test_bad_names_say_what_is_close(models):
 
 def test_hooks_are_removed_on_exit_even_on_error(models):
     net = models["gpt2"].model
-    with pytest.raises(RuntimeError, match="boom"), net.hooks([("layers.0.hook_resid_post", lambda x, h: None)]):
+    hooks = [("layers.0.hook_resid_post", lambda x, h: None)]
+    with pytest.raises(RuntimeError, match="boom"), net.hooks(hooks):
         assert net.hook_points["layers.0.hook_resid_post"].active
         raise RuntimeError("boom")
     assert not any(hp.active for hp in net.hook_points.values())
@@ -136,7 +137,7 @@ def test_decoders_implement_the_causal_lm_contract(models):
         net = as_causal_lm(models[name].model)
         assert isinstance(net, CausalLM)
         assert net.layer_window(0) is None and net.num_heads % net.num_kv_heads == 0
-    with pytest.raises(ValueError, match=r"model: expected a decoder LLM .* got Encoder, which is an encoder"):
+    with pytest.raises(ValueError, match=r"model: expected a decoder LLM .* got Encoder, which is an enc"):
         as_causal_lm(models["bert"].model)
 
 

@@ -42,6 +42,15 @@ class CausalLM(Protocol):
     @property
     def eos_token_ids(self) -> tuple[int, ...]: ...
 
+    @property
+    def vocab_size(self) -> int: ...
+
+    def output_embedding(self, ids: Tensor) -> Tensor:
+        """Rows of the unembedding matrix for token ids (n,): (n, E)."""
+        ...
+
+    def attention_module(self, layer: int) -> Any: ...
+
     def layer_window(self, layer: int) -> int | None:
         """Keys behind a query that layer ``layer`` sees (itself included); None = all."""
         ...
@@ -83,6 +92,7 @@ class CausalLM(Protocol):
 
 
 _MEMBERS = ("kind", "num_layers", "num_heads", "num_kv_heads", "max_positions", "eos_token_ids",
+            "vocab_size", "output_embedding", "attention_module",
             "layer_window", "new_cache", "unembed", "hook_points", "hook_name", "add_hook", "hooks",
             "run_with_cache")
 

@@ -193,6 +193,15 @@ class Llama(HookedModel):
     def new_cache(self) -> list[KVCache]:
         return [KVCache() for _ in self.layers]
 
+    @property
+    def vocab_size(self) -> int:
+        return self.cfg.vocab_size
+
+    def output_embedding(self, ids: Tensor) -> Tensor:
+        """Rows of the unembedding matrix W_U for token ``ids`` (n,): (n, E)."""
+        head = self.token_embedding.weight if self.lm_head is None else self.lm_head.weight  # (V, E)
+        return head[ids]
+
     def unembed(self, x: Tensor) -> Tensor:
         """Logits of residual-stream vectors already through the final norm: (..., E) -> (..., V)."""
         head = self.token_embedding.weight if self.lm_head is None else self.lm_head.weight

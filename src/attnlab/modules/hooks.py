@@ -166,6 +166,10 @@ class HookedModel(nn.Module):
         self.hook_point(name)  # a model without that site says so, with close names
         return name
 
+    def attention_module(self, layer: int) -> nn.Module:
+        """The attention of ``layer`` (its projections: what per-head attribution reads)."""
+        return self.get_submodule(self.hook_name(layer, "attn.z").rsplit(".", 1)[0])
+
     def add_hook(self, name: str | Callable[[str], bool], fn: HookFn) -> list[RemovableHandle]:
         """Add ``fn`` at one named hook point, or at every point whose name ``name(n)`` accepts.
         Prefer :meth:`hooks`, which removes them again."""
