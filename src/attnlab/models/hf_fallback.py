@@ -1,51 +1,97 @@
 """Architectures attnlab does not implement, run by ``transformers`` behind the same interface.
 
-The model is loaded with eager attention (the only implementation that returns weights),
-``local_files_only`` (no network) and ``use_safetensors`` (no pickle). It gives hidden states
-and attention weights, so capture, analyses, head detection and pictures work; patching,
-custom masks and attnlab backends need attnlab's own model code and say so.
+The model is loaded with ``local_files_only`` (no network) and ``use_safetensors`` (no pickle).
+A decoder whose class declares ``_supports_attention_backend`` (transformers' mark for models
+whose attention goes through ``AttentionInterface``, modeling_utils.py) loads with
+``attn_implementation="attnlab"`` (models/hf_bridge): its attention runs through
+``attnlab.attention``, so ``mask``, ``score_mods`` and ``backend`` work and each attention module
+carries attnlab hook points. Any other model loads with eager attention (the transformers
+implementation that returns weights): hidden states and weights, so capture, analyses, head
+detection and pictures work, and masks, score_mods and backends are refused with the reason.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from attnlab.models.common import TransformerOutput
+from attnlab.backends.registry import current_backend, get_backend
+from attnlab.models.common import TransformerOutput, check_score_mods
 
 
 class TransformersModel(nn.Module):
     """Wraps a ``transformers`` base model; ``forward`` matches attnlab's models."""
 
-    def __init__(self, hf: nn.Module, kind: str, num_layers: int, num_heads: int) -> None:
+    def __init__(self, hf: nn.Module, kind: str, num_layers: int, num_heads: int,
+                 unbridged: str | None = None) -> None:
         super().__init__()
         self.hf = hf
         self.kind = kind
         self.num_layers = num_layers
         self.num_heads = num_heads
+        # None: attention runs through attnlab (hf_bridge); else why it does not
+        self.unbridged = unbridged
+
+    @property
+    def bridged(self) -> bool:
+        return self.unbridged is None
+
+    def attention_modules(self) -> list[nn.Module]:
+        """The bridged attention modules by layer index, each with ``attnlab_hooks``."""
+        if self.unbridged is not None:
+            raise ValueError(f"attention_modules: {self.unbridged}")
+        from attnlab.models.hf_bridge import attention_modules
+
+        return attention_modules(self.hf)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 token_type_ids: Tensor | None = None, *, mask: object = None, score_mods: Any = None,
                 need_weights: bool = False, backend: str = "auto", cache: Any = None) -> TransformerOutput:
-        asked = [n for n, v in (("mask", mask), ("score_mods", score_mods), ("cache", cache)) if v]
+        if cache:
+            raise ValueError("cache: needs attnlab's own model code (gpt2, llama); this model runs "
+                             "through the transformers fallback")
+        asked = [n for n, v in (("mask", mask), ("score_mods", score_mods)) if _given(v)]
         if backend != "auto":
             asked.append("backend")
-        if asked:
-            raise ValueError(f"{', '.join(asked)}: needs attnlab's own model code (bert, roberta, gpt2); "
-                             f"this model runs through the transformers fallback")
+        if asked and self.unbridged is not None:
+            raise ValueError(f"{', '.join(asked)}: needs attnlab's own model code (bert, roberta, gpt2, "
+                             f"llama) or attention through attnlab; {self.unbridged}")
         kw: dict[str, Any] = {"input_ids": input_ids, "output_hidden_states": True,
                               "output_attentions": need_weights}
         if attention_mask is not None:
             kw["attention_mask"] = attention_mask
         if token_type_ids is not None and self.kind == "encoder" and _takes(self.hf, "token_type_ids"):
             kw["token_type_ids"] = token_type_ids
-        out = self.hf(**kw)
+        if self.unbridged is not None:
+            out = self.hf(**kw)
+        else:
+            out = self._bridged(kw, mask, score_mods, backend, need_weights)
         att = tuple(out.attentions) if need_weights and out.attentions is not None else None
         return TransformerOutput(out.last_hidden_state, tuple(out.hidden_states), att)
+
+    def _bridged(self, kw: dict[str, Any], mask: object, score_mods: Any, backend: str,
+                 need_weights: bool) -> Any:
+        from attnlab.models.hf_bridge import bridge_interventions
+
+        check_score_mods(score_mods, self.num_layers)
+        chosen = current_backend() if backend == "auto" else backend
+        if chosen != "auto":
+            caps = get_backend(chosen).capabilities  # a bad name fails here, naming the choices
+            if need_weights and not (caps.returns_weights or caps.returns_lse):
+                raise ValueError(f"need_weights: backend {chosen!r} cannot return attention weights; "
+                                 f"use 'eager', 'tiled' or 'auto'")
+        with bridge_interventions(mask=mask, score_mods=score_mods,
+                                  backend=None if backend == "auto" else backend):
+            return self.hf(**kw)
+
+
+def _given(v: object) -> bool:
+    return v is not None and not (isinstance(v, Mapping) and not v)
 
 
 def _takes(model: nn.Module, arg: str) -> bool:
@@ -67,7 +113,14 @@ def load_transformers(folder: Path, cfg: dict[str, Any], dtype: torch.dtype) -> 
                          f"which is not installed") from None
     try:
         hcfg = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
-        hf = AutoModel.from_pretrained(folder, config=hcfg, attn_implementation="eager",
+        causal = bool(getattr(hcfg, "is_decoder", False)) or _is_causal_lm(hcfg)
+        unbridged = _why_not_bridged(hcfg, causal)
+        if unbridged is None:
+            from attnlab.models.hf_bridge import register
+
+            register()
+        hf = AutoModel.from_pretrained(folder, config=hcfg,
+                                       attn_implementation="eager" if unbridged else "attnlab",
                                        local_files_only=True, use_safetensors=True,
                                        trust_remote_code=False, dtype=dtype)
     except (ValueError, KeyError, OSError) as e:
@@ -76,12 +129,32 @@ def load_transformers(folder: Path, cfg: dict[str, Any], dtype: torch.dtype) -> 
                          f"attnlab implements bert, roberta, xlm-roberta and gpt2, and transformers "
                          f"could not load it either ({first})") from None
     hf.eval()
-    causal = bool(getattr(hcfg, "is_decoder", False)) or _is_causal_lm(hcfg)
     layers = getattr(hcfg, "num_hidden_layers", None) or getattr(hcfg, "n_layer", None)
     heads = getattr(hcfg, "num_attention_heads", None) or getattr(hcfg, "n_head", None)
     if not layers or not heads:
         raise ValueError(f"{folder / 'config.json'}: expected num_hidden_layers and num_attention_heads")
-    return TransformersModel(hf, "decoder" if causal else "encoder", int(layers), int(heads))
+    model = TransformersModel(hf, "decoder" if causal else "encoder", int(layers), int(heads), unbridged)
+    if unbridged is None:
+        model.attention_modules()  # attach the hook points now, so hooks can be registered before a call
+    return model
+
+
+def _why_not_bridged(hcfg: Any, causal: bool) -> str | None:
+    """None when the model's attention can run through attnlab, else the reason, naming it."""
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+
+    mt = hcfg.model_type
+    if not causal:
+        return f"model_type {mt!r} is an encoder; only decoders are bridged to attnlab's attention"
+    name = MODEL_MAPPING_NAMES.get(mt)
+    cls = getattr(transformers, name, None) if isinstance(name, str) else None
+    if cls is None:
+        return f"model_type {mt!r}: transformers names no single base model class for it"
+    if not getattr(cls, "_supports_attention_backend", False):
+        return (f"model_type {mt!r} ({cls.__name__}): its attention does not go through transformers' "
+                f"AttentionInterface (_supports_attention_backend is False)")
+    return None
 
 
 def _is_causal_lm(hcfg: Any) -> bool:
