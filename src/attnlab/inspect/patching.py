@@ -47,9 +47,10 @@ class PatternPatch:
 
 
 def _require_native(lm: LoadedModel, what: str) -> None:
-    if not lm.native:
-        raise ValueError(f"{what}: needs attnlab's own model code (bert, roberta, gpt2); "
-                         f"{lm.name} runs through the transformers fallback")
+    if not lm.hookable:
+        raise ValueError(f"{what}: needs attnlab's own model code (bert, roberta, gpt2, llama) or a "
+                         f"transformers model whose attention runs through attnlab; {lm.name} runs through "
+                         f"the transformers fallback with eager attention")
 
 
 def _check_head(lm: LoadedModel, layer: int, head: int, what: str) -> None:

@@ -22,10 +22,13 @@ from torch import Tensor, nn
 
 from attnlab.backends.registry import current_backend, get_backend
 from attnlab.models.common import TransformerOutput, check_score_mods
+from attnlab.modules.hooks import HookedModel
 
 
-class TransformersModel(nn.Module):
-    """Wraps a ``transformers`` base model; ``forward`` matches attnlab's models."""
+class TransformersModel(HookedModel):
+    """Wraps a ``transformers`` base model; ``forward`` matches attnlab's models. Bridged models
+    name their attention hook points by layer like attnlab's own (``hook_name(layer,
+    "attn.z")``), so ablation, patching and recording reach them the same way."""
 
     def __init__(self, hf: nn.Module, kind: str, num_layers: int, num_heads: int,
                  unbridged: str | None = None) -> None:
@@ -48,6 +51,24 @@ class TransformersModel(nn.Module):
         from attnlab.models.hf_bridge import attention_modules
 
         return attention_modules(self.hf)
+
+    def hook_name(self, layer: int, site: str) -> str:
+        """The dotted name of an attention site of ``layer`` ("attn.q/k/v/pattern/z"): what a
+        bridged transformers model exposes through attnlab's attention function."""
+        if self.unbridged is not None:
+            raise ValueError(f"hook: needs attention through attnlab; {self.unbridged}")
+        n = self.num_layers
+        if isinstance(layer, bool) or not isinstance(layer, int) or not -n <= layer < n:
+            raise ValueError(f"layer: expected an int in 0..{n - 1}, got {layer!r}")
+        s = site.removeprefix("hook_").replace(".hook_", ".")
+        sites = ("attn.q", "attn.k", "attn.v", "attn.pattern", "attn.z")
+        if s not in sites:
+            raise ValueError(f"site: expected one of {', '.join(sites)} on a transformers model (its "
+                             f"attention runs through attnlab; the residual stream has no attnlab hook "
+                             f"point), got {site!r}")
+        module = self.attention_modules()[layer % n]
+        path = next(n for n, m in self.named_modules() if m is module)
+        return self.hook_point(f"{path}.attnlab_hooks.hook_{s[5:]}").name or ""
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 token_type_ids: Tensor | None = None, *, mask: object = None, score_mods: Any = None,
@@ -136,6 +157,7 @@ def load_transformers(folder: Path, cfg: dict[str, Any], dtype: torch.dtype) -> 
     model = TransformersModel(hf, "decoder" if causal else "encoder", int(layers), int(heads), unbridged)
     if unbridged is None:
         model.attention_modules()  # attach the hook points now, so hooks can be registered before a call
+    model.setup_hooks()
     return model
 
 

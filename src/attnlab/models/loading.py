@@ -66,6 +66,12 @@ class LoadedModel:
         return self.engine == "attnlab"
 
     @property
+    def hookable(self) -> bool:
+        """attnlab's hook points reach its attention: our own model code, or a transformers model
+        whose attention runs through attnlab (``attn_implementation="attnlab"``)."""
+        return self.native or bool(getattr(self.model, "bridged", False))
+
+    @property
     def num_layers(self) -> int:
         return self.model.num_layers
 

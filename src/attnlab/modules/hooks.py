@@ -208,5 +208,4 @@ class HookedModel(nn.Module):
 
         with self.hooks([*fwd_hooks, (match, keep)]):
             out = self(*args, **kwargs)
-        namer = self.hook_name if hasattr(self, self.blocks) else None
-        return out, ActivationCache(store, namer)
+        return out, ActivationCache(store, self.hook_name)
