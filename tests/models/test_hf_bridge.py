@@ -409,7 +409,7 @@ def test_named_hooks_reach_a_bridged_folder_model_by_layer(tmp_path):
     name = net.hook_name(1, "attn.z")
     assert name.endswith("layers.1.self_attn.attnlab_hooks.hook_z") and name in net.hook_points
     enc = lm.encode("the animal was too tired")
-    out, cache = net.run_with_cache(torch.tensor([enc.ids]), names_filter=net.hook_name(0, "attn.pattern"))
+    _, cache = net.run_with_cache(torch.tensor([enc.ids]), names_filter=net.hook_name(0, "attn.pattern"))
     assert cache.site(0, "attn.pattern").shape[-2:] == (len(enc), len(enc))
     base = lm.forward(enc).last_hidden_state
     with ablated(lm, [Ablation(1, 0)]):
@@ -417,5 +417,5 @@ def test_named_hooks_reach_a_bridged_folder_model_by_layer(tmp_path):
     assert (ablated_out - base).abs().max() > 1e-5
     assert torch.equal(lm.forward(enc).last_hidden_state, base)  # hooks gone after the block
     assert patch_effect(lm, enc, ablate=[Ablation(0, 1)]).max_abs_change > 0
-    with pytest.raises(ValueError, match="site: expected one of attn.q"):
+    with pytest.raises(ValueError, match=r"site: expected one of attn\.q"):
         net.hook_name(0, "resid_pre")
