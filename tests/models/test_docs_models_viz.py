@@ -31,7 +31,7 @@ def run(name: str) -> dict:
 def test_models_doc_snippets_run(tmp_path, monkeypatch):
     make_gpt2(tmp_path / "path" / "to" / "gpt2")
     monkeypatch.chdir(tmp_path)
-    assert len(snippets("models.md")) == 4
+    assert len(snippets("models.md")) == 5
     ns = run("models.md")
     # What the comments next to the calls say.
     assert ns["cache"].weights.shape == (6, 12, 15, 15) and ns["cache"].find("it") == 10
@@ -42,6 +42,8 @@ def test_models_doc_snippets_run(tmp_path, monkeypatch):
     best = ns["cmp"].best
     assert (best.layer, best.head) == (3, 1)
     assert ns["gen"].new_tokens and ns["gen"].steps[1].shape[2] == 1
+    assert ns["acts"].site(1, "attn.pattern").shape[:2] == (1, 4) and ns["res"].attentions is None
+    assert not torch.allclose(ns["ablated_logits"], ns["res"].logits)
     row = ns["rollout"](ns["cache"])[10]  # rollout(capture(...)) used to raise AttributeError
     assert float(row.sum()) == pytest.approx(1.0) and int(row.argmax()) == 0  # [CLS]
 

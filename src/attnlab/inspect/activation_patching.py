@@ -58,13 +58,19 @@ class PatchingResult:
 
     def plot(self, path: str | Path | None = None) -> Any:
         """A layers x positions (or heads) heatmap: 1 = the clean run's metric restored."""
-        from attnlab.viz import heatmap
+        from attnlab.viz import heatmap, save_figure
 
         grid = self.scores if self.scores.ndim == 2 else self.scores.abs().amax(-1)  # (layers, cols)
         cols = self.tokens if self.site in POSITION_SITES else [f"H{h}" for h in range(grid.shape[1])]
-        return heatmap(grid.numpy(), q_tokens=[f"L{i}" for i in range(grid.shape[0])], k_tokens=cols,
-                       cmap="RdBu_r", vmin=-1.0, vmax=1.0, value_label="patched effect (1 = clean)",
-                       title=f"activation patching: {self.site}", path=path)
+        fig = heatmap(grid.numpy(), q_tokens=[f"L{i}" for i in range(grid.shape[0])], k_tokens=cols,
+                      cmap="RdBu_r", vmin=-1.0, vmax=1.0, value_label="patched effect (1 = clean)",
+                      title=f"activation patching: {self.site}")
+        ax = fig.axes[0]
+        ax.set_ylabel("layer")
+        ax.set_xlabel("position patched" if self.site in POSITION_SITES else "head patched")
+        if path is not None:
+            save_figure(fig, path)
+        return fig
 
 
 def _ids(lm: LoadedModel, name: str, text: str | Encoded | Tensor) -> Tensor:
@@ -104,10 +110,11 @@ def _patcher(site: str, src: Tensor, n: int, H: int) -> tuple[Callable[[Tensor, 
 
 
 def _read(model: CausalLM, ids: Tensor, metric: Metric, pos: int, hooks: list[Any]) -> Tensor:
+    keep = ids.shape[1] - pos % ids.shape[1]  # logits from the read position on only
     with model.hooks(hooks):
-        logits = model(ids).logits  # (B, L, V)
+        logits = model(ids, logits_to_keep=keep).logits  # (B, keep, V)
     assert logits is not None
-    return metric(logits[:, pos].double())  # (B,)
+    return metric(logits[:, 0].double())  # (B,)
 
 
 @torch.inference_mode()
