@@ -5,13 +5,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from attnlab.functional.attention import ScoreMod
 from attnlab.functional.masks import Mask, as_mask
+from attnlab.modules.hooks import HookedModel
 from attnlab.modules.multihead import KVCache
 
 ScoreMods = Mapping[int, ScoreMod]  # layer index -> score_mod applied to that layer's scores
@@ -109,3 +111,46 @@ def check_ids(name: str, ids: Tensor, vocab_size: int, max_positions: int, past:
     lo, hi = int(ids.min()), int(ids.max())
     if lo < 0 or hi >= vocab_size:
         raise ValueError(f"{name}: expected ids in [0, {vocab_size}), got values in [{lo}, {hi}]")
+
+
+class DecoderLM(HookedModel):
+    """What every decoder LLM here shares: sizes from its config, one KV cache per layer, and the
+    language-model head (tied to the token embeddings unless the checkpoint has its own). A
+    subclass adds ``num_kv_heads``, ``eos_token_ids`` and ``layer_window`` (the CausalLM contract,
+    attnlab.models.contract) and its own blocks."""
+
+    kind = "decoder"
+    cfg: Any
+    token_embedding: nn.Embedding
+    lm_head: nn.Linear | None  # None = tied to token_embedding
+    layers: nn.ModuleList
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.cfg.num_layers)
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.cfg.num_heads)
+
+    @property
+    def max_positions(self) -> int:
+        return int(self.cfg.max_positions)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.cfg.vocab_size)
+
+    def new_cache(self) -> list[KVCache]:
+        return [KVCache() for _ in self.layers]
+
+    def _head(self) -> Tensor:
+        return self.token_embedding.weight if self.lm_head is None else self.lm_head.weight  # (V, E)
+
+    def output_embedding(self, ids: Tensor) -> Tensor:
+        """Rows of the unembedding matrix W_U for token ``ids`` (n,): (n, E)."""
+        return self._head()[ids]
+
+    def unembed(self, x: Tensor) -> Tensor:
+        """Logits of residual-stream vectors already through the final norm: (..., E) -> (..., V)."""
+        return F.linear(x, self._head())

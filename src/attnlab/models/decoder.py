@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnlab.functional.masks import causal
 from attnlab.models.common import (
+    DecoderLM,
     ScoreMods,
     TransformerOutput,
     activation,
@@ -32,7 +32,7 @@ from attnlab.models.common import (
     key_padding_mask,
     layer_score_mod,
 )
-from attnlab.modules.hooks import HookedModel, HookPoint
+from attnlab.modules.hooks import HookPoint
 from attnlab.modules.multihead import KVCache, MultiHeadAttention
 
 DECODER_TYPES = ("gpt2",)
@@ -119,11 +119,10 @@ class DecoderBlock(nn.Module):
         return self.hook_resid_post(x), attn.weights
 
 
-class Decoder(HookedModel):
+class Decoder(DecoderLM):
     """A GPT-2 language model: ``forward`` gives hidden states, logits and (optionally) weights.
     Implements :class:`attnlab.models.contract.CausalLM`."""
 
-    kind = "decoder"
     mlp_post = "hook_mlp_post"
 
     def __init__(self, cfg: DecoderConfig) -> None:
@@ -140,20 +139,8 @@ class Decoder(HookedModel):
         self.setup_hooks()
 
     @property
-    def num_layers(self) -> int:
-        return self.cfg.num_layers
-
-    @property
-    def num_heads(self) -> int:
-        return self.cfg.num_heads
-
-    @property
     def num_kv_heads(self) -> int:
         return self.cfg.num_heads
-
-    @property
-    def max_positions(self) -> int:
-        return self.cfg.max_positions
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
@@ -161,23 +148,6 @@ class Decoder(HookedModel):
 
     def layer_window(self, layer: int) -> int | None:
         return None  # every GPT-2 layer attends to the whole past
-
-    def new_cache(self) -> list[KVCache]:
-        return [KVCache() for _ in self.layers]
-
-    @property
-    def vocab_size(self) -> int:
-        return self.cfg.vocab_size
-
-    def output_embedding(self, ids: Tensor) -> Tensor:
-        """Rows of the unembedding matrix W_U for token ``ids`` (n,): (n, E)."""
-        head = self.token_embedding.weight if self.lm_head is None else self.lm_head.weight  # (V, E)
-        return head[ids]
-
-    def unembed(self, x: Tensor) -> Tensor:
-        """Logits of residual-stream vectors already through the final norm: (..., E) -> (..., V)."""
-        head = self.token_embedding.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(x, head)
 
     def forward(
         self,

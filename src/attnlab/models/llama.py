@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from attnlab.functional.masks import causal
 from attnlab.functional.positional import rotary_cos_sin
 from attnlab.models.common import (
+    DecoderLM,
     ScoreMods,
     TransformerOutput,
     check_ids,
@@ -35,7 +36,7 @@ from attnlab.models.common import (
     key_padding_mask,
     layer_score_mod,
 )
-from attnlab.modules.hooks import HookedModel, HookPoint
+from attnlab.modules.hooks import HookPoint
 from attnlab.modules.multihead import KVCache, MultiHeadAttention
 from attnlab.modules.norms import RMSNorm
 
@@ -148,11 +149,9 @@ class LlamaBlock(nn.Module):
         return self.hook_resid_post(x), attn.weights
 
 
-class Llama(HookedModel):
+class Llama(DecoderLM):
     """A Llama-family language model: ``forward`` gives hidden states, logits and weights.
     Implements :class:`attnlab.models.contract.CausalLM`."""
-
-    kind = "decoder"
 
     def __init__(self, cfg: LlamaConfig) -> None:
         super().__init__()
@@ -167,20 +166,8 @@ class Llama(HookedModel):
         self.setup_hooks()
 
     @property
-    def num_layers(self) -> int:
-        return self.cfg.num_layers
-
-    @property
-    def num_heads(self) -> int:
-        return self.cfg.num_heads
-
-    @property
     def num_kv_heads(self) -> int:
         return self.cfg.num_kv_heads
-
-    @property
-    def max_positions(self) -> int:
-        return self.cfg.max_positions
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
@@ -189,23 +176,6 @@ class Llama(HookedModel):
     def layer_window(self, layer: int) -> int | None:
         """Keys a layer's queries see behind them; None = the whole past (every Llama layer)."""
         return None
-
-    def new_cache(self) -> list[KVCache]:
-        return [KVCache() for _ in self.layers]
-
-    @property
-    def vocab_size(self) -> int:
-        return self.cfg.vocab_size
-
-    def output_embedding(self, ids: Tensor) -> Tensor:
-        """Rows of the unembedding matrix W_U for token ``ids`` (n,): (n, E)."""
-        head = self.token_embedding.weight if self.lm_head is None else self.lm_head.weight  # (V, E)
-        return head[ids]
-
-    def unembed(self, x: Tensor) -> Tensor:
-        """Logits of residual-stream vectors already through the final norm: (..., E) -> (..., V)."""
-        head = self.token_embedding.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(x, head)
 
     def rope(self, position_ids: Tensor) -> tuple[Tensor, Tensor]:
         """cos/sin of the given positions: (L, Dh) for shared positions (L,), (B, 1, L, Dh) for (B, L)."""
