@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attnlab.functional.masks import Mask, longformer, sliding_window
+from attnlab.models.gemma3 import Gemma3
 from attnlab.models.llama import Llama
 from attnlab.models.loading import LoadedModel
 
@@ -57,7 +58,8 @@ DEFAULT_SINKS = (0, 1, 4)
 # prose offline on every install. Sections chosen without overlaps (no chapter inside another).
 DEFAULT_SECTIONS = ("execmodel", "import", "assignment", "compound", "customization", "typesseq")
 PROFILE_TOKENS = 2048  # the sink profile's eager weights are H·L² per layer: cap L
-CHUNK = 512  # positions per logits chunk (V = 49152 for SmolLM2)
+CHUNK = 512  # positions per logits chunk (V = 49152 for SmolLM2, 262144 for Gemma 3)
+RopeLM = Llama | Gemma3  # absolute positions enter as RoPE rotations: windows see relative offsets
 
 
 def default_text() -> str:
@@ -188,14 +190,13 @@ def _as_ids(lm: LoadedModel, source: str | Sequence[int] | Tensor, tokens: int |
     return ids
 
 
-def _nll(model: Llama, ids: Tensor, **kw: Any) -> Tensor:
+def _nll(model: RopeLM, ids: Tensor, **kw: Any) -> Tensor:
     """Per-target NLL (B, L-1) of a teacher-forced pass; logits in chunks (never (L, V) at once)."""
     out = model(ids, logits_to_keep=1, **kw)
     h = out.hidden_states[-1]  # (B, L, E) final-norm output
-    head = model.token_embedding.weight if model.lm_head is None else model.lm_head.weight  # (V, E)
     parts = []
     for c in range(0, ids.shape[1] - 1, CHUNK):
-        logits = F.linear(h[:, c: c + CHUNK][:, : ids.shape[1] - 1 - c], head).float()  # (B, C, V)
+        logits = model.unembed(h[:, c: c + CHUNK][:, : ids.shape[1] - 1 - c]).float()  # (B, C, V)
         tgt = ids[:, c + 1: c + 1 + logits.shape[1]]  # (B, C)
         parts.append(F.cross_entropy(logits.transpose(1, 2), tgt, reduction="none"))  # (B, C)
     return torch.cat(parts, dim=1)  # (B, L-1)
@@ -205,7 +206,7 @@ def _mean(x: Tensor) -> float | None:
     return float(x.double().mean()) if x.numel() else None
 
 
-def recompute_nll(model: Llama, ids: Tensor, window: int, last: int, *, backend: str = "tiled",
+def recompute_nll(model: RopeLM, ids: Tensor, window: int, last: int, *, backend: str = "tiled",
                   batch: int = 16) -> Tensor:
     """Sliding window with re-computation: NLL (last,) of tokens N-last..N-1, token t predicted
     from a fresh forward over ids[t-W:t] at positions 0..W-1."""
@@ -220,7 +221,7 @@ def recompute_nll(model: Llama, ids: Tensor, window: int, last: int, *, backend:
     return torch.cat(out)
 
 
-def sink_profile(model: Llama, ids: Tensor, k: int = 1) -> tuple[list[float], list[float]]:
+def sink_profile(model: RopeLM, ids: Tensor, k: int = 1) -> tuple[list[float], list[float]]:
     """Per layer: mean share of attention (over heads and queries 1..L-1) on token 0 and on
     tokens 0..k-1, under full causal attention (eager weights via hook_pattern)."""
     first: list[float] = []
@@ -257,8 +258,9 @@ def streaming_experiment(lm: LoadedModel, source: str | Sequence[int] | Tensor |
     al. 2023), one teacher-forced pass each over the first ``tokens`` tokens of ``source`` (text
     or ids; default :func:`default_text`), plus the per-layer sink profile and, with
     ``recompute=M``, the sliding-window-with-re-computation baseline on the last M tokens."""
-    if not isinstance(lm.model, Llama):
-        raise ValueError(f"model: expected a Llama-family (RoPE) decoder, got {type(lm.model).__name__}")
+    if not isinstance(lm.model, Llama | Gemma3):
+        raise ValueError(f"model: expected a RoPE decoder (Llama family, Gemma 3), "
+                         f"got {type(lm.model).__name__}")
     wins = _check_ints("windows", windows, 1)
     ks = _check_ints("sinks", sinks, 0)
     if max(ks) >= min(wins):
