@@ -28,6 +28,15 @@ TEXTS = [
 ]
 
 
+def _serialized(tok) -> dict:
+    """A tokenizers.Tokenizer as JSON, added tokens in id order (the order they were added differs)."""
+    import json
+
+    j = json.loads(tok.to_str())
+    j["added_tokens"] = sorted(j["added_tokens"], key=lambda a: a["id"])
+    return j
+
+
 def _hf(path):
     from transformers import Gemma3ForCausalLM
 
@@ -178,6 +187,7 @@ def test_gguf_tokenizer_ids_equal_transformers(tiny_gguf):
     theirs = AutoTokenizer.from_pretrained(str(f32.parent), gguf_file=f32.name)
     assert type(theirs).__name__ == "GemmaTokenizer"  # what the real file's tests load directly
     ours = tokenizer_from_gguf(open_gguf(f32).metadata, source=str(f32))
+    assert _serialized(ours) == _serialized(theirs.backend_tokenizer)  # vocab, merges, rules: all equal
     for text in TEXTS:
         ids = ours.encode(text).ids
         assert ids == theirs(text)["input_ids"], text
@@ -258,5 +268,7 @@ def test_real_tokenizer_ids_equal_transformers(real):
     from transformers.models.gemma.tokenization_gemma import GemmaTokenizer
 
     theirs = GemmaTokenizer.from_pretrained(str(real.path.parent), gguf_file=real.path.name)
+    ours = tokenizer_from_gguf(open_gguf(real.path).metadata)
+    assert _serialized(ours) == _serialized(theirs.backend_tokenizer)  # 514,906 merges, 6,384 added tokens
     for text in [*TEXTS, "    indented\n\tcode {\n}", "ÀÉÎÕÜ ßðþ ąęł 한국어 العربية हिन्दी", "a" * 300]:
         assert real.encode(text).ids == theirs(text)["input_ids"], text
