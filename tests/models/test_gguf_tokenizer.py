@@ -177,7 +177,10 @@ def test_raw_spelled_tokens() -> None:
 
 
 @pytest.mark.parametrize(("changes", "match"), [
-    ({"tokenizer.ggml.model": "llama"}, r"tokenizer\.ggml\.model: expected one of \('gpt2',\).*got 'llama'"),
+    ({"tokenizer.ggml.model": "t5"},
+     r"tokenizer\.ggml\.model: expected one of \('gpt2', 'llama'\).*got 't5'"),
+    ({"tokenizer.ggml.model": "llama"},  # SentencePiece: only Gemma's flavour (gguf_spm_tokenizer)
+     r"tokenizer\.ggml\.model 'llama' \(SentencePiece\): expected general\.architecture in .*got None"),
     ({"tokenizer.ggml.model": None}, r"tokenizer\.ggml\.model: .*missing"),
     ({"tokenizer.ggml.merges": None}, r"tokenizer\.ggml\.merges: .*missing"),
     ({"tokenizer.ggml.merges": ["a c"]}, r"tokenizer\.ggml\.merges\[0\]: .*got 'a c'"),  # 'ac' not a token

@@ -123,7 +123,7 @@ def test_gguf_bad_files_get_clear_errors(tiny_llama, tmp_path):
     with pytest.raises(ValueError, match=r"junk\.gguf: expected a valid GGUF file"):
         load_model(junk)
     other = write_llama_gguf(tiny_llama, tmp_path / "other.gguf", arch="gpt2")
-    with pytest.raises(ValueError, match=r"general\.architecture in \('llama',\), got 'gpt2'"):
+    with pytest.raises(ValueError, match=r"general\.architecture in \('llama', 'gemma3'\), got 'gpt2'"):
         load_model(other)
     bad = write_llama_gguf(tiny_llama, tmp_path / "bad.gguf", bad_tensor="blk.0.attn_norm.weight")
     with pytest.raises(ValueError, match=r"blk\.0\.attn_norm\.weight has quantization type I32"):

@@ -20,7 +20,8 @@ LLMOpt = Annotated[
     str,
     typer.Option(
         "--model",
-        help="smollm2 (the embedded SmolLM2-135M-Instruct), a llama .gguf file or a llama model folder",
+        help="smollm2 (the embedded SmolLM2-135M-Instruct), gemma3 (the embedded Gemma 3 270M, a base "
+        "model), a llama/gemma3 .gguf file or a llama/gemma3 model folder",
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]

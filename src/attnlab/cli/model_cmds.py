@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # the CLI imports the inspect package only when a command run
     from attnlab.inspect.inspect_report import AblationReport, InspectReport, TokenWeight
 
 ModelOpt = Annotated[Path | None, typer.Option("--model", help="local Hugging Face model folder, a .gguf "
-                                               "file, or smollm2 (the embedded LLM); default: the "
+                                               "file, or smollm2 / gemma3 (the embedded LLMs); default: the "
                                                "embedded all-MiniLM-L6-v2")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 TruncOpt = Annotated[bool, typer.Option("--truncate", help="cut texts longer than the model's positions")]

@@ -46,7 +46,8 @@ def streaming_command(
     ] = 0,
     model: Annotated[
         str,
-        typer.Option("--model", help="smollm2 (embedded SmolLM2-135M-Instruct), a llama .gguf or folder"),
+        typer.Option("--model", help="smollm2 (embedded SmolLM2-135M-Instruct), gemma3 (Gemma 3 270M), "
+                                "a .gguf or folder"),
     ] = "smollm2",
     png: Annotated[
         Path | None, typer.Option("--png", help="per-position NLL curves + sink profile (.png/.svg)")

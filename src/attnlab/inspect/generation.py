@@ -271,7 +271,7 @@ def generate_text(
     """Chat-format ``prompt``, generate, and (``capture``) record attention while generating."""
     if lm.kind != "decoder" or not lm.native:
         raise ValueError(
-            f"--model: expected a decoder LLM loaded by attnlab (smollm2, a llama GGUF or "
+            f"--model: expected a decoder LLM loaded by attnlab (smollm2, gemma3, a llama GGUF or "
             f"folder, gpt2), got {'an' if lm.kind[:1] in 'aeiou' else 'a'} {lm.kind} ({lm.model_type}, "
             f"{lm.engine})"
         )

@@ -57,7 +57,7 @@ DEFAULT_SINKS = (0, 1, 4)
 # prose offline on every install. Sections chosen without overlaps (no chapter inside another).
 DEFAULT_SECTIONS = ("execmodel", "import", "assignment", "compound", "customization", "typesseq")
 PROFILE_TOKENS = 2048  # the sink profile's eager weights are H·L² per layer: cap L
-CHUNK = 512  # positions per logits chunk (V = 49152 for SmolLM2)
+CHUNK = 512  # positions per logits chunk (V = 49152 for SmolLM2, 262144 for Gemma 3)
 
 
 def default_text() -> str:

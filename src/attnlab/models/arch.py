@@ -19,10 +19,12 @@ from torch import nn
 
 from attnlab.models.decoder import DECODER_TYPES, Decoder, DecoderConfig
 from attnlab.models.encoder import ENCODER_TYPES, Encoder, EncoderConfig
+from attnlab.models.gemma3 import GEMMA3_TYPES, Gemma3, Gemma3Config
+from attnlab.models.gemma3_gguf import GEMMA3_TENSORS, GEMMA3_TRANSFORMS, gemma3_config
 from attnlab.models.gguf_file import GGUFContents, TensorTransform
 from attnlab.models.llama import LLAMA_TYPES, Llama, LlamaConfig
 from attnlab.models.llama_gguf import LLAMA_TENSORS, LLAMA_TRANSFORMS, llama_config
-from attnlab.models.weights import WeightMap, decoder_map, encoder_map, llama_map
+from attnlab.models.weights import WeightMap, decoder_map, encoder_map, gemma3_map, llama_map
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,10 @@ ARCHITECTURES: dict[str, Architecture] = {
         Architecture("llama", "decoder", LLAMA_TYPES, LlamaConfig.from_hf,
                      lambda cfg, untied: _with_head(Llama(cfg), cfg, untied), llama_map, "tokenizer.json",
                      GGUFSpec("llama", llama_config, LLAMA_TENSORS, LLAMA_TRANSFORMS)),
+        # Gemma 3: sandwich norms, QK-norm, local/global layers; llama.cpp stored norms as 1 + w.
+        Architecture("gemma3", "decoder", GEMMA3_TYPES, Gemma3Config.from_hf,
+                     lambda cfg, untied: _with_head(Gemma3(cfg), cfg, untied), gemma3_map, "tokenizer.json",
+                     GGUFSpec("gemma3", gemma3_config, GEMMA3_TENSORS, GEMMA3_TRANSFORMS)),
     )
 }
 

@@ -2,7 +2,8 @@
 
 A GGUF has no ``tokenizer.json``: llama.cpp's converter stores the vocabulary, the merges, a type
 per token and the special ids as metadata. ``tokenizer_from_gguf`` rebuilds a Hugging Face
-``tokenizers.Tokenizer`` from them (byte-level BPE, ``tokenizer.ggml.model == "gpt2"``), and
+``tokenizers.Tokenizer`` from them (byte-level BPE, ``tokenizer.ggml.model == "gpt2"``; Gemma's
+SentencePiece, ``"llama"``, in ``gguf_spm_tokenizer``), and
 ``ChatTemplate`` renders ``tokenizer.chat_template`` in a sandboxed jinja2 as transformers'
 ``apply_chat_template`` does.
 
@@ -23,7 +24,9 @@ from typing import Any
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
 
-SUPPORTED_TOKENIZER_MODELS = ("gpt2",)  # llama.cpp's name for byte-level BPE
+from attnlab.models.gguf_spm_tokenizer import SPM_ARCHITECTURES, gemma_tokenizer
+
+SUPPORTED_TOKENIZER_MODELS = ("gpt2", "llama")  # llama.cpp's names: byte-level BPE, SentencePiece
 # llama.cpp's pre-tokenizer names (llama-vocab.cpp) grouped by the split they use.
 _STARCODER_PRE = ("starcoder", "refact", "command-r", "smollm", "codeshell", "exaone", "minerva-7b")
 _GPT2_PRE = ("gpt-2", "phi-2", "mpt", "olmo", "jais", "jina-es", "jina-de", "jina-v2-es",
@@ -73,12 +76,19 @@ def _pre_tokenizer(pre: str, source: str) -> pre_tokenizers.PreTokenizer:
                      f"got {pre!r} (its split regex is not implemented here)")
 
 
+def _add_flags(meta: Mapping[str, Any], source: str) -> dict[str, bool]:
+    """``tokenizer.ggml.add_{bos,eos}_token``, False where the file says nothing."""
+    return {k: _need(meta, f"tokenizer.ggml.add_{k}_token", bool, source)
+            if f"tokenizer.ggml.add_{k}_token" in meta else False for k in ("bos", "eos")}
+
+
 def tokenizer_from_gguf(meta: Mapping[str, Any], *, source: str = "gguf") -> Tokenizer:
-    """A ``tokenizers.Tokenizer`` equal to the one llama.cpp builds from this metadata."""
+    """A ``tokenizers.Tokenizer`` equal to the one llama.cpp builds from this metadata (byte-level
+    BPE), or to the one transformers builds (Gemma's SentencePiece: ``gguf_spm_tokenizer``)."""
     kind = _need(meta, "tokenizer.ggml.model", str, source)
     if kind not in SUPPORTED_TOKENIZER_MODELS:
         raise ValueError(f"{source}: tokenizer.ggml.model: expected one of {SUPPORTED_TOKENIZER_MODELS} "
-                         f"(byte-level BPE), got {kind!r}")
+                         f"(byte-level BPE, Gemma's SentencePiece), got {kind!r}")
     tokens: list[str] = _list_of(meta, "tokenizer.ggml.tokens", str, source)
     n = len(tokens)
     types: list[int] = ([NORMAL] * n if "tokenizer.ggml.token_type" not in meta
@@ -86,6 +96,21 @@ def tokenizer_from_gguf(meta: Mapping[str, Any], *, source: str = "gguf") -> Tok
     if len(types) != n:
         raise ValueError(f"{source}: tokenizer.ggml.token_type: expected {n} entries (one per token), "
                          f"got {len(types)}")
+    named = {k: _token_id(meta, f"tokenizer.ggml.{k}_token_id", n, source)
+             for k in ("bos", "eos", "unknown", "padding")}
+    flags = _add_flags(meta, source)
+    for k, on in flags.items():
+        if on and named[k] is None:
+            raise ValueError(f"{source}: tokenizer.ggml.{k}_token_id: expected an id, since "
+                             f"tokenizer.ggml.add_{k}_token is true; the field is missing")
+    if kind == "llama":
+        arch = meta.get("general.architecture")
+        if arch not in SPM_ARCHITECTURES:
+            raise ValueError(f"{source}: tokenizer.ggml.model 'llama' (SentencePiece): expected "
+                             f"general.architecture in {SPM_ARCHITECTURES}, got {arch!r} (only Gemma's "
+                             f"SentencePiece vocabulary is implemented)")
+        return gemma_tokenizer(tokens, types, named=named, add_bos=flags["bos"], add_eos=flags["eos"],
+                               source=source)
     pre = _pre_tokenizer(_need(meta, "tokenizer.ggml.pre", str, source), source)
 
     # Normal tokens are written in GPT-2's byte alphabet ("Ġ" = space); a stray raw one is
@@ -116,8 +141,6 @@ def tokenizer_from_gguf(meta: Mapping[str, Any], *, source: str = "gguf") -> Tok
     tok.pre_tokenizer = pre
     tok.decoder = decoders.ByteLevel()
 
-    named = {k: _token_id(meta, f"tokenizer.ggml.{k}_token_id", n, source)
-             for k in ("bos", "eos", "unknown", "padding")}
     # CONTROL tokens and the named ids are special (one id, skipped by decode(skip_special_tokens));
     # USER_DEFINED ones are matched whole but decode as text, as llama.cpp and transformers do.
     special = sorted({i for i, t in enumerate(types) if t == CONTROL}
@@ -127,14 +150,9 @@ def tokenizer_from_gguf(meta: Mapping[str, Any], *, source: str = "gguf") -> Tok
                     for i, ty in enumerate(types) if ty == USER_DEFINED])
 
     # BOS/EOS only where the file asks (SmolLM2's says add_bos_token=False; its template adds none).
-    add = [(k, _need(meta, f"tokenizer.ggml.add_{k}_token", bool, source)
-            if f"tokenizer.ggml.add_{k}_token" in meta else False) for k in ("bos", "eos")]
     ends: dict[str, tuple[str, int]] = {}
-    for k, on in add:
-        if on:
-            if (j := named[k]) is None:
-                raise ValueError(f"{source}: tokenizer.ggml.{k}_token_id: expected an id, since "
-                                 f"tokenizer.ggml.add_{k}_token is true; the field is missing")
+    for k, on in flags.items():
+        if on and (j := named[k]) is not None:
             ends[k] = (keys[j], j)
     if ends:
         bos = [f"{ends['bos'][0]}:0"] if "bos" in ends else []

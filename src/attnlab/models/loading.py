@@ -157,8 +157,8 @@ def _build(make: Callable[[], _M]) -> _M:
 
 def _read_config(folder: Path) -> dict[str, Any]:
     if not folder.exists():
-        raise FileNotFoundError(f"model: expected a model folder, a .gguf file or 'smollm2' (the "
-                                f"embedded LLM; default: the embedded all-MiniLM-L6-v2), got "
+        raise FileNotFoundError(f"model: expected a model folder, a .gguf file or 'smollm2'/'gemma3' "
+                                f"(the embedded LLMs; default: the embedded all-MiniLM-L6-v2), got "
                                 f"{str(folder)!r} (not found)")
     if not folder.is_dir():
         raise FileNotFoundError(f"model: expected a folder with config.json, model.safetensors and "
@@ -203,14 +203,15 @@ def _chat_template(folder: Path) -> str | None:
 
 
 def load_gguf(path: str | Path | None = None, *, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """A GGUF file of an architecture in the registry (default: the embedded
-    SmolLM2-135M-Instruct), its weights dequantized to ``dtype``, with the tokenizer and chat
-    template of its metadata."""
-    from attnlab.models.gguf_file import EMBEDDED_LLM, embedded_llm_path, hf_tensors, open_gguf
+    """A GGUF file of an architecture in the registry, or an embedded LLM by name ("smollm2",
+    the default: SmolLM2-135M-Instruct; "gemma3": Gemma 3 270M, a base model without a chat
+    template), its weights dequantized to ``dtype``, with the tokenizer and chat template of its
+    metadata."""
+    from attnlab.models.gguf_file import EMBEDDED_LLM, EMBEDDED_LLMS, embedded_gguf, hf_tensors, open_gguf
     from attnlab.models.gguf_tokenizer import tokenizer_from_gguf
 
-    embedded = path is None or str(path) == EMBEDDED_LLM
-    file = embedded_llm_path() if path is None or embedded else Path(path).expanduser()
+    embedded = EMBEDDED_LLM if path is None else (str(path) if str(path) in EMBEDDED_LLMS else None)
+    file = embedded_gguf(embedded) if embedded else Path(str(path)).expanduser()
     contents = open_gguf(file)
     arch = for_gguf(contents)
     assert arch.gguf is not None  # for_gguf only returns entries with a GGUF spec
@@ -220,7 +221,7 @@ def load_gguf(path: str | Path | None = None, *, dtype: torch.dtype = torch.floa
     net = _build_loaded(arch, typed, tensors, dtype, file)
     tok = TextTokenizer(tokenizer_from_gguf(contents.metadata, source=str(file)), arch.max_tokens(typed),
                         source=str(file))
-    name = "SmolLM2-135M-Instruct" if embedded else file.stem
+    name = EMBEDDED_LLMS[embedded] if embedded else file.stem
     template = contents.metadata.get("tokenizer.chat_template")
     return LoadedModel(net, tok, name, file, str(cfg["model_type"]), "attnlab", chat_template=template)
 
@@ -253,14 +254,14 @@ def _load_state(net: nn.Module, wmap: Any, tensors: dict[str, Tensor], dtype: to
 def load_model(path: str | Path | None = None, *, dtype: torch.dtype = torch.float32,
                fallback: bool = True) -> LoadedModel:
     """Load a local model folder (default: the embedded all-MiniLM-L6-v2), a ``.gguf`` file,
-    or ``"smollm2"`` (the embedded SmolLM2-135M-Instruct GGUF).
+    or an embedded LLM: ``"smollm2"`` (SmolLM2-135M-Instruct) or ``"gemma3"`` (Gemma 3 270M).
 
     ``fallback=False`` refuses architectures attnlab does not implement instead of handing
     them to ``transformers``.
     """
-    from attnlab.models.gguf_file import EMBEDDED_LLM
+    from attnlab.models.gguf_file import EMBEDDED_LLMS
 
-    if path is not None and (str(path) == EMBEDDED_LLM or str(path).lower().endswith(".gguf")):
+    if path is not None and (str(path) in EMBEDDED_LLMS or str(path).lower().endswith(".gguf")):
         return load_gguf(path, dtype=dtype)
     folder = default_model_dir() if path is None else Path(path).expanduser()
     cfg = _read_config(folder)

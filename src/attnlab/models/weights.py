@@ -24,6 +24,7 @@ from torch import Tensor
 
 from attnlab.models.decoder import DecoderConfig
 from attnlab.models.encoder import EncoderConfig
+from attnlab.models.gemma3 import Gemma3Config
 from attnlab.models.llama import LlamaConfig
 
 Convert = Callable[[list[Tensor]], list[Tensor]]
@@ -241,6 +242,34 @@ def llama_map(cfg: LlamaConfig, keys: set[str]) -> tuple[WeightMap, bool]:
         rules.append(Rule(("lm_head.weight",), ("lm_head.weight",)))
     # A tied model may still save lm_head (a copy of the embeddings); inv_freq is a buffer.
     ignorable = (r".*rotary_emb\.inv_freq$", *((r"^lm_head\.weight$",) if cfg.tie_word_embeddings else ()))
+    return WeightMap(tuple(rules), ignorable), untied
+
+
+def gemma3_map(cfg: Gemma3Config, keys: set[str]) -> tuple[WeightMap, bool]:
+    """HF ``Gemma3ForCausalLM`` names (``gemma3_text``; GGUF files are renamed to these by
+    ``gemma3_gguf``); returns the map and whether the checkpoint has its own, untied lm_head."""
+    p = _prefix(keys, "embed_tokens.weight", ("model.",))
+    rules = [Rule(("token_embedding.weight",), (f"{p}embed_tokens.weight",)),
+             Rule(("final_norm.weight",), (f"{p}norm.weight",))]
+    b = ("weight", "bias") if cfg.attention_bias else ("weight",)
+    for i in range(cfg.num_layers):
+        t, o = f"{p}layers.{i}", f"layers.{i}"
+        for ours, theirs in (("attention_norm", "input_layernorm"),
+                             ("post_attention_norm", "post_attention_layernorm"),
+                             ("mlp_norm", "pre_feedforward_layernorm"),
+                             ("post_mlp_norm", "post_feedforward_layernorm"),
+                             ("attention.q_norm", "self_attn.q_norm"),
+                             ("attention.k_norm", "self_attn.k_norm"),
+                             ("mlp.gate", "mlp.gate_proj"), ("mlp.up", "mlp.up_proj"),
+                             ("mlp.down", "mlp.down_proj")):
+            rules.append(Rule((f"{o}.{ours}.weight",), (f"{t}.{theirs}.weight",)))
+        for ours, theirs in (("q_proj", "q_proj"), ("k_proj", "k_proj"), ("v_proj", "v_proj"),
+                             ("out_proj", "o_proj")):
+            rules += [Rule((f"{o}.attention.{ours}.{x}",), (f"{t}.self_attn.{theirs}.{x}",)) for x in b]
+    untied = "lm_head.weight" in keys and not cfg.tie_word_embeddings
+    if untied:
+        rules.append(Rule(("lm_head.weight",), ("lm_head.weight",)))
+    ignorable = (r".*rotary_emb\..*inv_freq$", *((r"^lm_head\.weight$",) if cfg.tie_word_embeddings else ()))
     return WeightMap(tuple(rules), ignorable), untied
 
 
