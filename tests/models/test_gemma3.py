@@ -272,3 +272,46 @@ def test_real_tokenizer_ids_equal_transformers(real):
     assert _serialized(ours) == _serialized(theirs.backend_tokenizer)  # 514,906 merges, 6,384 added tokens
     for text in [*TEXTS, "    indented\n\tcode {\n}", "ÀÉÎÕÜ ßðþ ąęł 한국어 العربية हिन्दी", "a" * 300]:
         assert real.encode(text).ids == theirs(text)["input_ids"], text
+
+
+def test_layer_windows_equal_transformers_configured_with_that_window(tmp_path):
+    from transformers import Gemma3ForCausalLM
+
+    path = make_gemma3(tmp_path / "m", seed=3, layer_types=[L, L, G, L, L, G])
+    net = load_model(path).model
+    ids = torch.tensor(IDS)
+    local = [net.layer_window(i) is not None for i in range(6)]
+    for w in (2, 8, 64):  # 64 >= the sequence: local layers see everything (global, local RoPE)
+        hf = Gemma3ForCausalLM.from_pretrained(str(path), sliding_window=w, dtype=torch.float32,
+                                               attn_implementation="eager").eval()
+        with torch.no_grad():
+            want = hf(ids).logits
+            got = net(ids, layer_windows=[w if loc else None for loc in local]).logits
+        assert (got - want).abs().max() < 1e-5, w
+    with torch.no_grad():
+        assert torch.equal(net(ids, layer_windows=[None] * 6).logits,
+                           net(ids, layer_windows=[64 if loc else None for loc in local]).logits)
+    for bad in ([0] * 6, [4] * 5, [10**9] * 6):
+        with pytest.raises(ValueError, match=r"layer_windows: expected 6 entries, each None"):
+            net(ids, layer_windows=bad)
+
+
+def test_local_global_experiment_on_a_tiny_model(tiny, tiny_llama):
+    from attnlab.inspect.local_global import local_global_experiment
+
+    lm = load_model(tiny)
+    ids = torch.randint(3, 60, (48,), generator=torch.Generator().manual_seed(0))
+    res = local_global_experiment(lm, ids, tokens=48, block=8)
+    names = [r.name for r in res.rows]
+    assert names == ["as trained", "every layer global", "every layer local (4)", "local window halved (2)",
+                     "local window doubled (8)"]
+    assert res.rows[0].vs_trained is None and res.far_from == 8
+    for r in res.rows[1:]:
+        e = r.vs_trained
+        assert e is not None and e.low <= e.estimate <= e.high
+        assert e.estimate == pytest.approx(float(r.nll_tokens[:40].double().mean()
+                                                 - res.rows[0].nll_tokens[:40].double().mean()), abs=1e-6)
+    with pytest.raises(ValueError, match="model: expected a model with local"):
+        local_global_experiment(load_model(tiny_llama), ids, tokens=48, block=8)
+    with pytest.raises(ValueError, match=r"tokens: expected at least 24"):
+        local_global_experiment(lm, ids, tokens=20, block=8)

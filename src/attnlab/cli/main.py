@@ -20,6 +20,7 @@ from attnlab.cli import (
     backends_cmd,
     bench_cmd,
     llm_cmds,
+    local_global_cmd,
     model_cmds,
     seq2seq_cmds,
     streaming_cmd,
@@ -148,7 +149,7 @@ def _root(
 
 
 for module in (walk_cmd, backends_cmd, viz_cmds, model_cmds, llm_cmds, seq2seq_cmds, bench_cmd,
-               streaming_cmd):
+               streaming_cmd, local_global_cmd):
     module.register(app)
 
 

@@ -19,7 +19,7 @@ Google's Gemma Terms of Use apply to its weights (``attnlab.models.gemma3_files`
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -217,6 +217,18 @@ class Gemma3(DecoderLM):
             raise ValueError(f"layer: expected 0..{self.cfg.num_layers - 1}, got {layer}")
         return self.cfg.sliding_window if self.is_local(layer) else None
 
+    def _windows(self, given: Sequence[int | None] | None) -> list[int | None]:
+        n = self.cfg.num_layers
+        if given is None:
+            return [self.layer_window(i) for i in range(n)]
+        ws = list(given)
+        bad = [w for w in ws if w is not None and (isinstance(w, bool) or not isinstance(w, int)
+                                                   or not 1 <= w <= self.cfg.max_positions)]
+        if len(ws) != n or bad:
+            raise ValueError(f"layer_windows: expected {n} entries, each None (global) or keys per query "
+                             f"in 1..{self.cfg.max_positions} (the context), got {ws!r}")
+        return ws
+
     def unembed(self, x: Tensor) -> Tensor:
         """Logits of final-norm outputs, soft-capped if the config says so: (..., E) -> (..., V)."""
         logits = super().unembed(x)
@@ -255,7 +267,10 @@ class Gemma3(DecoderLM):
         keep_weights: bool = True,  # False: weights only reach hook_pattern (bounded memory)
         backend: str = "auto",
         logits_to_keep: int = 0,  # 0 = logits at every position; n = only the last n
+        layer_windows: Sequence[int | None] | None = None,  # keys per query, per layer; None = global
     ) -> TransformerOutput:
+        """``layer_windows`` replaces the trained local/global layout (each layer keeps its RoPE
+        base): every layer global is ``[None] * n``, a halved window ``[w // 2 if w else None ...]``."""
         past = len(cache[0]) if cache else 0
         check_ids("input_ids", input_ids, self.cfg.vocab_size, self.cfg.max_positions, past)
         if cache is not None and len(cache) != len(self.layers):
@@ -272,15 +287,17 @@ class Gemma3(DecoderLM):
         # while the whole sequence fits in the window that is just causal (SDPA's fast path).
         align: Align = "bottom-right" if past else "top-left"
         pad = key_padding_mask(attention_mask)
-        W = self.cfg.sliding_window
-        local = causal(align) if past + L <= W else sliding_window(W - 1, 0, align)
-        masks = {LOCAL: combine(local, pad, mask), GLOBAL: combine(causal(align), pad, mask)}
+        windows = self._windows(layer_windows)
+        masks: dict[int | None, Any] = {}
+        for W in set(windows):
+            seen = causal(align) if W is None or past + L <= W else sliding_window(W - 1, 0, align)
+            masks[W] = combine(seen, pad, mask)
         wanted = (lambda i: need_weights) if isinstance(need_weights, bool) else need_weights.__contains__
         hidden: list[Tensor] = [x]
         weights: list[Any] = []  # per layer: (B, H, L, Lk), None where not computed
         for i, block in enumerate(self.layers):
             kind = self.cfg.layer_types[i]
-            x, w = block(x, mask=masks[kind], score_mod=layer_score_mod(score_mods, i),
+            x, w = block(x, mask=masks[windows[i]], score_mod=layer_score_mod(score_mods, i),
                          need_weights=wanted(i), cache=None if cache is None else cache[i],
                          rotary=rotary[kind], backend=backend)
             hidden.append(x)
