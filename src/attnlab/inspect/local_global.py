@@ -138,6 +138,7 @@ def local_global_png(res: LocalGlobalResult, path: str | Path) -> Path:
     ax.barh(names, ppl, xerr=[[max(0.0, x) for x in lo], [max(0.0, x) for x in hi]], color="tab:blue",
             capsize=3)
     ax.invert_yaxis()
-    ax.set(xlabel=f"perplexity on {res.n_tokens} tokens (bars: 95 % interval of the change)",
+    ax.set_xscale("log")
+    ax.set(xlabel=f"perplexity on {res.n_tokens} tokens, log scale (bars: 95 % interval of the change)",
            title=f"{res.model}: local vs global layers")
     return save_figure(fig, p)
