@@ -10,6 +10,7 @@ around 0.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnlab.modules.hooks import HookPoint
@@ -29,8 +30,10 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-        y = xf * self.hook_scale(self.scale(xf))  # (..., E)
         w = self.weight if self.offset == 0 else self.weight + self.offset
+        if not self.hook_scale.active:  # torch's fused kernel (~2x faster than the three ops below)
+            return F.rms_norm(xf, (xf.shape[-1],), w.to(xf.dtype), self.eps).to(x.dtype)
+        y = xf * self.hook_scale(self.scale(xf))  # (..., E)
         return (y * w.to(y.dtype)).to(x.dtype)
 
     def extra_repr(self) -> str:
