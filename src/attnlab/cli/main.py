@@ -21,6 +21,7 @@ from attnlab.cli import (
     bench_cmd,
     llm_cmds,
     model_cmds,
+    prompt_experiment_cmd,
     seq2seq_cmds,
     streaming_cmd,
     viz_cmds,
@@ -147,8 +148,8 @@ def _root(
     """Attention: compute it, see it, train with it, open real models with it."""
 
 
-for module in (walk_cmd, backends_cmd, viz_cmds, model_cmds, llm_cmds, seq2seq_cmds, bench_cmd,
-               streaming_cmd):
+for module in (walk_cmd, backends_cmd, viz_cmds, model_cmds, llm_cmds, prompt_experiment_cmd, seq2seq_cmds,
+               bench_cmd, streaming_cmd):
     module.register(app)
 
 

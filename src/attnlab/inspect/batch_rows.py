@@ -47,9 +47,16 @@ class Row:
     sampling: Sampling = GREEDY
     answer: tuple[int, ...] = ()
 
+    @property
+    def everywhere(self) -> bool:
+        """A knockout in every layer and head: the keys are simply masked (the fast path: no
+        score_mod, so attention keeps its fused kernel)."""
+        return bool(self.knock) and self.layers is None and self.heads is None
+
     def sites(self, n_layers: int, n_heads: int) -> dict[int, list[int]]:
-        """{layer: heads} where the knockout applies (empty without one)."""
-        if not self.knock:
+        """{layer: heads} where a score_mod must remove the keys (empty without one, or when
+        the knockout is everywhere: then the attention mask does it)."""
+        if not self.knock or self.everywhere:
             return {}
         if self.heads is not None:
             out: dict[int, list[int]] = {}
@@ -160,8 +167,11 @@ def _prefill(model: CausalLM, lay: _Layout, n_heads: int, room: int) -> list[KVC
         full = lay.prefix + lay.width
         tables = _tables(lay, model.num_layers, n_heads, full, [r0]) if lay.rows[r0].knock else {}
         tables = {k: t[:, :, : lay.prefix] for k, t in tables.items()}
+        keep = torch.ones(1, lay.prefix, dtype=torch.long)  # (1, P)
+        if lay.rows[r0].everywhere:
+            keep[0, [k for k in lay.rows[r0].knock if k < lay.prefix]] = 0
         cache = model.new_cache()
-        model(ids, cache=cache, score_mods=_mods(tables) or None, logits_to_keep=1)
+        model(ids, keep, cache=cache, score_mods=_mods(tables) or None, logits_to_keep=1)
         kv = [x for c in cache for x in (c.k, c.v)]
         for r in members:
             per_row[r] = kv  # type: ignore[assignment]
@@ -188,6 +198,8 @@ def _suffix(lay: _Layout, extra: Sequence[Sequence[int]] = ()) -> tuple[Tensor, 
         keep[r, lay.prefix : lay.prefix + pad] = 0
         pos[r] = torch.arange(W) - pad + lay.prefix
         pos[r, :pad] = lay.prefix  # pads: any position (masked as keys, ignored as queries)
+        if row.everywhere:
+            keep[r, [lay.slot(r, j) for j in row.knock]] = 0
     return ids, keep, pos
 
 
