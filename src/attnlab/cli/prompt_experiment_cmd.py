@@ -79,15 +79,18 @@ def _print(report: Any) -> None:
 
 
 def prompt_experiment_command(
-    flow: Annotated[str, typer.Option(help="review: a question about the code in a new conversation (the "
-                                           "blog post's flow); append: a sentence added to the task")] = "review",
+    flow: Annotated[str, typer.Option(help="review: a question about the code in a new conversation "
+                                           "(the blog post's flow); append: a sentence added to the "
+                                           "task")] = "review",
     prompts: Annotated[Path | None, typer.Option("--prompts", help="your own prompt set (.toml/.json, the "
                                                  "format of attnlab's coding_review.toml)")] = None,
     code: Annotated[Path | None, typer.Option("--code", help="review this code file alone (its samples are "
                                               "then the units of the statistics)")] = None,
     generate_code: Annotated[bool, typer.Option("--generate-code", help="step 1: each task's prompt "
-                                                "generates the code reviewed (default: the shipped code)")] = False,
-    samples: Annotated[int | None, typer.Option(help="seeded samples per condition (default 4; --quick 2)")] = None,
+                                                "generates the code reviewed (default: the shipped "
+                                                "code)")] = False,
+    samples: Annotated[int | None, typer.Option(help="seeded samples per condition (default 4; "
+                                                "--quick 2)")] = None,
     seed: Annotated[int, typer.Option(help="seed of the samples, random knockouts and bootstrap")] = 0,
     temperature: Annotated[float, typer.Option(help="sampling temperature")] = 0.8,
     max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", help="answer length (default "

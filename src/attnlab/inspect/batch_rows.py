@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from attnlab.functional.attention import ScoreMod
 from attnlab.inspect.generation import Sampling, eos_ids, next_token
 from attnlab.models.contract import CausalLM, as_causal_lm
 from attnlab.models.loading import LoadedModel
@@ -142,8 +143,8 @@ def _tables(lay: _Layout, n_layers: int, n_heads: int, total: int,
     return out
 
 
-def _mods(tables: dict[int, Tensor]) -> dict[int, object]:
-    def make(t: Tensor):
+def _mods(tables: dict[int, Tensor]) -> dict[int, ScoreMod]:
+    def make(t: Tensor) -> ScoreMod:
         def mod(score: Tensor, b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
             return score.masked_fill(t[b, h, kv], float("-inf"))  # t[b, h, kv]: (B, H, 1, Lk)
 
@@ -267,7 +268,7 @@ def score_rows(lm: LoadedModel, rows: Sequence[Row]) -> list[list[float]]:
     assert logits is not None
     logp = logits[:, :n_ans].double().log_softmax(-1)  # (B, A, V): position W-1+t predicts answer[t]
     out = []
-    for r, row in enumerate(rows):
+    for b, row in enumerate(rows):
         a = torch.tensor(row.answer)
-        out.append(logp[r, torch.arange(len(a)), a].tolist())
+        out.append(logp[b, torch.arange(len(a)), a].tolist())
     return out

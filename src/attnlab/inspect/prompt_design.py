@@ -47,7 +47,8 @@ class FixedAnswers:
 # Words chosen to occur in no condition's sentence (nothing to copy) nor in each other.
 DEFAULT_FIXED = {
     "review": FixedAnswers("This code is vulnerable to injection.", "This code is easy to understand."),
-    "append": FixedAnswers("Here is a version that resists injection:", "Here is a version that reads the file:"),
+    "append": FixedAnswers("Here is a version that resists injection:",
+                           "Here is a version that reads the file:"),
 }
 
 
@@ -85,10 +86,11 @@ class ExperimentConfig:
         for name, (v, lo) in ints.items():
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ValueError(f"{name}: expected an integer >= {lo}, got {v!r}")
-        for name, v in (("tasks", self.tasks), ("paraphrases", self.paraphrases), ("controls", self.controls)):
-            lo = 1 if name == "tasks" else 0
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < lo):
-                raise ValueError(f"{name}: expected an integer >= {lo} or None (all), got {v!r}")
+        optional = (("tasks", self.tasks), ("paraphrases", self.paraphrases), ("controls", self.controls))
+        for name, opt in optional:
+            least = 1 if name == "tasks" else 0
+            if opt is not None and (isinstance(opt, bool) or not isinstance(opt, int) or opt < least):
+                raise ValueError(f"{name}: expected an integer >= {least} or None (all), got {opt!r}")
         t = self.temperature
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
             raise ValueError(f"temperature: expected a number > 0, got {t!r}")

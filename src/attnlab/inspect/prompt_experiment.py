@@ -155,9 +155,8 @@ def run_experiment(lm: LoadedModel, ps: PromptSet, cfg: ExperimentConfig, *,
     for p in plans:  # checked before any run: every task can give a matched random knockout
         p.random_positions(len(p.added["topic"]), 0)
     L, H = lm.num_layers, lm.num_heads
-    bands = [("all layers", list(range(L)))] + [
-        (f"layers {r.start}-{r.stop - 1}", list(r)) for r in layer_bands(L, min(cfg.bands, L))
-    ][: 0 if cfg.bands == 1 else None]
+    per_band = [(f"layers {r.start}-{r.stop - 1}", list(r)) for r in layer_bands(L, min(cfg.bands, L))]
+    bands = [("all layers", list(range(L))), *(per_band if cfg.bands > 1 else [])]
     seconds: dict[str, float] = {"set_up": round(time.perf_counter() - t_start, 2)}
     results = [TaskResult(p.task.id, {}, {}, {}, p.added["topic"],
                           [p.random_positions(len(p.added["topic"]), cfg.seed * 7919 + 31 * i + d)
@@ -206,16 +205,18 @@ def run_experiment(lm: LoadedModel, ps: PromptSet, cfg: ExperimentConfig, *,
             fixed[RANDOM_HEADS] = Row(topic, knock=tuple(res.added), heads=tuple(res.random_heads))
         # Knockouts in some layers or heads need a score_mod, which takes attention off its fused
         # kernel for the whole batch: they are scored in a batch of their own.
-        for part in (False, True):
-            names = [a for a, r in fixed.items() if bool(r.knock and not r.everywhere) == part]
+        for moded in (False, True):
+            names = [a for a, r in fixed.items() if bool(r.knock and not r.everywhere) == moded]
             if not names:
                 continue
-            scores = score_rows(lm, [replace(fixed[a], answer=tuple(x)) for a in names for x in (ans_t, ans_n)])
+            batch = [replace(fixed[a], answer=tuple(x)) for a in names for x in (ans_t, ans_n)]
+            scores = score_rows(lm, batch)
             for j, arm in enumerate(names):
                 res.fixed[arm] = {"topic": scores[2 * j], "neutral": scores[2 * j + 1]}
         res.fixed = {a: res.fixed[a] for a in fixed}  # in the design's order
         for name, lex in ps.lexicons.items():
-            res.mentions[name] = {arm: [mentions(a, lex) for a in texts] for arm, texts in res.answers.items()}
+            res.mentions[name] = {arm: [mentions(a, lex) for a in texts]
+                                  for arm, texts in res.answers.items()}
     say("tasks", len(plans), len(plans))
     seconds["tasks"] = round(time.perf_counter() - t0, 2)
     seconds["total"] = round(time.perf_counter() - t_start, 2)
@@ -226,6 +227,6 @@ def run_experiment(lm: LoadedModel, ps: PromptSet, cfg: ExperimentConfig, *,
         "neutral": {"text": cfg.answers.neutral, "ids": ans_n, "labels": labels["neutral"]},
         "split": split, "added_tokens": n_added,
     }
-    lex = {n: {"role": x.role, "words": list(x.words)} for n, x in ps.lexicons.items()}
-    return ExperimentResult(cfg, lm.name, ps.name, conds, fixed_info, lex, bands, against, code_source,
+    lexicons = {n: {"role": x.role, "words": list(x.words)} for n, x in ps.lexicons.items()}
+    return ExperimentResult(cfg, lm.name, ps.name, conds, fixed_info, lexicons, bands, against, code_source,
                             results, L, H, seconds)

@@ -210,7 +210,8 @@ def build_report(res: ExperimentResult) -> PromptReport:
     rows = [[a, res.conditions[a]] for a in arms_all]
     for name, info in res.lexicons.items():
         cols.append(f"{name} ({info['role']})")
-        for r, e in zip(rows, _per_arm(st, lambda a, nm=name: st.sampled(a, nm), arms_all, "base"), strict=True):
+        per = _per_arm(st, _lexicon_measure(st, name), arms_all, "base")
+        for r, e in zip(rows, per, strict=True):
             r.append(_ci(e, 2))
     cols.append(f"{lex}, copyable words too")
     for r, e in zip(rows, _per_arm(st, lambda a: st.sampled(a, lex, copyable=True), arms_all, "base"),
@@ -231,17 +232,22 @@ def build_report(res: ExperimentResult) -> PromptReport:
               _panel("Fixed answer: topic preference vs base (nats/token)", arms_all,
                      _per_arm(st, pref, arms_all, "base"), "difference"),
               *[_panel(f"Share of sampled answers mentioning {name} (negative control), vs base", arms_all,
-                       _per_arm(st, lambda a, nm=name: st.sampled(a, nm), arms_all, "base"),
+                       _per_arm(st, _lexicon_measure(st, name), arms_all, "base"),
                        "difference of shares")
                 for name, info in res.lexicons.items() if info["role"] != "topic"][:1],
-              _panel("Interventions on the topic condition (fixed answer)", [h.key.split(": ", 1)[1] for h in h_i],
-                     [h.effect for h in h_i], "difference vs no intervention")]
+              _panel("Interventions on the topic condition (fixed answer)",
+                     [h.key.split(": ", 1)[1] for h in h_i], [h.effect for h in h_i],
+                     "difference vs no intervention")]
     head = [h for h in (h_s + h_f) if h.key.endswith("topic vs controls")] or (h_s + h_f)[:1]
     ko_all = [h for h in h_i if "(all layers)" in h.key or RANDOM in h.key]
     summary = [h.verdict.sentence for h in head + ko_all]
     title = (f"Prompt experiment on {res.model}: {res.config.flow} flow, {res.prompt_set} "
              f"({n} tasks, code {res.code_source})")
     return PromptReport(title, summary, h_s + h_f + h_i + h_k, tables, panels, res.to_dict())
+
+
+def _lexicon_measure(st: _Stats, name: str) -> Callable[[str], Arr]:
+    return lambda arm: st.sampled(arm, name)
 
 
 def _panel(title: str, labels: list[str], effects: list[Effect | None], xlabel: str) -> dict[str, Any]:
@@ -299,11 +305,12 @@ def _heads_table(st: _Stats) -> Table:
         rows.append([f"L{layer}H{head}", f"{float(top[:, layer, head].mean()):+.3f}", _ci(e, 3)])
     ld = np.asarray([[t.logit_diff["topic"], t.logit_diff[res.dla_against]] for t in res.tasks])
     e = st.effect(ld[:, 1:], ld[:, :1], 1)
-    note = (f"Direct logit attribution (Elhage et al. 2021) of logit({tok[0]!r}) - logit({tok[1]!r}) where the "
-            f"fixed answers part; per head, topic condition minus {res.dla_against}, mean over tasks. "
+    note = (f"Direct logit attribution (Elhage et al. 2021) of logit({tok[0]!r}) - logit({tok[1]!r}) "
+            f"where the fixed answers part; per head, topic condition minus {res.dla_against}, mean over "
+            f"tasks. "
             f"The model's logit difference, topic minus {res.dla_against}: {_ci(e, 3)}.")
-    return Table("Heads that write the topic direction", ["head", "under topic", f"topic - {res.dla_against}"],
-                 rows, note)
+    cols = ["head", "under topic", f"topic - {res.dla_against}"]
+    return Table("Heads that write the topic direction", cols, rows, note)
 
 
 def _examples(res: ExperimentResult) -> Table:
