@@ -94,7 +94,7 @@ def prompt_experiment_command(
     seed: Annotated[int, typer.Option(help="seed of the samples, random knockouts and bootstrap")] = 0,
     temperature: Annotated[float, typer.Option(help="sampling temperature")] = 0.8,
     max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", help="answer length (default "
-                                                       "32; --quick 16)")] = None,
+                                                       "24; --quick 16)")] = None,
     tasks: Annotated[int | None, typer.Option(help="only the first N tasks (default all; --quick 6)")] = None,
     threads: Annotated[int, typer.Option(help="torch threads; 0 = min(cores, 2). One is fastest on a "
                                          "busy machine")] = 1,

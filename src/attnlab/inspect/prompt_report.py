@@ -137,8 +137,8 @@ def _family(st: _Stats, get: Callable[[str], Arr], measure: str, quantity: str) 
     for key, b, a in pairs:
         e = st.effect(arms[a], arms[b], len(pairs))
         if e is not None:
-            cond = b if a == "base" else f"{b} (vs {a})"
-            v = verdict(e, condition=f"the {cond} condition", quantity=quantity)
+            cond = f"the {b} condition" + ("" if a == "base" else f", against the {a},")
+            v = verdict(e, condition=cond, quantity=quantity)
             out.append(Headline(f"{measure}: {key}", measure, e, v))
     return out
 
@@ -208,11 +208,17 @@ def build_report(res: ExperimentResult) -> PromptReport:
     arms_all = [a for a in st.conds if a != "base"]
     cols = ["condition", "text"]
     rows = [[a, res.conditions[a]] for a in arms_all]
+    negative: list[str] = []  # per negative-control lexicon: the condition that moves it most
     for name, info in res.lexicons.items():
         cols.append(f"{name} ({info['role']})")
         per = _per_arm(st, _lexicon_measure(st, name), arms_all, "base")
         for r, e in zip(rows, per, strict=True):
             r.append(_ci(e, 2))
+        found = [(e, a) for e, a in zip(per, arms_all, strict=True) if e is not None]
+        if info["role"] != "topic" and found:
+            e, a = max(found, key=lambda x: x[0].estimate)
+            negative.append(verdict(e, condition=f"{a} ({res.conditions[a]!r}), against base,",
+                                    quantity=f"the share of sampled answers mentioning {name}").sentence)
     cols.append(f"{lex}, copyable words too")
     for r, e in zip(rows, _per_arm(st, lambda a: st.sampled(a, lex, copyable=True), arms_all, "base"),
                     strict=True):
@@ -240,7 +246,7 @@ def build_report(res: ExperimentResult) -> PromptReport:
                      "difference vs no intervention")]
     head = [h for h in (h_s + h_f) if h.key.endswith("topic vs controls")] or (h_s + h_f)[:1]
     ko_all = [h for h in h_i if "(all layers)" in h.key or RANDOM in h.key]
-    summary = [h.verdict.sentence for h in head + ko_all]
+    summary = [h.verdict.sentence for h in head + ko_all] + negative
     title = (f"Prompt experiment on {res.model}: {res.config.flow} flow, {res.prompt_set} "
              f"({n} tasks, code {res.code_source})")
     return PromptReport(title, summary, h_s + h_f + h_i + h_k, tables, panels, res.to_dict())
