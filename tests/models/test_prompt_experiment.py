@@ -286,3 +286,28 @@ def test_quick_experiment_on_smollm2(tmp_path):
     assert {"topic", "control-1", "base", pe.KNOCK} <= set(res.tasks[0].answers)
     assert "secure" in res.tasks[0].copyable["security"]  # the topic question's own word is excluded
     assert any(h.key == "fixed answer: topic vs controls" for h in rep.headlines)
+
+
+def test_step_one_generates_the_code_reviewed(lm, ps):
+    res = pe.run_experiment(lm, ps, ExperimentConfig(**TINY | {"tasks": 2, "dla": False}),
+                            generate_code_tokens=6)
+    assert res.code_source == "generated"
+    shipped = {t.id: t.code for t in ps.tasks}
+    assert all(t.code and t.code != shipped[t.id] for t in res.tasks)
+
+
+def test_one_code_file_uses_its_samples_as_units(llama_dir, tmp_path):
+    code = tmp_path / "handler.py"
+    code.write_text("the cat sat on the mat\n")
+    sets = tmp_path / "tiny.toml"
+    sets.write_text(SET)
+    r = _cli(["--model", str(llama_dir), "--prompts", str(sets), "--code", str(code), "--samples", "3",
+              "--max-new-tokens", "3", "--fixed-answer", FIXED.topic, "--neutral-answer", FIXED.neutral,
+              "--json"], tmp_path)
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert [t["id"] for t in d["result"]["tasks"]] == ["handler"]
+    assert d["result"]["code_source"] == "handler.py"
+    sampled = next(h for h in d["headlines"] if h["key"] == "sampled: topic vs controls")
+    assert sampled["verdict"]["effect"]["n_prompts"] == 3  # the 3 samples are the units
+    assert not any(h["key"].startswith("fixed answer") for h in d["headlines"])  # one value: no interval
