@@ -113,7 +113,14 @@ def _common_prefix(rows: Sequence[Row]) -> int:
     return n
 
 
-def _layout(rows: Sequence[Row]) -> _Layout:
+def _by_first_token(rows: Sequence[Row]) -> list[list[int]]:
+    groups: dict[int, list[int]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault(r.ids[0] if r.ids else -1, []).append(i)
+    return list(groups.values())
+
+
+def _layout(rows: Sequence[Row], limit: int | None = None) -> _Layout:
     if not rows:
         raise ValueError("rows: expected at least one row, got none")
     for i, r in enumerate(rows):
@@ -123,6 +130,8 @@ def _layout(rows: Sequence[Row]) -> _Layout:
         if bad:  # position 0's query sees only key 0: knocking it out leaves nothing to attend to
             raise ValueError(f"rows[{i}]: expected knockout positions in 1..{len(r.ids) - 1}, got {bad}")
     p = _common_prefix(rows)
+    if limit is not None:  # e.g. where the added words start: knockouts of them then stay out of it
+        p = min(p, limit)
     if p < 1:
         raise ValueError("rows: expected prompts that share at least their first token (a chat header), "
                          "got prompts that differ from the start")
@@ -154,8 +163,13 @@ def _mods(tables: dict[int, Tensor]) -> dict[int, ScoreMod]:
     return {layer: make(t) for layer, t in tables.items()}
 
 
-def _prefill(model: CausalLM, lay: _Layout, n_heads: int, room: int) -> list[KVCache]:
-    """The shared prefix, once per distinct knockout inside it, copied to every row."""
+PrefixStore = dict[tuple, list[Tensor]]
+
+
+def _prefill(model: CausalLM, lay: _Layout, n_heads: int, room: int,
+             store: PrefixStore | None = None) -> list[KVCache]:
+    """The shared prefix, once per distinct knockout inside it, copied to every row. ``store``
+    keeps each prefilled prefix for later calls on the same prompts."""
     groups: dict[tuple, list[int]] = {}
     for r, row in enumerate(lay.rows):
         inside = tuple(k for k in row.knock if k < lay.prefix)
@@ -163,8 +177,13 @@ def _prefill(model: CausalLM, lay: _Layout, n_heads: int, room: int) -> list[KVC
         groups.setdefault(key, []).append(r)
     ids = torch.tensor([lay.rows[0].ids[: lay.prefix]])  # (1, P)
     per_row: list[list[Tensor]] = [[] for _ in lay.rows]  # per row: k0, v0, k1, v1, ...
-    for members in groups.values():
+    for gkey, members in groups.items():
         r0 = members[0]
+        skey = (lay.rows[0].ids[: lay.prefix], gkey)
+        if store is not None and skey in store:
+            for r in members:
+                per_row[r] = store[skey]
+            continue
         full = lay.prefix + lay.width
         tables = _tables(lay, model.num_layers, n_heads, full, [r0]) if lay.rows[r0].knock else {}
         tables = {k: t[:, :, : lay.prefix] for k, t in tables.items()}
@@ -174,6 +193,8 @@ def _prefill(model: CausalLM, lay: _Layout, n_heads: int, room: int) -> list[KVC
         cache = model.new_cache()
         model(ids, keep, cache=cache, score_mods=_mods(tables) or None, logits_to_keep=1)
         kv = [x for c in cache for x in (c.k, c.v)]
+        if store is not None:
+            store[skey] = kv
         for r in members:
             per_row[r] = kv  # type: ignore[assignment]
     out: list[KVCache] = []
@@ -213,18 +234,28 @@ def _check_room(model: CausalLM, rows: Sequence[Row], need: int, what: str) -> N
 
 @torch.inference_mode()
 def generate_rows(lm: LoadedModel, rows: Sequence[Row], *, max_new_tokens: int,
-                  stop_ids: set[int] | None = None) -> list[tuple[list[int], str]]:
+                  stop_ids: set[int] | None = None, prefix_limit: int | None = None,
+                  prefix_store: PrefixStore | None = None) -> list[tuple[list[int], str]]:
     """Decode every row (its own sampling and knockout) together: per row, the new ids (the
-    stop token included, as :func:`generate_ids` returns them) and "eos" or "max_new_tokens"."""
+    stop token included, as :func:`generate_ids` returns them) and "eos" or "max_new_tokens".
+    ``prefix_limit`` caps the shared prefix; ``prefix_store`` (a dict) reuses prefixes across
+    calls on the same prompts."""
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens: expected a positive int, got {max_new_tokens!r}")
+    groups = _by_first_token(rows)
+    if len(groups) > 1:  # nothing shared (no chat header): one batch per first token
+        out: dict[int, tuple[list[int], str]] = {}
+        for g in groups:
+            got = generate_rows(lm, [rows[i] for i in g], max_new_tokens=max_new_tokens, stop_ids=stop_ids)
+            out.update(zip(g, got, strict=True))
+        return [out[i] for i in range(len(rows))]
     model = as_causal_lm(lm.model, "--model")
-    lay = _layout(rows)
+    lay = _layout(rows, prefix_limit)
     _check_room(model, rows, max_new_tokens, "new tokens")
     stops = eos_ids(lm) if stop_ids is None else stop_ids
     total = lay.prefix + lay.width + max_new_tokens
     mods = _mods(_tables(lay, model.num_layers, model.num_heads, total, range(len(rows))))
-    cache = _prefill(model, lay, model.num_heads, lay.width + max_new_tokens)
+    cache = _prefill(model, lay, model.num_heads, lay.width + max_new_tokens, prefix_store)
     ids, keep, pos = _suffix(lay)
     gens = [None if r.sampling.greedy else torch.Generator().manual_seed(r.sampling.seed) for r in rows]
     new: list[list[int]] = [[] for _ in rows]
@@ -249,11 +280,18 @@ def generate_rows(lm: LoadedModel, rows: Sequence[Row], *, max_new_tokens: int,
 
 
 @torch.inference_mode()
-def score_rows(lm: LoadedModel, rows: Sequence[Row]) -> list[list[float]]:
+def score_rows(lm: LoadedModel, rows: Sequence[Row], *, prefix_limit: int | None = None,
+               prefix_store: PrefixStore | None = None) -> list[list[float]]:
     """Teacher forcing: per row, log p(answer token t | prompt, answer[:t]) for every token of
     its ``answer`` (float64 log-softmax of the model's logits), under the row's knockout."""
+    groups = _by_first_token(rows)
+    if len(groups) > 1:  # nothing shared (no chat header): one batch per first token
+        out: dict[int, list[float]] = {}
+        for g in groups:
+            out.update(zip(g, score_rows(lm, [rows[i] for i in g]), strict=True))
+        return [out[i] for i in range(len(rows))]
     model = as_causal_lm(lm.model, "--model")
-    lay = _layout(rows)
+    lay = _layout(rows, prefix_limit)
     for i, r in enumerate(rows):
         if not r.answer:
             raise ValueError(f"rows[{i}]: expected answer ids to score, got none")
@@ -261,7 +299,7 @@ def score_rows(lm: LoadedModel, rows: Sequence[Row]) -> list[list[float]]:
     _check_room(model, rows, n_ans, "answer tokens")
     total = lay.prefix + lay.width + n_ans
     mods = _mods(_tables(lay, model.num_layers, model.num_heads, total, range(len(rows))))
-    cache = _prefill(model, lay, model.num_heads, lay.width + n_ans)
+    cache = _prefill(model, lay, model.num_heads, lay.width + n_ans, prefix_store)
     ids, keep, pos = _suffix(lay, [r.answer for r in rows])
     logits = model(ids, keep, position_ids=pos, cache=cache, score_mods=mods or None,
                    logits_to_keep=n_ans + 1).logits

@@ -190,7 +190,10 @@ def run_experiment(lm: LoadedModel, ps: PromptSet, cfg: ExperimentConfig, *,
         arms[KNOCK] = (topic, tuple(res.added))
         arms[RANDOM] = (topic, tuple(res.random[0]))
         rows = [Row(ids, knock=k, sampling=s) for ids, k in arms.values() for s in samplings]
-        out = generate_rows(lm, rows, max_new_tokens=cfg.max_new_tokens, stop_ids=stops)
+        # Every call shares the prompt up to the added words: prefilled once per task (and once
+        # per random knockout), whatever each call's rows have in common beyond it.
+        share: dict[str, Any] = {"prefix_limit": min(res.added), "prefix_store": {}}
+        out = generate_rows(lm, rows, max_new_tokens=cfg.max_new_tokens, stop_ids=stops, **share)
         for j, arm in enumerate(arms):
             part = out[j * len(samplings) : (j + 1) * len(samplings)]
             res.answers[arm] = [lm.tokenizer.decode([t for t in ids if t not in stops]) for ids, _ in part]
@@ -210,7 +213,7 @@ def run_experiment(lm: LoadedModel, ps: PromptSet, cfg: ExperimentConfig, *,
             if not names:
                 continue
             batch = [replace(fixed[a], answer=tuple(x)) for a in names for x in (ans_t, ans_n)]
-            scores = score_rows(lm, batch)
+            scores = score_rows(lm, batch, **share)
             for j, arm in enumerate(names):
                 res.fixed[arm] = {"topic": scores[2 * j], "neutral": scores[2 * j + 1]}
         res.fixed = {a: res.fixed[a] for a in fixed}  # in the design's order

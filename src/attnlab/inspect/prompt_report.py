@@ -244,6 +244,7 @@ def build_report(res: ExperimentResult) -> PromptReport:
               _panel("Interventions on the topic condition (fixed answer)",
                      [h.key.split(": ", 1)[1] for h in h_i], [h.effect for h in h_i],
                      "difference vs no intervention")]
+    panels = [p for p in panels if p["labels"]]  # one task: fixed-answer effects have no interval
     head = [h for h in (h_s + h_f) if h.key.endswith("topic vs controls")] or (h_s + h_f)[:1]
     ko_all = [h for h in h_i if "(all layers)" in h.key or RANDOM in h.key]
     summary = [h.verdict.sentence for h in head + ko_all] + negative
