@@ -192,11 +192,14 @@ def _prefill(model: CausalLM, lay: _Layout, n_heads: int, room: int,
             keep[0, [k for k in lay.rows[r0].knock if k < lay.prefix]] = 0
         cache = model.new_cache()
         model(ids, keep, cache=cache, score_mods=_mods(tables) or None, logits_to_keep=1)
-        kv = [x for c in cache for x in (c.k, c.v)]
+        kv: list[Tensor] = []
+        for c in cache:
+            assert c.k is not None and c.v is not None  # the prefill filled every layer
+            kv += [c.k, c.v]
         if store is not None:
             store[skey] = kv
         for r in members:
-            per_row[r] = kv  # type: ignore[assignment]
+            per_row[r] = kv
     out: list[KVCache] = []
     for i in range(model.num_layers):
         k = torch.cat([per_row[r][2 * i] for r in range(len(lay.rows))])  # (B, Hkv, P, Dh)
@@ -305,8 +308,8 @@ def score_rows(lm: LoadedModel, rows: Sequence[Row], *, prefix_limit: int | None
                    logits_to_keep=n_ans + 1).logits
     assert logits is not None
     logp = logits[:, :n_ans].double().log_softmax(-1)  # (B, A, V): position W-1+t predicts answer[t]
-    out = []
+    scores = []
     for b, row in enumerate(rows):
         a = torch.tensor(row.answer)
-        out.append(logp[b, torch.arange(len(a)), a].tolist())
-    return out
+        scores.append(logp[b, torch.arange(len(a)), a].tolist())
+    return scores
