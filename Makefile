@@ -42,8 +42,9 @@ browser:
 	  else echo "note: no chromium and no apt-get as root; browser tests will skip"; fi; }
 
 # A tour of two classic attention questions on the embedded models. all-MiniLM-L6-v2: where does "it" look when the animal
-# is tired vs when the street is wide? SmolLM2-135M-Instruct: do the words "Make it secure." added
-# to the blog post's login-form prompt steer the answer through attention (topic mass, attention share, knockout)?
+# is tired vs when the street is wide? SmolLM2-135M-Instruct: does "How secure is this code?" asked about a task's code
+# steer the answer, against control questions, over 6 tasks with sampled and fixed answers, knockout with matched
+# controls and 95 % intervals (the --quick subset of `attnlab prompt-experiment`, about a minute)?
 # Pictures and offline pages land in out/.
 SENT := The animal didn't cross the street because it was too
 run: $(STAMP_RUN)
@@ -52,7 +53,7 @@ run: $(STAMP_RUN)
 	  --png out/compare-it.png --html out/compare-it.html
 	$(BIN)/attnlab inspect "$(SENT) tired" --focus it --layer 3 --head 1 \
 	  --png out/inspect-L3H1.png --html out/inspect.html
-	$(BIN)/attnlab prompt-effect --max-new-tokens 32 --out out/prompt-effect
+	$(BIN)/attnlab prompt-experiment --quick --out out/prompt-experiment
 
 lint: $(STAMP_DEV)
 	$(BIN)/ruff check src tests

@@ -22,6 +22,7 @@ from attnlab.cli import (
     llm_cmds,
     local_global_cmd,
     model_cmds,
+    prompt_experiment_cmd,
     seq2seq_cmds,
     streaming_cmd,
     viz_cmds,
@@ -148,8 +149,8 @@ def _root(
     """Attention: compute it, see it, train with it, open real models with it."""
 
 
-for module in (walk_cmd, backends_cmd, viz_cmds, model_cmds, llm_cmds, seq2seq_cmds, bench_cmd,
-               streaming_cmd, local_global_cmd):
+for module in (walk_cmd, backends_cmd, viz_cmds, model_cmds, llm_cmds, prompt_experiment_cmd, seq2seq_cmds,
+               bench_cmd, streaming_cmd, local_global_cmd):
     module.register(app)
 
 

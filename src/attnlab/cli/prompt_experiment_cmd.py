@@ -1,0 +1,187 @@
+"""``attnlab prompt-experiment``: do words added to a prompt steer the answer, over many tasks,
+with controls, sampled and fixed answers, interventions and intervals (issue 21).
+
+Parses and checks everything before torch loads; ``--out`` is written atomically (a temporary
+folder beside it, renamed into place), so a failed or interrupted run leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from attnlab.cli.common import console, err_console, load_lm, print_json, user_errors
+
+NAMES = {"samples": "--samples", "seed": "--seed", "temperature": "--temperature", "flow": "--flow",
+         "max_new_tokens": "--max-new-tokens", "tasks": "--tasks", "threads": "--threads",
+         "path": "--prompts", "fixed": "--fixed-answer", "n_boot": "--n-boot"}
+CODE_TOKENS = 192  # --generate-code: step 1's answer length
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Move the finished ``tmp`` folder to ``out``; an existing ``out`` is swapped out first and
+    removed only once the new one is in place."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / out.name)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        if old is not None:
+            os.replace(old / out.name, out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_outputs(out: Path, report: Any, png: bool = True) -> list[str]:
+    """result.md, result.json and effects.png into ``out``, atomically."""
+    import json
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        (tmp / "result.md").write_text(report.markdown(), encoding="utf-8")
+        (tmp / "result.json").write_text(json.dumps(report.to_dict(), indent=1, ensure_ascii=False) + "\n",
+                                         encoding="utf-8")
+        names = ["result.md", "result.json"]
+        if png and report.panels:
+            from attnlab.viz.effects import EffectPanel, effects_figure
+
+            effects_figure([EffectPanel(**p) for p in report.panels], tmp / "effects.png")
+            names.append("effects.png")
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return [str(out / n) for n in names]
+
+
+def _print(report: Any) -> None:
+    from rich.table import Table as RichTable
+
+    console.print(report.title, style="bold", markup=False, highlight=False)
+    for s in report.summary:
+        console.print(f"- {s}", markup=False, highlight=False)
+    for t in report.tables:
+        rt = RichTable(title=t.title, title_justify="left", caption=t.note or None, caption_justify="left")
+        for c in t.columns:
+            rt.add_column(c, overflow="fold")
+        for r in t.rows:
+            rt.add_row(*r)
+        console.print(rt, markup=False)
+
+
+def prompt_experiment_command(
+    flow: Annotated[str, typer.Option(help="review: a question about the code in a new conversation "
+                                           "(the blog post's flow); append: a sentence added to the "
+                                           "task")] = "review",
+    prompts: Annotated[Path | None, typer.Option("--prompts", help="your own prompt set (.toml/.json, the "
+                                                 "format of attnlab's coding_review.toml)")] = None,
+    code: Annotated[Path | None, typer.Option("--code", help="review this code file alone (its samples are "
+                                              "then the units of the statistics)")] = None,
+    generate_code: Annotated[bool, typer.Option("--generate-code", help="step 1: each task's prompt "
+                                                "generates the code reviewed (default: the shipped "
+                                                "code)")] = False,
+    samples: Annotated[int | None, typer.Option(help="seeded samples per condition (default 4; "
+                                                "--quick 2)")] = None,
+    seed: Annotated[int, typer.Option(help="seed of the samples, random knockouts and bootstrap")] = 0,
+    temperature: Annotated[float, typer.Option(help="sampling temperature")] = 0.8,
+    max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", help="answer length (default "
+                                                       "24; --quick 16)")] = None,
+    tasks: Annotated[int | None, typer.Option(help="only the first N tasks (default all; --quick 6)")] = None,
+    threads: Annotated[int, typer.Option(help="torch threads; 0 = min(cores, 2). One is fastest on a "
+                                         "busy machine")] = 1,
+    quick: Annotated[bool, typer.Option("--quick", help="6 tasks, 2 samples, topic/1 paraphrase/1 control, "
+                                        "16 tokens: about a minute")] = False,
+    fixed_answer: Annotated[str | None, typer.Option("--fixed-answer", help="the topic sentence scored "
+                                                     "under every condition")] = None,
+    neutral_answer: Annotated[str | None, typer.Option("--neutral-answer", help="the neutral sentence "
+                                                       "beside it")] = None,
+    model: Annotated[str, typer.Option("--model", help="smollm2 or a llama .gguf/folder")] = "smollm2",
+    out: Annotated[Path | None, typer.Option(help="write result.md, result.json, effects.png here "
+                                             "(atomically)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """The prompt experiment: many tasks, topic vs paraphrases vs controls, sampled and fixed
+    answers, knockout with matched controls, the heads that write the topic — with intervals."""
+    with user_errors(as_json, NAMES):
+        from dataclasses import replace
+
+        from attnlab.data.prompt_sets import Task, builtin_prompt_set, load_prompt_set
+        from attnlab.inspect.prompt_design import ExperimentConfig, FixedAnswers, read_code
+
+        if out is not None and out.exists() and not out.is_dir():
+            raise ValueError(f"--out: expected a folder (new or existing), got the file {str(out)!r}")
+        if (fixed_answer is None) != (neutral_answer is None):
+            raise ValueError("--fixed-answer: expected it together with --neutral-answer, got only one")
+        if code is not None and (generate_code or flow != "review"):
+            raise ValueError("--code: expected the review flow without --generate-code, got "
+                             + ("--generate-code too" if generate_code else f"--flow {flow}"))
+        kw: dict[str, Any] = {"flow": flow, "seed": seed, "temperature": temperature}
+        for k, v in (("samples", samples), ("max_new_tokens", max_new_tokens), ("tasks", tasks)):
+            if v is not None:
+                kw[k] = v
+        if fixed_answer is not None and neutral_answer is not None:
+            kw["fixed"] = FixedAnswers(fixed_answer, neutral_answer)
+        cfg = (ExperimentConfig.quick(**kw) if quick else ExperimentConfig(**kw)).check()
+        if isinstance(threads, bool) or threads < 0:
+            raise ValueError(f"--threads: expected an integer >= 0 (0 = min(cores, 2)), got {threads}")
+        ps = builtin_prompt_set() if prompts is None else load_prompt_set(prompts, option="--prompts")
+        source = "shipped"
+        if code is not None:
+            text = read_code(code)
+            first = ps.tasks[0]
+            ps = replace(ps, tasks=(Task(id=code.stem or "code", task=first.task, code=text,
+                                         language=code.suffix.lstrip(".") or "python"),))
+            source = code.name
+        lm = load_lm(model, small=False)
+        import torch
+
+        # As training's experiment_threads: 0 = min(cores, 2). Default 1: on a busy 2-core machine
+        # two threads made a decode step ~8x slower (OpenMP spin-waits; measured, issue 21).
+        torch.set_num_threads(threads or min(os.cpu_count() or 1, 2))
+        from attnlab.inspect.prompt_experiment import run_experiment
+        from attnlab.inspect.prompt_report import build_report
+
+        res = run_experiment(lm, ps, cfg, progress=_progress(as_json), code_source=source,
+                             generate_code_tokens=CODE_TOKENS if generate_code else 0)
+        report = build_report(res)
+        files = write_outputs(out, report) if out is not None else []
+    if as_json:
+        print_json(report.to_dict() | {"files": files})
+        return
+    _print(report)
+    for f in files:
+        console.print(f"wrote {f}", markup=False, highlight=False)
+
+
+def _progress(quiet: bool):
+    """Progress on stderr (stdout stays clean for --json)."""
+    if quiet:
+        return None
+    from rich.progress import Progress
+
+    bar = Progress(console=err_console, transient=True)
+    ids: dict[str, Any] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        if stage not in ids:
+            if not ids:
+                bar.start()
+            ids[stage] = bar.add_task(stage, total=total)
+        bar.update(ids[stage], completed=done)
+        if all(t.finished for t in bar.tasks) and stage == "tasks" and done == total:
+            bar.stop()
+
+    return update
+
+
+def register(app: typer.Typer) -> None:
+    app.command("prompt-experiment")(prompt_experiment_command)

@@ -1,0 +1,235 @@
+"""The prompt experiment, run as a design: do words added to a prompt steer the answer, and is
+attention the path? (issue 21; the blog post "Making Intuitive Sense of Attention").
+
+For every task of a prompt set and every condition of the flow (:mod:`prompt_design`):
+
+1. **Sampled answers** — the greedy answer and ``samples`` seeded samples (temperature T; sample
+   s of every condition shares seed s). Measure: does the answer mention the topic, counting
+   only lexicon words that occur in none of the task's prompts (copyable words are reported
+   apart), and the negative-control lexicons, on the same scale.
+2. **A fixed answer** — two sentences, one about the topic and one neutral, scored by teacher
+   forcing (mean log-probability per token) under every condition and every intervention: the
+   same tokens everywhere, so interventions are compared on one path, not on answers that
+   diverge at the first near-tie; and token by token.
+3. **Interventions with their controls** on the topic condition: the added words' keys knocked
+   out of attention (Geva et al. 2023) in all layers and per band of layers; the same number of
+   the task's own tokens knocked out instead (random, seeded: the specificity control); the
+   words deleted (the base prompt); the added words knocked out only in the heads that write the
+   topic direction most (ranked on the *other* half of the tasks: held out) against as many
+   random heads. The all-layer knockout and its random control also run on sampled answers.
+4. **Which heads write the topic direction** — direct logit attribution per head (Elhage et al.
+   2021; :func:`~attnlab.inspect.lens.direct_logit_attribution`) of logit(topic token) -
+   logit(neutral token) where the two fixed answers part, under the topic and a control
+   condition.
+
+Statistics and verdicts are :mod:`prompt_report`'s. All rows of a task run as one batch on a
+shared prefix (:mod:`batch_rows`).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import torch
+
+from attnlab.data.prompt_sets import PromptSet, Task
+from attnlab.inspect.batch_rows import Row, generate_rows, score_rows
+from attnlab.inspect.generation import Sampling, eos_ids, fit_prompt
+from attnlab.inspect.lens import direct_logit_attribution
+from attnlab.inspect.prompt_design import (
+    ExperimentConfig,
+    TaskPlan,
+    conditions,
+    extract_code,
+    mentions,
+    plan_task,
+)
+from attnlab.inspect.prompt_effect import layer_bands
+from attnlab.models.loading import LoadedModel
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+KNOCK, RANDOM = "topic, knocked out", "topic, random knockout"
+HEADS, RANDOM_HEADS = "topic, knocked out in top heads", "topic, knocked out in random heads"
+
+
+@dataclass
+class TaskResult:
+    id: str
+    answers: dict[str, list[str]]  # arm -> [greedy, sample 1, ..., sample S]
+    stops: dict[str, list[str]]
+    fixed: dict[str, dict[str, list[float]]]  # arm -> {"topic": log p per token, "neutral": ...}
+    added: list[int]  # token positions of the topic condition's added words
+    random: list[list[int]]  # the matched random knockouts (draw 0 also on sampled answers)
+    copyable: dict[str, list[str]]  # lexicon -> words excluded from its measure for this task
+    mentions: dict[str, dict[str, list[list[str]]]] = field(default_factory=dict)  # lex -> arm -> words
+    dla: dict[str, list[list[float]]] = field(default_factory=dict)  # condition -> (L, H)
+    logit_diff: dict[str, float] = field(default_factory=dict)
+    heads: list[tuple[int, int]] = field(default_factory=list)
+    random_heads: list[tuple[int, int]] = field(default_factory=list)
+    code: str = ""
+
+
+@dataclass
+class ExperimentResult:
+    config: ExperimentConfig
+    model: str
+    prompt_set: str
+    conditions: dict[str, str]
+    fixed: dict[str, dict[str, Any]]  # "topic"/"neutral" -> text, ids, labels; "split": where they part
+    lexicons: dict[str, dict[str, Any]]
+    bands: list[tuple[str, list[int]]]
+    dla_against: str  # the condition the topic condition's attribution is compared with
+    code_source: str  # "shipped", "generated" or a file name
+    tasks: list[TaskResult]
+    layers: int
+    heads: int
+    seconds: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["config"] = asdict(self.config)
+        return d
+
+
+def _split(a: list[int], b: list[int]) -> int:
+    i = 0
+    while i < min(len(a), len(b)) and a[i] == b[i]:
+        i += 1
+    if i == len(a) or i == len(b):
+        raise ValueError(f"fixed: expected two answers that differ in a token where both go on, got "
+                         f"{len(a)} and {len(b)} tokens equal for the first {i}")
+    return i
+
+
+def _generate_code(lm: LoadedModel, tasks: list[Task], cfg: ExperimentConfig, n_tokens: int) -> list[Task]:
+    """Step 1 of the blog's flow: each task's prompt generates its code (greedy)."""
+    rows = [Row(tuple(fit_prompt(lm, t.task, system=cfg.system, max_new_tokens=n_tokens).ids)) for t in tasks]
+    stops = eos_ids(lm)
+    out = generate_rows(lm, rows, max_new_tokens=n_tokens)
+    return [replace(t, code=extract_code(lm.tokenizer.decode([i for i in ids if i not in stops])))
+            for t, (ids, _) in zip(tasks, out, strict=True)]
+
+
+def _dla(lm: LoadedModel, plan: TaskPlan, cond: str, ans: list[int], other: list[int],
+         split: int) -> tuple[list[list[float]], float]:
+    ids = torch.tensor(plan.ids[cond] + ans[:split])  # (P + split,)
+    att = direct_logit_attribution(lm, ids, ans[split], other[split])
+    return att.heads.tolist(), att.total
+
+
+def _top_heads(grids: list[list[list[float]]], k: int) -> list[tuple[int, int]]:
+    g = torch.tensor(grids, dtype=torch.float64).mean(0)  # (tasks, L, H) -> (L, H)
+    H = g.shape[1]
+    return [(i // H, i % H) for i in g.flatten().argsort(descending=True)[:k].tolist()]
+
+
+def run_experiment(lm: LoadedModel, ps: PromptSet, cfg: ExperimentConfig, *,
+                   progress: Progress | None = None, code_source: str = "shipped",
+                   generate_code_tokens: int = 0) -> ExperimentResult:
+    """Run every task of ``ps`` under ``cfg``; ``generate_code_tokens`` > 0: step 1 first."""
+    cfg.check()
+    t_start = time.perf_counter()
+    say = progress or (lambda stage, done, total: None)
+    tasks = list(ps.tasks[: cfg.tasks])
+    if len(tasks) < 2 and cfg.samples < 2:
+        raise ValueError(f"samples: expected >= 2 with a single task (its samples are then the units of "
+                         f"the statistics), got {cfg.samples}")
+    conds = conditions(ps, cfg)
+    controls = [c for c in conds if c.startswith("control")]
+    ans_t = lm.tokenizer.piece_ids(cfg.answers.topic)
+    ans_n = lm.tokenizer.piece_ids(cfg.answers.neutral)
+    split = _split(ans_t, ans_n)
+    room = max(cfg.max_new_tokens, len(ans_t), len(ans_n), generate_code_tokens)
+    if generate_code_tokens:
+        for t in tasks:  # refuse before generating anything
+            fit_prompt(lm, t.task, system=cfg.system, max_new_tokens=generate_code_tokens)
+        say("generating code (step 1)", 0, 1)
+        tasks, code_source = _generate_code(lm, tasks, cfg, generate_code_tokens), "generated"
+        say("generating code (step 1)", 1, 1)
+    plans = [plan_task(lm, t, conds, cfg, ps.lexicons, room) for t in tasks]
+    n_added = len(plans[0].added["topic"])
+    for p in plans:  # checked before any run: every task can give a matched random knockout
+        p.random_positions(len(p.added["topic"]), 0)
+    L, H = lm.num_layers, lm.num_heads
+    per_band = [(f"layers {r.start}-{r.stop - 1}", list(r)) for r in layer_bands(L, min(cfg.bands, L))]
+    bands = [("all layers", list(range(L))), *(per_band if cfg.bands > 1 else [])]
+    seconds: dict[str, float] = {"set_up": round(time.perf_counter() - t_start, 2)}
+    results = [TaskResult(p.task.id, {}, {}, {}, p.added["topic"],
+                          [p.random_positions(len(p.added["topic"]), cfg.seed * 7919 + 31 * i + d)
+                           for d in range(cfg.draws)],
+                          {k: list(v) for k, v in p.copyable.items()}, code=p.task.code)
+               for i, p in enumerate(plans)]
+    against = controls[0] if controls else "base"
+    if cfg.dla:
+        t0 = time.perf_counter()
+        for i, (p, res) in enumerate(zip(plans, results, strict=True)):
+            say("direct logit attribution", i, len(plans))
+            for cond in ("topic", against):
+                res.dla[cond], res.logit_diff[cond] = _dla(lm, p, cond, ans_t, ans_n, split)
+        say("direct logit attribution", len(plans), len(plans))
+        k = min(cfg.steer_heads, L * H // 2)
+        for i, res in enumerate(results):  # heads ranked on the other half of the tasks (held out)
+            others = [r for j, r in enumerate(results) if j % 2 != i % 2] or results
+            diff = [(torch.tensor(r.dla["topic"]) - torch.tensor(r.dla[against])).tolist() for r in others]
+            res.heads = _top_heads(diff, k)
+            pool = [(a, b) for a in range(L) for b in range(H) if (a, b) not in res.heads]
+            res.random_heads = sorted(random.Random(cfg.seed * 7919 + i).sample(pool, k))
+        seconds["attribution"] = round(time.perf_counter() - t0, 2)
+    t0 = time.perf_counter()
+    samplings = [Sampling()] + [Sampling(greedy=False, temperature=cfg.temperature, seed=cfg.seed + s + 1)
+                                for s in range(cfg.samples)]
+    stops = eos_ids(lm)
+    for i, (p, res) in enumerate(zip(plans, results, strict=True)):
+        say("tasks", i, len(plans))
+        topic = tuple(p.ids["topic"])
+        arms: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {c: (tuple(p.ids[c]), ()) for c in conds}
+        arms[KNOCK] = (topic, tuple(res.added))
+        arms[RANDOM] = (topic, tuple(res.random[0]))
+        rows = [Row(ids, knock=k, sampling=s) for ids, k in arms.values() for s in samplings]
+        # Every call shares the prompt up to the added words: prefilled once per task (and once
+        # per random knockout), whatever each call's rows have in common beyond it.
+        share: dict[str, Any] = {"prefix_limit": min(res.added), "prefix_store": {}}
+        out = generate_rows(lm, rows, max_new_tokens=cfg.max_new_tokens, stop_ids=stops, **share)
+        for j, arm in enumerate(arms):
+            part = out[j * len(samplings) : (j + 1) * len(samplings)]
+            res.answers[arm] = [lm.tokenizer.decode([t for t in ids if t not in stops]) for ids, _ in part]
+            res.stops[arm] = [why for _, why in part]
+        fixed: dict[str, Row] = {c: Row(tuple(p.ids[c])) for c in conds}
+        for label, layers in bands:
+            fixed[f"{KNOCK} ({label})"] = Row(topic, knock=tuple(res.added), layers=tuple(layers))
+        for d, pos in enumerate(res.random):
+            fixed[f"{RANDOM} {d + 1}"] = Row(topic, knock=tuple(pos))
+        if res.heads:
+            fixed[HEADS] = Row(topic, knock=tuple(res.added), heads=tuple(res.heads))
+            fixed[RANDOM_HEADS] = Row(topic, knock=tuple(res.added), heads=tuple(res.random_heads))
+        # Knockouts in some layers or heads need a score_mod, which takes attention off its fused
+        # kernel for the whole batch: they are scored in a batch of their own.
+        for moded in (False, True):
+            names = [a for a, r in fixed.items() if bool(r.knock and not r.everywhere) == moded]
+            if not names:
+                continue
+            batch = [replace(fixed[a], answer=tuple(x)) for a in names for x in (ans_t, ans_n)]
+            scores = score_rows(lm, batch, **share)
+            for j, arm in enumerate(names):
+                res.fixed[arm] = {"topic": scores[2 * j], "neutral": scores[2 * j + 1]}
+        res.fixed = {a: res.fixed[a] for a in fixed}  # in the design's order
+        for name, lex in ps.lexicons.items():
+            res.mentions[name] = {arm: [mentions(a, lex) for a in texts]
+                                  for arm, texts in res.answers.items()}
+    say("tasks", len(plans), len(plans))
+    seconds["tasks"] = round(time.perf_counter() - t0, 2)
+    seconds["total"] = round(time.perf_counter() - t_start, 2)
+    labels = {k: [lm.tokenizer.label(lm.tokenizer.id_to_token(i)) for i in ids]
+              for k, ids in (("topic", ans_t), ("neutral", ans_n))}
+    fixed_info: dict[str, Any] = {
+        "topic": {"text": cfg.answers.topic, "ids": ans_t, "labels": labels["topic"]},
+        "neutral": {"text": cfg.answers.neutral, "ids": ans_n, "labels": labels["neutral"]},
+        "split": split, "added_tokens": n_added,
+    }
+    lexicons = {n: {"role": x.role, "words": list(x.words)} for n, x in ps.lexicons.items()}
+    return ExperimentResult(cfg, lm.name, ps.name, conds, fixed_info, lexicons, bands, against, code_source,
+                            results, L, H, seconds)

@@ -1,0 +1,330 @@
+"""The prompt experiment's report: paired effects with 95 % bootstrap intervals and verdicts.
+
+Every number is a paired effect over tasks (the unit: the prompt, with its samples kept
+together; :mod:`attnlab.inspect.stats`, Efron & Tibshirani 1993 for the bootstrap) with its
+interval, and each verdict is read off the interval ("not shown" when it covers 0). Families of
+comparisons are Bonferroni-adjusted, so a family's intervals hold together at 95 %. With one
+task (``--code FILE``), the samples are the units: the claim is then about that code only.
+
+One typed :class:`PromptReport` (a list of :class:`Table` plus the summary sentences) is
+rendered by one path to markdown (:meth:`PromptReport.markdown`), the terminal (the CLI prints
+the same tables with rich) and JSON (:meth:`PromptReport.to_dict`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from attnlab.inspect.prompt_experiment import HEADS, KNOCK, RANDOM, RANDOM_HEADS, ExperimentResult
+from attnlab.inspect.stats import Effect, Verdict, bonferroni_level, effect, verdict
+
+Arr = np.ndarray
+
+
+@dataclass
+class Table:
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+    note: str = ""
+
+
+@dataclass
+class Headline:
+    key: str
+    measure: str
+    effect: Effect
+    verdict: Verdict
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "measure": self.measure, "verdict": self.verdict.to_dict()}
+
+
+@dataclass
+class PromptReport:
+    title: str
+    summary: list[str]
+    headlines: list[Headline]
+    tables: list[Table]
+    panels: list[dict[str, Any]] = field(default_factory=list)  # viz.effects.EffectPanel fields
+    result: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"title": self.title, "summary": self.summary,
+                "headlines": [h.to_dict() for h in self.headlines],
+                "tables": [asdict(t) for t in self.tables], "result": self.result}
+
+    def markdown(self) -> str:
+        out = [f"# {self.title}", "", *[f"- {s}" for s in self.summary], ""]
+        for t in self.tables:
+            out += [f"## {t.title}", ""]
+            if t.note:
+                out += [t.note, ""]
+            out += ["| " + " | ".join(t.columns) + " |", "|" + "---|" * len(t.columns)]
+            out += ["| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in r) + " |"
+                    for r in t.rows]
+            out.append("")
+        return "\n".join(out)
+
+
+def _ci(e: Effect | None, digits: int = 3) -> str:
+    if e is None:
+        return "n/a (one prompt)"
+    return f"{e.estimate:+.{digits}f} [{e.low:+.{digits}f}, {e.high:+.{digits}f}]"
+
+
+class _Stats:
+    """Arrays of one result and the effects between them."""
+
+    def __init__(self, res: ExperimentResult) -> None:
+        self.res, self.cfg = res, res.config
+        self.n_tasks = len(res.tasks)
+        self.conds = list(res.conditions)
+        self.paras = [c for c in self.conds if c.startswith("paraphrase")]
+        self.ctrls = [c for c in self.conds if c.startswith("control")]
+        self.topic_lex = next((n for n, x in res.lexicons.items() if x["role"] == "topic"),
+                              next(iter(res.lexicons)))
+
+    # -- arrays (tasks, samples) ---------------------------------------------------------------
+    def sampled(self, arm: str, lex: str, copyable: bool = False, greedy: bool = False) -> Arr:
+        rows = []
+        for t in self.res.tasks:
+            skip = set() if copyable else {w.casefold() for w in t.copyable.get(lex, [])}
+            answers = t.mentions[lex][arm]
+            answers = answers[:1] if greedy else answers[1:]
+            rows.append([float(any(w.casefold() not in skip for w in ws)) for ws in answers])
+        return np.asarray(rows)  # (P, S)
+
+    def fixed(self, arm: str, which: str = "pref") -> Arr:
+        out = []
+        for t in self.res.tasks:
+            f = t.fixed[arm]
+            top, neu = float(np.mean(f["topic"])), float(np.mean(f["neutral"]))
+            out.append({"pref": top - neu, "topic": top, "neutral": neu}[which])
+        return np.asarray(out)[:, None]  # (P, 1)
+
+    def pooled(self, get: Callable[[str], Arr], arms: list[str]) -> Arr | None:
+        return np.mean([get(a) for a in arms], axis=0) if arms else None
+
+    # -- effects -------------------------------------------------------------------------------
+    def effect(self, a: Arr, b: Arr, m: int) -> Effect | None:
+        if a.shape[0] == 1:  # one task: its samples are the units
+            a, b = a.T, b.T
+            if a.shape[0] < 2:
+                return None
+        return effect(a, b, level=bonferroni_level(0.95, m), n_boot=self.cfg.n_boot, seed=self.cfg.seed,
+                      family_size=m)
+
+
+def _family(st: _Stats, get: Callable[[str], Arr], measure: str, quantity: str) -> list[Headline]:
+    """Topic, paraphrases and controls against base, and topic/paraphrases against controls."""
+    arms: dict[str, Arr] = {"base": get("base"), "topic": get("topic")}
+    para, ctrl = st.pooled(get, st.paras), st.pooled(get, st.ctrls)
+    pairs = [("topic", "topic", "base")]
+    if para is not None:
+        arms["paraphrases"] = para
+        pairs.append(("paraphrases", "paraphrases", "base"))
+    if ctrl is not None:
+        arms["controls"] = ctrl
+        pairs += [("controls", "controls", "base"), ("topic vs controls", "topic", "controls")]
+        if para is not None:
+            pairs.append(("paraphrases vs controls", "paraphrases", "controls"))
+    out = []
+    for key, b, a in pairs:
+        e = st.effect(arms[a], arms[b], len(pairs))
+        if e is not None:
+            cond = f"the {b} condition" + ("" if a == "base" else f", against the {a},")
+            v = verdict(e, condition=cond, quantity=quantity)
+            out.append(Headline(f"{measure}: {key}", measure, e, v))
+    return out
+
+
+def _table(title: str, heads: list[Headline], note: str = "", digits: int = 3) -> Table:
+    rows = [[h.key.split(": ", 1)[1], _ci(h.effect, digits), h.verdict.status] for h in heads]
+    return Table(title, ["comparison", "effect [interval, family-wise 95 %]", "verdict"], rows, note)
+
+
+def _per_arm(st: _Stats, get: Callable[[str], Arr], arms: list[str], ref: str) -> list[Effect | None]:
+    return [st.effect(get(ref), get(a), len(arms)) for a in arms]
+
+
+def build_report(res: ExperimentResult) -> PromptReport:
+    st = _Stats(res)
+    cfg, lex = res.config, st.topic_lex
+    n, s = st.n_tasks, cfg.samples
+    what = f"{n} tasks x {s} samples (T {cfg.temperature}, {cfg.max_new_tokens} new tokens)"
+
+    def sampled(arm: str) -> Arr:
+        return st.sampled(arm, lex)
+
+    def pref(arm: str) -> Arr:
+        return st.fixed(arm)
+
+    q_s = f"the share of sampled answers mentioning {lex} (words not in the prompt)"
+    q_f = "the fixed answer's topic preference (nats/token)"
+    h_s = _family(st, sampled, "sampled", q_s)
+    h_f = _family(st, pref, "fixed answer", q_f)
+    tables = [
+        _table(f"Sampled answers: do they mention {lex}? ({what})", h_s,
+               f"Share of answers with a {lex} word that occurs in none of the task's prompts; paired "
+               f"differences, Bonferroni over {len(h_s)}. Controls and paraphrases pooled per task."),
+        _table("Fixed answer: log p(topic sentence) - log p(neutral sentence), mean per token", h_f,
+               f"Topic: {res.fixed['topic']['text']!r}; neutral: {res.fixed['neutral']['text']!r}; the same "
+               f"tokens under every condition (teacher forcing).", 4),
+    ]
+    # interventions on the topic condition, fixed answer (decrease claimed)
+    ko = [a for a in res.tasks[0].fixed if a.startswith(KNOCK)]
+    draws = [a for a in res.tasks[0].fixed if a.startswith(RANDOM)]
+    arms: dict[str, Arr] = {a: pref(a) for a in ko}
+    if draws:
+        name = f"{RANDOM} (mean of {len(draws)} draw{'s' if len(draws) > 1 else ''})"
+        arms[name] = np.mean([pref(a) for a in draws], axis=0)
+    for a in (HEADS, RANDOM_HEADS):
+        if a in res.tasks[0].fixed:
+            arms[a] = pref(a)
+    arms["delete the words (base prompt)"] = pref("base")
+    h_i = []
+    for key, arr in arms.items():
+        e = st.effect(pref("topic"), arr, len(arms))
+        if e is not None:
+            h_i.append(Headline(f"intervention: {key}", "intervention", e,
+                                verdict(e, direction="decrease", condition=key, quantity=q_f)))
+    tables.append(_table("Interventions on the topic condition (fixed answer; vs no intervention)", h_i,
+                         f"Knockout: the {res.fixed['added_tokens']} added tokens' keys set to -inf (Geva et "
+                         f"al. 2023). Random: as many of the task's own tokens, seeded. Top heads: the "
+                         f"{cfg.steer_heads} heads writing most topic direction, ranked on the other half "
+                         f"of the tasks. A decrease is the claim.", 4))
+    h_k = []
+    for arm in (KNOCK, RANDOM):
+        e = st.effect(sampled("topic"), sampled(arm), 2)
+        if e is not None:
+            h_k.append(Headline(f"sampled intervention: {arm}", "sampled intervention", e,
+                                verdict(e, direction="decrease", condition=arm, quantity=q_s)))
+    tables.append(_table("Interventions on sampled answers (all layers; vs the topic condition)", h_k))
+    # per condition, every lexicon (negative controls on the same scale)
+    arms_all = [a for a in st.conds if a != "base"]
+    cols = ["condition", "text"]
+    rows = [[a, res.conditions[a]] for a in arms_all]
+    negative: list[str] = []  # per negative-control lexicon: the condition that moves it most
+    for name, info in res.lexicons.items():
+        cols.append(f"{name} ({info['role']})")
+        per = _per_arm(st, _lexicon_measure(st, name), arms_all, "base")
+        for r, e in zip(rows, per, strict=True):
+            r.append(_ci(e, 2))
+        found = [(e, a) for e, a in zip(per, arms_all, strict=True) if e is not None]
+        if info["role"] != "topic" and found:
+            e, a = max(found, key=lambda x: x[0].estimate)
+            negative.append(verdict(e, condition=f"{a} ({res.conditions[a]!r}), against base,",
+                                    quantity=f"the share of sampled answers mentioning {name}").sentence)
+    cols.append(f"{lex}, copyable words too")
+    for r, e in zip(rows, _per_arm(st, lambda a: st.sampled(a, lex, copyable=True), arms_all, "base"),
+                    strict=True):
+        r.append(_ci(e, 2))
+    cols.append("fixed-answer preference")
+    for r, e in zip(rows, _per_arm(st, pref, arms_all, "base"), strict=True):
+        r.append(_ci(e, 3))
+    tables.append(Table("Each condition vs base, on every lexicon (share of sampled answers) and the fixed "
+                        "answer", cols, rows, f"Bonferroni over {len(arms_all)} conditions per column."))
+    tables.append(_greedy_table(st, lex))
+    tables.append(_token_table(st))
+    if res.tasks[0].dla:
+        tables.append(_heads_table(st))
+    tables.append(_examples(res))
+    panels = [_panel(f"Share of sampled answers mentioning {lex} (not copyable), vs base", arms_all,
+                     _per_arm(st, sampled, arms_all, "base"), "difference of shares"),
+              _panel("Fixed answer: topic preference vs base (nats/token)", arms_all,
+                     _per_arm(st, pref, arms_all, "base"), "difference"),
+              *[_panel(f"Share of sampled answers mentioning {name} (negative control), vs base", arms_all,
+                       _per_arm(st, _lexicon_measure(st, name), arms_all, "base"),
+                       "difference of shares")
+                for name, info in res.lexicons.items() if info["role"] != "topic"][:1],
+              _panel("Interventions on the topic condition (fixed answer)",
+                     [h.key.split(": ", 1)[1] for h in h_i], [h.effect for h in h_i],
+                     "difference vs no intervention")]
+    panels = [p for p in panels if p["labels"]]  # one task: fixed-answer effects have no interval
+    head = [h for h in (h_s + h_f) if h.key.endswith("topic vs controls")] or (h_s + h_f)[:1]
+    ko_all = [h for h in h_i if "(all layers)" in h.key or RANDOM in h.key]
+    summary = [h.verdict.sentence for h in head + ko_all] + negative
+    title = (f"Prompt experiment on {res.model}: {res.config.flow} flow, {res.prompt_set} "
+             f"({n} tasks, code {res.code_source})")
+    return PromptReport(title, summary, h_s + h_f + h_i + h_k, tables, panels, res.to_dict())
+
+
+def _lexicon_measure(st: _Stats, name: str) -> Callable[[str], Arr]:
+    return lambda arm: st.sampled(arm, name)
+
+
+def _panel(title: str, labels: list[str], effects: list[Effect | None], xlabel: str) -> dict[str, Any]:
+    keep = [(lab, e) for lab, e in zip(labels, effects, strict=True) if e is not None]
+    return {"title": title, "labels": [k for k, _ in keep], "estimates": [e.estimate for _, e in keep],
+            "lows": [e.low for _, e in keep], "highs": [e.high for _, e in keep], "xlabel": xlabel}
+
+
+def _greedy_table(st: _Stats, lex: str) -> Table:
+    rows = []
+    for a in st.conds:
+        g = st.sampled(a, lex, greedy=True)
+        rows.append([a, f"{int(g.sum())}/{g.size}"])
+    note = "Greedy answers (one per task) mentioning the topic with words not in the prompt."
+    if st.ctrls and st.n_tasks > 1:
+        e = st.effect(st.pooled(lambda a: st.sampled(a, lex, greedy=True), st.ctrls),  # type: ignore[arg-type]
+                      st.sampled("topic", lex, greedy=True), 1)
+        note += f" Topic vs controls: {_ci(e, 2)}."
+    return Table(f"Greedy answers mentioning {lex}", ["condition", "answers"], rows, note)
+
+
+def _token_table(st: _Stats) -> Table:
+    """Which tokens of the fixed answers carry the difference between topic and controls."""
+    res = st.res
+    ref = st.ctrls or ["base"]
+    rows = []
+    for which in ("topic", "neutral"):
+        labels = res.fixed[which]["labels"]
+        for i, lab in enumerate(labels):
+            def tok(arm: str, i: int = i, which: str = which) -> Arr:
+                return np.asarray([t.fixed[arm][which][i] for t in res.tasks])[:, None]  # (P, 1)
+            b = np.mean([tok(a) for a in ref], axis=0)
+            e = st.effect(b, tok("topic"), 1)
+            k = st.effect(tok("topic"), tok(f"{KNOCK} (all layers)"), 1)
+            rows.append([which, repr(lab), f"{float(tok('topic').mean()):.3f}", f"{float(b.mean()):.3f}",
+                         _ci(e, 3), _ci(k, 3)])
+    return Table("The fixed answers token by token (log p per token)",
+                 ["answer", "token", "topic", "controls" if st.ctrls else "base", "topic - controls",
+                  "knockout (all layers) - topic"], rows,
+                 "Per-token 95 % intervals, not adjusted for the number of tokens.")
+
+
+def _heads_table(st: _Stats) -> Table:
+    res = st.res
+    split = res.fixed["split"]
+    tok = (res.fixed["topic"]["labels"][split], res.fixed["neutral"]["labels"][split])
+    diff = np.asarray([np.asarray(t.dla["topic"]) - np.asarray(t.dla[res.dla_against]) for t in res.tasks])
+    top = np.asarray([t.dla["topic"] for t in res.tasks])  # (P, L, H)
+    mean = diff.mean(0)  # (L, H)
+    order = np.argsort(-mean, axis=None)[:10]
+    rows = []
+    for idx in order:
+        layer, head = divmod(int(idx), res.heads)
+        e = st.effect(np.zeros((st.n_tasks, 1)), diff[:, layer, head][:, None], 1)
+        rows.append([f"L{layer}H{head}", f"{float(top[:, layer, head].mean()):+.3f}", _ci(e, 3)])
+    ld = np.asarray([[t.logit_diff["topic"], t.logit_diff[res.dla_against]] for t in res.tasks])
+    e = st.effect(ld[:, 1:], ld[:, :1], 1)
+    note = (f"Direct logit attribution (Elhage et al. 2021) of logit({tok[0]!r}) - logit({tok[1]!r}) "
+            f"where the fixed answers part; per head, topic condition minus {res.dla_against}, mean over "
+            f"tasks. "
+            f"The model's logit difference, topic minus {res.dla_against}: {_ci(e, 3)}.")
+    cols = ["head", "under topic", f"topic - {res.dla_against}"]
+    return Table("Heads that write the topic direction", cols, rows, note)
+
+
+def _examples(res: ExperimentResult) -> Table:
+    t = res.tasks[0]
+    arms = [a for a in ("topic", next((c for c in res.conditions if c.startswith("control")), "base"), "base",
+                        KNOCK) if a in t.answers]
+    rows = [[a, t.answers[a][0].strip()[:300], t.answers[a][1].strip()[:300] if len(t.answers[a]) > 1 else ""]
+            for a in arms]
+    return Table(f"Answers side by side (task {t.id!r})", ["condition", "greedy", "sample 1"], rows)
