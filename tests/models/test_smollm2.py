@@ -93,3 +93,40 @@ def test_a_1000_token_conversation_with_full_capture_fits_in_1_gb(ours):
     assert rec.kv_group == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     last = rec.row(n - 1).float()  # (30, 9, n): rows are distributions
     torch.testing.assert_close(last.sum(-1), torch.ones(30, 9), atol=2e-2, rtol=0)
+
+
+def test_interpretability_primitives_equal_transformers_hooks(ours, theirs):
+    """Logit lens, the activation cache and activation patching on SmolLM2 equal the same
+    quantities computed with hooks on transformers' model loading the same GGUF (fp32, 1e-4)."""
+    from attnlab.inspect.activation_patching import activation_patching, logit_diff
+    from attnlab.inspect.lens import logit_lens
+
+    clean = "When Mary and John went to the store, John gave a drink to"
+    corrupt = "When Mary and John went to the store, Mary gave a drink to"
+    ids, bad = (torch.tensor([ours.encode(t).ids]) for t in (clean, corrupt))
+    hf = theirs.eval()
+    hf.config._attn_implementation = "eager"
+    with torch.no_grad():
+        ref = hf(ids, output_hidden_states=True)
+    lens = logit_lens(ours, clean)
+    want = torch.stack([hf.lm_head(hf.model.norm(h[0, -1])) for h in ref.hidden_states[:-1]]
+                       + [ref.logits[0, -1]]).log_softmax(-1)
+    assert float((lens.log_probs - want.detach()).abs().max()) < 1e-4
+    _, cache = ours.model.run_with_cache(ids, names_filter=lambda n: n.endswith("hook_resid_pre"))
+    for i in (0, 12, 29):  # the stream reaches |x| ~ 100: 1e-4 absolute plus 1e-5 relative (fp32)
+        torch.testing.assert_close(cache.site(i, "resid_pre"), ref.hidden_states[i], atol=1e-4, rtol=1e-5)
+    mary, john = (ours.tokenizer.piece_ids(w)[0] for w in (" Mary", " John"))
+    res = activation_patching(ours, clean, corrupt, logit_diff(mary, john), site="resid_pre")
+    for layer, pos in ((20, 9), (24, ids.shape[1] - 1)):
+        def put(m, args, kwargs, layer=layer, pos=pos):
+            x = (args[0] if args else kwargs["hidden_states"]).clone()
+            x[:, pos] = ref.hidden_states[layer][:, pos]
+            return ((x, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": x})
+
+        h = hf.model.layers[layer].register_forward_pre_hook(put, with_kwargs=True)
+        try:
+            with torch.no_grad():
+                logits = hf(bad).logits[0, -1].double()
+        finally:
+            h.remove()
+        assert float(res.raw[layer, pos]) == pytest.approx(float(logits[mary] - logits[john]), abs=1e-3)
