@@ -113,6 +113,27 @@ def check_ids(name: str, ids: Tensor, vocab_size: int, max_positions: int, past:
         raise ValueError(f"{name}: expected ids in [0, {vocab_size}), got values in [{lo}, {hi}]")
 
 
+class DecoderConfigBase:
+    """What a decoder LLM's config answers whatever its family (mixed into the frozen dataclasses)."""
+
+    max_positions: int
+    eos_token_ids: tuple[int, ...]
+
+    @property
+    def max_tokens(self) -> int:
+        return self.max_positions
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return self.eos_token_ids[0] if self.eos_token_ids else None
+
+
+def hf_eos_ids(cfg: Mapping[str, Any]) -> tuple[int, ...]:
+    """``eos_token_id`` of a config.json: an id, a list of ids, or absent."""
+    eos = cfg.get("eos_token_id")
+    return tuple(int(e) for e in eos) if isinstance(eos, list) else (() if eos is None else (int(eos),))
+
+
 class DecoderLM(HookedModel):
     """What every decoder LLM here shares: sizes from its config, one KV cache per layer, and the
     language-model head (tied to the token embeddings unless the checkpoint has its own). A
@@ -124,6 +145,10 @@ class DecoderLM(HookedModel):
     token_embedding: nn.Embedding
     lm_head: nn.Linear | None  # None = tied to token_embedding
     layers: nn.ModuleList
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        return tuple(self.cfg.eos_token_ids)
 
     @property
     def num_layers(self) -> int:

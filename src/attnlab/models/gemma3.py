@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from attnlab.functional.masks import Align, causal, sliding_window
 from attnlab.functional.positional import rotary_cos_sin
 from attnlab.models.common import (
+    DecoderConfigBase,
     DecoderLM,
     ScoreMods,
     TransformerOutput,
@@ -36,6 +37,7 @@ from attnlab.models.common import (
     check_ids,
     check_score_mods,
     combine,
+    hf_eos_ids,
     key_padding_mask,
     layer_score_mod,
 )
@@ -62,7 +64,7 @@ def _rope_theta(cfg: dict[str, Any], kind: str, old_key: str, default: float) ->
 
 
 @dataclass(frozen=True)
-class Gemma3Config:
+class Gemma3Config(DecoderConfigBase):
     vocab_size: int
     hidden_size: int
     intermediate_size: int
@@ -86,14 +88,6 @@ class Gemma3Config:
     pad_token_id: int | None = None
     model_type: str = "gemma3_text"
 
-    @property
-    def max_tokens(self) -> int:
-        return self.max_positions
-
-    @property
-    def eos_token_id(self) -> int | None:
-        return self.eos_token_ids[0] if self.eos_token_ids else None
-
     @classmethod
     def from_hf(cls, cfg: dict[str, Any]) -> Gemma3Config:
         mt = cfg.get("model_type")
@@ -113,8 +107,7 @@ class Gemma3Config:
                              f"got {types!r}")
         act = cfg.get("hidden_activation") or cfg.get("hidden_act") or "gelu_pytorch_tanh"
         activation(act)  # an unknown name is an error now, not at the first forward
-        eos = cfg.get("eos_token_id")
-        eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (int(eos),))
+        eos_ids = hf_eos_ids(cfg)
         cap = cfg.get("final_logit_softcapping")
         H = int(cfg["num_attention_heads"])
         return cls(
@@ -203,10 +196,6 @@ class Gemma3(DecoderLM):
     @property
     def num_kv_heads(self) -> int:
         return self.cfg.num_kv_heads
-
-    @property
-    def eos_token_ids(self) -> tuple[int, ...]:
-        return self.cfg.eos_token_ids
 
     def is_local(self, layer: int) -> bool:
         return self.cfg.layer_types[layer] == LOCAL

@@ -27,12 +27,14 @@ from torch import Tensor, nn
 from attnlab.functional.masks import causal
 from attnlab.functional.positional import rotary_cos_sin
 from attnlab.models.common import (
+    DecoderConfigBase,
     DecoderLM,
     ScoreMods,
     TransformerOutput,
     check_ids,
     check_score_mods,
     combine,
+    hf_eos_ids,
     key_padding_mask,
     layer_score_mod,
 )
@@ -44,7 +46,7 @@ LLAMA_TYPES = ("llama",)
 
 
 @dataclass(frozen=True)
-class LlamaConfig:
+class LlamaConfig(DecoderConfigBase):
     vocab_size: int
     hidden_size: int
     intermediate_size: int
@@ -63,14 +65,6 @@ class LlamaConfig:
     pad_token_id: int | None = None
     model_type: str = "llama"
 
-    @property
-    def max_tokens(self) -> int:
-        return self.max_positions
-
-    @property
-    def eos_token_id(self) -> int | None:
-        return self.eos_token_ids[0] if self.eos_token_ids else None
-
     @classmethod
     def from_hf(cls, cfg: dict[str, Any]) -> LlamaConfig:
         mt = cfg.get("model_type")
@@ -88,8 +82,7 @@ class LlamaConfig:
         theta = float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0)))
         H = cfg["num_attention_heads"]
         E = cfg["hidden_size"]
-        eos = cfg.get("eos_token_id")
-        eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (int(eos),))
+        eos_ids = hf_eos_ids(cfg)
         return cls(
             vocab_size=cfg["vocab_size"], hidden_size=E, intermediate_size=cfg["intermediate_size"],
             num_layers=cfg["num_hidden_layers"], num_heads=H,
@@ -168,10 +161,6 @@ class Llama(DecoderLM):
     @property
     def num_kv_heads(self) -> int:
         return self.cfg.num_kv_heads
-
-    @property
-    def eos_token_ids(self) -> tuple[int, ...]:
-        return self.cfg.eos_token_ids
 
     def layer_window(self, layer: int) -> int | None:
         """Keys a layer's queries see behind them; None = the whole past (every Llama layer)."""
