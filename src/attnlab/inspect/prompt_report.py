@@ -181,7 +181,8 @@ def build_report(res: ExperimentResult) -> PromptReport:
     draws = [a for a in res.tasks[0].fixed if a.startswith(RANDOM)]
     arms: dict[str, Arr] = {a: pref(a) for a in ko}
     if draws:
-        arms[f"{RANDOM} (mean of {len(draws)} draw{'s' if len(draws) > 1 else ''})"] = np.mean([pref(a) for a in draws], axis=0)
+        plural = "s" if len(draws) > 1 else ""
+        arms[f"{RANDOM} (mean of {len(draws)} draw{plural})"] = np.mean([pref(a) for a in draws], axis=0)
     for a in (HEADS, RANDOM_HEADS):
         if a in res.tasks[0].fixed:
             arms[a] = pref(a)
