@@ -16,12 +16,12 @@ import attnlab
 from attnlab.cli.main import app
 from attnlab.functional.masks import causal, longformer, materialize, sliding_window
 from attnlab.inspect.streaming import (
-    _nll,
     default_text,
     keys_per_query,
     recompute_nll,
     streaming_experiment,
     streaming_mask,
+    token_nll,
 )
 from attnlab.models import load_model
 
@@ -99,8 +99,8 @@ def test_window_wider_than_text_is_full_attention(lm, ids):
 
 def test_window_plus_zero_sinks_equals_window(lm, ids):
     x = ids.view(1, -1)
-    win = _nll(lm.model, x, mask=sliding_window(7, 0), backend="tiled")
-    sink0 = _nll(lm.model, x, mask=longformer(7, []), backend="tiled")
+    win = token_nll(lm.model, x, mask=sliding_window(7, 0), backend="tiled")
+    sink0 = token_nll(lm.model, x, mask=longformer(7, []), backend="tiled")
     torch.testing.assert_close(sink0, win, rtol=1e-6, atol=1e-6)
     res = streaming_experiment(lm, ids, tokens=None, windows=(8,), sinks=(0,), profile=False)
     torch.testing.assert_close(res.row("window 8").nll_tokens, win[0], rtol=1e-6, atol=1e-6)

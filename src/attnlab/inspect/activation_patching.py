@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from attnlab.inspect.lens import input_ids
 from attnlab.models.contract import CausalLM, as_causal_lm
 from attnlab.models.loading import LoadedModel
 from attnlab.models.tokenizer import Encoded
@@ -73,13 +74,6 @@ class PatchingResult:
         return fig
 
 
-def _ids(lm: LoadedModel, name: str, text: str | Encoded | Tensor) -> Tensor:
-    if isinstance(text, Tensor):
-        return text.view(1, -1).long()  # (1, L)
-    enc = text if isinstance(text, Encoded) else lm.encode(text, name=name)
-    return torch.tensor([enc.ids])  # (1, L)
-
-
 def _patcher(site: str, src: Tensor, n: int, H: int) -> tuple[Callable[[Tensor, object], Tensor], int]:
     """The hook that puts the clean activation ``src`` ((L, E), or (H, L, Dh) for z) into one
     row of the patched batch per (position | head | head and position), and the batch size."""
@@ -124,7 +118,7 @@ def activation_patching(lm: LoadedModel, clean: str | Encoded | Tensor, corrupte
     "attn_out", "mlp_out", "resid_post"), or of every head's output z ("head": all positions of
     one head; "head_position": one head at one position) into the corrupted run."""
     model = as_causal_lm(lm.model, "--model")
-    a, b = _ids(lm, "clean", clean), _ids(lm, "corrupted", corrupted)
+    a, b = input_ids(lm, clean, "clean"), input_ids(lm, corrupted, "corrupted")
     if a.shape != b.shape:
         raise ValueError(f"corrupted: expected as many tokens as the clean prompt ({a.shape[1]}), got "
                          f"{b.shape[1]}; activation patching pairs positions one to one")

@@ -27,13 +27,14 @@ from attnlab.models.loading import LoadedModel
 from attnlab.models.tokenizer import Encoded
 
 
-def _ids(lm: LoadedModel, text: str | Encoded | Tensor) -> Tensor:
+def input_ids(lm: LoadedModel, text: str | Encoded | Tensor, name: str = "text") -> Tensor:
+    """A text, an encoding or token ids (L,) as a (1, L) batch of ids (no chat template)."""
     if isinstance(text, Tensor):
         if text.ndim != 1 or text.dtype not in (torch.int64, torch.int32) or text.numel() == 0:
-            raise ValueError(f"text: expected token ids (L,) or a string, "
+            raise ValueError(f"{name}: expected token ids (L,) or a string, "
                              f"got {text.dtype} {tuple(text.shape)}")
         return text.view(1, -1).long()  # (1, L)
-    enc = text if isinstance(text, Encoded) else lm.encode(text)
+    enc = text if isinstance(text, Encoded) else lm.encode(text, name=name)
     return torch.tensor([enc.ids])  # (1, L)
 
 
@@ -94,7 +95,7 @@ class LogitLens:
 def logit_lens(lm: LoadedModel, text: str | Encoded | Tensor, *, position: int = -1) -> LogitLens:
     """The model's prediction at ``position`` read after the embeddings and after each layer."""
     model = as_causal_lm(lm.model, "--model")
-    ids = _ids(lm, text)
+    ids = input_ids(lm, text)
     pos = _position(position, ids.shape[1])
     names = [model.hook_name(0, "resid_pre")] + [model.hook_name(i, "resid_post")
                                                   for i in range(model.num_layers)]
@@ -145,7 +146,7 @@ def direct_logit_attribution(lm: LoadedModel, text: str | Encoded | Tensor, answ
     """Split ``logit[answer] - logit[wrong]`` (or ``logit[answer]``) at ``position`` into what the
     embeddings, each head and each MLP wrote directly into the final residual stream."""
     model = as_causal_lm(lm.model, "--model")
-    ids = _ids(lm, text)
+    ids = input_ids(lm, text)
     pos = _position(position, ids.shape[1])
     a = _token(lm, "answer", answer)
     rows = [a] if wrong is None else [a, _token(lm, "wrong", wrong)]

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from attnlab.inspect.stats import Effect, effect
-from attnlab.inspect.streaming import CHUNK, _as_ids, default_text
+from attnlab.inspect.streaming import default_text, text_ids, token_nll
 from attnlab.models.contract import as_causal_lm
 from attnlab.models.loading import LoadedModel
 
@@ -64,18 +64,6 @@ class LocalGlobalResult:
                 "block": self.block, "rows": [r.to_dict() for r in self.rows]}
 
 
-def _nll_tokens(model: Any, ids: Tensor, windows: list[int | None], backend: str) -> Tensor:
-    """Per-target NLL (N-1,) of one teacher-forced pass under ``windows``."""
-    out = model(ids.view(1, -1), logits_to_keep=1, layer_windows=windows, backend=backend)
-    h = out.hidden_states[-1][0]  # (N, E) final-norm output
-    parts = []
-    for c in range(0, ids.numel() - 1, CHUNK):
-        logits = model.unembed(h[c: min(c + CHUNK, ids.numel() - 1)]).float()  # (C, V)
-        parts.append(torch.nn.functional.cross_entropy(logits, ids[c + 1: c + 1 + logits.shape[0]],
-                                                       reduction="none"))
-    return torch.cat(parts)  # (N-1,)
-
-
 def layouts(trained: Sequence[int | None]) -> dict[str, list[int | None]]:
     """The variants: as trained, all global, all local (trained window), window / 2, window x 2."""
     w = next((x for x in trained if x is not None), None)
@@ -98,7 +86,7 @@ def local_global_experiment(lm: LoadedModel, source: str | Sequence[int] | Tenso
     """Perplexity of ``lm`` (a model with local layers) on ``tokens`` tokens of ``source``
     (default: CPython's reference manual, as ``attnlab streaming``) under each layout."""
     model = as_causal_lm(lm.model, "--model")
-    ids = _as_ids(lm, default_text() if source is None else source, tokens)  # (N,)
+    ids = text_ids(lm, default_text() if source is None else source, tokens)  # (N,)
     variants = layouts([model.layer_window(i) for i in range(model.num_layers)])
     far = max(w for ws in variants.values() for w in ws if w is not None)
     n = ids.numel()
@@ -110,7 +98,7 @@ def local_global_experiment(lm: LoadedModel, source: str | Sequence[int] | Tenso
     base: Tensor | None = None
     for name, windows in variants.items():
         t0 = time.perf_counter()
-        nll = _nll_tokens(model, ids, windows, backend).double()  # (N-1,)
+        nll = token_nll(model, ids.view(1, -1), layer_windows=windows, backend=backend)[0].double()  # (N-1,)
         secs = time.perf_counter() - t0
         vs = None
         if base is not None:

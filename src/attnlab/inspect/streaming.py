@@ -170,7 +170,7 @@ class StreamingResult:
                 "text_start": self.text_start}
 
 
-def _as_ids(lm: LoadedModel, source: str | Sequence[int] | Tensor, tokens: int | None) -> Tensor:
+def text_ids(lm: LoadedModel, source: str | Sequence[int] | Tensor, tokens: int | None) -> Tensor:
     if isinstance(source, str):
         ids = torch.tensor(lm.tokenizer.piece_ids(source), dtype=torch.long)
     else:
@@ -188,7 +188,7 @@ def _as_ids(lm: LoadedModel, source: str | Sequence[int] | Tensor, tokens: int |
     return ids
 
 
-def _nll(model: CausalLM, ids: Tensor, **kw: Any) -> Tensor:
+def token_nll(model: CausalLM, ids: Tensor, **kw: Any) -> Tensor:
     """Per-target NLL (B, L-1) of a teacher-forced pass; logits in chunks (never (L, V) at once)."""
     out = model(ids, logits_to_keep=1, **kw)
     h = out.hidden_states[-1]  # (B, L, E) final-norm output
@@ -257,7 +257,7 @@ def streaming_experiment(lm: LoadedModel, source: str | Sequence[int] | Tensor |
     ks = _check_ints("sinks", sinks, 0)
     if max(ks) >= min(wins):
         raise ValueError(f"sinks: expected each K < window ({min(wins)}), got {list(ks)}")
-    ids = _as_ids(lm, default_text() if source is None else source, tokens)  # (N,)
+    ids = text_ids(lm, default_text() if source is None else source, tokens)  # (N,)
     n = ids.numel()
     if isinstance(recompute, bool) or not isinstance(recompute, int) or recompute < 0:
         raise ValueError(f"recompute: expected an int >= 0, got {recompute!r}")
@@ -283,7 +283,7 @@ def streaming_experiment(lm: LoadedModel, source: str | Sequence[int] | Tensor |
     for name, w, k in configs:
         mask = None if w is None else streaming_mask(w, k, n)
         t0 = time.perf_counter()
-        nll = _nll(model, x, mask=mask, backend=backend)[0]  # (N-1,)
+        nll = token_nll(model, x, mask=mask, backend=backend)[0]  # (N-1,)
         rows.append(row(name, w, k, nll, time.perf_counter() - t0))
     if recompute:
         for w in wins:

@@ -68,7 +68,9 @@ class TransformersModel(HookedModel):
                              f"point), got {site!r}")
         module = self.attention_modules()[layer % n]
         path = next(n for n, m in self.named_modules() if m is module)
-        return self.hook_point(f"{path}.attnlab_hooks.hook_{s[5:]}").name or ""
+        name = f"{path}.attnlab_hooks.hook_{s[5:]}"
+        self.hook_point(name)  # attached when the model was loaded; a missing one says so
+        return name
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 token_type_ids: Tensor | None = None, *, mask: object = None, score_mods: Any = None,
