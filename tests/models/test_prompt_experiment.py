@@ -21,7 +21,7 @@ from attnlab.inspect.batch_rows import Row, generate_rows, score_rows
 from attnlab.inspect.generation import Sampling, generate_ids
 from attnlab.inspect.prompt_design import ExperimentConfig, FixedAnswers
 from attnlab.inspect.prompt_report import build_report
-from attnlab.inspect.steering import knockout, per_layer
+from attnlab.inspect.steering import knockout, pasta, per_layer
 from attnlab.models import load_model
 
 from .conftest import make_llama
@@ -94,9 +94,13 @@ def test_batched_rows_equal_the_one_row_decode_loop(lm):
     sampled = Sampling(greedy=False, temperature=0.9, seed=5)
     rows = [Row(tuple(base)), Row(tuple(longer), sampling=sampled), Row(tuple(longer), knock=(7, 8, 9)),
             Row(tuple(longer), knock=(1, 2), layers=(1,)),  # inside the shared prefix, one layer
-            Row(tuple(longer), knock=(8, 9), heads=((0, 1), (1, 3)))]
+            Row(tuple(longer), knock=(8, 9), heads=((0, 1), (1, 3))),
+            Row(tuple(longer), steer=(8, 9), heads=((0, 1), (1, 3)), alpha=0.01),  # PASTA in two heads
+            Row(tuple(longer), steer=(1, 2), layers=(1,), alpha=0.1)]  # PASTA inside the prefix
+    everyone = range(lm.num_heads)
     refs = [None, None, per_layer(knockout([7, 8, 9]), range(2)), {1: knockout([1, 2])},
-            {0: _head_knockout([8, 9], [1]), 1: _head_knockout([8, 9], [3])}]
+            {0: _head_knockout([8, 9], [1]), 1: _head_knockout([8, 9], [3])},
+            {0: pasta([8, 9], [1], 0.01), 1: pasta([8, 9], [3], 0.01)}, {1: pasta([1, 2], everyone, 0.1)}]
     got = generate_rows(lm, rows, max_new_tokens=6, stop_ids=set())
     for row, mods, (ids, why) in zip(rows, refs, got, strict=True):
         want, _, _ = generate_ids(lm, list(row.ids), max_new_tokens=6, sampling=row.sampling,
