@@ -159,7 +159,7 @@ def test_matched_knockouts_are_other_tokens_of_the_task_same_count_seeded(lm, ps
         assert len(t.heads) == 2 and not set(t.heads) & set(t.random_heads)
 
 
-def _synthetic(result, effect: bool, seed: int = 0):
+def _synthetic(result, effect: bool, seed: int = 0, boosted: tuple[str, ...] = ("topic",)):
     """The result's design with the measures replaced: known effect (the topic arm mentions the
     topic and prefers the topic answer) or none (every arm drawn from the same distribution)."""
     rng = np.random.default_rng(seed)
@@ -168,11 +168,11 @@ def _synthetic(result, effect: bool, seed: int = 0):
         mentions = {lex: {} for lex in t.mentions}
         fixed = {}
         for arm in t.answers:
-            hit = rng.random(len(t.answers[arm])) < (0.9 if effect and arm == "topic" else 0.2)
+            hit = rng.random(len(t.answers[arm])) < (0.9 if effect and arm in boosted else 0.2)
             for lex in t.mentions:
                 mentions[lex][arm] = [["sleep"] if h and lex == "tired" else [] for h in hit]
         for arm in t.fixed:
-            boost = 1.0 if effect and arm == "topic" else 0.0
+            boost = 1.0 if effect and arm in boosted else 0.0
             n = len(t.fixed[arm]["topic"])
             fixed[arm] = {"topic": list(rng.normal(-3 + boost, 0.3, n)),
                           "neutral": list(rng.normal(-3, 0.3, n))}
@@ -192,6 +192,30 @@ def test_statistics_find_a_known_effect_and_no_effect_where_there_is_none(result
     assert status["fixed answer: topic vs controls"] == "not shown"
     e = next(h.effect for h in rep.headlines if h.key == "fixed answer: topic vs controls")
     assert e.low <= 0 <= e.high and e.n_prompts == 24 and e.family_size == 5
+
+
+def test_interventions_run_on_sampled_answers_and_pasta_has_its_controls(result):
+    t = result.tasks[0]
+    bands = [f"{pe.KNOCK} (layers 0-0)", f"{pe.KNOCK} (layers 1-1)"]
+    steered = [pe.HEADS, pe.RANDOM_HEADS, pe.PASTA, pe.RANDOM_PASTA]
+    assert set(bands + steered + [pe.KNOCK, pe.RANDOM]) <= set(t.answers)
+    assert set(steered + bands) <= set(t.fixed)
+    assert all(len(t.answers[a]) == 1 + TINY["samples"] for a in bands + steered)
+    rep = build_report(result)
+    sampled = next(x for x in rep.tables if x.title.startswith("Interventions on sampled"))
+    assert {r[0] for r in sampled.rows} == {*bands, pe.KNOCK, pe.RANDOM, pe.HEADS, pe.RANDOM_HEADS}
+    pasta = next(x for x in rep.tables if x.title.startswith("PASTA"))
+    want = [f"{pe.PASTA} (fixed answer)", f"{pe.RANDOM_PASTA} (fixed answer)",
+            "top vs random heads (fixed answer)"]
+    assert [r[0] for r in pasta.rows][:3] == want
+    # PASTA in the top heads raising the topic, random heads not: the control comparison says so
+    rep = build_report(_synthetic(result, True, 2, (pe.PASTA,)))
+    status = {h.key: h.verdict.status for h in rep.headlines}
+    assert status["PASTA: top vs random heads (fixed answer)"] == "shown"
+    assert status["PASTA: top vs random heads (sampled)"] == "shown"
+    assert status[f"PASTA: {pe.RANDOM_PASTA} (fixed answer)"] == "not shown"
+    status = {h.key: h.verdict.status for h in build_report(_synthetic(result, False, 3)).headlines}
+    assert status["PASTA: top vs random heads (fixed answer)"] == "not shown"
 
 
 def test_one_report_three_renderings(result):

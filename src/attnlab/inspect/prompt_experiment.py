@@ -11,12 +11,15 @@ For every task of a prompt set and every condition of the flow (:mod:`prompt_des
    forcing (mean log-probability per token) under every condition and every intervention: the
    same tokens everywhere, so interventions are compared on one path, not on answers that
    diverge at the first near-tie; and token by token.
-3. **Interventions with their controls** on the topic condition: the added words' keys knocked
-   out of attention (Geva et al. 2023) in all layers and per band of layers; the same number of
-   the task's own tokens knocked out instead (random, seeded: the specificity control); the
-   words deleted (the base prompt); the added words knocked out only in the heads that write the
-   topic direction most (ranked on the *other* half of the tasks: held out) against as many
-   random heads. The all-layer knockout and its random control also run on sampled answers.
+3. **Interventions with their controls** on the topic condition, on the fixed answer and on the
+   sampled ones: the added words' keys knocked out of attention (Geva et al. 2023) in all
+   layers and per band of layers; the same number of the task's own tokens knocked out instead
+   (random, seeded: the specificity control); the words deleted (the base prompt); the added
+   words knocked out only in the heads that write the topic direction most (ranked on the
+   *other* half of the tasks: held out) against as many random heads; and PASTA (Zhang et al.
+   2023) emphasising the added words in those heads, against PASTA in the random heads — the
+   claim "attention to these words carries the effect" predicts a rise there, not only a fall
+   under knockout.
 4. **Which heads write the topic direction** — direct logit attribution per head (Elhage et al.
    2021; :func:`~attnlab.inspect.lens.direct_logit_attribution`) of logit(topic token) -
    logit(neutral token) where the two fixed answers part, under the topic and a control
@@ -54,6 +57,7 @@ from attnlab.models.loading import LoadedModel
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 KNOCK, RANDOM = "topic, knocked out", "topic, random knockout"
 HEADS, RANDOM_HEADS = "topic, knocked out in top heads", "topic, knocked out in random heads"
+PASTA, RANDOM_PASTA = "topic, PASTA in top heads", "topic, PASTA in random heads"
 
 
 @dataclass
@@ -185,11 +189,24 @@ def run_experiment(lm: LoadedModel, ps: PromptSet, cfg: ExperimentConfig, *,
     stops = eos_ids(lm)
     for i, (p, res) in enumerate(zip(plans, results, strict=True)):
         say("tasks", i, len(plans))
-        topic = tuple(p.ids["topic"])
-        arms: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {c: (tuple(p.ids[c]), ()) for c in conds}
-        arms[KNOCK] = (topic, tuple(res.added))
-        arms[RANDOM] = (topic, tuple(res.random[0]))
-        rows = [Row(ids, knock=k, sampling=s) for ids, k in arms.values() for s in samplings]
+        topic, added = tuple(p.ids["topic"]), tuple(res.added)
+        arms = {c: Row(tuple(p.ids[c])) for c in conds}
+        arms[KNOCK] = Row(topic, knock=added)
+        arms[RANDOM] = Row(topic, knock=tuple(res.random[0]))
+        fixed = dict(arms)
+        del fixed[KNOCK], fixed[RANDOM]
+        for label, layers in bands:
+            fixed[f"{KNOCK} ({label})"] = Row(topic, knock=added, layers=tuple(layers))
+            if label != "all layers":
+                arms[f"{KNOCK} ({label})"] = fixed[f"{KNOCK} ({label})"]
+        for d, pos in enumerate(res.random):
+            fixed[f"{RANDOM} {d + 1}"] = Row(topic, knock=tuple(pos))
+        if res.heads:
+            for name, heads in ((HEADS, res.heads), (RANDOM_HEADS, res.random_heads)):
+                arms[name] = fixed[name] = Row(topic, knock=added, heads=tuple(heads))
+            for name, heads in ((PASTA, res.heads), (RANDOM_PASTA, res.random_heads)):
+                arms[name] = fixed[name] = Row(topic, steer=added, heads=tuple(heads), alpha=cfg.pasta_alpha)
+        rows = [replace(r, sampling=s) for r in arms.values() for s in samplings]
         # Every call shares the prompt up to the added words: prefilled once per task (and once
         # per random knockout), whatever each call's rows have in common beyond it.
         share: dict[str, Any] = {"prefix_limit": min(res.added), "prefix_store": {}}
@@ -198,25 +215,10 @@ def run_experiment(lm: LoadedModel, ps: PromptSet, cfg: ExperimentConfig, *,
             part = out[j * len(samplings) : (j + 1) * len(samplings)]
             res.answers[arm] = [lm.tokenizer.decode([t for t in ids if t not in stops]) for ids, _ in part]
             res.stops[arm] = [why for _, why in part]
-        fixed: dict[str, Row] = {c: Row(tuple(p.ids[c])) for c in conds}
-        for label, layers in bands:
-            fixed[f"{KNOCK} ({label})"] = Row(topic, knock=tuple(res.added), layers=tuple(layers))
-        for d, pos in enumerate(res.random):
-            fixed[f"{RANDOM} {d + 1}"] = Row(topic, knock=tuple(pos))
-        if res.heads:
-            fixed[HEADS] = Row(topic, knock=tuple(res.added), heads=tuple(res.heads))
-            fixed[RANDOM_HEADS] = Row(topic, knock=tuple(res.added), heads=tuple(res.random_heads))
-        # Knockouts in some layers or heads need a score_mod, which takes attention off its fused
-        # kernel for the whole batch: they are scored in a batch of their own.
-        for moded in (False, True):
-            names = [a for a, r in fixed.items() if bool(r.knock and not r.everywhere) == moded]
-            if not names:
-                continue
-            batch = [replace(fixed[a], answer=tuple(x)) for a in names for x in (ans_t, ans_n)]
-            scores = score_rows(lm, batch, **share)
-            for j, arm in enumerate(names):
-                res.fixed[arm] = {"topic": scores[2 * j], "neutral": scores[2 * j + 1]}
-        res.fixed = {a: res.fixed[a] for a in fixed}  # in the design's order
+        batch = [replace(r, answer=tuple(x)) for r in fixed.values() for x in (ans_t, ans_n)]
+        scores = score_rows(lm, batch, **share)
+        for j, arm in enumerate(fixed):
+            res.fixed[arm] = {"topic": scores[2 * j], "neutral": scores[2 * j + 1]}
         for name, lex in ps.lexicons.items():
             res.mentions[name] = {arm: [mentions(a, lex) for a in texts]
                                   for arm, texts in res.answers.items()}

@@ -19,7 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from attnlab.inspect.prompt_experiment import HEADS, KNOCK, RANDOM, RANDOM_HEADS, ExperimentResult
+from attnlab.inspect.prompt_experiment import (
+    HEADS,
+    KNOCK,
+    PASTA,
+    RANDOM,
+    RANDOM_HEADS,
+    RANDOM_PASTA,
+    ExperimentResult,
+)
 from attnlab.inspect.stats import Effect, Verdict, bonferroni_level, effect, verdict
 
 Arr = np.ndarray
@@ -199,12 +207,24 @@ def build_report(res: ExperimentResult) -> PromptReport:
                          f"{cfg.steer_heads} heads writing most topic direction, ranked on the other half "
                          f"of the tasks. A decrease is the claim.", 4))
     h_k = []
-    for arm in (KNOCK, RANDOM):
-        e = st.effect(sampled("topic"), sampled(arm), 2)
+    s_arms = [a for a in res.tasks[0].answers if a.startswith((KNOCK, RANDOM)) or a in (HEADS, RANDOM_HEADS)]
+    for arm in s_arms:
+        e = st.effect(sampled("topic"), sampled(arm), len(s_arms))
         if e is not None:
             h_k.append(Headline(f"sampled intervention: {arm}", "sampled intervention", e,
                                 verdict(e, direction="decrease", condition=arm, quantity=q_s)))
-    tables.append(_table("Interventions on sampled answers (all layers; vs the topic condition)", h_k))
+    tables.append(_table("Interventions on sampled answers (vs the topic condition)", h_k,
+                         f"The same knockouts as above, on the {s} samples of each task (greedy answers "
+                         f"apart); Bonferroni over {len(h_k)}. A decrease is the claim."))
+    h_p = _steering(st, sampled, pref, q_s, q_f) if PASTA in res.tasks[0].fixed else []
+    if h_p:
+        note = (f"PASTA (Zhang et al. 2023): in the {cfg.steer_heads} heads ranked on the other half of "
+                f"the tasks (as above), every key outside the added words has its weight scaled by "
+                f"{cfg.pasta_alpha} and the row renormalised; the control steers as many random heads. An "
+                f"increase is the claim; 'top vs random heads' is the comparison that says whether the "
+                f"chosen heads matter. Bonferroni over {len(h_p) // 2} per measure.")
+        tables.append(_table("PASTA: the added words emphasised in the top heads, against random heads", h_p,
+                             note, 4))
     # per condition, every lexicon (negative controls on the same scale)
     arms_all = [a for a in st.conds if a != "base"]
     cols = ["condition", "text"]
@@ -245,13 +265,34 @@ def build_report(res: ExperimentResult) -> PromptReport:
               _panel("Interventions on the topic condition (fixed answer)",
                      [h.key.split(": ", 1)[1] for h in h_i], [h.effect for h in h_i],
                      "difference vs no intervention")]
+    if h_p:
+        panels.append(_panel("PASTA on the topic condition", [h.key.split(": ", 1)[1] for h in h_p],
+                             [h.effect for h in h_p], "difference"))
     panels = [p for p in panels if p["labels"]]  # one task: fixed-answer effects have no interval
     head = [h for h in (h_s + h_f) if h.key.endswith("topic vs controls")] or (h_s + h_f)[:1]
     ko_all = [h for h in h_i if "(all layers)" in h.key or RANDOM in h.key]
-    summary = [h.verdict.sentence for h in head + ko_all] + negative
+    steer = [h for h in h_p if "top vs random" in h.key]
+    summary = [h.verdict.sentence for h in head + ko_all + steer] + negative
     title = (f"Prompt experiment on {res.model}: {res.config.flow} flow, {res.prompt_set} "
              f"({n} tasks, code {res.code_source})")
-    return PromptReport(title, summary, h_s + h_f + h_i + h_k, tables, panels, res.to_dict())
+    return PromptReport(title, summary, h_s + h_f + h_i + h_k + h_p, tables, panels, res.to_dict())
+
+
+def _steering(st: _Stats, sampled: Callable[[str], Arr], pref: Callable[[str], Arr], q_s: str,
+              q_f: str) -> list[Headline]:
+    """PASTA in the top heads and in random heads, each against the topic condition, and top
+    against random: on the fixed answer and on sampled answers."""
+    out = []
+    for measure, get, q in (("fixed answer", pref, q_f), ("sampled", sampled, q_s)):
+        pairs = [(f"{PASTA} ({measure})", "topic", PASTA),
+                 (f"{RANDOM_PASTA} ({measure})", "topic", RANDOM_PASTA),
+                 (f"top vs random heads ({measure})", RANDOM_PASTA, PASTA)]
+        for key, a, b in pairs:
+            e = st.effect(get(a), get(b), len(pairs))
+            if e is not None:
+                out.append(Headline(f"PASTA: {key}", "PASTA", e,
+                                    verdict(e, direction="increase", condition=key, quantity=q)))
+    return out
 
 
 def _lexicon_measure(st: _Stats, name: str) -> Callable[[str], Arr]:
