@@ -244,7 +244,8 @@ def test_cli_writes_the_three_files_atomically(llama_dir, tmp_path):
     r = _cli([*args, "--flow", "append", "--json"], tmp_path)
     assert r.exit_code == 0, r.output
     d = json.loads(r.output)
-    assert sorted(Path(f).name for f in d["files"]) == ["effects.png", "result.json", "result.md"]
+    want = ["effects.png", "result.json", "result.md", "tokens.png"]
+    assert sorted(Path(f).name for f in d["files"]) == want
     assert json.loads((out / "result.json").read_text())["result"]["config"]["flow"] == "append"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "tiny.toml"]  # no temporary folder left
 

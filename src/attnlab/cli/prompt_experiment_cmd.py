@@ -41,7 +41,7 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 
 
 def write_outputs(out: Path, report: Any, png: bool = True) -> list[str]:
-    """result.md, result.json and effects.png into ``out``, atomically."""
+    """result.md, result.json, effects.png and tokens.png into ``out``, atomically."""
     import json
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -51,11 +51,12 @@ def write_outputs(out: Path, report: Any, png: bool = True) -> list[str]:
         (tmp / "result.json").write_text(json.dumps(report.to_dict(), indent=1, ensure_ascii=False) + "\n",
                                          encoding="utf-8")
         names = ["result.md", "result.json"]
-        if png and report.panels:
-            from attnlab.viz.effects import EffectPanel, effects_figure
+        from attnlab.viz.effects import EffectPanel, effects_figure
 
-            effects_figure([EffectPanel(**p) for p in report.panels], tmp / "effects.png")
-            names.append("effects.png")
+        for name, panels in (("effects.png", report.panels), ("tokens.png", report.token_panels)):
+            if png and panels:
+                effects_figure([EffectPanel(**p) for p in panels], tmp / name)
+                names.append(name)
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

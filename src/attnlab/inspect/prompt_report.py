@@ -60,6 +60,7 @@ class PromptReport:
     tables: list[Table]
     panels: list[dict[str, Any]] = field(default_factory=list)  # viz.effects.EffectPanel fields
     result: dict[str, Any] = field(default_factory=dict)
+    token_panels: list[dict[str, Any]] = field(default_factory=list)  # the fixed answers per token
 
     def to_dict(self) -> dict[str, Any]:
         return {"title": self.title, "summary": self.summary,
@@ -250,7 +251,8 @@ def build_report(res: ExperimentResult) -> PromptReport:
     tables.append(Table("Each condition vs base, on every lexicon (share of sampled answers) and the fixed "
                         "answer", cols, rows, f"Bonferroni over {len(arms_all)} conditions per column."))
     tables.append(_greedy_table(st, lex))
-    tables.append(_token_table(st))
+    token_table, token_panels = _token_table(st)
+    tables.append(token_table)
     if res.tasks[0].dla:
         tables.append(_heads_table(st))
     tables.append(_examples(res))
@@ -275,7 +277,8 @@ def build_report(res: ExperimentResult) -> PromptReport:
     summary = [h.verdict.sentence for h in head + ko_all + steer] + negative
     title = (f"Prompt experiment on {res.model}: {res.config.flow} flow, {res.prompt_set} "
              f"({n} tasks, code {res.code_source})")
-    return PromptReport(title, summary, h_s + h_f + h_i + h_k + h_p, tables, panels, res.to_dict())
+    return PromptReport(title, summary, h_s + h_f + h_i + h_k + h_p, tables, panels, res.to_dict(),
+                        token_panels)
 
 
 def _steering(st: _Stats, sampled: Callable[[str], Arr], pref: Callable[[str], Arr], q_s: str,
@@ -318,25 +321,39 @@ def _greedy_table(st: _Stats, lex: str) -> Table:
     return Table(f"Greedy answers mentioning {lex}", ["condition", "answers"], rows, note)
 
 
-def _token_table(st: _Stats) -> Table:
-    """Which tokens of the fixed answers carry the difference between topic and controls."""
+def _token_table(st: _Stats) -> tuple[Table, list[dict[str, Any]]]:
+    """Which tokens of the fixed answers carry the difference between topic and controls, and
+    which lose it under knockout: the table and its picture's panels."""
     res = st.res
     ref = st.ctrls or ["base"]
-    rows = []
+    ref_name = "controls" if st.ctrls else "base"
+    rows, panels = [], []
     for which in ("topic", "neutral"):
         labels = res.fixed[which]["labels"]
+        diffs: list[Effect | None] = []
+        knocks: list[Effect | None] = []
         for i, lab in enumerate(labels):
             def tok(arm: str, i: int = i, which: str = which) -> Arr:
                 return np.asarray([t.fixed[arm][which][i] for t in res.tasks])[:, None]  # (P, 1)
             b = np.mean([tok(a) for a in ref], axis=0)
             e = st.effect(b, tok("topic"), 1)
             k = st.effect(tok("topic"), tok(f"{KNOCK} (all layers)"), 1)
+            diffs.append(e)
+            knocks.append(k)
             rows.append([which, repr(lab), f"{float(tok('topic').mean()):.3f}", f"{float(b.mean()):.3f}",
                          _ci(e, 3), _ci(k, 3)])
-    return Table("The fixed answers token by token (log p per token)",
-                 ["answer", "token", "topic", "controls" if st.ctrls else "base", "topic - controls",
-                  "knockout (all layers) - topic"], rows,
-                 "Per-token 95 % intervals, not adjusted for the number of tokens.")
+        text = res.fixed[which]["text"]
+        names = [f"{i}: {lab!r}" for i, lab in enumerate(labels)]
+        panels += [_panel(f"{which} answer {text!r}: topic - {ref_name}, per token", names, diffs,
+                          "difference of log p"),
+                   _panel(f"{which} answer {text!r}: knockout (all layers) - topic, per token", names, knocks,
+                          "difference of log p")]
+    table = Table("The fixed answers token by token (log p per token)",
+                  ["answer", "token", "topic", ref_name, f"topic - {ref_name}",
+                   "knockout (all layers) - topic"], rows,
+                  "Per-token 95 % intervals, not adjusted for the number of tokens; the same as a picture "
+                  "in tokens.png.")
+    return table, [p for p in panels if p["labels"]]
 
 
 def _heads_table(st: _Stats) -> Table:
