@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
 
-import torch
 import torch.distributed as dist
 from torch import Tensor
 
@@ -133,7 +132,7 @@ def ring_attention(q: Tensor, k: Tensor, v: Tensor, *, mask: object = None,
     if error is None:
         try:
             checked = _check_local(q, k, v, mask, score_mod, scale, layout, mode, world)
-        except Exception as e:  # noqa: BLE001 - a mask_mod may raise anything; every rank must hear
+        except Exception as e:
             error = e
     agree({} if checked is None else checked.signature, error, group, rank, world, wait)
     assert checked is not None  # agree() raised otherwise

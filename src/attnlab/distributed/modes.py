@@ -40,7 +40,8 @@ def _nbytes(t: Tensor) -> int:
 def allgather_attention(cfg: RingConfig, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     lay = cfg.plan.layout
     kv_order = torch.cat([lay.positions(r, k.shape[2]) for r in range(lay.world)])
-    ks = _to_global(torch.cat(all_gather(k, cfg.group, cfg.timeout).unbind(0), dim=2), kv_order)  # (B, Hkv, S, D)
+    # (B, Hkv, S, D)
+    ks = _to_global(torch.cat(all_gather(k, cfg.group, cfg.timeout).unbind(0), dim=2), kv_order)
     vs = _to_global(torch.cat(all_gather(v, cfg.group, cfg.timeout).unbind(0), dim=2), kv_order)
     if cfg.stats is not None:
         cfg.stats.bytes_sent += (lay.world - 1) * (_nbytes(k) + _nbytes(v))

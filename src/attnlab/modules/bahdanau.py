@@ -81,7 +81,7 @@ def check_inputs(query: object, memory: object, lengths: object) -> tuple[Tensor
                 f"lengths: expected {q.shape[0]} integers, got {ln.dtype} {tuple(ln.shape)}")
         if bool((ln < 0).any()) or bool((ln > m.shape[1]).any()):
             raise ValueError(f"lengths: expected values in [0, {m.shape[1]}], got {ln.tolist()}")
-    return q, unpadded(m, lengths)
+    return q, unpadded(m, lengths if isinstance(lengths, Tensor) else None)
 
 
 def unpadded(memory: Tensor, lengths: Tensor | None) -> Tensor:
