@@ -108,6 +108,10 @@ def generate_command(
     truncate: Annotated[
         bool, typer.Option("--truncate", help="keep the first tokens of a prompt longer than the context")
     ] = False,
+    special_tokens: Annotated[
+        bool, typer.Option("--special-tokens", help="let special-token text typed in the prompt (e.g. "
+                           "<|im_end|>) act as the special token, on purpose (default: plain text)")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Generate an answer, streaming it, with every generated token's attention captured."""
@@ -138,7 +142,8 @@ def generate_command(
             from attnlab.inspect.generation import fit_prompt
 
             n_prompt = len(fit_prompt(lm, prompt, system=system, chat=not raw,
-                                      max_new_tokens=max_new_tokens, truncate=truncate))
+                                      max_new_tokens=max_new_tokens, truncate=truncate,
+                                      special_tokens=special_tokens))
             n_l, n_h = len(lays or range(lm.num_layers)), len(hds or range(lm.num_heads))
             why = _capture_limit(n_prompt, max_new_tokens, lm.max_tokens, n_l, n_h)
             if why is None and html is not None:
@@ -161,6 +166,7 @@ def generate_command(
             heads=hds,
             stream=stream,
             truncate=truncate,
+            special_tokens=special_tokens,
         )
         rep: dict[str, Any] = g.to_dict() | {"sampling": vars(sampling)}
         if png is not None:
@@ -228,6 +234,11 @@ def prompt_effect_command(
         Path | None, typer.Option(help="share of attention on the added words (.png/.svg)")
     ] = None,
     html: Annotated[Path | None, typer.Option(help="the answer coloured by that share (.html)")] = None,
+    special_tokens: Annotated[
+        bool, typer.Option("--special-tokens", help="let special-token text typed in the prompt or "
+                           "--add (e.g. <|im_end|>) act as the special token, on purpose "
+                           "(default: plain text)")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Do added words steer the answer through attention? Topic mass, attention share, knockout."""
@@ -243,7 +254,7 @@ def prompt_effect_command(
         if text.strip() and added.strip():  # (else prompt_effect says which is missing)
             # The augmented run captures every head's attention while it generates: refuse first.
             n_prompt = len(pe.fit_prompt(lm, f"{text.rstrip()} {added.strip()}", system=system,
-                                         max_new_tokens=max_new_tokens))
+                                         max_new_tokens=max_new_tokens, special_tokens=special_tokens))
             why = _capture_limit(n_prompt, max_new_tokens, lm.max_tokens, lm.num_layers, lm.num_heads)
             if why:
                 raise ValueError(why)
@@ -258,6 +269,7 @@ def prompt_effect_command(
             emphasize=emphasize,
             alpha=alpha,
             steer_heads=steer_heads,
+            special_tokens=special_tokens,
         )
         rep = eff.to_dict()
         rep["files"] = _write_effect(eff, rep, out, png, html)
