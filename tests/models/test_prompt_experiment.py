@@ -15,11 +15,12 @@ import torch
 from typer.testing import CliRunner
 
 from attnlab.cli.main import app
+from attnlab.cli.prompt_experiment_cmd import write_outputs
 from attnlab.data.prompt_sets import parse_prompt_set
 from attnlab.inspect import prompt_experiment as pe
 from attnlab.inspect.batch_rows import Row, generate_rows, score_rows
 from attnlab.inspect.generation import Sampling, generate_ids
-from attnlab.inspect.prompt_design import ExperimentConfig, FixedAnswers
+from attnlab.inspect.prompt_design import ExperimentConfig, FixedAnswers, plan_task
 from attnlab.inspect.prompt_report import build_report
 from attnlab.inspect.steering import knockout, pasta, per_layer
 from attnlab.models import load_model
@@ -341,3 +342,24 @@ def test_one_code_file_uses_its_samples_as_units(llama_dir, tmp_path):
     sampled = next(h for h in d["headlines"] if h["key"] == "sampled: topic vs controls")
     assert sampled["verdict"]["effect"]["n_prompts"] == 3  # the 3 samples are the units
     assert not any(h["key"].startswith("fixed answer") for h in d["headlines"])  # one value: no interval
+
+
+def test_head_sweep_knocks_each_head_alone_and_matches_one_row_by_hand(lm, ps, tmp_path):
+    cfg = ExperimentConfig(**TINY | {"tasks": 2, "head_sweep": True})
+    res = pe.run_experiment(lm, ps, cfg)
+    L, H = lm.num_layers, lm.num_heads
+    t, plan = res.tasks[1], plan_task(lm, ps.tasks[1], pe.conditions(ps, cfg), cfg, ps.lexicons, 8)
+    assert np.asarray(t.sweep).shape == (L, H)
+    # one cell by hand: the head's knockout as a score_mod on the plain forward
+    split, ids_t, ids_n = res.fixed["split"], res.fixed["topic"]["ids"], res.fixed["neutral"]["ids"]
+    x = torch.tensor([plan.ids["topic"] + ids_t[:split]])
+    with torch.no_grad():
+        base = lm.model(x).logits[0, -1].double()
+        knocked = lm.model(x, score_mods={1: _head_knockout(t.added, [H - 1])}).logits[0, -1].double()
+    want = float((knocked[ids_t[split]] - knocked[ids_n[split]]) - (base[ids_t[split]] - base[ids_n[split]]))
+    assert abs(t.sweep[1][H - 1] - want) < 1e-4
+    rep = build_report(res)
+    table = next(x for x in rep.tables if x.title.startswith("Which heads carry it"))
+    assert len(table.rows) == min(10, L * H) and np.asarray(rep.sweep).shape == (L, H)
+    files = write_outputs(tmp_path / "out", rep)
+    assert "heads.png" in {Path(f).name for f in files}

@@ -316,17 +316,10 @@ def generate_rows(lm: LoadedModel, rows: Sequence[Row], *, max_new_tokens: int,
     return [(n, "eos" if d else "max_new_tokens") for n, d in zip(new, done, strict=True)]
 
 
-@torch.inference_mode()
-def score_rows(lm: LoadedModel, rows: Sequence[Row], *, prefix_limit: int | None = None,
-               prefix_store: PrefixStore | None = None) -> list[list[float]]:
-    """Teacher forcing: per row, log p(answer token t | prompt, answer[:t]) for every token of
-    its ``answer`` (float64 log-softmax of the model's logits), under the row's knockout."""
-    groups = _by_first_token(rows)
-    if len(groups) > 1:  # nothing shared (no chat header): one batch per first token
-        out: dict[int, list[float]] = {}
-        for g in groups:
-            out.update(zip(g, score_rows(lm, [rows[i] for i in g]), strict=True))
-        return [out[i] for i in range(len(rows))]
+def _answer_logits(lm: LoadedModel, rows: Sequence[Row], prefix_limit: int | None,
+                   prefix_store: PrefixStore | None) -> Tensor:
+    """Teacher forcing of every row's ``answer``: logits (B, A + 1, V) where position t predicts
+    answer[t] and position len(answer) the token after it (A: the longest answer)."""
     model = as_causal_lm(lm.model, "--model")
     lay = _layout(rows, prefix_limit)
     for i, r in enumerate(rows):
@@ -341,9 +334,48 @@ def score_rows(lm: LoadedModel, rows: Sequence[Row], *, prefix_limit: int | None
     logits = model(ids, keep, position_ids=pos, cache=cache, score_mods=mods or None,
                    logits_to_keep=n_ans + 1).logits
     assert logits is not None
-    logp = logits[:, :n_ans].double().log_softmax(-1)  # (B, A, V): position W-1+t predicts answer[t]
+    return logits  # (B, A + 1, V)
+
+
+def _per_first_token(rows: Sequence[Row], each) -> list | None:
+    """Rows with nothing shared (no chat header) go one batch per first token."""
+    groups = _by_first_token(rows)
+    if len(groups) == 1:
+        return None
+    out: dict[int, object] = {}
+    for g in groups:
+        out.update(zip(g, each([rows[i] for i in g]), strict=True))
+    return [out[i] for i in range(len(rows))]
+
+
+@torch.inference_mode()
+def score_rows(lm: LoadedModel, rows: Sequence[Row], *, prefix_limit: int | None = None,
+               prefix_store: PrefixStore | None = None) -> list[list[float]]:
+    """Teacher forcing: per row, log p(answer token t | prompt, answer[:t]) for every token of
+    its ``answer`` (float64 log-softmax of the model's logits), under the row's intervention."""
+    apart = _per_first_token(rows, lambda g: score_rows(lm, g))
+    if apart is not None:
+        return apart
+    logits = _answer_logits(lm, rows, prefix_limit, prefix_store)
+    n_ans = logits.shape[1] - 1
+    logp = logits[:, :n_ans].double().log_softmax(-1)  # (B, A, V): position t predicts answer[t]
     scores = []
     for b, row in enumerate(rows):
         a = torch.tensor(row.answer)
         scores.append(logp[b, torch.arange(len(a)), a].tolist())
     return scores
+
+
+@torch.inference_mode()
+def logit_diff_rows(lm: LoadedModel, rows: Sequence[Row], a: int, b: int, *,
+                    prefix_limit: int | None = None, prefix_store: PrefixStore | None = None) -> list[float]:
+    """Per row, logit(a) - logit(b) for the token after its ``answer`` (teacher-forced context),
+    under the row's intervention: the metric of activation patching (Wang et al. 2022) and of
+    a knockout sweep, one forward for both tokens."""
+    apart = _per_first_token(rows, lambda g: logit_diff_rows(lm, g, a, b))
+    if apart is not None:
+        return apart
+    logits = _answer_logits(lm, rows, prefix_limit, prefix_store)
+    at = torch.tensor([len(r.answer) for r in rows])
+    last = logits[torch.arange(len(rows)), at].double()  # (B, V)
+    return (last[:, a] - last[:, b]).tolist()

@@ -69,6 +69,7 @@ class ExperimentConfig:
     steer_heads: int = 8  # heads knocked out / steered by DLA rank (chosen on the other half of the tasks)
     pasta_alpha: float = 0.01  # PASTA's scaling of the other keys (Zhang et al. 2023 use 0.01)
     dla: bool = True
+    head_sweep: bool = False  # knock the added words out of each head alone (L x H rows per task)
     n_boot: int = 2000
     system: str | None = None
     fixed: FixedAnswers | None = None  # None: DEFAULT_FIXED[flow]

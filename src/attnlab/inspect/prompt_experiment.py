@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from attnlab.data.prompt_sets import PromptSet, Task
-from attnlab.inspect.batch_rows import Row, generate_rows, score_rows
+from attnlab.inspect.batch_rows import Row, generate_rows, logit_diff_rows, score_rows
 from attnlab.inspect.generation import Sampling, eos_ids, fit_prompt
 from attnlab.inspect.lens import direct_logit_attribution
 from attnlab.inspect.prompt_design import (
@@ -75,6 +75,7 @@ class TaskResult:
     heads: list[tuple[int, int]] = field(default_factory=list)
     random_heads: list[tuple[int, int]] = field(default_factory=list)
     code: str = ""
+    sweep: list[list[float]] = field(default_factory=list)  # (L, H): split logit diff, head knocked - none
 
 
 @dataclass
@@ -129,6 +130,27 @@ def _top_heads(grids: list[list[list[float]]], k: int) -> list[tuple[int, int]]:
     g = torch.tensor(grids, dtype=torch.float64).mean(0)  # (tasks, L, H) -> (L, H)
     H = g.shape[1]
     return [(i // H, i % H) for i in g.flatten().argsort(descending=True)[:k].tolist()]
+
+
+SWEEP_CHUNK = 64  # rows per batch: each holds its own copy of the ~300-token KV cache
+
+
+def _sweep(lm: LoadedModel, plan: TaskPlan, res: TaskResult, ans_t: list[int], ans_n: list[int],
+           split: int) -> list[list[float]]:
+    """The added words knocked out of one head at a time (every layer x head): the change in
+    logit(topic token) - logit(neutral token) where the fixed answers part, teacher-forced on
+    their shared start. Which heads carry the effect, one by one (a knockout per head, as the
+    path-patching sweeps of Wang et al. 2022 do per head)."""
+    L, H = lm.num_layers, lm.num_heads
+    topic, ctx = tuple(plan.ids["topic"]), tuple(ans_t[:split])
+    rows = [Row(topic, answer=ctx)] + [Row(topic, knock=tuple(res.added), heads=((a, b),), answer=ctx)
+                                       for a in range(L) for b in range(H)]
+    share: dict[str, Any] = {"prefix_limit": min(res.added), "prefix_store": {}}
+    diffs: list[float] = []
+    for c in range(0, len(rows), SWEEP_CHUNK):
+        diffs += logit_diff_rows(lm, rows[c : c + SWEEP_CHUNK], ans_t[split], ans_n[split], **share)
+    base = diffs[0]
+    return [[diffs[1 + a * H + b] - base for b in range(H)] for a in range(L)]
 
 
 def run_experiment(lm: LoadedModel, ps: PromptSet, cfg: ExperimentConfig, *,
@@ -224,6 +246,13 @@ def run_experiment(lm: LoadedModel, ps: PromptSet, cfg: ExperimentConfig, *,
                                   for arm, texts in res.answers.items()}
     say("tasks", len(plans), len(plans))
     seconds["tasks"] = round(time.perf_counter() - t0, 2)
+    if cfg.head_sweep:
+        t0 = time.perf_counter()
+        for i, (p, res) in enumerate(zip(plans, results, strict=True)):
+            say("head sweep", i, len(plans))
+            res.sweep = _sweep(lm, p, res, ans_t, ans_n, split)
+        say("head sweep", len(plans), len(plans))
+        seconds["head_sweep"] = round(time.perf_counter() - t0, 2)
     seconds["total"] = round(time.perf_counter() - t_start, 2)
     labels = {k: [lm.tokenizer.label(lm.tokenizer.id_to_token(i)) for i in ids]
               for k, ids in (("topic", ans_t), ("neutral", ans_n))}

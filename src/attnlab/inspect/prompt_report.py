@@ -61,6 +61,7 @@ class PromptReport:
     panels: list[dict[str, Any]] = field(default_factory=list)  # viz.effects.EffectPanel fields
     result: dict[str, Any] = field(default_factory=dict)
     token_panels: list[dict[str, Any]] = field(default_factory=list)  # the fixed answers per token
+    sweep: list[list[float]] = field(default_factory=list)  # (L, H) mean effect of knocking each head
 
     def to_dict(self) -> dict[str, Any]:
         return {"title": self.title, "summary": self.summary,
@@ -255,6 +256,10 @@ def build_report(res: ExperimentResult) -> PromptReport:
     tables.append(token_table)
     if res.tasks[0].dla:
         tables.append(_heads_table(st))
+    grid: list[list[float]] = []
+    if res.tasks[0].sweep:
+        sweep_table, grid = _sweep_table(st)
+        tables.append(sweep_table)
     tables.append(_examples(res))
     panels = [_panel(f"Share of sampled answers mentioning {lex} (not copyable), vs base", arms_all,
                      _per_arm(st, sampled, arms_all, "base"), "difference of shares"),
@@ -278,7 +283,7 @@ def build_report(res: ExperimentResult) -> PromptReport:
     title = (f"Prompt experiment on {res.model}: {res.config.flow} flow, {res.prompt_set} "
              f"({n} tasks, code {res.code_source})")
     return PromptReport(title, summary, h_s + h_f + h_i + h_k + h_p, tables, panels, res.to_dict(),
-                        token_panels)
+                        token_panels, grid)
 
 
 def _steering(st: _Stats, sampled: Callable[[str], Arr], pref: Callable[[str], Arr], q_s: str,
@@ -377,6 +382,37 @@ def _heads_table(st: _Stats) -> Table:
             f"The model's logit difference, topic minus {res.dla_against}: {_ci(e, 3)}.")
     cols = ["head", "under topic", f"topic - {res.dla_against}"]
     return Table("Heads that write the topic direction", cols, rows, note)
+
+
+def _sweep_table(st: _Stats) -> tuple[Table, list[list[float]]]:
+    """The heads whose knockout alone moves the split logit difference most, with intervals
+    adjusted for every head tried; and the (L, H) grid of mean effects for the picture."""
+    res = st.res
+    split = res.fixed["split"]
+    tok = (res.fixed["topic"]["labels"][split], res.fixed["neutral"]["labels"][split])
+    sweep = np.asarray([t.sweep for t in res.tasks])  # (P, L, H)
+    mean = sweep.mean(0)  # (L, H)
+    m = mean.size
+    chosen = {tuple(h) for t in res.tasks for h in t.heads}
+    rows = []
+    for idx in np.argsort(mean, axis=None)[:10]:
+        layer, head = divmod(int(idx), res.heads)
+        e = st.effect(np.zeros((st.n_tasks, 1)), sweep[:, layer, head][:, None], m)
+        v = verdict(e, direction="decrease", condition=f"L{layer}H{head}", quantity="the logit difference") \
+            if e is not None else None
+        rows.append([f"L{layer}H{head}", _ci(e, 3), v.status if v else "n/a",
+                     "yes" if (layer, head) in chosen else ""])
+    total = float(mean.sum())
+    note = (f"The added words' keys knocked out of one head at a time ({res.layers} x {res.heads} heads), "
+            f"teacher-forced on the fixed answers' shared start: the change in logit({tok[0]!r}) - "
+            f"logit({tok[1]!r}) where they part, mean over tasks; intervals Bonferroni-adjusted for all "
+            f"{m} heads. Sum of the {m} single-head effects: {total:+.3f} (knockouts interact: they need not "
+            f"add up to the all-layer one). 'Top head' marks heads also chosen by direct logit "
+            f"attribution for the head knockout above. Picture: heads.png.")
+    table = Table("Which heads carry it: the added words knocked out of each head alone",
+                  ["head", "effect on the logit difference [interval]", "verdict", "top head (DLA)"],
+                  rows, note)
+    return table, mean.round(5).tolist()
 
 
 def _examples(res: ExperimentResult) -> Table:
