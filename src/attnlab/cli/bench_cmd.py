@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from attnlab.cli.common import err_console, print_json, split_tokens, user_errors
+from attnlab.cli.common import check_output, err_console, print_json, split_tokens, user_errors
 
 
 def _split(values: list[str] | None) -> list[str] | None:
@@ -47,6 +47,7 @@ def bench_command(
 
     names = {"suite": "--suite", "cases": "--cases", "n": "--n", "modes": "--modes", "peers": "--peers"}
     with user_errors(as_json, names):  # make_suite / parse_n name their parameters, not the options
+        check_output(out, "--out")
         if threads is not None:
             if threads < 1:
                 raise ValueError(f"--threads: expected a positive int, got {threads}")

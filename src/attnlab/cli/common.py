@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,35 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
+ECHO_CHARS = 80  # the most of a user's value an error message repeats
+PATH_CHARS = 1024  # a path is shown whole up to this: a cut name is no use
+FIGURE = (".png", ".svg")
+PAGE = (".html", ".htm")
+
+
+def shown(value: object, limit: int = ECHO_CHARS) -> str:
+    """``value`` as an error message repeats it: quoted, at most ``limit`` characters, with its
+    length when cut (a 100,000-space prompt used to come back as a 100 KB error line)."""
+    text = str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[: limit - 1]!r}… ({len(text):,} characters)"
+
+
+# Quoted values in a library's message past a path's length: a user's input, not a file name.
+_LONG_QUOTE = re.compile(f"'[^'\n]{{{PATH_CHARS + 1},}}'|\"[^\"\n]{{{PATH_CHARS + 1},}}\"")
+
+
+def _cut_echoes(msg: str) -> str:
+    """A long quoted value inside a library's message, cut as ``shown`` cuts it; then the whole
+    line at 2,000 characters (a library may echo a value unquoted)."""
+    msg = _LONG_QUOTE.sub(lambda m: shown(m.group()[1:-1]), msg)
+    return msg if len(msg) <= 2000 else f"{msg[:1999]}… ({len(msg):,} characters)"
+
+
 def write_error(msg: str, as_json: bool, extra: dict[str, Any] | None = None) -> None:
     """One line: ``{"error": msg}`` on stdout under --json, else ``error: msg`` on stderr."""
+    msg = _cut_echoes(msg)
     if as_json:
         sys.stdout.write(json.dumps({"error": msg} | (extra or {}), ensure_ascii=False) + "\n")
     else:
@@ -54,6 +82,59 @@ def user_errors(as_json: bool = False, names: Mapping[str, str] | None = None) -
         msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
         write_error(as_option(msg, names), as_json)
         raise typer.Exit(code=2) from None
+
+
+def check_output(path: Path | None, option: str, suffixes: tuple[str, ...] | None = None) -> Path | None:
+    """Refuse an output path before any model loads or any run starts, naming ``option``: a file
+    (``suffixes`` given) with the right extension that is not a folder, or a folder (``suffixes``
+    None) that is not a file; either way inside a folder that exists or can be made (no file on
+    the way: ``existing.txt/g.html``) and that this user may write in. Creates nothing."""
+    if path is None:
+        return None
+    given = shown(path, PATH_CHARS)
+    try:
+        if suffixes is not None:
+            if path.suffix.lower() not in suffixes:
+                raise ValueError(f"{option}: expected a file name ending in {' or '.join(suffixes)}, "
+                                 f"got {given}")
+            if path.is_dir():
+                raise ValueError(f"{option}: expected a file name, got the folder {given}")
+            if path.exists() and not os.access(path, os.W_OK):
+                raise ValueError(f"{option}: expected a file you may overwrite, got the read-only {given}")
+        elif path.exists() and not path.is_dir():
+            raise ValueError(f"{option}: expected a folder (new or existing), got the file {given}")
+        folder = path if suffixes is None else path.parent
+        above = next(p for p in (folder, *folder.parents) if p.exists() or p == p.parent)
+        if not above.is_dir():
+            raise ValueError(f"{option}: expected a path through folders, got {given}, where "
+                             f"{shown(above, PATH_CHARS)} is a file")
+        if not os.access(above, os.W_OK | os.X_OK):
+            raise ValueError(f"{option}: expected a folder you may write in, got {given} "
+                             f"({shown(above, PATH_CHARS)} is not writable)")
+    except OSError as e:  # a name too long for the file system, a loop of links...
+        raise ValueError(f"{option}: expected a path this system can write, got {given}: "
+                         f"{e.strerror or e}") from None
+    return path
+
+
+def check_argv(argv: Sequence[str], positional: Callable[[int], str] | None = None) -> None:
+    """Refuse bytes that are not UTF-8 in the command line. Python hands them over as lone
+    surrogates (U+DC80..U+DCFF), which failed deep inside as "TextInputSequence must be str".
+    ``positional(i)`` names the argument ``argv[i]`` fills when no option precedes it (TEXT)."""
+    for i, arg in enumerate(argv):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError as e:
+            name, _, value = arg.partition("=") if arg.startswith("--") and "=" in arg else ("", "", arg)
+            if not name:
+                prev = argv[i - 1] if i else ""
+                name = prev if prev.startswith("--") else (
+                    positional(i) if positional else f"argument {i + 1}")
+            start = e.start - (len(arg) - len(value))
+            byte = ord(arg[e.start]) - 0xDC00 if 0xDC80 <= ord(arg[e.start]) <= 0xDCFF else None
+            what = f"the byte 0x{byte:02x}" if byte is not None else f"U+{ord(arg[e.start]):04X}"
+            raise ValueError(f"{name}: expected UTF-8 text, got {what} at character {start} "
+                             f"(set the terminal or the file to UTF-8)") from None
 
 
 def _finite(name: str, text: str) -> float:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from attnlab.cli.common import console, err_console, print_json, user_errors
+from attnlab.cli.common import check_output, console, err_console, print_json, user_errors
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output on stdout")]
 SetOpt = Annotated[list[str] | None, typer.Option(
@@ -35,6 +35,7 @@ def architectures_cmd(
 ) -> None:
     """Transformer vs Bahdanau vs Luong (general): BLEU, BLEU by length, tokens/s, steps to 90."""
     with user_errors(as_json, NAMES):
+        check_output(out, "--out")
         from attnlab.training.experiment_arch import run_architectures
 
         res = run_architectures(out, quick=quick, overrides=list(overrides or []),
@@ -63,6 +64,7 @@ def heads_cmd(
     """Ablate every head of a Transformer translator (BLEU drop), rank heads by importance
     (Michel et al. 2019) and prune them: BLEU against heads kept."""
     with user_errors(as_json, NAMES):
+        check_output(out, "--out")
         if model is not None and (quick or overrides):
             raise ValueError("--model: a given run is not retrained; drop --quick / --set")
         from attnlab.training.experiment_heads import run_heads
@@ -90,6 +92,7 @@ def ablations_cmd(
     """Vaswani et al. Table 3 in small: heads 1/2/4/8 at a fixed d_model, and positions
     sinusoidal/learned/rotary/none, each a Transformer translator on the numbers corpus."""
     with user_errors(as_json, NAMES):
+        check_output(out, "--out")
         from attnlab.training.experiment_ablations import run_ablations
 
         res = run_ablations(out, quick=quick, overrides=list(overrides or []),

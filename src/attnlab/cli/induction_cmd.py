@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from attnlab.cli.common import console, print_json, split_tokens, user_errors
+from attnlab.cli.common import check_output, console, print_json, split_tokens, user_errors
 
 
 def _seeds(text: str) -> list[int]:
@@ -32,6 +32,7 @@ def induction_cmd(
     """Train 1- and 2-layer attention-only models on repeated random blocks; watch induction
     heads form (accuracy on the repeat, induction score per head, over training)."""
     with user_errors(as_json):
+        check_output(out, "--out")
         from attnlab.data.io import atomic_write_bytes, atomic_write_text, write_json
         from attnlab.training.induction import (
             InductionConfig,

@@ -14,7 +14,17 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from attnlab.cli.common import console, load_lm, print_json, split_ints, split_tokens, user_errors
+from attnlab.cli.common import (
+    FIGURE,
+    PAGE,
+    check_output,
+    console,
+    load_lm,
+    print_json,
+    split_ints,
+    split_tokens,
+    user_errors,
+)
 
 LLMOpt = Annotated[
     str,
@@ -64,13 +74,10 @@ def _mkdir(path: Path) -> Path:
 
 
 def _check_outputs(png: Path | None = None, html: Path | None = None, out: Path | None = None) -> None:
-    """Refuse bad output names before minutes of generation, not after."""
-    if png is not None and png.suffix.lower() not in (".png", ".svg"):
-        raise ValueError(f"--png: expected a file name ending in .png or .svg, got {str(png)!r}")
-    if html is not None and html.suffix.lower() not in (".html", ".htm"):
-        raise ValueError(f"--html: expected a file name ending in .html, got {str(html)!r}")
-    if out is not None and out.exists() and not out.is_dir():
-        raise ValueError(f"--out: expected a folder (new or existing), got the file {str(out)!r}")
+    """Refuse bad output paths before minutes of generation, not after."""
+    check_output(png, "--png", FIGURE)
+    check_output(html, "--html", PAGE)
+    check_output(out, "--out")
 
 
 def generate_command(

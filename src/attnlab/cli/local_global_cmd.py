@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from attnlab.cli.common import console, load_lm, print_json, user_errors
+from attnlab.cli.common import FIGURE, check_output, console, load_lm, print_json, user_errors
 
 
 def local_global_command(
@@ -35,10 +35,7 @@ def local_global_command(
         for name, val, lo in (("--tokens", tokens, 2), ("--block", block, 2)):
             if val < lo:
                 raise ValueError(f"{name}: expected an int >= {lo}, got {val}")
-        if png is not None:
-            from attnlab.viz.figure import check_path
-
-            check_path(png, "--png")
+        check_output(png, "--png", FIGURE)
         text = None
         if text_file is not None:
             if not text_file.is_file():

@@ -28,7 +28,7 @@ from attnlab.cli import (
     viz_cmds,
     walk_cmd,
 )
-from attnlab.cli.common import write_error
+from attnlab.cli.common import check_argv, write_error
 
 # typer >= 0.20 carries its own copy of click (typer._click) and the click package may be absent or
 # another copy: click's classes are reached through typer's public names, never `import click`.
@@ -102,10 +102,37 @@ class AttnlabGroup(TyperGroup):
                 if getattr(p, "is_flag", False) and p.metavar is None:
                     p.metavar = ""  # typer shows a metavar when one is set: "" instead of <bool>
 
+    def _argument_name(self, argv: Sequence[str], i: int) -> str:
+        """The name help shows for the positional argument ``argv[i]`` fills (TEXT, PROMPT)."""
+        cmd = self.commands.get(argv[0]) if argv else None
+        if cmd is None or i == 0:
+            return "COMMAND" if i == 0 else f"argument {i + 1}"
+        params = list(cmd.params)
+        takes_value = {o for p in params if not getattr(p, "is_flag", False) and p.param_type_name == "option"
+                       for o in p.opts}
+        n, skip = 0, False
+        for arg in argv[1:i]:
+            if skip:
+                skip = False
+            elif arg.startswith("-"):
+                skip = arg in takes_value  # --model x: x is the option's value
+            else:
+                n += 1
+        names = [p for p in params if p.param_type_name == "argument"]
+        if not names:
+            return f"argument {i + 1}"
+        p = names[min(n, len(names) - 1)]  # the last one may take many (nargs=-1)
+        return _hint(p)
+
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
              complete_var: str | None = None, standalone_mode: bool = True, *a: Any, **extra: Any) -> Any:
         argv = list(sys.argv[1:] if args is None else args)
         before_dashes = argv[: argv.index("--")] if "--" in argv else argv
+        try:
+            check_argv(argv, lambda i: self._argument_name(argv, i))  # before any command runs
+        except ValueError as e:
+            write_error(str(e), as_json="--json" in before_dashes)
+            sys.exit(2)
         if not standalone_mode or "--json" not in before_dashes:
             return super().main(argv, prog_name, complete_var, standalone_mode, *a, **extra)
         try:

@@ -17,7 +17,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from attnlab.cli.common import console, err_console, load_lm, print_json, user_errors
+from attnlab.cli.common import (
+    FIGURE,
+    PAGE,
+    check_output,
+    console,
+    err_console,
+    load_lm,
+    print_json,
+    user_errors,
+)
 
 if TYPE_CHECKING:  # the CLI imports the inspect package only when a command runs
     from attnlab.inspect.inspect_report import AblationReport, InspectReport, TokenWeight
@@ -91,6 +100,9 @@ def inspect_command(
         if layer is not None and head is None and png is None and html is None:
             raise ValueError("--layer: expected with --head (one head's weights) or --png/--html "
                              "(that layer drawn), got --layer alone")
+        check_output(html, "--html", PAGE)
+        check_output(png, "--png", FIGURE)
+        check_output(export, "--export", (".json",))
         lm = load_lm(model)
         check_head(lm, layer, head)
         res = inspect_text(lm, text, focus=focus, k=top, truncate=truncate, generate_tokens=generate_tokens,
@@ -221,6 +233,8 @@ def compare_command(
             raise ValueError(f"texts: expected two texts (TEXT_A TEXT_B), got {len(texts)}")
         from attnlab.inspect.compare import compare
 
+        check_output(html, "--html", PAGE)
+        check_output(png, "--png", FIGURE)
         lm = load_lm(model)
         cmp = compare(lm, texts[0], texts[1], focus, cands or None, truncate=truncate)
         rep: dict[str, Any] = {"model": lm.describe()} | cmp.to_dict(top)
@@ -268,6 +282,7 @@ def heads_command(
     with user_errors(as_json, TEXTS_NAMES):
         from attnlab.inspect.heads import detect_heads
 
+        check_output(png, "--png", FIGURE)
         lm = load_lm(model)
         hs = detect_heads(lm, list(texts) if texts else None)
         rep = {"model": lm.describe()} | hs.to_dict()

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from attnlab.cli.common import console, err_console, load_lm, print_json, user_errors
+from attnlab.cli.common import check_output, console, err_console, load_lm, print_json, user_errors
 
 NAMES = {"samples": "--samples", "seed": "--seed", "temperature": "--temperature", "flow": "--flow",
          "max_new_tokens": "--max-new-tokens", "tasks": "--tasks", "threads": "--threads",
@@ -134,8 +134,7 @@ def prompt_experiment_command(
         from attnlab.data.prompt_sets import Task, builtin_prompt_set, load_prompt_set
         from attnlab.inspect.prompt_design import ExperimentConfig, FixedAnswers, read_code
 
-        if out is not None and out.exists() and not out.is_dir():
-            raise ValueError(f"--out: expected a folder (new or existing), got the file {str(out)!r}")
+        check_output(out, "--out")
         if (fixed_answer is None) != (neutral_answer is None):
             raise ValueError("--fixed-answer: expected it together with --neutral-answer, got only one")
         if code is not None and (generate_code or flow != "review"):

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from attnlab.cli.common import console, err_console, print_json, user_errors
+from attnlab.cli.common import FIGURE, PAGE, check_output, console, err_console, print_json, user_errors
 from attnlab.cli.induction_cmd import induction_cmd
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output on stdout")]
@@ -46,6 +46,7 @@ def train_cmd(
     from attnlab.training.run import RESUMABLE, read_run_config
 
     with user_errors(as_json, TRAIN_NAMES):
+        check_output(out, "--out")
         if config is not None and preset_name is not None:
             raise ValueError("CONFIG / --preset: expected one of them, got both")
         sets = list(overrides or [])
@@ -111,6 +112,9 @@ def translate_cmd(
     with user_errors(as_json, TRANSLATE_NAMES):
         if beam < 1:
             raise ValueError(f"--beam: expected >= 1, got {beam}")
+        check_output(png, "--png", FIGURE)
+        check_output(html, "--html", PAGE)
+        check_output(heads, "--heads")
         if (text is None) == (file is None):
             raise ValueError(f"TEXT / --file: expected a sentence or --file FILE, got "
                              f"{'both' if file is not None else 'neither'}")
@@ -127,6 +131,9 @@ def translate_cmd(
         if (png or html) and t.weights is None:
             raise ValueError("--png/--html: this model has no attention (model.attention = "
                              "none), so there is no alignment to draw")
+        for path in (png, html):
+            if path:
+                path.parent.mkdir(parents=True, exist_ok=True)  # checked above, made once needed
         if png:
             _alignment_png(t, png, tr.alignment_name)
         if html:

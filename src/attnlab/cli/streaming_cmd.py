@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from attnlab.cli.common import console, load_lm, print_json, split_ints, user_errors
+from attnlab.cli.common import FIGURE, check_output, console, load_lm, print_json, split_ints, user_errors
 
 SPARK = "▁▂▃▄▅▆▇█"
 
@@ -70,10 +70,7 @@ def streaming_command(
                               ("--smooth", smooth, 1)):
             if val < lo:
                 raise ValueError(f"{name}: expected an int >= {lo}, got {val}")
-        if png is not None:
-            from attnlab.viz.figure import check_path
-
-            check_path(png, "--png")
+        check_output(png, "--png", FIGURE)
         text = None if text_file is None else _read_text(text_file)
         from attnlab.inspect.streaming import default_text, streaming_experiment, streaming_png
 

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from attnlab.cli.common import console, err_console, print_json, user_errors
+from attnlab.cli.common import check_output, console, err_console, print_json, user_errors
 
 
 def is_translator_folder(model: Path) -> bool:
@@ -38,6 +38,8 @@ def inspect_translator(text: str | None, folder: Path, *, png: Path | None, html
         if given:
             raise ValueError(f"{given[0]}: not available for a translator folder ({folder}); "
                              f"expected TEXT with --png DIR, --html DIR or --json")
+        check_output(png, "--png")
+        check_output(html, "--html")
         if text is None or not text.strip():
             raise ValueError(f"TEXT: expected a source sentence for the translator in {folder}, "
                              f"got none")

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
-from attnlab.cli.common import console, print_json, split_tokens, user_errors
+from attnlab.cli.common import PAGE, check_output, console, print_json, split_tokens, user_errors
 
 if TYPE_CHECKING:
     from attnlab.functional.masks import Align
@@ -87,8 +87,7 @@ def parse_mask(spec: str) -> Any:
 def _written(png: Path | None, svg: Path | None) -> list[Path]:
     """The figure files asked for, each checked against its option's format."""
     for opt, p, suffix in (("--png", png, ".png"), ("--svg", svg, ".svg")):
-        if p is not None and p.suffix.lower() != suffix:
-            raise ValueError(f"{opt}: expected a file name ending in {suffix}, got {str(p)!r}")
+        check_output(p, opt, (suffix,))
     return [p for p in (png, svg) if p is not None]
 
 
@@ -181,8 +180,7 @@ def render_command(
             raise ValueError(f"--view: expected head or model, got {view!r}")
         li, hi = layer or 0, head or 0
         figs = _written(png, svg)
-        if html is not None and html.suffix.lower() not in (".html", ".htm"):
-            raise ValueError(f"--html: expected a file name ending in .html, got {str(html)!r}")
+        check_output(html, "--html", PAGE)
         out: list[Path] = []
         if html is not None:
             make = viz.head_view_html if view == "head" else viz.model_view_html

@@ -40,8 +40,12 @@ def atomic_write_stream(path: str | os.PathLike[str], write: Callable[[BinaryIO]
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None and e.errno is not None:
+            # write() and fsync() errors carry no file name: a full disk said only "[Errno 27]
+            # File too large" and the user could not tell which file or folder it was
+            raise OSError(e.errno, f"{e.strerror or e} (writing)", str(path)) from e
         raise
 
 

@@ -106,12 +106,20 @@ class Generation:
 def render_prompt(lm: LoadedModel, prompt: str, *, system: str | None = None, chat: bool = True) -> str:
     """The text the model reads: the chat template applied to one user turn, or ``prompt`` raw."""
     if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError(f"prompt: expected some text, got {prompt!r}")
+        given = repr(prompt) if not isinstance(prompt, str) else (
+            f"only whitespace ({len(prompt):,} characters)" if prompt else "an empty string")
+        raise ValueError(f"prompt: expected some text, got {given}")
     if not chat or lm.chat_template is None:
         return prompt
     from attnlab.models.gguf_tokenizer import ChatTemplate, chat_messages
 
-    return ChatTemplate(lm.chat_template).render(chat_messages(prompt, system), add_generation_prompt=True)
+    template = ChatTemplate(lm.chat_template)
+    text = template.render(chat_messages(prompt, system), add_generation_prompt=True)
+    if not text.strip():  # the model's template is at fault, not the prompt the user typed
+        raise ValueError(f"{template.source}: expected the chat template to write the conversation, "
+                         f"got {'no text' if not text else 'only whitespace'}; fix the model's template, "
+                         f"or feed the prompt as is (--raw, chat=False)")
+    return text
 
 
 def user_spans(lm: LoadedModel, text: str, prompt: str, system: str | None,

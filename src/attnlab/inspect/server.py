@@ -7,13 +7,18 @@ Safety, because a local server is reachable from every page the user's browser o
 - POST bodies must be ``application/json`` (a cross-site form cannot send that without a
   CORS preflight, which is never granted) and at most ``MAX_BODY`` bytes — refused from the
   Content-Length before a byte is read, or cut off at the limit while streaming; texts at most
-  ``max_chars``;
+  ``max_chars`` characters and at most as many tokens as every view can draw (``max_tokens``:
+  the model view embeds every layer and head), so each endpoint accepts the same texts;
 - every malformed input (bad JSON, bad UTF-8, deep nesting, ``NaN``, overflowing numbers, wrong
   types, missing fields) is a 400 with a one-line ``{"error": ...}``; see ``server_limits``;
 - slow or half-open clients are cut off: a deadline for each request head (``HEAD_TIMEOUT_S``)
   and body (``BODY_TIMEOUT_S``), the rest of a refused body discarded for ``DRAIN_TIMEOUT_S`` at
   most, idle keep-alive connections closed after ``KEEP_ALIVE_S``, at most ``LIMIT_CONCURRENCY``
   connections (``uvicorn_settings`` carries these to uvicorn);
+- a request another site's page makes (``Sec-Fetch-Site: cross-site`` or ``same-site``, or an
+  ``Origin`` that is not this server's) gets 403 before anything runs: ``/view`` and ``/save`` are
+  GETs, so any page could otherwise make the viewer spend seconds of CPU per request; only the
+  index page and its static files answer a link from elsewhere;
 - serves only its own three static files by name, from an allowlist (no file-system paths,
   so no traversal), plus JSON (``/api/*``) and viz pages (``/view/*``);
 - text reaches the page only as JSON read into ``textContent``; the viz pages embed it
@@ -42,9 +47,16 @@ from attnlab.inspect.capture import capture, find_token
 from attnlab.inspect.compare import compare
 from attnlab.inspect.report import SEED_TEXT, head_patterns, inspect_text
 from attnlab.inspect.server_export import MEDIA, SAVE_VIEWS, compare_file, file_name, head_file, model_file
-from attnlab.inspect.server_limits import BadRequest, parse_json_object, read_body, with_deadlines
+from attnlab.inspect.server_limits import (
+    BadRequest,
+    parse_json_object,
+    read_body,
+    refuse_cross_site,
+    with_deadlines,
+)
 from attnlab.inspect.views import compare_page, inspect_page
 from attnlab.models.loading import LoadedModel
+from attnlab.viz.safety import max_html_tokens
 
 __all__ = ["BadRequest", "create_app", "uvicorn_settings"]
 
@@ -117,6 +129,13 @@ class _Viewer:
         self.heads_cache: dict[str, Any] = {}
         # What the page shows about the model; the folder's path stays on this machine.
         self.model_info = {k: val for k, val in lm.describe().items() if k != "path"}
+        # The longest text every view can draw: the model view embeds every layer and head.
+        view_tokens = max_html_tokens(lm.num_layers, lm.num_heads)
+        self.max_tokens = min(view_tokens, lm.max_tokens)
+        self.why_max_tokens = (
+            f"the viewer draws all {lm.num_layers} layers x {lm.num_heads} heads of {lm.name} "
+            f"for up to {view_tokens} tokens" if view_tokens <= lm.max_tokens
+            else f"{lm.name} reads at most {lm.max_tokens} tokens")
 
     # ------------------------------------------------------------ plumbing
 
@@ -126,6 +145,7 @@ class _Viewer:
         arguments from the JSON body (POST) or the query (GET); every error an answer."""
         async def endpoint(request: Request) -> Response:
             try:
+                refuse_cross_site(request)  # before the body is read or the model runs
                 data = await self.arguments(request)
                 resp = await run_in_threadpool(self.locked, handler, data)
             except BadRequest as e:
@@ -175,17 +195,28 @@ class _Viewer:
                              f"U+{ord(value[e.start]):04X} at character {e.start}") from None
         return value
 
+    def model_text(self, value: Any, name: str) -> str:
+        """A text the model reads: ``text_arg``, then at most ``max_tokens`` tokens, so that what
+        one endpoint accepts every view and save of the page can draw (a 130-word text used to
+        pass ``/api/inspect`` and fail ``/view/model`` with a hint written for Python)."""
+        text = self.text_arg(value, name)
+        n = self.lm.encode(text, truncate=True, name=name).total_tokens  # counted, not cut
+        if n > self.max_tokens:
+            raise BadRequest(f"{name}: expected at most {self.max_tokens} tokens, got {n} "
+                             f"({len(text)} characters); {self.why_max_tokens}: shorten the text", 413)
+        return text
+
     # ------------------------------------------------------------ handlers
 
     def api_inspect(self, d: dict[str, Any]) -> Response:
-        text = self.text_arg(d.get("text"), "text")
+        text = self.model_text(d.get("text"), "text")
         focus = self.text_arg(d.get("focus"), "focus", required=False)
         res = inspect_text(self.lm, text, focus=focus, k=_int_arg(d.get("top"), "top", 3, 1, MAX_TOP))
         rep = res.report.to_dict() | {"patterns": head_patterns(res.cache), "model": self.model_info}
         return JSONResponse(rep)
 
     def api_compare(self, d: dict[str, Any]) -> Response:
-        a, b = self.text_arg(d.get("a"), "a"), self.text_arg(d.get("b"), "b")
+        a, b = self.model_text(d.get("a"), "a"), self.model_text(d.get("b"), "b")
         focus = self.text_arg(d.get("focus"), "focus") or "it"
         cands = _candidates(d.get("candidates"))
         top = _int_arg(d.get("top"), "top", 10, 1, MAX_TOP)
@@ -206,7 +237,7 @@ class _Viewer:
 
     def view(self, d: dict[str, Any], view: str) -> Response:
         lm = self.lm
-        text = self.text_arg(d.get("text"), "text")
+        text = self.model_text(d.get("text"), "text")
         cache = capture(lm, text, keep_hidden=False)
         layer = _int_arg(d.get("layer"), "layer", 0, 0, lm.num_layers - 1)
         head = _int_arg(d.get("head"), "head", -1, -1, lm.num_heads - 1)
@@ -216,7 +247,7 @@ class _Viewer:
         return _page(inspect_page(cache, view=view, layer=layer, heads=None if head < 0 else [head]))
 
     def view_compare(self, d: dict[str, Any]) -> Response:
-        a, b = self.text_arg(d.get("a"), "a"), self.text_arg(d.get("b"), "b")
+        a, b = self.model_text(d.get("a"), "a"), self.model_text(d.get("b"), "b")
         focus = self.text_arg(d.get("focus"), "focus") or "it"
         return _page(compare_page(compare(self.lm, a, b, focus, _candidates(d.get("candidates")))))
 
@@ -234,7 +265,7 @@ class _Viewer:
         return save
 
     def save_text(self, d: dict[str, Any], view: str, fmt: str) -> tuple[bytes, str]:
-        cache = capture(self.lm, self.text_arg(d.get("text"), "text"), keep_hidden=False)
+        cache = capture(self.lm, self.model_text(d.get("text"), "text"), keep_hidden=False)
         if view == "model":
             return model_file(cache, fmt), file_name(view, fmt)
         layer = _int_arg(d.get("layer"), "layer", 0, 0, cache.num_layers - 1)
@@ -242,7 +273,7 @@ class _Viewer:
         return head_file(cache, fmt, layer, heads), file_name(view, fmt, layer)
 
     def save_compare(self, d: dict[str, Any], fmt: str) -> tuple[bytes, str]:
-        a, b = self.text_arg(d.get("a"), "a"), self.text_arg(d.get("b"), "b")
+        a, b = self.model_text(d.get("a"), "a"), self.model_text(d.get("b"), "b")
         focus = self.text_arg(d.get("focus"), "focus", required=False) or "it"
         cmp = compare(self.lm, a, b, focus, _candidates(d.get("candidates")))
         ca, best = cmp.cache_a, cmp.best
@@ -264,7 +295,12 @@ class _Viewer:
         return Response(self.files[name], media_type=STATIC[name], headers=headers)
 
     async def health(self, request: Request) -> Response:
+        try:
+            refuse_cross_site(request)
+        except BadRequest as e:
+            return _error(request, str(e), e.status)
         return JSONResponse({"ok": True, "model": self.model_info, "max_chars": self.max_chars,
+                             "max_tokens": self.max_tokens,
                              "default_text": SEED_TEXT}, headers=COMMON_HEADERS)
 
 

@@ -37,6 +37,26 @@ class BadRequest(Exception):
         self.close = close
 
 
+# ------------------------------------------------------------------ who is asking
+
+_OTHER_SITES = ("cross-site", "same-site")  # same-site: another port of localhost, for one
+
+
+def refuse_cross_site(request: Request) -> None:
+    """403 for a request that another site's page made. Browsers say so in ``Sec-Fetch-Site``
+    (``same-origin`` from the viewer's page, ``none`` when typed in the address bar; absent from
+    curl or old browsers) and, for POSTs and cross-origin fetches, in ``Origin``, which must then
+    be this server's own (the Host header was checked before)."""
+    site = request.headers.get("sec-fetch-site", "").strip().lower()
+    if site in _OTHER_SITES:
+        raise BadRequest(f"refused a request from another site's page (Sec-Fetch-Site: {site}); "
+                         f"open the viewer at http://{request.headers.get('host', '127.0.0.1')}/", 403)
+    origin = request.headers.get("origin")
+    if origin is not None and origin.strip().lower() != f"http://{request.headers.get('host', '')}".lower():
+        raise BadRequest(f"refused a request from another origin (Origin: {origin[:80]!r}); "
+                         f"open the viewer at http://{request.headers.get('host', '127.0.0.1')}/", 403)
+
+
 # ------------------------------------------------------------------ body
 
 

@@ -72,6 +72,12 @@ def shorten(label: str, max_len: int) -> str:
     return label if len(label) <= max_len else label[: max(max_len - 1, 1)] + "…"
 
 
+def max_html_tokens(layers: int, heads: int) -> int:
+    """The most tokens per side an HTML view of ``layers`` x ``heads`` (every one embedded, as the
+    model view needs) can show: ``MAX_HTML_TOKENS``, or fewer where ``MAX_HTML_VALUES`` binds."""
+    return min(MAX_HTML_TOKENS, math.isqrt(MAX_HTML_VALUES // max(layers * heads, 1)))
+
+
 def check_html_size(shape: tuple[int, ...], name: str = "weights",
                     tokens_name: str = "tokens") -> None:
     """Refuse attention arrays the interactive pages would render badly.
