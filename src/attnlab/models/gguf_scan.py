@@ -242,4 +242,5 @@ def scan_gguf(path: Path) -> GGUFLayout:
         alignment = scan.metadata(n_kv)
         infos = scan.tensor_infos(n_tensors)
         data_offset = _align(scan.pos, alignment)
-        return GGUFLayout(size, version, alignment, data_offset, _extents(scan, infos, alignment, data_offset))
+        extents = _extents(scan, infos, alignment, data_offset)
+        return GGUFLayout(size, version, alignment, data_offset, extents)

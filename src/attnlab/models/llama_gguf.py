@@ -13,7 +13,13 @@ from typing import Any
 from torch import Tensor
 
 from attnlab.models.gguf_file import GGUFContents
-from attnlab.models.gguf_hparams import attention_sizes, check_tensor_table, float_field, int_field, layer_count
+from attnlab.models.gguf_hparams import (
+    attention_sizes,
+    check_tensor_table,
+    float_field,
+    int_field,
+    layer_count,
+)
 
 # GGUF tensor name -> Hugging Face llama name ({i} = layer).
 LLAMA_TENSORS = {
