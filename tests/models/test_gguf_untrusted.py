@@ -127,7 +127,7 @@ def test_49_byte_file_declaring_2_63_items_is_refused_at_once(tmp_path):
     f = tmp_path / "t.gguf"
     f.write_bytes(raw(kv("x", T.ARRAY, struct.pack("<IQ", T.UINT8, 1 << 63))))
     assert f.stat().st_size == 49
-    refused(f, "metadata x: expected at most 0 items (0 bytes left in the file, 1 bytes each), "
+    refused(f, "metadata x: expected at most 0 items (0 bytes left in the file, 1 byte each), "
                f"got {1 << 63}")
 
 

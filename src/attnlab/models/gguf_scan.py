@@ -104,7 +104,8 @@ class _Scan:
         """``n`` records of at least ``each`` bytes must fit in the rest of the file."""
         most = self.left() // each
         if n > most:
-            size = f"{each} bytes each" if exact else f"{each} bytes or more each"
+            unit_size = f"{each} byte{'s' if each > 1 else ''}"
+            size = f"{unit_size} each" if exact else f"{unit_size} or more each"
             raise self.fail(what, f"at most {most} {unit} ({self.left()} bytes left in the file, {size})",
                             f"{n}")
 
