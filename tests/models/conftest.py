@@ -168,12 +168,24 @@ def make_llama(path: Path, seed: int = 0, tie: bool = True, **overrides) -> Path
     return path
 
 
+def set_meta(writer, meta: dict) -> None:
+    """Replace, add (``key: (value, GGUFValueType)``) or drop (``key: None``) metadata fields of a
+    ``gguf.GGUFWriter`` before its header is written: how the tests build files with wrong values."""
+    from gguf.gguf_writer import GGUFValue
+
+    for key, v in meta.items():
+        if v is None:
+            writer.kv_data[0].pop(key, None)
+        else:
+            writer.kv_data[0][key] = GGUFValue(*v)
+
+
 def write_llama_gguf(folder: Path, out: Path, *, qtype: str = "Q8_0", arch: str = "llama",
-                     bad_tensor: str | None = None) -> Path:
+                     bad_tensor: str | None = None, meta: dict | None = None) -> Path:
     """Write the tiny Llama of ``folder`` as a GGUF file the way llama.cpp's converter does:
     q/k rows permuted for its pairwise RoPE, 2-D weights quantized to ``qtype``, norms F32,
     the byte-level BPE vocabulary and merges in the metadata. ``bad_tensor`` stores that tensor
-    as I32, a type gguf cannot dequantize."""
+    as I32, a type gguf cannot dequantize; ``meta`` replaces metadata fields (:func:`set_meta`)."""
     import json
 
     import gguf
@@ -234,6 +246,7 @@ def write_llama_gguf(folder: Path, out: Path, *, qtype: str = "Q8_0", arch: str 
             w.add_tensor(gname, gguf.quantize(a, q), raw_dtype=q)
         else:
             w.add_tensor(gname, a)
+    set_meta(w, meta or {})
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .conftest import CORPUS, bytelevel_tokenizer, save
+from .conftest import CORPUS, bytelevel_tokenizer, save, set_meta
 
 SPACE = "\u2581"
 # (piece, gguf token type): control pieces first and user-defined ones among them, as in Gemma's file
@@ -57,9 +57,10 @@ def make_gemma3(path: Path, seed: int = 0, *, vocab_size: int | None = None, **o
     return path
 
 
-def write_gemma3_gguf(folder: Path, out: Path, *, qtype: str = "F32") -> Path:
+def write_gemma3_gguf(folder: Path, out: Path, *, qtype: str = "F32", meta: dict | None = None) -> Path:
     """``folder``'s tiny Gemma 3 as llama.cpp writes it (norms + 1, 2-D weights in ``qtype``),
-    with the Gemma-like SentencePiece vocabulary of :func:`gemma_pieces`."""
+    with the Gemma-like SentencePiece vocabulary of :func:`gemma_pieces`; ``meta`` replaces
+    metadata fields (``conftest.set_meta``)."""
     import gguf
     from safetensors.torch import load_file
 
@@ -111,6 +112,7 @@ def write_gemma3_gguf(folder: Path, out: Path, *, qtype: str = "F32") -> Path:
             w.add_tensor(gname, gguf.quantize(a, q), raw_dtype=q)
         else:
             w.add_tensor(gname, a)
+    set_meta(w, meta or {})
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

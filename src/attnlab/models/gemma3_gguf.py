@@ -21,8 +21,16 @@ from typing import Any
 from torch import Tensor
 
 from attnlab.models.gemma3 import GLOBAL, LOCAL
-from attnlab.models.gguf_file import GGUFContents, TensorTransform, get, need
-from attnlab.models.llama_gguf import LLAMA_TENSORS
+from attnlab.models.gguf_file import GGUFContents, TensorTransform, get
+from attnlab.models.gguf_hparams import (
+    attention_sizes,
+    check_tensor_table,
+    float_field,
+    int_field,
+    layer_count,
+    optional_float,
+)
+from attnlab.models.llama_gguf import LLAMA_SHAPES, LLAMA_TENSORS, OPTIONAL_TENSORS, vocab_size
 
 # GGUF tensor name -> Hugging Face gemma3_text name ({i} = layer): llama's table plus Gemma's
 # differences — QK-norm, the norms after each sublayer, and ffn_norm as the pre-MLP norm.
@@ -32,6 +40,12 @@ GEMMA3_TENSORS = LLAMA_TENSORS | {
     "blk.{i}.post_attention_norm.weight": "model.layers.{i}.post_attention_layernorm.weight",
     "blk.{i}.ffn_norm.weight": "model.layers.{i}.pre_feedforward_layernorm.weight",
     "blk.{i}.post_ffw_norm.weight": "model.layers.{i}.post_feedforward_layernorm.weight",
+}
+GEMMA3_SHAPES = LLAMA_SHAPES | {
+    "blk.{i}.attn_q_norm.weight": ("head_dim",),
+    "blk.{i}.attn_k_norm.weight": ("head_dim",),
+    "blk.{i}.post_attention_norm.weight": ("hidden_size",),
+    "blk.{i}.post_ffw_norm.weight": ("hidden_size",),
 }
 
 _SWA_EVERY = 6  # llama.cpp: hparams.set_swa_pattern(6) for gemma3
@@ -44,20 +58,22 @@ def _layer_types(contents: GGUFContents, n: int) -> list[str]:
             raise ValueError(f"{contents.path}: gemma3.attention.sliding_window_pattern: expected {n} "
                              f"entries (one per layer), got {len(pattern)}")
         return [LOCAL if p else GLOBAL for p in pattern]
-    every = int(pattern)
+    if not isinstance(pattern, int) or isinstance(pattern, bool) or pattern < 0:
+        raise ValueError(f"{contents.path}: gemma3.attention.sliding_window_pattern: expected an integer "
+                         f">= 0 or one bool per layer, got {pattern!r}")
+    every = pattern
     return [GLOBAL if every > 0 and (i + 1) % every == 0 else LOCAL for i in range(n)]
 
 
 def gemma3_config(contents: GGUFContents) -> dict[str, Any]:
-    """The file's hyper-parameters as a Hugging Face ``gemma3_text`` ``config.json`` dict."""
+    """The file's hyper-parameters as a Hugging Face ``gemma3_text`` ``config.json`` dict, each
+    checked as a range and against the file's tensors (``gguf_hparams``) before anything is built."""
     m = contents.metadata
-    heads = int(need(contents, "attention.head_count"))
-    hidden = int(need(contents, "embedding_length"))
-    n = int(need(contents, "block_count"))
-    head_dim = int(get(contents, "attention.key_length", hidden // heads))
-    scale = get(contents, "attention.scale", None)
-    scalar = 1.0 / float(scale) ** 2 if scale else (hidden / heads if n == 62 else head_dim)
-    names = {t.name for t in contents.reader.tensors}
+    n = layer_count(contents)  # before the per-layer list below
+    hidden = int_field(contents, "embedding_length")
+    heads, kv_heads, head_dim = attention_sizes(contents, hidden)
+    scale = optional_float(contents, "attention.scale")
+    scalar = 1.0 / scale**2 if scale else (hidden / heads if n == 62 else head_dim)
     tokens = m.get("tokenizer.ggml.tokens") or []
     eos = m.get("tokenizer.ggml.eos_token_id")
     # llama.cpp also ends generation at <end_of_turn> (its EOG list), as Gemma's generation_config does.
@@ -65,34 +81,36 @@ def gemma3_config(contents: GGUFContents) -> dict[str, Any]:
     if "<end_of_turn>" in tokens and tokens.index("<end_of_turn>") not in eos_ids:
         eos_ids.append(tokens.index("<end_of_turn>"))
     scaling = get(contents, "rope.scaling.type", None)
-    return {
+    cfg = {
         "model_type": "gemma3_text",
-        "vocab_size": int(get(contents, "vocab_size", len(tokens))),
+        "vocab_size": vocab_size(contents),
         "hidden_size": hidden,
-        "intermediate_size": int(need(contents, "feed_forward_length")),
+        "intermediate_size": int_field(contents, "feed_forward_length"),
         "num_hidden_layers": n,
         "num_attention_heads": heads,
-        "num_key_value_heads": int(get(contents, "attention.head_count_kv", heads)),
+        "num_key_value_heads": kv_heads,
         "head_dim": head_dim,
-        "max_position_embeddings": int(need(contents, "context_length")),
-        "rms_norm_eps": float(get(contents, "attention.layer_norm_rms_epsilon", 1e-6)),
-        "sliding_window": int(need(contents, "attention.sliding_window")),
+        "max_position_embeddings": int_field(contents, "context_length"),
+        "rms_norm_eps": float_field(contents, "attention.layer_norm_rms_epsilon", 1e-6),
+        "sliding_window": int_field(contents, "attention.sliding_window"),
         "layer_types": _layer_types(contents, n),
         "query_pre_attn_scalar": scalar,
         "rope_parameters": {
             GLOBAL: {"rope_type": scaling if scaling not in (None, "none") else "default",
-                     "rope_theta": float(get(contents, "rope.freq_base", 1_000_000.0))},
+                     "rope_theta": float_field(contents, "rope.freq_base", 1_000_000.0)},
             LOCAL: {"rope_type": "default",
-                    "rope_theta": float(get(contents, "rope.freq_base_swa", 10_000.0))},
+                    "rope_theta": float_field(contents, "rope.freq_base_swa", 10_000.0)},
         },
         "hidden_activation": "gelu_pytorch_tanh",
-        "final_logit_softcapping": get(contents, "final_logit_softcapping", None),
+        "final_logit_softcapping": optional_float(contents, "final_logit_softcapping"),
         "attn_logit_softcapping": get(contents, "attn_logit_softcapping", None),
-        "tie_word_embeddings": "output.weight" not in names,
+        "tie_word_embeddings": "output.weight" not in contents.shapes,
         "bos_token_id": m.get("tokenizer.ggml.bos_token_id"),
         "eos_token_id": eos_ids,
         "pad_token_id": m.get("tokenizer.ggml.padding_token_id"),
     }
+    check_tensor_table(contents, cfg, GEMMA3_SHAPES, OPTIONAL_TENSORS)
+    return cfg
 
 
 def _minus_one(w: Tensor, cfg: dict[str, Any]) -> Tensor:

@@ -12,7 +12,14 @@ from typing import Any
 
 from torch import Tensor
 
-from attnlab.models.gguf_file import GGUFContents, get, need
+from attnlab.models.gguf_file import GGUFContents
+from attnlab.models.gguf_hparams import (
+    attention_sizes,
+    check_tensor_table,
+    float_field,
+    int_field,
+    layer_count,
+)
 
 # GGUF tensor name -> Hugging Face llama name ({i} = layer).
 LLAMA_TENSORS = {
@@ -29,33 +36,57 @@ LLAMA_TENSORS = {
     "blk.{i}.ffn_up.weight": "model.layers.{i}.mlp.up_proj.weight",
     "blk.{i}.ffn_down.weight": "model.layers.{i}.mlp.down_proj.weight",
 }
+# GGUF tensor name -> its shape (rows, cols as torch holds it) in config.json terms; q_size and
+# kv_size are heads x head_dim (gguf_hparams.check_tensor_table). output.weight is absent when tied.
+LLAMA_SHAPES: dict[str, tuple[str, ...]] = {
+    "token_embd.weight": ("vocab_size", "hidden_size"),
+    "output_norm.weight": ("hidden_size",),
+    "output.weight": ("vocab_size", "hidden_size"),
+    "blk.{i}.attn_norm.weight": ("hidden_size",),
+    "blk.{i}.attn_q.weight": ("q_size", "hidden_size"),
+    "blk.{i}.attn_k.weight": ("kv_size", "hidden_size"),
+    "blk.{i}.attn_v.weight": ("kv_size", "hidden_size"),
+    "blk.{i}.attn_output.weight": ("hidden_size", "q_size"),
+    "blk.{i}.ffn_norm.weight": ("hidden_size",),
+    "blk.{i}.ffn_gate.weight": ("intermediate_size", "hidden_size"),
+    "blk.{i}.ffn_up.weight": ("intermediate_size", "hidden_size"),
+    "blk.{i}.ffn_down.weight": ("hidden_size", "intermediate_size"),
+}
+OPTIONAL_TENSORS = frozenset({"output.weight"})
+
+
+def vocab_size(contents: GGUFContents) -> int:
+    tokens = contents.metadata.get("tokenizer.ggml.tokens")
+    return int_field(contents, "vocab_size", default=len(tokens) if isinstance(tokens, list) else 0)
 
 
 def llama_config(contents: GGUFContents) -> dict[str, Any]:
-    """The file's hyper-parameters as a Hugging Face llama ``config.json`` dict."""
+    """The file's hyper-parameters as a Hugging Face llama ``config.json`` dict, each checked as
+    a range and against the file's tensors (``gguf_hparams``) before anything is built."""
     m = contents.metadata
-    heads = int(need(contents, "attention.head_count"))
-    hidden = int(need(contents, "embedding_length"))
-    names = {t.name for t in contents.reader.tensors}
-    tokens = m.get("tokenizer.ggml.tokens")
-    return {
+    n = layer_count(contents)
+    hidden = int_field(contents, "embedding_length")
+    heads, kv_heads, head_dim = attention_sizes(contents, hidden)
+    cfg = {
         "model_type": "llama",
-        "vocab_size": int(get(contents, "vocab_size", len(tokens) if tokens else 0)),
+        "vocab_size": vocab_size(contents),
         "hidden_size": hidden,
-        "intermediate_size": int(need(contents, "feed_forward_length")),
-        "num_hidden_layers": int(need(contents, "block_count")),
+        "intermediate_size": int_field(contents, "feed_forward_length"),
+        "num_hidden_layers": n,
         "num_attention_heads": heads,
-        "num_key_value_heads": int(get(contents, "attention.head_count_kv", heads)),
-        "head_dim": int(get(contents, "attention.key_length", hidden // heads)),
-        "max_position_embeddings": int(need(contents, "context_length")),
-        "rms_norm_eps": float(get(contents, "attention.layer_norm_rms_epsilon", 1e-5)),
-        "rope_theta": float(get(contents, "rope.freq_base", 10000.0)),
+        "num_key_value_heads": kv_heads,
+        "head_dim": head_dim,
+        "max_position_embeddings": int_field(contents, "context_length"),
+        "rms_norm_eps": float_field(contents, "attention.layer_norm_rms_epsilon", 1e-5),
+        "rope_theta": float_field(contents, "rope.freq_base", 10000.0),
         "hidden_act": "silu",
-        "tie_word_embeddings": "output.weight" not in names,
+        "tie_word_embeddings": "output.weight" not in contents.shapes,
         "bos_token_id": m.get("tokenizer.ggml.bos_token_id"),
         "eos_token_id": m.get("tokenizer.ggml.eos_token_id"),
         "pad_token_id": m.get("tokenizer.ggml.padding_token_id"),
     }
+    check_tensor_table(contents, cfg, LLAMA_SHAPES, OPTIONAL_TENSORS)
+    return cfg
 
 
 def unpermute_rope(w: Tensor, n_heads: int) -> Tensor:
