@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from attnlab.viz.html.page import render_page, write_page
+from attnlab.viz.notebook import HtmlPage
 from attnlab.viz.safety import MAX_HTML_VALUES, printable
 
 # Tokens of flowing text: 4096 spans re-shade in a few milliseconds in headless Chromium.
@@ -145,7 +146,7 @@ def generation_view_html(
     kv_group: Sequence[int],
     title: str = "Attention while generating",
     path: str | Path | None = None,
-) -> str:
+) -> HtmlPage:
     """The prompt and the answer as text; hover a token to see what its position attended to.
 
     ``rows[p]`` is (layers, heads, p + 1): the attention of fed position p over keys 0..p
@@ -194,7 +195,7 @@ def token_share_html(
     layers: Sequence[int],
     title: str = "Share of attention on the highlighted words",
     path: str | Path | None = None,
-) -> str:
+) -> HtmlPage:
     """The answer coloured by how much of its attention went to a highlighted prompt span.
 
     ``share`` is (n_answer_tokens, n_layers): for each generated token and layer, the share of
