@@ -33,7 +33,8 @@ SystemOpt = Annotated[
 
 # Library parameter names -> the options (and arguments) the user typed.
 GENERATE_NAMES = {"prompt": "PROMPT", "max_new_tokens": "--max-new-tokens", "temperature": "--temperature",
-                  "top_p": "--top-p", "seed": "--seed", "layers": "--layers", "heads": "--heads"}
+                  "top_p": "--top-p", "seed": "--seed", "layers": "--layers", "heads": "--heads",
+                  "path": "--save-capture"}
 EFFECT_NAMES = {"prompt": "BASE", "add": "--add", "topic": "--topic", "bands": "--bands",
                 "alpha": "--alpha", "steer_heads": "--steer-heads", "pasta": "--emphasize",
                 "max_new_tokens": "--max-new-tokens"}
@@ -63,8 +64,12 @@ def _mkdir(path: Path) -> Path:
     return path
 
 
-def _check_outputs(png: Path | None = None, html: Path | None = None, out: Path | None = None) -> None:
+def _check_outputs(png: Path | None = None, html: Path | None = None, out: Path | None = None,
+                   save_capture: Path | None = None) -> None:
     """Refuse bad output names before minutes of generation, not after."""
+    if save_capture is not None and save_capture.suffix != ".safetensors":
+        raise ValueError(f"--save-capture: expected a file name ending in .safetensors, got "
+                         f"{str(save_capture)!r}")
     if png is not None and png.suffix.lower() not in (".png", ".svg"):
         raise ValueError(f"--png: expected a file name ending in .png or .svg, got {str(png)!r}")
     if html is not None and html.suffix.lower() not in (".html", ".htm"):
@@ -108,13 +113,17 @@ def generate_command(
     truncate: Annotated[
         bool, typer.Option("--truncate", help="keep the first tokens of a prompt longer than the context")
     ] = False,
+    save_capture: Annotated[
+        Path | None, typer.Option("--save-capture", help="write the captured attention to this "
+                                  ".safetensors file (reopen it with attnlab render)")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Generate an answer, streaming it, with every generated token's attention captured."""
     with user_errors(as_json, GENERATE_NAMES):
         from attnlab.inspect.generation import Sampling, generate_text
 
-        _check_outputs(png, html)
+        _check_outputs(png, html, save_capture=save_capture)
         sampled = temperature is not None or top_p is not None
         if greedy and sampled:
             raise ValueError("--greedy: expected either --greedy or --temperature/--top-p, got both")
@@ -125,7 +134,8 @@ def generate_command(
             seed=seed,
         )
         lm = load_lm(model, small=False)
-        capture = html is not None or png is not None or layers is not None or heads is not None
+        capture = (html is not None or png is not None or save_capture is not None
+                   or layers is not None or heads is not None)
         lays = None if layers is None else split_ints("--layers", layers)
         hds = None if heads is None else split_ints("--heads", heads)
         checks = (("--layer", layer, lays, lm.num_layers), ("--head", head, hds, lm.num_heads))
@@ -163,14 +173,17 @@ def generate_command(
             truncate=truncate,
         )
         rep: dict[str, Any] = g.to_dict() | {"sampling": vars(sampling)}
-        if png is not None:
-            from attnlab.inspect.llm_views import generation_png
+        if png is not None or html is not None or save_capture is not None:
+            from attnlab.inspect.capture_file import Capture
+            from attnlab.inspect.llm_views import generation_page, generation_png
 
-            rep["png"] = str(generation_png(g, _mkdir(png), layer=layer, head=head))
-        if html is not None:
-            from attnlab.inspect.llm_views import generation_page
-
-            rep["html"] = str(generation_page(g, _mkdir(html)))
+            cap = Capture.from_generation(g)
+            if save_capture is not None:
+                rep["save_capture"] = str(cap.save(_mkdir(save_capture)))
+            if png is not None:
+                rep["png"] = str(generation_png(cap, _mkdir(png), layer=layer, head=head))
+            if html is not None:
+                rep["html"] = str(generation_page(cap, _mkdir(html)))
     if as_json:
         print_json(rep)
         return
@@ -187,7 +200,7 @@ def generate_command(
             f"= {c['bytes'] / 1e6:.1f} MB (fp16)[/]",
             highlight=False,
         )
-    for key in ("png", "html"):
+    for key in ("save_capture", "png", "html"):
         if key in rep:
             console.print(f"wrote {rep[key]}", highlight=False, markup=False)
 

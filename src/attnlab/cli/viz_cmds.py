@@ -154,7 +154,8 @@ def plot_mask_command(
 
 
 def render_command(
-    file: Annotated[Path, typer.Argument(help="attention exported by attnlab.viz.export_json")],
+    file: Annotated[Path, typer.Argument(help="attention exported by attnlab.viz.export_json, or a "
+                                         "capture saved by attnlab generate --save-capture (.safetensors)")],
     html: Annotated[Path | None, typer.Option("--html", help="write an interactive page")] = None,
     view: Annotated[str, typer.Option("--view", help="HTML view: head or model")] = "head",
     png: PngOpt = None,
@@ -162,16 +163,29 @@ def render_command(
     layer: Annotated[int | None, typer.Option("--layer", help="layer position")] = None,
     head: Annotated[int | None, typer.Option("--head", help="head position")] = None,
     show_values: Annotated[bool, typer.Option("--values", help="print weights in cells")] = False,
+    model: Annotated[str | None, typer.Option("--model", help="a capture: refuse it unless this "
+                                              "model made it (e.g. smollm2)")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Render exported attention JSON: HTML page, PNG/SVG figure, terminal heatmap, patterns.
 
     Figures: one (layer, head) heatmap when --layer and --head are given (or there is only
-    one head), else the layers x heads grid.
+    one head), else the layers x heads grid. A capture (.safetensors from attnlab generate
+    --save-capture) reopens into the generation page (--html) and the answer's heatmap (--png).
     """
+    if file.suffix == ".safetensors":
+        from attnlab.cli.capture_render import NAMES, render_capture
+
+        with user_errors(as_json, NAMES):
+            render_capture(file, html=html, figs=_written(png, svg), layer=layer, head=head,
+                           model=model, as_json=as_json)
+        return
     with user_errors(as_json, {"source": "FILE"}):  # viz.load_json names its argument "source"
         from attnlab import viz
 
+        if model is not None:
+            raise ValueError("--model: expected only with a capture (.safetensors), got it with "
+                             f"the JSON export {str(file)!r}")
         data = viz.load_json(file)
         n_layers, n_heads = data.shape[:2]
         for name, v, n in (("--layer", layer, n_layers), ("--head", head, n_heads)):

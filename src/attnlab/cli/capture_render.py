@@ -1,0 +1,46 @@
+"""``attnlab render CAPTURE.safetensors``: a saved generation capture reopened into its pages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from attnlab.cli.common import console, print_json
+
+# The library's names -> the options and argument of `attnlab render`.
+NAMES = {"path": "FILE", "model": "--model", "layer": "--layer", "head": "--head"}
+
+
+def render_capture(file: Path, *, html: Path | None, figs: list[Path], layer: int | None,
+                   head: int | None, model: str | None, as_json: bool) -> None:
+    """Load ``file`` (checked against ``model`` when given), write the generation page and the
+    answer's heatmap, print a summary."""
+    from attnlab.inspect.capture_file import Capture
+    from attnlab.inspect.llm_views import generation_page, generation_png
+
+    if html is not None and html.suffix.lower() not in (".html", ".htm"):
+        raise ValueError(f"--html: expected a file name ending in .html, got {str(html)!r}")
+    cap = Capture.load(file, model=model)
+    for name, v, recorded in (("--layer", layer, cap.layers), ("--head", head, cap.heads)):
+        if v is not None and v not in recorded:
+            raise ValueError(f"{name}: expected one of the recorded {name[2:]}s {recorded}, got {v}")
+    out: list[Path] = []
+    if html is not None:
+        out.append(generation_page(cap, html))
+    for p in figs:
+        out.append(generation_png(cap, p, layer=layer, head=head))
+    rep: dict[str, Any] = {
+        "file": str(file), "model": cap.model, "prompt": cap.prompt, "positions": cap.positions,
+        "prompt_len": cap.prompt_len, "layers": cap.layers, "heads": cap.heads,
+        "dtype": str(cap.weights.dtype).removeprefix("torch."), "attnlab_version": cap.version,
+        "written": [str(p) for p in out],
+    }
+    if as_json:
+        print_json(rep)
+        return
+    console.print(f"{cap.model}: {cap.positions} positions (prompt {cap.prompt_len}) x "
+                  f"{len(cap.layers)} layers x {len(cap.heads)} heads, written by attnlab "
+                  f"{cap.version or '?'}", markup=False, highlight=False)
+    console.print("answer: " + "".join(cap.labels[cap.prompt_len:]), markup=False, highlight=False)
+    for p in out:
+        console.print(f"wrote {p}", markup=False, highlight=False)

@@ -1,0 +1,146 @@
+"""Captures as files: Capture.save / load (safetensors + JSON, never pickle, atomic writes),
+`attnlab generate --save-capture`, `attnlab render F` — on a tiny random Llama."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from attnlab.cli.main import app
+from attnlab.inspect.capture_file import Capture
+from attnlab.inspect.generation import generate_text
+from attnlab.models import load_model
+
+PROMPT = "The animal didn't cross the street because it was too"
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_llama):
+    return load_model(tiny_llama)
+
+
+@pytest.fixture(scope="module")
+def gen(lm):
+    return generate_text(lm, PROMPT, max_new_tokens=6, capture=True, heads=[0, 3])
+
+
+def test_save_load_round_trips_bit_exactly_and_rows_are_the_recorders(gen, lm, tmp_path) -> None:
+    cap = Capture.from_generation(gen)
+    rec = gen.recorder
+    assert cap.positions == len(rec) and cap.weights.dtype == torch.float16
+    for p in (0, len(gen.prompt) - 1, len(rec) - 1):
+        assert torch.equal(cap.row(p), rec.row(p))
+    path = cap.save(tmp_path / "cap.safetensors")
+    assert [p.name for p in tmp_path.iterdir()] == ["cap.safetensors"]  # no temporary file left
+    back = Capture.load(path, model=lm.name)
+    assert torch.equal(back.weights, cap.weights)  # bit for bit (same dtype, same bytes)
+    assert back.metadata() == cap.metadata()
+    assert back.labels == gen.labels and back.prompt_len == len(gen.prompt)
+    assert back.layers == rec.layers and back.heads == [0, 3] and back.kv_group == rec.kv_group
+    from attnlab import __version__
+
+    assert back.version == __version__
+    # the views of a loaded capture are the views of the generation
+    assert back.page() == Capture.from_generation(gen).page()
+    torch.testing.assert_close(back.answer_rows(layer=1, head=3)[-1],
+                               rec.row(len(rec) - 1)[1, 1].float(), atol=0, rtol=0)
+
+
+def test_a_damaged_truncated_foreign_or_pickled_file_is_a_clear_error(gen, tmp_path) -> None:
+    good = Capture.from_generation(gen).save(tmp_path / "good.safetensors")
+    data = good.read_bytes()
+    cases = {
+        "truncated": data[: len(data) - 10],
+        "header": data[:8] + b"{not json" + data[17:],
+        "empty": b"",
+        "pickle": b"\x80\x04\x95" + b"\x00" * 64,  # what torch.save writes starts like this
+    }
+    for name, blob in cases.items():
+        p = tmp_path / f"{name}.safetensors"
+        p.write_bytes(blob)
+        with pytest.raises(ValueError, match=r"^path: expected an attnlab capture .*damaged or truncated"):
+            Capture.load(p)
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(3)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match=r"without attnlab's capture metadata"):
+        Capture.load(tmp_path / "other.safetensors")
+    # metadata that disagrees with the tensor
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8 : 8 + n])
+    meta = json.loads(header["__metadata__"]["attnlab.capture"])
+    meta["positions"] += 1
+    header["__metadata__"]["attnlab.capture"] = json.dumps(meta)
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    (tmp_path / "lies.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n :])
+    with pytest.raises(ValueError, match=r"inconsistent metadata \(positions: expected"):
+        Capture.load(tmp_path / "lies.safetensors")
+    with pytest.raises(FileNotFoundError, match=r"^path: expected an existing capture file"):
+        Capture.load(tmp_path / "missing.safetensors")
+
+
+def test_a_capture_from_another_model_is_refused(gen, tmp_path) -> None:
+    p = Capture.from_generation(gen).save(tmp_path / "c.safetensors")
+    with pytest.raises(ValueError, match=r"^model: expected the model this capture was made with "
+                                         r".*got 'smollm2' \('SmolLM2-135M-Instruct'\)"):
+        Capture.load(p, model="smollm2")
+
+
+def test_save_is_atomic_an_existing_file_survives_a_failed_write(gen, tmp_path, monkeypatch) -> None:
+    cap = Capture.from_generation(gen)
+    p = cap.save(tmp_path / "c.safetensors")
+    before = p.read_bytes()
+    import safetensors.torch
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save", boom)
+    with pytest.raises(OSError, match="disk full"):
+        cap.save(p)
+    assert p.read_bytes() == before and [q.name for q in tmp_path.iterdir()] == ["c.safetensors"]
+    with pytest.raises(ValueError, match=r"^path: expected a file name ending in \.safetensors"):
+        cap.save(tmp_path / "c.pt")
+
+
+def test_cli_generate_save_capture_then_render(tiny_llama, tmp_path) -> None:
+    runner = CliRunner()
+    cap = tmp_path / "out" / "cap.safetensors"
+    r = runner.invoke(app, ["generate", PROMPT, "--model", str(tiny_llama), "--raw", "--max-new-tokens",
+                            "5", "--save-capture", str(cap), "--json"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.output)
+    assert rep["save_capture"] == str(cap) and cap.is_file()
+    html, png = tmp_path / "g.html", tmp_path / "g.png"
+    r = runner.invoke(app, ["render", str(cap), "--html", str(html), "--png", str(png), "--layer", "1",
+                            "--head", "2", "--model", str(tiny_llama), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert out["written"] == [str(html), str(png)] and out["positions"] == rep["capture"]["rows"]
+    assert "attention while generating" in html.read_text() and png.read_bytes()[:4] == b"\x89PNG"
+    r = runner.invoke(app, ["render", str(cap)])
+    assert r.exit_code == 0 and "wrote" not in r.output and "positions" in r.output
+
+
+def test_cli_bad_captures_are_one_line_with_exit_code_2(tiny_llama, gen, tmp_path) -> None:
+    runner = CliRunner()
+    good = Capture.from_generation(gen).save(tmp_path / "c.safetensors")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(good.read_bytes()[:100])
+    cases = [
+        (["render", str(bad)], "FILE: expected an attnlab capture"),
+        (["render", str(good), "--model", "smollm2"], "--model: expected the model this capture was made"),
+        (["render", str(good), "--layer", "9"], "--layer: expected one of the recorded layers"),
+        (["generate", "hi", "--model", str(tiny_llama), "--save-capture", "x.pt"],
+         "--save-capture: expected a file name ending in .safetensors"),
+    ]
+    for args, want in cases:
+        r = runner.invoke(app, args)
+        assert r.exit_code == 2, r.output
+        lines = r.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {want}"), r.output
