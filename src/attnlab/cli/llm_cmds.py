@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from attnlab.cli.common import console, load_lm, print_json, split_ints, split_tokens, user_errors
+from attnlab.cli.common import ThreadsOpt, console, load_lm, print_json, split_ints, split_tokens, user_errors
 
 LLMOpt = Annotated[
     str,
@@ -118,6 +118,7 @@ def generate_command(
                                   ".safetensors file (reopen it with attnlab render)")
     ] = None,
     as_json: JsonOpt = False,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Generate an answer, streaming it, with every generated token's attention captured."""
     with user_errors(as_json, GENERATE_NAMES):
@@ -133,7 +134,7 @@ def generate_command(
             top_p=1.0 if top_p is None else top_p,
             seed=seed,
         )
-        lm = load_lm(model, small=False)
+        lm = load_lm(model, threads=threads)
         capture = (html is not None or png is not None or save_capture is not None
                    or layers is not None or heads is not None)
         lays = None if layers is None else split_ints("--layers", layers)
@@ -242,6 +243,7 @@ def prompt_effect_command(
     ] = None,
     html: Annotated[Path | None, typer.Option(help="the answer coloured by that share (.html)")] = None,
     as_json: JsonOpt = False,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Do added words steer the answer through attention? Topic mass, attention share, knockout."""
     with user_errors(as_json, EFFECT_NAMES):
@@ -251,7 +253,7 @@ def prompt_effect_command(
         _check_outputs(png, html, out)
         check_alpha(alpha)
         words = SECURITY_LEXICON if topic is None else tuple(split_tokens(topic) or ())
-        lm = load_lm(model, small=False)
+        lm = load_lm(model, threads=threads)
         text, added = pe.DEFAULT_BASE if base is None else base, pe.DEFAULT_ADD if add is None else add
         if text.strip() and added.strip():  # (else prompt_effect says which is missing)
             # The augmented run captures every head's attention while it generates: refuse first.
