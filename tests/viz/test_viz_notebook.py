@@ -68,9 +68,14 @@ def test_every_figure_shows_as_png() -> None:
 
 def test_show_displays_pages_and_figures_and_refuses_other_objects(monkeypatch) -> None:
     display = pytest.importorskip("IPython.display")
+    from IPython.core.interactiveshell import InteractiveShell
+
+    page = _pages()["head"]
+    with pytest.raises(ValueError, match=r"^show: expected to run in a notebook .* path= instead"):
+        viz.show(page)  # a plain process: not a page printed as text
     shown: list[object] = []
     monkeypatch.setattr(display, "display", lambda obj: shown.append(obj))
-    page = _pages()["head"]
+    monkeypatch.setattr(InteractiveShell, "initialized", classmethod(lambda cls: True))
     assert viz.show(page, height=300) is page
     assert 'height: 300px' in shown[-1]._repr_html_() and HOSTILE not in shown[-1]._repr_html_()
     fig = viz.heatmap(_weights()[0, 0], TOKENS)

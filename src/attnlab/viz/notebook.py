@@ -66,10 +66,16 @@ def show(obj: Any, *, height: int | None = None) -> Any:
     ``height`` sets an HTML view's frame height in pixels. Returns ``obj``.
     """
     try:
+        from IPython.core.interactiveshell import InteractiveShell
         from IPython.display import display
+
+        running = InteractiveShell.initialized()
     except ImportError:
-        raise ValueError("show: expected to run inside Jupyter or IPython (IPython is not "
-                         "installed); write the view to a file with path= instead") from None
+        running = False
+    if not running:
+        # outside IPython, display() would print the whole page as text
+        raise ValueError("show: expected to run in a notebook (Jupyter, VS Code) or IPython, got a "
+                         "plain Python process; write the view to a file with path= instead")
     from matplotlib.figure import Figure
 
     from attnlab.viz.figure import ViewFigure
