@@ -77,4 +77,5 @@ def test_zero_or_too_many_threads_is_one_line_and_exit_2(args, restore_threads) 
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 2, r.output
     lines = r.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: --threads: expected an integer from 1 to "), r.output
+    assert len(lines) == 1, r.output
+    assert lines[0].startswith("error: --threads: expected an integer from 1 to "), r.output

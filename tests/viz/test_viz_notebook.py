@@ -48,8 +48,11 @@ def test_every_page_is_the_same_str_and_shows_as_a_sandboxed_iframe() -> None:
         assert 'sandbox="allow-scripts allow-downloads"' in frame  # no allow-same-origin
         srcdoc = re.search(r'srcdoc="([^"]*)"', frame)
         assert srcdoc is not None and html.unescape(srcdoc[1]) == str(page)
-        # text/plain is a one-line summary, not the whole page
+        # text/plain is a one-line summary, not the whole page (IPython's formatter agrees)
         assert bundle["text/plain"].startswith(f"<attnlab {view} view") and len(bundle["text/plain"]) < 200
+        formatter = pytest.importorskip("IPython.core.formatters").DisplayFormatter()
+        data, _ = formatter.format(page)
+        assert data == bundle
 
 
 def test_every_figure_shows_as_png() -> None:
@@ -96,3 +99,36 @@ def test_show_displays_pages_and_figures_and_refuses_other_objects(monkeypatch) 
 def test_a_view_too_big_for_the_notebook_gets_the_file_caps_advice() -> None:
     with pytest.raises(ValueError, match=r"^weights: expected at most 256 tokens per side.*pass weights\["):
         viz.head_view_html(np.full((1, 1, 300, 300), 1 / 300), [str(i) for i in range(300)])
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not __import__("os").path.exists("/usr/bin/chromium"), reason="no chromium")
+def test_two_views_on_one_page_both_render_and_a_hostile_token_stays_text(tmp_path) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    pages = _pages()
+    two = [pages["head"], pages["generation"]]  # as two notebook cells' outputs
+    path = tmp_path / "notebook.html"
+    path.write_text("<!DOCTYPE html><html><body>" + "".join(p._repr_html_() for p in two)
+                    + "</body></html>", encoding="utf-8")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True)
+        try:
+            page = browser.new_page()
+            dialogs: list[str] = []
+            errors: list[str] = []
+            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(path.as_uri())
+            frames = [f.content_frame() for f in page.query_selector_all("iframe.attnlab-view")]
+            assert len(frames) == 2
+            for f in frames:
+                f.wait_for_selector("body[data-ready='1']", timeout=10_000)
+                assert f.evaluate("window.__pwned") is None
+                assert f.evaluate("document.images.length") == 0
+                assert HOSTILE in f.evaluate("document.body.textContent")  # shown as text
+            assert page.evaluate("window.__pwned") is None and dialogs == [] and errors == []
+            # sandboxed without same-origin: the notebook cannot be reached from a view
+            assert frames[0].evaluate("(() => { try { return !!parent.document; } "
+                                      "catch (e) { return 'blocked'; } })()") == "blocked"
+        finally:
+            browser.close()

@@ -55,6 +55,10 @@ class HtmlPage(str):
         # text/plain is a summary: IPython would otherwise print the whole page as a str repr.
         return {"text/html": self.iframe(), "text/plain": self.summary()}
 
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        # IPython's text/plain printer for str would win over the bundle's: the summary instead
+        p.text(self.summary())
+
     def summary(self) -> str:
         return f"<attnlab {self.view} view {self.title!r}: {len(self):,} characters of HTML>"
 
