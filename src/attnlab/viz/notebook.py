@@ -28,13 +28,13 @@ class HtmlPage(str):
     """An offline page's HTML text (a ``str``) that displays itself in a notebook."""
 
     view: str = "page"
-    title: str = ""
+    page_title: str = ""  # not "title": str.title is a method
     height: int | None = None  # frame height in pixels (default: FRAME_HEIGHT of the view)
 
     @classmethod
     def of(cls, text: str, view: str, title: str) -> HtmlPage:
         page = cls(text)
-        page.view, page.title = view, title
+        page.view, page.page_title = view, title
         return page
 
     def iframe(self, height: int | None = None) -> str:
@@ -44,7 +44,7 @@ class HtmlPage(str):
         if isinstance(h, bool) or not isinstance(h, int) or h < 50:
             raise ValueError(f"height: expected an int of at least 50 (CSS pixels), got {height!r}")
         return (f'<iframe class="attnlab-view" data-view="{escape(self.view)}" '
-                f'title="{escape(self.title)}" sandbox="allow-scripts allow-downloads" '
+                f'title="{escape(self.page_title)}" sandbox="allow-scripts allow-downloads" '
                 f'style="width: 100%; height: {h}px; border: 0" '
                 f'srcdoc="{escape(str(self), quote=True)}"></iframe>')
 
@@ -60,7 +60,7 @@ class HtmlPage(str):
         p.text(self.summary())
 
     def summary(self) -> str:
-        return f"<attnlab {self.view} view {self.title!r}: {len(self):,} characters of HTML>"
+        return f"<attnlab {self.view} view {self.page_title!r}: {len(self):,} characters of HTML>"
 
 
 def show(obj: Any, *, height: int | None = None) -> Any:
@@ -86,7 +86,7 @@ def show(obj: Any, *, height: int | None = None) -> Any:
 
     if isinstance(obj, HtmlPage):
         obj.iframe(height)  # checks height before anything is shown
-        framed = HtmlPage.of(obj, obj.view, obj.title)
+        framed = HtmlPage.of(obj, obj.view, obj.page_title)
         framed.height = height
         display(framed)
     elif isinstance(obj, Figure) and not isinstance(obj, ViewFigure):
