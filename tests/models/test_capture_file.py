@@ -144,3 +144,29 @@ def test_cli_bad_captures_are_one_line_with_exit_code_2(tiny_llama, gen, tmp_pat
         assert r.exit_code == 2, r.output
         lines = r.output.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"error: {want}"), r.output
+
+
+def test_every_head_of_one_token_as_small_multiples(gen, tiny_llama, tmp_path) -> None:
+    from attnlab import viz
+
+    cap = Capture.from_generation(gen)
+    p = len(gen.prompt) - 1  # the row that produced the first answer token
+    fig = cap.token_grid(p)
+    assert isinstance(fig, viz.ViewFigure) and fig._repr_png_()[:4] == b"\x89PNG"
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert len(texts) == len(cap.layers) * len(cap.heads)  # one label per (layer, head)
+    row = cap.row(p).float()
+    top = cap.labels[int(row[0, 0].argmax())].strip()
+    assert texts[0].startswith(top[:9]) and texts[0].endswith(f"{float(row[0, 0].max()):.2f}")
+    path = Capture.from_generation(gen).save(tmp_path / "c.safetensors")
+    runner = CliRunner()
+    png = tmp_path / "grid.png"
+    r = runner.invoke(app, ["render", str(path), "--token", str(p), "--png", str(png), "--json"])
+    assert r.exit_code == 0, r.output
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    for args, want in ([["--token", "999", "--png", str(png)], "--token: expected a recorded position"],
+                       [["--token", "1"], "--token: expected --png or --svg"]):
+        r = runner.invoke(app, ["render", str(path), *args])
+        assert r.exit_code == 2 and r.output.startswith(f"error: {want}"), r.output
+    with pytest.raises(ValueError, match=r"^k_tokens: expected 3 labels"):
+        viz.token_heads_grid(row[:, :, :3].numpy(), ["a", "b"])

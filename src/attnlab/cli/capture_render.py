@@ -12,7 +12,7 @@ NAMES = {"path": "FILE", "model": "--model", "layer": "--layer", "head": "--head
 
 
 def render_capture(file: Path, *, html: Path | None, figs: list[Path], layer: int | None,
-                   head: int | None, model: str | None, as_json: bool) -> None:
+                   head: int | None, model: str | None, as_json: bool, token: int | None = None) -> None:
     """Load ``file`` (checked against ``model`` when given), write the generation page and the
     answer's heatmap, print a summary."""
     from attnlab.inspect.capture_file import Capture
@@ -24,11 +24,22 @@ def render_capture(file: Path, *, html: Path | None, figs: list[Path], layer: in
     for name, v, recorded in (("--layer", layer, cap.layers), ("--head", head, cap.heads)):
         if v is not None and v not in recorded:
             raise ValueError(f"{name}: expected one of the recorded {name[2:]}s {recorded}, got {v}")
+    if token is not None:
+        if not figs:
+            raise ValueError("--token: expected --png or --svg to draw every head of that position, "
+                             "got neither")
+        if not -cap.positions <= token < cap.positions:
+            raise ValueError(f"--token: expected a recorded position in 0..{cap.positions - 1}, got {token}")
     out: list[Path] = []
     if html is not None:
         out.append(generation_page(cap, html))
     for p in figs:
-        out.append(generation_png(cap, p, layer=layer, head=head))
+        if token is not None:
+            from attnlab.viz import save_figure
+
+            out.append(save_figure(cap.token_grid(token), p))
+        else:
+            out.append(generation_png(cap, p, layer=layer, head=head))
     rep: dict[str, Any] = {
         "file": str(file), "model": cap.model, "prompt": cap.prompt, "positions": cap.positions,
         "prompt_len": cap.prompt_len, "layers": cap.layers, "heads": cap.heads,

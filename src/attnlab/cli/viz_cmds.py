@@ -165,6 +165,8 @@ def render_command(
     show_values: Annotated[bool, typer.Option("--values", help="print weights in cells")] = False,
     model: Annotated[str | None, typer.Option("--model", help="a capture: refuse it unless this "
                                               "model made it (e.g. smollm2)")] = None,
+    token: Annotated[int | None, typer.Option("--token", help="a capture: --png draws every layer "
+                                              "and head of this position's row")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Render exported attention JSON: HTML page, PNG/SVG figure, terminal heatmap, patterns.
@@ -178,14 +180,15 @@ def render_command(
 
         with user_errors(as_json, NAMES):
             render_capture(file, html=html, figs=_written(png, svg), layer=layer, head=head,
-                           model=model, as_json=as_json)
+                           model=model, as_json=as_json, token=token)
         return
     with user_errors(as_json, {"source": "FILE"}):  # viz.load_json names its argument "source"
         from attnlab import viz
 
-        if model is not None:
-            raise ValueError("--model: expected only with a capture (.safetensors), got it with "
-                             f"the JSON export {str(file)!r}")
+        for opt, given in (("--model", model), ("--token", token)):
+            if given is not None:
+                raise ValueError(f"{opt}: expected only with a capture (.safetensors), got it with "
+                                 f"the JSON export {str(file)!r}")
         data = viz.load_json(file)
         n_layers, n_heads = data.shape[:2]
         for name, v, n in (("--layer", layer, n_layers), ("--head", head, n_heads)):

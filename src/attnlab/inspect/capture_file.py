@@ -155,6 +155,19 @@ class Capture:
                                     layers=self.layers, heads=self.heads, kv_group=self.kv_group,
                                     title=f"{self.model}: attention while generating", path=path)
 
+    def token_grid(self, pos: int, path: str | Path | None = None) -> Any:
+        """Every recorded layer and head of position ``pos``'s row, as small multiples (a figure;
+        the row of position p produced token p + 1)."""
+        from attnlab.viz import token_heads_grid
+
+        row = self.row(pos)  # (Ls, Hs, pos + 1); checks pos
+        p = pos % self.positions
+        nxt = f", which produced {self.labels[p + 1]!r}" if p + 1 < len(self.labels) else ""
+        return token_heads_grid(row.float().numpy(), self.labels[: p + 1], layers=self.layers,
+                                heads=self.heads, path=path,
+                                title=f"{self.model}: where position {p} ({self.labels[p]!r}) looked"
+                                      f"{nxt}, every layer and head")
+
     def _repr_html_(self) -> str:
         return self.page()._repr_html_()
 

@@ -1,7 +1,7 @@
 """Seeing attention: arrays in, pictures out. Imports numpy, matplotlib, rich only.
 
 Static figures (matplotlib ``Figure``; pass ``path=`` ending in .png or .svg to write a file):
-:func:`heatmap`, :func:`layer_head_grid`, :func:`alignment_plot`, :func:`mask_plot`,
+:func:`heatmap`, :func:`layer_head_grid`, :func:`token_heads_grid` (one query, every head), :func:`alignment_plot`, :func:`mask_plot`,
 :func:`head_view_figure`. Terminal: :func:`terminal_heatmap` (rich renderable),
 :func:`terminal_text`. Interactive, self-contained, offline HTML: :func:`head_view_html`,
 :func:`model_view_html`, :func:`compare_view_html`; of a generation: :func:`generation_view_html`,
@@ -36,6 +36,7 @@ _WHERE = {
     "PatternReport": "patterns", "PatternScore": "patterns", "classify_heads": "patterns",
     "classify_pattern": "patterns",
     "MAX_HTML_TOKENS": "safety", "MAX_HTML_VALUES": "safety",
+    "token_heads_grid": "token_grid",
     "TerminalHeatmap": "terminal", "terminal_heatmap": "terminal", "terminal_text": "terminal",
 }
 
@@ -74,6 +75,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; never executed
     from attnlab.viz.patterns import PatternReport, PatternScore, classify_heads, classify_pattern
     from attnlab.viz.safety import MAX_HTML_TOKENS, MAX_HTML_VALUES
     from attnlab.viz.terminal import TerminalHeatmap, terminal_heatmap, terminal_text
+    from attnlab.viz.token_grid import token_heads_grid
 
 __all__ = [
     "MAX_HTML_TOKENS",
@@ -104,5 +106,6 @@ __all__ = [
     "show",
     "terminal_heatmap",
     "terminal_text",
+    "token_heads_grid",
     "token_share_html",
 ]
