@@ -1,7 +1,8 @@
 """Seeing attention: arrays in, pictures out. Imports numpy, matplotlib, rich only.
 
 Static figures (matplotlib ``Figure``; pass ``path=`` ending in .png or .svg to write a file):
-:func:`heatmap`, :func:`layer_head_grid`, :func:`token_heads_grid` (one query, every head), :func:`alignment_plot`, :func:`mask_plot`,
+:func:`heatmap`, :func:`layer_head_grid`, :func:`token_heads_grid` (one query, every head),
+:func:`alignment_plot`, :func:`mask_plot`,
 :func:`head_view_figure`. Terminal: :func:`terminal_heatmap` (rich renderable),
 :func:`terminal_text`. Interactive, self-contained, offline HTML: :func:`head_view_html`,
 :func:`model_view_html`, :func:`compare_view_html`; of a generation: :func:`generation_view_html`,
