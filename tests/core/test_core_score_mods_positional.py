@@ -81,3 +81,31 @@ def test_rotary_scores_depend_on_relative_position_only():
     torch.testing.assert_close(c2, cos[35:])
     with pytest.raises(ValueError, match="even"):
         positional.rotary_cos_sin(4, 7)
+
+
+@pytest.mark.parametrize("backend", ["auto", "sdpa", "eager"])
+def test_key_bias_runs_as_a_mask_and_equals_the_same_score_mod(backend):
+    # A query-free bias per (row, head, key): -inf removes a key, finite entries add; folded into
+    # the mask, so SDPA (no score_mod support) runs it; GQA: 4 query heads over 2 K/V heads.
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 4, 5, 8, generator=g, dtype=torch.float64)
+    k, v = (torch.randn(2, 2, 9, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    table = torch.randn(2, 4, 12, generator=g, dtype=torch.float64)  # longer than Lk: a decode loop's
+    table[0, 1, [2, 3]] = float("-inf")
+    table[1, :, 0] = float("-inf")
+    kb = score_mods.KeyBias(table)
+    got = attnlab.attention(q, k, v, score_mod=kb, mask=masks.causal(), backend=backend).context
+
+    def same(s, b, h, qi, kv):  # the closure a user would write
+        return s + table[b, h, kv]
+
+    want = attnlab.attention(q, k, v, score_mod=same, mask=masks.causal(), backend="eager").context
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+
+
+def test_key_bias_refuses_a_table_that_does_not_fit():
+    q, k, v = (torch.randn(1, 2, 4, 8) for _ in range(3))
+    with pytest.raises(ValueError, match=r"table of shape \(1 or B=1, 1 or H=2, >= Lk=4\), got \(1, 3, 4\)"):
+        attnlab.attention(q, k, v, score_mod=score_mods.KeyBias(torch.zeros(1, 3, 4)))
+    with pytest.raises(ValueError, match="NaN"):
+        score_mods.KeyBias(torch.full((1, 1, 4), float("nan")))

@@ -15,13 +15,14 @@ import torch
 from typer.testing import CliRunner
 
 from attnlab.cli.main import app
+from attnlab.cli.prompt_experiment_cmd import write_outputs
 from attnlab.data.prompt_sets import parse_prompt_set
 from attnlab.inspect import prompt_experiment as pe
 from attnlab.inspect.batch_rows import Row, generate_rows, score_rows
 from attnlab.inspect.generation import Sampling, generate_ids
-from attnlab.inspect.prompt_design import ExperimentConfig, FixedAnswers
+from attnlab.inspect.prompt_design import ExperimentConfig, FixedAnswers, plan_task
 from attnlab.inspect.prompt_report import build_report
-from attnlab.inspect.steering import knockout, per_layer
+from attnlab.inspect.steering import knockout, pasta, per_layer
 from attnlab.models import load_model
 
 from .conftest import make_llama
@@ -94,9 +95,13 @@ def test_batched_rows_equal_the_one_row_decode_loop(lm):
     sampled = Sampling(greedy=False, temperature=0.9, seed=5)
     rows = [Row(tuple(base)), Row(tuple(longer), sampling=sampled), Row(tuple(longer), knock=(7, 8, 9)),
             Row(tuple(longer), knock=(1, 2), layers=(1,)),  # inside the shared prefix, one layer
-            Row(tuple(longer), knock=(8, 9), heads=((0, 1), (1, 3)))]
+            Row(tuple(longer), knock=(8, 9), heads=((0, 1), (1, 3))),
+            Row(tuple(longer), steer=(8, 9), heads=((0, 1), (1, 3)), alpha=0.01),  # PASTA in two heads
+            Row(tuple(longer), steer=(1, 2), layers=(1,), alpha=0.1)]  # PASTA inside the prefix
+    everyone = range(lm.num_heads)
     refs = [None, None, per_layer(knockout([7, 8, 9]), range(2)), {1: knockout([1, 2])},
-            {0: _head_knockout([8, 9], [1]), 1: _head_knockout([8, 9], [3])}]
+            {0: _head_knockout([8, 9], [1]), 1: _head_knockout([8, 9], [3])},
+            {0: pasta([8, 9], [1], 0.01), 1: pasta([8, 9], [3], 0.01)}, {1: pasta([1, 2], everyone, 0.1)}]
     got = generate_rows(lm, rows, max_new_tokens=6, stop_ids=set())
     for row, mods, (ids, why) in zip(rows, refs, got, strict=True):
         want, _, _ = generate_ids(lm, list(row.ids), max_new_tokens=6, sampling=row.sampling,
@@ -155,7 +160,7 @@ def test_matched_knockouts_are_other_tokens_of_the_task_same_count_seeded(lm, ps
         assert len(t.heads) == 2 and not set(t.heads) & set(t.random_heads)
 
 
-def _synthetic(result, effect: bool, seed: int = 0):
+def _synthetic(result, effect: bool, seed: int = 0, boosted: tuple[str, ...] = ("topic",)):
     """The result's design with the measures replaced: known effect (the topic arm mentions the
     topic and prefers the topic answer) or none (every arm drawn from the same distribution)."""
     rng = np.random.default_rng(seed)
@@ -164,11 +169,11 @@ def _synthetic(result, effect: bool, seed: int = 0):
         mentions = {lex: {} for lex in t.mentions}
         fixed = {}
         for arm in t.answers:
-            hit = rng.random(len(t.answers[arm])) < (0.9 if effect and arm == "topic" else 0.2)
+            hit = rng.random(len(t.answers[arm])) < (0.9 if effect and arm in boosted else 0.2)
             for lex in t.mentions:
                 mentions[lex][arm] = [["sleep"] if h and lex == "tired" else [] for h in hit]
         for arm in t.fixed:
-            boost = 1.0 if effect and arm == "topic" else 0.0
+            boost = 1.0 if effect and arm in boosted else 0.0
             n = len(t.fixed[arm]["topic"])
             fixed[arm] = {"topic": list(rng.normal(-3 + boost, 0.3, n)),
                           "neutral": list(rng.normal(-3, 0.3, n))}
@@ -188,6 +193,30 @@ def test_statistics_find_a_known_effect_and_no_effect_where_there_is_none(result
     assert status["fixed answer: topic vs controls"] == "not shown"
     e = next(h.effect for h in rep.headlines if h.key == "fixed answer: topic vs controls")
     assert e.low <= 0 <= e.high and e.n_prompts == 24 and e.family_size == 5
+
+
+def test_interventions_run_on_sampled_answers_and_pasta_has_its_controls(result):
+    t = result.tasks[0]
+    bands = [f"{pe.KNOCK} (layers 0-0)", f"{pe.KNOCK} (layers 1-1)"]
+    steered = [pe.HEADS, pe.RANDOM_HEADS, pe.PASTA, pe.RANDOM_PASTA]
+    assert set(bands + steered + [pe.KNOCK, pe.RANDOM]) <= set(t.answers)
+    assert set(steered + bands) <= set(t.fixed)
+    assert all(len(t.answers[a]) == 1 + TINY["samples"] for a in bands + steered)
+    rep = build_report(result)
+    sampled = next(x for x in rep.tables if x.title.startswith("Interventions on sampled"))
+    assert {r[0] for r in sampled.rows} == {*bands, pe.KNOCK, pe.RANDOM, pe.HEADS, pe.RANDOM_HEADS}
+    pasta = next(x for x in rep.tables if x.title.startswith("PASTA"))
+    want = [f"{pe.PASTA} (fixed answer)", f"{pe.RANDOM_PASTA} (fixed answer)",
+            "top vs random heads (fixed answer)"]
+    assert [r[0] for r in pasta.rows][:3] == want
+    # PASTA in the top heads raising the topic, random heads not: the control comparison says so
+    rep = build_report(_synthetic(result, True, 2, (pe.PASTA,)))
+    status = {h.key: h.verdict.status for h in rep.headlines}
+    assert status["PASTA: top vs random heads (fixed answer)"] == "shown"
+    assert status["PASTA: top vs random heads (sampled)"] == "shown"
+    assert status[f"PASTA: {pe.RANDOM_PASTA} (fixed answer)"] == "not shown"
+    status = {h.key: h.verdict.status for h in build_report(_synthetic(result, False, 3)).headlines}
+    assert status["PASTA: top vs random heads (fixed answer)"] == "not shown"
 
 
 def test_one_report_three_renderings(result):
@@ -216,7 +245,8 @@ def test_cli_writes_the_three_files_atomically(llama_dir, tmp_path):
     r = _cli([*args, "--flow", "append", "--json"], tmp_path)
     assert r.exit_code == 0, r.output
     d = json.loads(r.output)
-    assert sorted(Path(f).name for f in d["files"]) == ["effects.png", "result.json", "result.md"]
+    want = ["effects.png", "result.json", "result.md", "tokens.png"]
+    assert sorted(Path(f).name for f in d["files"]) == want
     assert json.loads((out / "result.json").read_text())["result"]["config"]["flow"] == "append"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "tiny.toml"]  # no temporary folder left
 
@@ -312,3 +342,24 @@ def test_one_code_file_uses_its_samples_as_units(llama_dir, tmp_path):
     sampled = next(h for h in d["headlines"] if h["key"] == "sampled: topic vs controls")
     assert sampled["verdict"]["effect"]["n_prompts"] == 3  # the 3 samples are the units
     assert not any(h["key"].startswith("fixed answer") for h in d["headlines"])  # one value: no interval
+
+
+def test_head_sweep_knocks_each_head_alone_and_matches_one_row_by_hand(lm, ps, tmp_path):
+    cfg = ExperimentConfig(**TINY | {"tasks": 2, "head_sweep": True})
+    res = pe.run_experiment(lm, ps, cfg)
+    L, H = lm.num_layers, lm.num_heads
+    t, plan = res.tasks[1], plan_task(lm, ps.tasks[1], pe.conditions(ps, cfg), cfg, ps.lexicons, 8)
+    assert np.asarray(t.sweep).shape == (L, H)
+    # one cell by hand: the head's knockout as a score_mod on the plain forward
+    split, ids_t, ids_n = res.fixed["split"], res.fixed["topic"]["ids"], res.fixed["neutral"]["ids"]
+    x = torch.tensor([plan.ids["topic"] + ids_t[:split]])
+    with torch.no_grad():
+        base = lm.model(x).logits[0, -1].double()
+        knocked = lm.model(x, score_mods={1: _head_knockout(t.added, [H - 1])}).logits[0, -1].double()
+    want = float((knocked[ids_t[split]] - knocked[ids_n[split]]) - (base[ids_t[split]] - base[ids_n[split]]))
+    assert abs(t.sweep[1][H - 1] - want) < 1e-4
+    rep = build_report(res)
+    table = next(x for x in rep.tables if x.title.startswith("Which heads carry it"))
+    assert len(table.rows) == min(10, L * H) and np.asarray(rep.sweep).shape == (L, H)
+    files = write_outputs(tmp_path / "out", rep)
+    assert "heads.png" in {Path(f).name for f in files}

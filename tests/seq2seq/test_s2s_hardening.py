@@ -279,3 +279,36 @@ def test_checkpoint_folder_is_fsynced_after_the_renames(tmp_path, s2s, monkeypat
     folder_syncs = [i for i, e in enumerate(events) if e == ("fsync", "folder")]
     assert any(renames[1] < i < renames[2] for i in folder_syncs), events  # before the commit
     assert any(i > renames[2] for i in folder_syncs), events  # after it
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["keys", "cached-keys"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_huge_finite_padding_never_reaches_a_gradient(kind, cached):
+    """1e38 (finite in float32) at padded steps: before, the key projection overflowed to ±inf,
+    tanh(inf − inf) gave NaN and every attention parameter's gradient was NaN, the context
+    exact. Now padded steps are zeroed before any projection: the same context and gradients
+    as zeros stored there. (1e30 never overflowed; D=64 makes the projection's sums do so.)"""
+    dim, lengths = 64, torch.tensor([7, 4, 2])
+    torch.manual_seed(0)
+    mod = (BahdanauAttention(dim, dim, 32) if kind == "bahdanau"
+           else make_luong(kind, dim, dim, window=2, attn_dim=32))
+    g = torch.Generator().manual_seed(0)
+    q, m = torch.randn(B, LQ, dim, generator=g), torch.randn(B, LS, dim, generator=g)
+    padded = (torch.arange(LS) >= lengths.unsqueeze(1)).unsqueeze(-1)  # (B, Ls, 1)
+
+    def run(memory):
+        mod.zero_grad(set_to_none=True)
+        mem = memory.clone().requires_grad_(True)
+        keys = mod.project_keys(mem, lengths) if cached else None  # as the decoder calls it
+        al = mod(q, mem, lengths, keys=keys)
+        al.context.sum().backward()
+        return al.context.detach(), {"memory": mem.grad} | {
+            n: p.grad for n, p in mod.named_parameters() if p.grad is not None}
+
+    ref_ctx, ref_g = run(m.masked_fill(padded, 0.0))
+    ctx, got = run(torch.where(padded, torch.sign(m) * 1e38, m))
+    torch.testing.assert_close(ctx, ref_ctx)
+    assert got.keys() == ref_g.keys()
+    for name, grad in got.items():
+        assert torch.isfinite(grad).all(), f"{kind}: {name}'s gradient is not finite"
+        torch.testing.assert_close(grad, ref_g[name], msg=name)

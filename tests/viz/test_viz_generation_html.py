@@ -132,6 +132,8 @@ def test_generation_validation(kw: dict[str, Any], message: str) -> None:
     (dict(highlight=[1, len(PROMPT)]), rf"highlight: expected prompt positions in "
                                        rf"0\.\.{len(PROMPT) - 1}"),
     (dict(layers=[0, 1]), r"layers: expected 3 layer indices"),
+    (dict(uniform=[0.1, 0.2]), r"uniform: expected 4 values \(one per row of share\), got 2"),
+    (dict(uniform=[0.1, 0.2, 2.0, 0.1]), r"uniform: expected values in \[0, 1\]"),
 ])
 def test_share_validation(kw: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -159,6 +161,8 @@ def test_share_payload_and_file(tmp_path) -> None:
     data = embedded(page)
     assert data["highlight"] == [2, 3] and data["share"] == s.tolist()
     np.testing.assert_allclose(data["mean"], s.mean(axis=1), atol=1e-4)
+    assert data["uniform"] is None
+    assert embedded(share_page(share=s, uniform=[0.5, 0.25, 0.2, 0.1]))["uniform"] == [0.5, 0.25, 0.2, 0.1]
 
 
 # ---------------------------------------------------------------- in Chromium
@@ -289,10 +293,26 @@ def test_token_share_hover_shows_layer_bars(browser, tmp_path) -> None:
     widths = page.eval_on_selector_all("#bars .fill", "els => els.map(e => e.offsetWidth)")
     assert widths[0] > widths[1] > widths[2] > 0  # bars follow the shares
 
+    assert page.locator("#bars .uniform-mark").count() == 0  # no baseline given: none drawn
+
     page.click("#answer .tok[data-i='0']")  # pinned across mouse moves
     page.hover("#answer .tok[data-i='3']")
     values = page.eval_on_selector_all("#bars .barrow .val", "els => els.map(e => +e.textContent)")
     np.testing.assert_allclose(values, s[0], atol=5e-4)
     page.screenshot(path=str(tmp_path / "token_share.png"), full_page=True)
+    assert_clean(page, seen)
+    context.close()
+
+    # The uniform baseline: a mark on every bar at the share uniform attention gives the span,
+    # and the ratio to it in the caption and the header.
+    share_page(share=s, layers=[3, 10, 20], uniform=[0.1, 0.1, 0.15, 0.05], path=path)
+    context, page, seen = open_page(browser, path)
+    assert "Mean share 0.263 against 0.100 for uniform attention" in page.inner_text("header")
+    page.hover("#answer .tok[data-i='2']")
+    assert "(4.0× uniform); uniform attention: 0.150" in page.inner_text("#detail-caption")
+    marks = page.eval_on_selector_all("#bars .uniform-mark", "els => els.map(e => e.offsetLeft)")
+    tracks = page.eval_on_selector_all("#bars .track", "els => els.map(e => e.clientWidth)")
+    assert len(marks) == 3
+    np.testing.assert_allclose([m / t for m, t in zip(marks, tracks, strict=True)], 0.15 / 0.9, atol=0.02)
     assert_clean(page, seen)
     context.close()

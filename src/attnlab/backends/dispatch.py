@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import torch
 from torch import Tensor
 
 from attnlab.backends.nonfinite import run_with_nonfinite_values, values_finite
@@ -15,7 +16,8 @@ from attnlab.backends.registry import (
 )
 from attnlab.functional.attention import AttentionOutput, ScoreMod, validate_qkv
 from attnlab.functional.checks import expect_probability
-from attnlab.functional.mask_input import normalize_mask
+from attnlab.functional.mask_input import NormalizedMask, bias_dtype, normalize_mask
+from attnlab.functional.score_mods import KeyBias
 from attnlab.functional.scores import resolve_scale
 
 
@@ -55,6 +57,8 @@ def attention(
             f"score_mod: expected a callable(score, b, h, q_idx, kv_idx), got {type(score_mod).__name__}"
         )
     nm = normalize_mask(mask, qkv.shape, dtype=qkv.q.dtype, device=qkv.q.device)
+    if isinstance(score_mod, KeyBias):  # query-free: a mask, which fused kernels take
+        nm, score_mod = _fold_key_bias(nm, score_mod, qkv.shape, qkv.q.dtype), None
     call = AttentionCall(qkv.q, qkv.k, qkv.v, nm, score_mod, s, dropout_p,
                          bool(training), bool(return_weights))
     name = backend if backend != "auto" else current_backend()
@@ -78,3 +82,20 @@ def attention(
         qkv.restore(out.weights) if return_weights else None,
         qkv.restore(out.lse),
     )
+
+
+def _fold_key_bias(nm: NormalizedMask, kb: KeyBias, shape: tuple[int, int, int, int],
+                   dtype: torch.dtype) -> NormalizedMask:
+    """The mask that means the same as ``kb`` as a score_mod: -inf entries masked, the rest
+    added (in bias_dtype, as every additive mask is)."""
+    t = kb.dense(shape)  # (B|1, H|1, 1, Lk)
+    removed = t == float("-inf")
+    dense = nm.dense
+    if bool(removed.any()):
+        dense = ~removed if dense is None else dense & ~removed
+    bias = nm.bias
+    finite = torch.where(removed, torch.zeros((), dtype=t.dtype, device=t.device), t)
+    if bool(finite.any()):
+        finite = finite.to(bias_dtype(dtype))
+        bias = finite if bias is None else bias + finite
+    return NormalizedMask(mod=nm.mod, dense=dense, bias=bias)

@@ -8,7 +8,7 @@ Conversions at this boundary (and nowhere else):
 - Fully masked rows: SDPA's kernels may return NaN there. Those rows are given a harmless
   all-visible mask and their outputs replaced by exact zeros afterwards (so gradients into
   them are zero as well).
-- Keys that no query may see are zeroed so NaN/inf stored there never leaks.
+- Keys that no query may see are zeroed, when they hold a NaN/inf, so it never leaks.
 - A mask whose pattern has an SDPA form (plain causal, full, a decode step) runs without a
   mask tensor: ``is_causal=True`` or no mask.
 """
@@ -31,6 +31,15 @@ def _mask_free_form(call: AttentionCall) -> SdpaForm | None:
     if m.mod is None or m.dense is not None or m.bias is not None:
         return None
     return m.mod.pattern.sdpa_form(call.q.shape[2], call.k.shape[2])
+
+
+def _finite_where_unused(k: torch.Tensor, v: torch.Tensor, used_kv: torch.Tensor) -> bool:
+    """Whether K and V are finite at every key column some row may not see: then zeroing them
+    changes nothing. Reads only those columns (the padding and removed keys of a batched decode
+    step), where the zeroing copied the whole cache at every step and layer."""
+    cols = (~used_kv[..., 0]).any(0).any(0).nonzero().flatten()  # (J,)
+    return bool(torch.isfinite(k.index_select(2, cols).sum())) and \
+        bool(torch.isfinite(v.index_select(2, cols).sum()))
 
 
 def run_sdpa(call: AttentionCall) -> AttentionOutput:
@@ -60,8 +69,9 @@ def run_sdpa(call: AttentionCall) -> AttentionOutput:
         if not bool(used.all()):
             hkv = k.shape[1]
             used_kv = used.unflatten(1, (hkv, -1)).any(dim=2).unsqueeze(-1)  # (B, Hkv, Lk, 1)
-            zero = torch.zeros((), dtype=k.dtype, device=k.device)
-            k, v = torch.where(used_kv, k, zero), torch.where(used_kv, v, zero)
+            if not _finite_where_unused(k, v, used_kv):
+                zero = torch.zeros((), dtype=k.dtype, device=k.device)
+                k, v = torch.where(used_kv, k, zero), torch.where(used_kv, v, zero)
         attn_mask = allowed
     if call.mask.bias is not None:
         bias = call.mask.bias  # float32 (float64 for float64 q): see mask_input.bias_dtype

@@ -117,6 +117,10 @@ def generate_command(
         Path | None, typer.Option("--save-capture", help="write the captured attention to this "
                                   ".safetensors file (reopen it with attnlab render)")
     ] = None,
+    special_tokens: Annotated[
+        bool, typer.Option("--special-tokens", help="let special-token text typed in the prompt (e.g. "
+                           "<|im_end|>) act as the special token, on purpose (default: plain text)")
+    ] = False,
     as_json: JsonOpt = False,
     threads: ThreadsOpt = None,
 ) -> None:
@@ -149,7 +153,8 @@ def generate_command(
             from attnlab.inspect.generation import fit_prompt
 
             n_prompt = len(fit_prompt(lm, prompt, system=system, chat=not raw,
-                                      max_new_tokens=max_new_tokens, truncate=truncate))
+                                      max_new_tokens=max_new_tokens, truncate=truncate,
+                                      special_tokens=special_tokens))
             n_l, n_h = len(lays or range(lm.num_layers)), len(hds or range(lm.num_heads))
             why = _capture_limit(n_prompt, max_new_tokens, lm.max_tokens, n_l, n_h)
             if why is None and html is not None:
@@ -172,6 +177,7 @@ def generate_command(
             heads=hds,
             stream=stream,
             truncate=truncate,
+            special_tokens=special_tokens,
         )
         rep: dict[str, Any] = g.to_dict() | {"sampling": vars(sampling)}
         if png is not None or html is not None or save_capture is not None:
@@ -242,6 +248,11 @@ def prompt_effect_command(
         Path | None, typer.Option(help="share of attention on the added words (.png/.svg)")
     ] = None,
     html: Annotated[Path | None, typer.Option(help="the answer coloured by that share (.html)")] = None,
+    special_tokens: Annotated[
+        bool, typer.Option("--special-tokens", help="let special-token text typed in the prompt or "
+                           "--add (e.g. <|im_end|>) act as the special token, on purpose "
+                           "(default: plain text)")
+    ] = False,
     as_json: JsonOpt = False,
     threads: ThreadsOpt = None,
 ) -> None:
@@ -258,7 +269,7 @@ def prompt_effect_command(
         if text.strip() and added.strip():  # (else prompt_effect says which is missing)
             # The augmented run captures every head's attention while it generates: refuse first.
             n_prompt = len(pe.fit_prompt(lm, f"{text.rstrip()} {added.strip()}", system=system,
-                                         max_new_tokens=max_new_tokens))
+                                         max_new_tokens=max_new_tokens, special_tokens=special_tokens))
             why = _capture_limit(n_prompt, max_new_tokens, lm.max_tokens, lm.num_layers, lm.num_heads)
             if why:
                 raise ValueError(why)
@@ -273,6 +284,7 @@ def prompt_effect_command(
             emphasize=emphasize,
             alpha=alpha,
             steer_heads=steer_heads,
+            special_tokens=special_tokens,
         )
         rep = eff.to_dict()
         rep["files"] = _write_effect(eff, rep, out, png, html)

@@ -41,7 +41,7 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 
 
 def write_outputs(out: Path, report: Any, png: bool = True) -> list[str]:
-    """result.md, result.json and effects.png into ``out``, atomically."""
+    """result.md, result.json, effects.png and tokens.png into ``out``, atomically."""
     import json
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -51,16 +51,31 @@ def write_outputs(out: Path, report: Any, png: bool = True) -> list[str]:
         (tmp / "result.json").write_text(json.dumps(report.to_dict(), indent=1, ensure_ascii=False) + "\n",
                                          encoding="utf-8")
         names = ["result.md", "result.json"]
-        if png and report.panels:
-            from attnlab.viz.effects import EffectPanel, effects_figure
+        from attnlab.viz.effects import EffectPanel, effects_figure
 
-            effects_figure([EffectPanel(**p) for p in report.panels], tmp / "effects.png")
-            names.append("effects.png")
+        for name, panels in (("effects.png", report.panels), ("tokens.png", report.token_panels)):
+            if png and panels:
+                effects_figure([EffectPanel(**p) for p in panels], tmp / name)
+                names.append(name)
+        if png and report.sweep:
+            _sweep_png(report.sweep, tmp / "heads.png")
+            names.append("heads.png")
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return [str(out / n) for n in names]
+
+
+def _sweep_png(grid: list[list[float]], path: Path) -> None:
+    from attnlab.viz import heatmap, save_figure
+
+    lim = max(abs(v) for row in grid for v in row) or 1.0
+    fig = heatmap(grid, q_tokens=[f"L{i}" for i in range(len(grid))],
+                  k_tokens=[f"H{j}" for j in range(len(grid[0]))], cmap="RdBu", vmin=-lim, vmax=lim,
+                  show_values=False, value_label="change in the logit difference (mean over tasks)",
+                  title="the added words knocked out of one head at a time")
+    save_figure(fig, path)
 
 
 def _print(report: Any) -> None:
@@ -97,6 +112,8 @@ def prompt_experiment_command(
                                                        "24; --quick 16)")] = None,
     tasks: Annotated[int | None, typer.Option(help="only the first N tasks (default all; --quick 6)")] = None,
     threads: ThreadsOpt = None,
+    head_sweep: Annotated[bool, typer.Option("--head-sweep", help="also knock the added words out of each "
+                                             "head alone (layers x heads rows per task; heads.png)")] = False,
     quick: Annotated[bool, typer.Option("--quick", help="6 tasks, 2 samples, topic/1 paraphrase/1 control, "
                                         "16 tokens: about a minute")] = False,
     fixed_answer: Annotated[str | None, typer.Option("--fixed-answer", help="the topic sentence scored "
@@ -123,7 +140,8 @@ def prompt_experiment_command(
         if code is not None and (generate_code or flow != "review"):
             raise ValueError("--code: expected the review flow without --generate-code, got "
                              + ("--generate-code too" if generate_code else f"--flow {flow}"))
-        kw: dict[str, Any] = {"flow": flow, "seed": seed, "temperature": temperature}
+        kw: dict[str, Any] = {"flow": flow, "seed": seed, "temperature": temperature,
+                              "head_sweep": head_sweep}
         for k, v in (("samples", samples), ("max_new_tokens", max_new_tokens), ("tasks", tasks)):
             if v is not None:
                 kw[k] = v

@@ -18,6 +18,7 @@ Rows that see no key anywhere give zeros and lse = -inf, never NaN.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import lru_cache
 from typing import Any
 
@@ -27,6 +28,7 @@ from torch import Tensor
 
 from attnlab.backends.dispatch import attention
 from attnlab.backends.tiled import attention_backward
+from attnlab.distributed.agreement import wait_all
 from attnlab.distributed.plan import RingPlan
 from attnlab.functional.attention import ScoreMod
 from attnlab.functional.masks import Mask, shifted
@@ -54,6 +56,7 @@ class RingConfig:
     group: Any  # a torch.distributed ProcessGroup (None: the default group)
     rank: int
     stats: CommStats | None
+    timeout: timedelta = timedelta(seconds=120)  # any wait for a peer (agreement.wait_all)
 
     @property
     def q_total(self) -> int:  # global query length
@@ -169,8 +172,7 @@ def ring_forward(cfg: RingConfig, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tens
         works, kv, sent = pending
         if idx + 1 < len(hops):  # prefetch the next hop's shard while this one computes
             pending = _start_kv(cfg, k, v, hops[idx + 1], bufs[idx % 2] if bufs else None)
-        for w in works:
-            w.wait()
+        wait_all(works, cfg.timeout, f"K/V transfer at hop {hop}")
         if cfg.stats is not None:
             cfg.stats.bytes_sent += sent
             cfg.stats.hops.append(hop)
@@ -211,8 +213,7 @@ def ring_backward(cfg: RingConfig, saved: tuple[Tensor, ...], dout: Tensor, dlse
     part = (torch.empty_like(k), torch.empty_like(v)) if far else None
     for hop in p.hops():
         works, kv, sent = _start_kv(cfg, k, v, hop, buf)
-        for w in works:
-            w.wait()
+        wait_all(works, cfg.timeout, f"K/V transfer at hop {hop} (backward)")
         sent_back = 0
         pk, pv = (dk, dv) if hop == 0 or part is None else part
         if kv is not None:
@@ -232,8 +233,7 @@ def ring_backward(cfg: RingConfig, saved: tuple[Tensor, ...], dout: Tensor, dlse
             sends = [(pk, owner, TAG_DK), (pv, owner, TAG_DV)] if kv is not None else []
             back = p.sends(r, hop)
             recvs = [(buf[0], user, TAG_DK), (buf[1], user, TAG_DV)] if back else []
-            for w in _exchange(cfg, sends, recvs):
-                w.wait()
+            wait_all(_exchange(cfg, sends, recvs), cfg.timeout, f"dK/dV return at hop {hop}")
             if back:
                 dk += buf[0]
                 dv += buf[1]

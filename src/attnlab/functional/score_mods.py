@@ -109,3 +109,36 @@ def compose(*mods: ScoreMod) -> ScoreMod:
 
     mod.__name__ = " ∘ ".join(getattr(m, "__name__", "score_mod") for m in mods)
     return mod
+
+
+class KeyBias:
+    """``score + table[b, h, kv]``: a bias per (batch row, head, key) that does not depend on
+    the query — an attention knockout (-inf: the key is removed, Geva et al. 2023) or PASTA's
+    log(alpha) on the keys outside an emphasised span (Zhang et al. 2023, eq. 2), per row of a
+    batch. Being query-free, it is a mask: :func:`attnlab.attention` folds it into the mask
+    (-inf entries as masked keys, finite ones as an additive bias), so fused kernels (SDPA) run
+    it instead of the reference materialising every score for a score_mod.
+
+    ``table``: (B or 1, H or 1, n) float with n >= the number of keys (the columns past Lk are
+    unused: one table serves every step of a decode loop); entries finite or -inf.
+    """
+
+    def __init__(self, table: Tensor, name: str = "key_bias") -> None:
+        expect_tensor("table", table, ndim=3, floating=True)
+        if bool(torch.isnan(table).any()) or bool((table == float("inf")).any()):
+            raise ValueError("table: expected finite entries or -inf (a removed key), got NaN/+inf")
+        self.table = table  # (B|1, H|1, n)
+        self.__name__ = name
+
+    def dense(self, shape: tuple[int, int, int, int]) -> Tensor:
+        """The table for a call of ``shape`` (B, H, Lq, Lk): (B|1, H|1, 1, Lk)."""
+        B, H, _, Lk = shape
+        tb, th, n = self.table.shape
+        if tb not in (1, B) or th not in (1, H) or n < Lk:
+            raise ValueError(f"{self.__name__}: expected a table of shape (1 or B={B}, 1 or H={H}, "
+                             f">= Lk={Lk}), got {tuple(self.table.shape)}")
+        return self.table[:, :, None, :Lk]
+
+    def __call__(self, score: Tensor, b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+        t = self.dense(tuple(score.shape))  # type: ignore[arg-type]
+        return score + t.to(score.dtype)  # (B, H, Lq, Lk)

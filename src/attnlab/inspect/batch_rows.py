@@ -20,6 +20,7 @@ the same sampling and the knockout's score_mods) up to float rounding (tested).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,7 +28,9 @@ import torch
 from torch import Tensor
 
 from attnlab.functional.attention import ScoreMod
+from attnlab.functional.score_mods import KeyBias
 from attnlab.inspect.generation import Sampling, eos_ids, next_token
+from attnlab.inspect.steering import check_alpha
 from attnlab.models.contract import CausalLM, as_causal_lm
 from attnlab.models.loading import LoadedModel
 from attnlab.modules.multihead import KVCache
@@ -37,8 +40,14 @@ GREEDY = Sampling()
 
 @dataclass(frozen=True)
 class Row:
-    """One prompt of a batch. ``knock``: positions of ``ids`` whose keys are removed from
-    attention, in ``layers`` (None: all) or only in the (layer, head) pairs of ``heads``.
+    """One prompt of a batch, with at most one intervention on its attention, in ``layers``
+    (None: all) or only in the (layer, head) pairs of ``heads``:
+
+    - ``knock``: positions of ``ids`` whose keys are removed (Geva et al. 2023's attention
+      knockout: the score becomes -inf);
+    - ``steer``: positions PASTA emphasises (Zhang et al. 2023, eq. 2): every other key's
+      weight is scaled by ``alpha`` and the row renormalised (log alpha added to its score).
+
     ``answer``: the tokens to score after the prompt (teacher forcing)."""
 
     ids: tuple[int, ...]
@@ -47,17 +56,24 @@ class Row:
     heads: tuple[tuple[int, int], ...] | None = None
     sampling: Sampling = GREEDY
     answer: tuple[int, ...] = ()
+    steer: tuple[int, ...] = ()
+    alpha: float = 1.0
 
     @property
     def everywhere(self) -> bool:
         """A knockout in every layer and head: the keys are simply masked (the fast path: no
-        score_mod, so attention keeps its fused kernel)."""
-        return bool(self.knock) and self.layers is None and self.heads is None
+        per-row table)."""
+        return bool(self.knock) and not self.steer and self.layers is None and self.heads is None
+
+    @property
+    def moded(self) -> bool:
+        """An intervention that needs a per-row table of key biases."""
+        return bool(self.steer) or (bool(self.knock) and not self.everywhere)
 
     def sites(self, n_layers: int, n_heads: int) -> dict[int, list[int]]:
-        """{layer: heads} where a score_mod must remove the keys (empty without one, or when
-        the knockout is everywhere: then the attention mask does it)."""
-        if not self.knock or self.everywhere:
+        """{layer: heads} where a table must change the scores (empty without an intervention,
+        or for a knockout everywhere: then the attention mask does it)."""
+        if not self.moded:
             return {}
         if self.heads is not None:
             out: dict[int, list[int]] = {}
@@ -65,6 +81,13 @@ class Row:
                 out.setdefault(layer, []).append(head)
             return out
         return {layer: list(range(n_heads)) for layer in (self.layers or range(n_layers))}
+
+    def touches(self, prefix: int) -> tuple[int, ...]:
+        """The intervention's positions inside the first ``prefix`` tokens: what makes this
+        row's prefill differ from a plain one. PASTA's queries before the emphasised span see
+        only keys outside it, all scaled alike: unchanged, so only a span that starts inside
+        the prefix counts."""
+        return tuple(k for k in (self.knock or self.steer) if k < prefix)
 
 
 class _StaticCache(KVCache):
@@ -129,6 +152,13 @@ def _layout(rows: Sequence[Row], limit: int | None = None) -> _Layout:
         bad = [k for k in r.knock if not 1 <= k < len(r.ids)]
         if bad:  # position 0's query sees only key 0: knocking it out leaves nothing to attend to
             raise ValueError(f"rows[{i}]: expected knockout positions in 1..{len(r.ids) - 1}, got {bad}")
+        if r.steer:
+            if r.knock:
+                raise ValueError(f"rows[{i}]: expected one intervention (knock or steer), got both")
+            bad = [k for k in r.steer if not 0 <= k < len(r.ids)]
+            if bad:
+                raise ValueError(f"rows[{i}]: expected steer positions in 0..{len(r.ids) - 1}, got {bad}")
+            check_alpha(r.alpha)
     p = _common_prefix(rows)
     if limit is not None:  # e.g. where the added words start: knockouts of them then stay out of it
         p = min(p, limit)
@@ -141,26 +171,30 @@ def _layout(rows: Sequence[Row], limit: int | None = None) -> _Layout:
 
 def _tables(lay: _Layout, n_layers: int, n_heads: int, total: int,
             rows: Sequence[int]) -> dict[int, Tensor]:
-    """Per layer with a knockout, a (len(rows), H, total) bool table: True = key removed."""
+    """Per layer with an intervention, a (len(rows), H, total) float table added to the scores:
+    -inf at knocked-out keys, log(alpha) at the keys outside a PASTA span, else 0."""
     out: dict[int, Tensor] = {}
     for b, r in enumerate(rows):
         row = lay.rows[r]
-        cols = torch.tensor([lay.slot(r, j) for j in row.knock], dtype=torch.long)
-        for layer, heads in row.sites(n_layers, n_heads).items():
-            t = out.setdefault(layer, torch.zeros(len(rows), n_heads, total, dtype=torch.bool))
-            t[b, torch.tensor(heads)[:, None], cols[None, :]] = True  # (heads, knocked)
+        sites = row.sites(n_layers, n_heads)
+        if not sites:
+            continue
+        if row.steer:
+            inside = torch.zeros(total, dtype=torch.bool)
+            inside[[lay.slot(r, j) for j in row.steer]] = True
+            entry = torch.where(inside, 0.0, math.log(row.alpha))  # (total,)
+        else:
+            entry = torch.zeros(total)
+            entry[[lay.slot(r, j) for j in row.knock]] = float("-inf")
+        for layer, heads in sites.items():
+            t = out.setdefault(layer, torch.zeros(len(rows), n_heads, total))
+            t[b, heads] = entry  # (heads, total)
     return out
 
 
 def _mods(tables: dict[int, Tensor]) -> dict[int, ScoreMod]:
-    def make(t: Tensor) -> ScoreMod:
-        def mod(score: Tensor, b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
-            return score.masked_fill(t[b, h, kv], float("-inf"))  # t[b, h, kv]: (B, H, 1, Lk)
-
-        mod.__name__ = "knockout[per row]"
-        return mod
-
-    return {layer: make(t) for layer, t in tables.items()}
+    # Query-free, so attention folds each into its mask and keeps its fused kernel.
+    return {layer: KeyBias(t, "intervention[per row]") for layer, t in tables.items()}
 
 
 PrefixStore = dict[tuple, list[Tensor]]
@@ -172,8 +206,8 @@ def _prefill(model: CausalLM, lay: _Layout, n_heads: int, room: int,
     keeps each prefilled prefix for later calls on the same prompts."""
     groups: dict[tuple, list[int]] = {}
     for r, row in enumerate(lay.rows):
-        inside = tuple(k for k in row.knock if k < lay.prefix)
-        key = (inside, row.layers, row.heads) if inside else ()
+        inside = row.touches(lay.prefix)
+        key = (inside, bool(row.steer), row.alpha, row.layers, row.heads) if inside else ()
         groups.setdefault(key, []).append(r)
     ids = torch.tensor([lay.rows[0].ids[: lay.prefix]])  # (1, P)
     per_row: list[list[Tensor]] = [[] for _ in lay.rows]  # per row: k0, v0, k1, v1, ...
@@ -185,7 +219,7 @@ def _prefill(model: CausalLM, lay: _Layout, n_heads: int, room: int,
                 per_row[r] = store[skey]
             continue
         full = lay.prefix + lay.width
-        tables = _tables(lay, model.num_layers, n_heads, full, [r0]) if lay.rows[r0].knock else {}
+        tables = _tables(lay, model.num_layers, n_heads, full, [r0]) if gkey else {}
         tables = {k: t[:, :, : lay.prefix] for k, t in tables.items()}
         keep = torch.ones(1, lay.prefix, dtype=torch.long)  # (1, P)
         if lay.rows[r0].everywhere:
@@ -282,17 +316,10 @@ def generate_rows(lm: LoadedModel, rows: Sequence[Row], *, max_new_tokens: int,
     return [(n, "eos" if d else "max_new_tokens") for n, d in zip(new, done, strict=True)]
 
 
-@torch.inference_mode()
-def score_rows(lm: LoadedModel, rows: Sequence[Row], *, prefix_limit: int | None = None,
-               prefix_store: PrefixStore | None = None) -> list[list[float]]:
-    """Teacher forcing: per row, log p(answer token t | prompt, answer[:t]) for every token of
-    its ``answer`` (float64 log-softmax of the model's logits), under the row's knockout."""
-    groups = _by_first_token(rows)
-    if len(groups) > 1:  # nothing shared (no chat header): one batch per first token
-        out: dict[int, list[float]] = {}
-        for g in groups:
-            out.update(zip(g, score_rows(lm, [rows[i] for i in g]), strict=True))
-        return [out[i] for i in range(len(rows))]
+def _answer_logits(lm: LoadedModel, rows: Sequence[Row], prefix_limit: int | None,
+                   prefix_store: PrefixStore | None) -> Tensor:
+    """Teacher forcing of every row's ``answer``: logits (B, A + 1, V) where position t predicts
+    answer[t] and position len(answer) the token after it (A: the longest answer)."""
     model = as_causal_lm(lm.model, "--model")
     lay = _layout(rows, prefix_limit)
     for i, r in enumerate(rows):
@@ -307,9 +334,48 @@ def score_rows(lm: LoadedModel, rows: Sequence[Row], *, prefix_limit: int | None
     logits = model(ids, keep, position_ids=pos, cache=cache, score_mods=mods or None,
                    logits_to_keep=n_ans + 1).logits
     assert logits is not None
-    logp = logits[:, :n_ans].double().log_softmax(-1)  # (B, A, V): position W-1+t predicts answer[t]
+    return logits  # (B, A + 1, V)
+
+
+def _per_first_token(rows: Sequence[Row], each) -> list | None:
+    """Rows with nothing shared (no chat header) go one batch per first token."""
+    groups = _by_first_token(rows)
+    if len(groups) == 1:
+        return None
+    out: dict[int, object] = {}
+    for g in groups:
+        out.update(zip(g, each([rows[i] for i in g]), strict=True))
+    return [out[i] for i in range(len(rows))]
+
+
+@torch.inference_mode()
+def score_rows(lm: LoadedModel, rows: Sequence[Row], *, prefix_limit: int | None = None,
+               prefix_store: PrefixStore | None = None) -> list[list[float]]:
+    """Teacher forcing: per row, log p(answer token t | prompt, answer[:t]) for every token of
+    its ``answer`` (float64 log-softmax of the model's logits), under the row's intervention."""
+    apart = _per_first_token(rows, lambda g: score_rows(lm, g))
+    if apart is not None:
+        return apart
+    logits = _answer_logits(lm, rows, prefix_limit, prefix_store)
+    n_ans = logits.shape[1] - 1
+    logp = logits[:, :n_ans].double().log_softmax(-1)  # (B, A, V): position t predicts answer[t]
     scores = []
     for b, row in enumerate(rows):
         a = torch.tensor(row.answer)
         scores.append(logp[b, torch.arange(len(a)), a].tolist())
     return scores
+
+
+@torch.inference_mode()
+def logit_diff_rows(lm: LoadedModel, rows: Sequence[Row], a: int, b: int, *,
+                    prefix_limit: int | None = None, prefix_store: PrefixStore | None = None) -> list[float]:
+    """Per row, logit(a) - logit(b) for the token after its ``answer`` (teacher-forced context),
+    under the row's intervention: the metric of activation patching (Wang et al. 2022) and of
+    a knockout sweep, one forward for both tokens."""
+    apart = _per_first_token(rows, lambda g: logit_diff_rows(lm, g, a, b))
+    if apart is not None:
+        return apart
+    logits = _answer_logits(lm, rows, prefix_limit, prefix_store)
+    at = torch.tensor([len(r.answer) for r in rows])
+    last = logits[torch.arange(len(rows)), at].double()  # (B, V)
+    return (last[:, a] - last[:, b]).tolist()

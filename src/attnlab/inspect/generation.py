@@ -114,17 +114,42 @@ def render_prompt(lm: LoadedModel, prompt: str, *, system: str | None = None, ch
     return ChatTemplate(lm.chat_template).render(chat_messages(prompt, system), add_generation_prompt=True)
 
 
+def user_spans(lm: LoadedModel, text: str, prompt: str, system: str | None,
+               special_tokens: bool) -> list[tuple[int, int]]:
+    """Where the user's own text (prompt, system message) sits in the rendered ``text``: spans
+    whose special-token strings are plain text. Empty when the user may type special tokens
+    (``special_tokens``) or typed none. A user who types ``<|im_end|>`` must not close the
+    turn and open a forged ``<|im_start|>system`` one (prompt injection)."""
+    specials = lm.tokenizer.special_strings()
+    typed = [t for t in (prompt, system) if t]
+    if special_tokens or not any(s in t for s in specials for t in typed):
+        return []
+    spans = []
+    for name, t in (("prompt", prompt), ("--system", system)):
+        if not t:
+            continue
+        at = text.rfind(t)
+        if at < 0:  # the template changed the text: it cannot be read as plain text safely
+            raise ValueError(f"{name}: holds special-token text ({', '.join(s for s in specials if s in t)}) "
+                             "that the chat template rewrote, so it cannot be kept as plain text; "
+                             "remove it, or pass special_tokens=True (--special-tokens) to let it act")
+        spans.append((at, at + len(t)))
+    return spans
+
+
 def fit_prompt(lm: LoadedModel, prompt: str, *, system: str | None = None, chat: bool = True,
-               max_new_tokens: int = 64, truncate: bool = False) -> Encoded:
+               max_new_tokens: int = 64, truncate: bool = False, special_tokens: bool = False) -> Encoded:
     """The rendered prompt, tokenised, leaving room in the context for at least one new token.
 
     ``truncate`` keeps the first tokens of the user's ``prompt`` (not of the rendered text, so
     the chat template and its assistant header survive), leaving room for ``max_new_tokens``.
+    Special-token strings typed in ``prompt`` or ``system`` are plain text unless
+    ``special_tokens`` (:func:`user_spans`).
     """
     text = render_prompt(lm, prompt, system=system, chat=chat)
     total = len(lm.tokenizer.piece_ids(text))
     if total < lm.max_tokens:
-        return lm.encode(text, name="prompt")
+        return lm.encode(text, name="prompt", plain=user_spans(lm, text, prompt, system, special_tokens))
     if not truncate:
         raise ValueError(f"prompt: expected fewer than {lm.max_tokens} tokens (the model's context) to leave "
                          f"room to generate, got {total}; shorten it (attnlab generate --truncate keeps its "
@@ -135,8 +160,9 @@ def fit_prompt(lm: LoadedModel, prompt: str, *, system: str | None = None, chat:
     if keep < 1:
         raise ValueError(f"--truncate: the chat template and system message alone take {total - len(ids)} of "
                          f"the {lm.max_tokens} tokens; nothing of the prompt fits")
-    text = render_prompt(lm, lm.tokenizer.decode(ids[:keep]), system=system, chat=chat)
-    return lm.encode(text, name="prompt")
+    kept = lm.tokenizer.decode(ids[:keep])
+    text = render_prompt(lm, kept, system=system, chat=chat)
+    return lm.encode(text, name="prompt", plain=user_spans(lm, text, kept, system, special_tokens))
 
 
 def eos_ids(lm: LoadedModel) -> set[int]:
@@ -267,6 +293,7 @@ def generate_text(
     stream: OnToken | None = None,
     on_logits: Callable[[Tensor], None] | None = None,
     truncate: bool = False,
+    special_tokens: bool = False,
 ) -> Generation:
     """Chat-format ``prompt``, generate, and (``capture``) record attention while generating."""
     if lm.kind != "decoder" or not lm.native:
@@ -275,7 +302,8 @@ def generate_text(
             f"folder, gpt2), got {'an' if lm.kind[:1] in 'aeiou' else 'a'} {lm.kind} ({lm.model_type}, "
             f"{lm.engine})"
         )
-    enc = fit_prompt(lm, prompt, system=system, chat=chat, max_new_tokens=max_new_tokens, truncate=truncate)
+    enc = fit_prompt(lm, prompt, system=system, chat=chat, max_new_tokens=max_new_tokens, truncate=truncate,
+                     special_tokens=special_tokens)
     stops = eos_ids(lm)
     recorder = AttentionRecorder(lm.model, layers=layers, heads=heads) if capture else None
     streamer = TextStream(lm, stream, stops) if stream is not None else None

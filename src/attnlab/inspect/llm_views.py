@@ -80,6 +80,7 @@ def share_page(eff: PromptEffect, path: str | Path) -> Path:
         prompt_labels=g.prompt.labels,
         highlight=eff.added_positions,
         layers=list(range(s.shape[1])),
+        uniform=eff.uniform[: s.shape[0]],
         title=f"{g.model}: how much each answer token attended to {eff.added_text!r}",
         path=path,
     )

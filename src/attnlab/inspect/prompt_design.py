@@ -66,8 +66,10 @@ class ExperimentConfig:
     controls: int | None = None
     bands: int = 3  # knockout per band of layers: thirds
     draws: int = 3  # matched random knockouts per task (fixed-answer measure)
-    steer_heads: int = 8  # heads knocked out by DLA rank (chosen on the other half of the tasks)
+    steer_heads: int = 8  # heads knocked out / steered by DLA rank (chosen on the other half of the tasks)
+    pasta_alpha: float = 0.01  # PASTA's scaling of the other keys (Zhang et al. 2023 use 0.01)
     dla: bool = True
+    head_sweep: bool = False  # knock the added words out of each head alone (L x H rows per task)
     n_boot: int = 2000
     system: str | None = None
     fixed: FixedAnswers | None = None  # None: DEFAULT_FIXED[flow]
@@ -91,6 +93,9 @@ class ExperimentConfig:
             least = 1 if name == "tasks" else 0
             if opt is not None and (isinstance(opt, bool) or not isinstance(opt, int) or opt < least):
                 raise ValueError(f"{name}: expected an integer >= {least} or None (all), got {opt!r}")
+        a = self.pasta_alpha
+        if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 < a <= 1:
+            raise ValueError(f"pasta_alpha: expected a number in (0, 1], got {a!r}")
         t = self.temperature
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
             raise ValueError(f"temperature: expected a number > 0, got {t!r}")

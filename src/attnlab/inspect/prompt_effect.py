@@ -199,7 +199,10 @@ def prompt_effect(
     emphasize: str | None = None,
     alpha: float = 0.01,
     steer_heads: int = 8,
+    special_tokens: bool = False,
 ) -> PromptEffect:
+    """``special_tokens``: special-token strings in ``base`` and ``add`` act as the special tokens
+    (an injection on purpose); by default they are plain text (generation.user_spans)."""
     if not isinstance(add, str) or not add.strip():
         raise ValueError(f"add: expected words to add to the prompt, got {add!r}")
     if not isinstance(base, str) or not base.strip():
@@ -214,11 +217,13 @@ def prompt_effect(
         raise ValueError(f"steer_heads: expected an int in 1..{n_heads} (layers x heads), "
                          f"got {steer_heads!r}")
     if emphasize is not None and _word_at(base, emphasize) < 0:
-        find_span(fit_prompt(lm, base, system=system), emphasize, user_text=base, name="emphasize")
+        find_span(fit_prompt(lm, base, system=system, special_tokens=special_tokens), emphasize,
+                  user_text=base, name="emphasize")
     check_alpha(alpha)
     topic = Topic.from_words(lm.tokenizer, topic_words)
     augmented = f"{base.rstrip()} {add.strip()}"
-    kw: dict[str, Any] = {"system": system, "max_new_tokens": max_new_tokens}
+    kw: dict[str, Any] = {"system": system, "max_new_tokens": max_new_tokens,
+                          "special_tokens": special_tokens}
     b = _run(lm, "base", base, topic, **kw)
     a = _run(lm, "augmented", augmented, topic, capture=True, **kw)
     enc = a.generation.prompt
@@ -259,7 +264,7 @@ def _steer(
     topic: Topic,
     kw: dict[str, Any],
 ) -> tuple[Run, dict[str, Any]]:
-    enc = fit_prompt(lm, base, system=kw.get("system"))
+    enc = fit_prompt(lm, base, system=kw.get("system"), special_tokens=kw.get("special_tokens", False))
     span = find_span(enc, words, user_text=base, name="emphasize")
     pairs = [(h["layer"], h["head"]) for h in heads]
     mods = per_head_layers(pairs, lambda hs: pasta(span, hs, alpha))

@@ -11,12 +11,15 @@ For every task of a prompt set and every condition of the flow (:mod:`prompt_des
    forcing (mean log-probability per token) under every condition and every intervention: the
    same tokens everywhere, so interventions are compared on one path, not on answers that
    diverge at the first near-tie; and token by token.
-3. **Interventions with their controls** on the topic condition: the added words' keys knocked
-   out of attention (Geva et al. 2023) in all layers and per band of layers; the same number of
-   the task's own tokens knocked out instead (random, seeded: the specificity control); the
-   words deleted (the base prompt); the added words knocked out only in the heads that write the
-   topic direction most (ranked on the *other* half of the tasks: held out) against as many
-   random heads. The all-layer knockout and its random control also run on sampled answers.
+3. **Interventions with their controls** on the topic condition, on the fixed answer and on the
+   sampled ones: the added words' keys knocked out of attention (Geva et al. 2023) in all
+   layers and per band of layers; the same number of the task's own tokens knocked out instead
+   (random, seeded: the specificity control); the words deleted (the base prompt); the added
+   words knocked out only in the heads that write the topic direction most (ranked on the
+   *other* half of the tasks: held out) against as many random heads; and PASTA (Zhang et al.
+   2023) emphasising the added words in those heads, against PASTA in the random heads — the
+   claim "attention to these words carries the effect" predicts a rise there, not only a fall
+   under knockout.
 4. **Which heads write the topic direction** — direct logit attribution per head (Elhage et al.
    2021; :func:`~attnlab.inspect.lens.direct_logit_attribution`) of logit(topic token) -
    logit(neutral token) where the two fixed answers part, under the topic and a control
@@ -37,7 +40,7 @@ from typing import Any
 import torch
 
 from attnlab.data.prompt_sets import PromptSet, Task
-from attnlab.inspect.batch_rows import Row, generate_rows, score_rows
+from attnlab.inspect.batch_rows import Row, generate_rows, logit_diff_rows, score_rows
 from attnlab.inspect.generation import Sampling, eos_ids, fit_prompt
 from attnlab.inspect.lens import direct_logit_attribution
 from attnlab.inspect.prompt_design import (
@@ -54,6 +57,7 @@ from attnlab.models.loading import LoadedModel
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 KNOCK, RANDOM = "topic, knocked out", "topic, random knockout"
 HEADS, RANDOM_HEADS = "topic, knocked out in top heads", "topic, knocked out in random heads"
+PASTA, RANDOM_PASTA = "topic, PASTA in top heads", "topic, PASTA in random heads"
 
 
 @dataclass
@@ -71,6 +75,7 @@ class TaskResult:
     heads: list[tuple[int, int]] = field(default_factory=list)
     random_heads: list[tuple[int, int]] = field(default_factory=list)
     code: str = ""
+    sweep: list[list[float]] = field(default_factory=list)  # (L, H): split logit diff, head knocked - none
 
 
 @dataclass
@@ -125,6 +130,27 @@ def _top_heads(grids: list[list[list[float]]], k: int) -> list[tuple[int, int]]:
     g = torch.tensor(grids, dtype=torch.float64).mean(0)  # (tasks, L, H) -> (L, H)
     H = g.shape[1]
     return [(i // H, i % H) for i in g.flatten().argsort(descending=True)[:k].tolist()]
+
+
+SWEEP_CHUNK = 64  # rows per batch: each holds its own copy of the ~300-token KV cache
+
+
+def _sweep(lm: LoadedModel, plan: TaskPlan, res: TaskResult, ans_t: list[int], ans_n: list[int],
+           split: int) -> list[list[float]]:
+    """The added words knocked out of one head at a time (every layer x head): the change in
+    logit(topic token) - logit(neutral token) where the fixed answers part, teacher-forced on
+    their shared start. Which heads carry the effect, one by one (a knockout per head, as the
+    path-patching sweeps of Wang et al. 2022 do per head)."""
+    L, H = lm.num_layers, lm.num_heads
+    topic, ctx = tuple(plan.ids["topic"]), tuple(ans_t[:split])
+    rows = [Row(topic, answer=ctx)] + [Row(topic, knock=tuple(res.added), heads=((a, b),), answer=ctx)
+                                       for a in range(L) for b in range(H)]
+    share: dict[str, Any] = {"prefix_limit": min(res.added), "prefix_store": {}}
+    diffs: list[float] = []
+    for c in range(0, len(rows), SWEEP_CHUNK):
+        diffs += logit_diff_rows(lm, rows[c : c + SWEEP_CHUNK], ans_t[split], ans_n[split], **share)
+    base = diffs[0]
+    return [[diffs[1 + a * H + b] - base for b in range(H)] for a in range(L)]
 
 
 def run_experiment(lm: LoadedModel, ps: PromptSet, cfg: ExperimentConfig, *,
@@ -185,11 +211,24 @@ def run_experiment(lm: LoadedModel, ps: PromptSet, cfg: ExperimentConfig, *,
     stops = eos_ids(lm)
     for i, (p, res) in enumerate(zip(plans, results, strict=True)):
         say("tasks", i, len(plans))
-        topic = tuple(p.ids["topic"])
-        arms: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {c: (tuple(p.ids[c]), ()) for c in conds}
-        arms[KNOCK] = (topic, tuple(res.added))
-        arms[RANDOM] = (topic, tuple(res.random[0]))
-        rows = [Row(ids, knock=k, sampling=s) for ids, k in arms.values() for s in samplings]
+        topic, added = tuple(p.ids["topic"]), tuple(res.added)
+        arms = {c: Row(tuple(p.ids[c])) for c in conds}
+        arms[KNOCK] = Row(topic, knock=added)
+        arms[RANDOM] = Row(topic, knock=tuple(res.random[0]))
+        fixed = dict(arms)
+        del fixed[KNOCK], fixed[RANDOM]
+        for label, layers in bands:
+            fixed[f"{KNOCK} ({label})"] = Row(topic, knock=added, layers=tuple(layers))
+            if label != "all layers":
+                arms[f"{KNOCK} ({label})"] = fixed[f"{KNOCK} ({label})"]
+        for d, pos in enumerate(res.random):
+            fixed[f"{RANDOM} {d + 1}"] = Row(topic, knock=tuple(pos))
+        if res.heads:
+            for name, heads in ((HEADS, res.heads), (RANDOM_HEADS, res.random_heads)):
+                arms[name] = fixed[name] = Row(topic, knock=added, heads=tuple(heads))
+            for name, heads in ((PASTA, res.heads), (RANDOM_PASTA, res.random_heads)):
+                arms[name] = fixed[name] = Row(topic, steer=added, heads=tuple(heads), alpha=cfg.pasta_alpha)
+        rows = [replace(r, sampling=s) for r in arms.values() for s in samplings]
         # Every call shares the prompt up to the added words: prefilled once per task (and once
         # per random knockout), whatever each call's rows have in common beyond it.
         share: dict[str, Any] = {"prefix_limit": min(res.added), "prefix_store": {}}
@@ -198,30 +237,22 @@ def run_experiment(lm: LoadedModel, ps: PromptSet, cfg: ExperimentConfig, *,
             part = out[j * len(samplings) : (j + 1) * len(samplings)]
             res.answers[arm] = [lm.tokenizer.decode([t for t in ids if t not in stops]) for ids, _ in part]
             res.stops[arm] = [why for _, why in part]
-        fixed: dict[str, Row] = {c: Row(tuple(p.ids[c])) for c in conds}
-        for label, layers in bands:
-            fixed[f"{KNOCK} ({label})"] = Row(topic, knock=tuple(res.added), layers=tuple(layers))
-        for d, pos in enumerate(res.random):
-            fixed[f"{RANDOM} {d + 1}"] = Row(topic, knock=tuple(pos))
-        if res.heads:
-            fixed[HEADS] = Row(topic, knock=tuple(res.added), heads=tuple(res.heads))
-            fixed[RANDOM_HEADS] = Row(topic, knock=tuple(res.added), heads=tuple(res.random_heads))
-        # Knockouts in some layers or heads need a score_mod, which takes attention off its fused
-        # kernel for the whole batch: they are scored in a batch of their own.
-        for moded in (False, True):
-            names = [a for a, r in fixed.items() if bool(r.knock and not r.everywhere) == moded]
-            if not names:
-                continue
-            batch = [replace(fixed[a], answer=tuple(x)) for a in names for x in (ans_t, ans_n)]
-            scores = score_rows(lm, batch, **share)
-            for j, arm in enumerate(names):
-                res.fixed[arm] = {"topic": scores[2 * j], "neutral": scores[2 * j + 1]}
-        res.fixed = {a: res.fixed[a] for a in fixed}  # in the design's order
+        batch = [replace(r, answer=tuple(x)) for r in fixed.values() for x in (ans_t, ans_n)]
+        scores = score_rows(lm, batch, **share)
+        for j, arm in enumerate(fixed):
+            res.fixed[arm] = {"topic": scores[2 * j], "neutral": scores[2 * j + 1]}
         for name, lex in ps.lexicons.items():
             res.mentions[name] = {arm: [mentions(a, lex) for a in texts]
                                   for arm, texts in res.answers.items()}
     say("tasks", len(plans), len(plans))
     seconds["tasks"] = round(time.perf_counter() - t0, 2)
+    if cfg.head_sweep:
+        t0 = time.perf_counter()
+        for i, (p, res) in enumerate(zip(plans, results, strict=True)):
+            say("head sweep", i, len(plans))
+            res.sweep = _sweep(lm, p, res, ans_t, ans_n, split)
+        say("head sweep", len(plans), len(plans))
+        seconds["head_sweep"] = round(time.perf_counter() - t0, 2)
     seconds["total"] = round(time.perf_counter() - t_start, 2)
     labels = {k: [lm.tokenizer.label(lm.tokenizer.id_to_token(i)) for i in ids]
               for k, ids in (("topic", ans_t), ("neutral", ans_n))}

@@ -19,7 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from attnlab.inspect.prompt_experiment import HEADS, KNOCK, RANDOM, RANDOM_HEADS, ExperimentResult
+from attnlab.inspect.prompt_experiment import (
+    HEADS,
+    KNOCK,
+    PASTA,
+    RANDOM,
+    RANDOM_HEADS,
+    RANDOM_PASTA,
+    ExperimentResult,
+)
 from attnlab.inspect.stats import Effect, Verdict, bonferroni_level, effect, verdict
 
 Arr = np.ndarray
@@ -52,6 +60,8 @@ class PromptReport:
     tables: list[Table]
     panels: list[dict[str, Any]] = field(default_factory=list)  # viz.effects.EffectPanel fields
     result: dict[str, Any] = field(default_factory=dict)
+    token_panels: list[dict[str, Any]] = field(default_factory=list)  # the fixed answers per token
+    sweep: list[list[float]] = field(default_factory=list)  # (L, H) mean effect of knocking each head
 
     def to_dict(self) -> dict[str, Any]:
         return {"title": self.title, "summary": self.summary,
@@ -199,12 +209,24 @@ def build_report(res: ExperimentResult) -> PromptReport:
                          f"{cfg.steer_heads} heads writing most topic direction, ranked on the other half "
                          f"of the tasks. A decrease is the claim.", 4))
     h_k = []
-    for arm in (KNOCK, RANDOM):
-        e = st.effect(sampled("topic"), sampled(arm), 2)
+    s_arms = [a for a in res.tasks[0].answers if a.startswith((KNOCK, RANDOM)) or a in (HEADS, RANDOM_HEADS)]
+    for arm in s_arms:
+        e = st.effect(sampled("topic"), sampled(arm), len(s_arms))
         if e is not None:
             h_k.append(Headline(f"sampled intervention: {arm}", "sampled intervention", e,
                                 verdict(e, direction="decrease", condition=arm, quantity=q_s)))
-    tables.append(_table("Interventions on sampled answers (all layers; vs the topic condition)", h_k))
+    tables.append(_table("Interventions on sampled answers (vs the topic condition)", h_k,
+                         f"The same knockouts as above, on the {s} samples of each task (greedy answers "
+                         f"apart); Bonferroni over {len(h_k)}. A decrease is the claim."))
+    h_p = _steering(st, sampled, pref, q_s, q_f) if PASTA in res.tasks[0].fixed else []
+    if h_p:
+        note = (f"PASTA (Zhang et al. 2023): in the {cfg.steer_heads} heads ranked on the other half of "
+                f"the tasks (as above), every key outside the added words has its weight scaled by "
+                f"{cfg.pasta_alpha} and the row renormalised; the control steers as many random heads. An "
+                f"increase is the claim; 'top vs random heads' is the comparison that says whether the "
+                f"chosen heads matter. Bonferroni over {len(h_p) // 2} per measure.")
+        tables.append(_table("PASTA: the added words emphasised in the top heads, against random heads", h_p,
+                             note, 4))
     # per condition, every lexicon (negative controls on the same scale)
     arms_all = [a for a in st.conds if a != "base"]
     cols = ["condition", "text"]
@@ -230,9 +252,14 @@ def build_report(res: ExperimentResult) -> PromptReport:
     tables.append(Table("Each condition vs base, on every lexicon (share of sampled answers) and the fixed "
                         "answer", cols, rows, f"Bonferroni over {len(arms_all)} conditions per column."))
     tables.append(_greedy_table(st, lex))
-    tables.append(_token_table(st))
+    token_table, token_panels = _token_table(st)
+    tables.append(token_table)
     if res.tasks[0].dla:
         tables.append(_heads_table(st))
+    grid: list[list[float]] = []
+    if res.tasks[0].sweep:
+        sweep_table, grid = _sweep_table(st)
+        tables.append(sweep_table)
     tables.append(_examples(res))
     panels = [_panel(f"Share of sampled answers mentioning {lex} (not copyable), vs base", arms_all,
                      _per_arm(st, sampled, arms_all, "base"), "difference of shares"),
@@ -245,13 +272,35 @@ def build_report(res: ExperimentResult) -> PromptReport:
               _panel("Interventions on the topic condition (fixed answer)",
                      [h.key.split(": ", 1)[1] for h in h_i], [h.effect for h in h_i],
                      "difference vs no intervention")]
+    if h_p:
+        panels.append(_panel("PASTA on the topic condition", [h.key.split(": ", 1)[1] for h in h_p],
+                             [h.effect for h in h_p], "difference"))
     panels = [p for p in panels if p["labels"]]  # one task: fixed-answer effects have no interval
     head = [h for h in (h_s + h_f) if h.key.endswith("topic vs controls")] or (h_s + h_f)[:1]
     ko_all = [h for h in h_i if "(all layers)" in h.key or RANDOM in h.key]
-    summary = [h.verdict.sentence for h in head + ko_all] + negative
+    steer = [h for h in h_p if "top vs random" in h.key]
+    summary = [h.verdict.sentence for h in head + ko_all + steer] + negative
     title = (f"Prompt experiment on {res.model}: {res.config.flow} flow, {res.prompt_set} "
              f"({n} tasks, code {res.code_source})")
-    return PromptReport(title, summary, h_s + h_f + h_i + h_k, tables, panels, res.to_dict())
+    return PromptReport(title, summary, h_s + h_f + h_i + h_k + h_p, tables, panels, res.to_dict(),
+                        token_panels, grid)
+
+
+def _steering(st: _Stats, sampled: Callable[[str], Arr], pref: Callable[[str], Arr], q_s: str,
+              q_f: str) -> list[Headline]:
+    """PASTA in the top heads and in random heads, each against the topic condition, and top
+    against random: on the fixed answer and on sampled answers."""
+    out = []
+    for measure, get, q in (("fixed answer", pref, q_f), ("sampled", sampled, q_s)):
+        pairs = [(f"{PASTA} ({measure})", "topic", PASTA),
+                 (f"{RANDOM_PASTA} ({measure})", "topic", RANDOM_PASTA),
+                 (f"top vs random heads ({measure})", RANDOM_PASTA, PASTA)]
+        for key, a, b in pairs:
+            e = st.effect(get(a), get(b), len(pairs))
+            if e is not None:
+                out.append(Headline(f"PASTA: {key}", "PASTA", e,
+                                    verdict(e, direction="increase", condition=key, quantity=q)))
+    return out
 
 
 def _lexicon_measure(st: _Stats, name: str) -> Callable[[str], Arr]:
@@ -277,25 +326,39 @@ def _greedy_table(st: _Stats, lex: str) -> Table:
     return Table(f"Greedy answers mentioning {lex}", ["condition", "answers"], rows, note)
 
 
-def _token_table(st: _Stats) -> Table:
-    """Which tokens of the fixed answers carry the difference between topic and controls."""
+def _token_table(st: _Stats) -> tuple[Table, list[dict[str, Any]]]:
+    """Which tokens of the fixed answers carry the difference between topic and controls, and
+    which lose it under knockout: the table and its picture's panels."""
     res = st.res
     ref = st.ctrls or ["base"]
-    rows = []
+    ref_name = "controls" if st.ctrls else "base"
+    rows, panels = [], []
     for which in ("topic", "neutral"):
         labels = res.fixed[which]["labels"]
+        diffs: list[Effect | None] = []
+        knocks: list[Effect | None] = []
         for i, lab in enumerate(labels):
             def tok(arm: str, i: int = i, which: str = which) -> Arr:
                 return np.asarray([t.fixed[arm][which][i] for t in res.tasks])[:, None]  # (P, 1)
             b = np.mean([tok(a) for a in ref], axis=0)
             e = st.effect(b, tok("topic"), 1)
             k = st.effect(tok("topic"), tok(f"{KNOCK} (all layers)"), 1)
+            diffs.append(e)
+            knocks.append(k)
             rows.append([which, repr(lab), f"{float(tok('topic').mean()):.3f}", f"{float(b.mean()):.3f}",
                          _ci(e, 3), _ci(k, 3)])
-    return Table("The fixed answers token by token (log p per token)",
-                 ["answer", "token", "topic", "controls" if st.ctrls else "base", "topic - controls",
-                  "knockout (all layers) - topic"], rows,
-                 "Per-token 95 % intervals, not adjusted for the number of tokens.")
+        text = res.fixed[which]["text"]
+        names = [f"{i}: {lab!r}" for i, lab in enumerate(labels)]
+        panels += [_panel(f"{which} answer {text!r}: topic - {ref_name}, per token", names, diffs,
+                          "difference of log p"),
+                   _panel(f"{which} answer {text!r}: knockout (all layers) - topic, per token", names, knocks,
+                          "difference of log p")]
+    table = Table("The fixed answers token by token (log p per token)",
+                  ["answer", "token", "topic", ref_name, f"topic - {ref_name}",
+                   "knockout (all layers) - topic"], rows,
+                  "Per-token 95 % intervals, not adjusted for the number of tokens; the same as a picture "
+                  "in tokens.png.")
+    return table, [p for p in panels if p["labels"]]
 
 
 def _heads_table(st: _Stats) -> Table:
@@ -319,6 +382,37 @@ def _heads_table(st: _Stats) -> Table:
             f"The model's logit difference, topic minus {res.dla_against}: {_ci(e, 3)}.")
     cols = ["head", "under topic", f"topic - {res.dla_against}"]
     return Table("Heads that write the topic direction", cols, rows, note)
+
+
+def _sweep_table(st: _Stats) -> tuple[Table, list[list[float]]]:
+    """The heads whose knockout alone moves the split logit difference most, with intervals
+    adjusted for every head tried; and the (L, H) grid of mean effects for the picture."""
+    res = st.res
+    split = res.fixed["split"]
+    tok = (res.fixed["topic"]["labels"][split], res.fixed["neutral"]["labels"][split])
+    sweep = np.asarray([t.sweep for t in res.tasks])  # (P, L, H)
+    mean = sweep.mean(0)  # (L, H)
+    m = mean.size
+    chosen = {tuple(h) for t in res.tasks for h in t.heads}
+    rows = []
+    for idx in np.argsort(mean, axis=None)[:10]:
+        layer, head = divmod(int(idx), res.heads)
+        e = st.effect(np.zeros((st.n_tasks, 1)), sweep[:, layer, head][:, None], m)
+        v = verdict(e, direction="decrease", condition=f"L{layer}H{head}", quantity="the logit difference") \
+            if e is not None else None
+        rows.append([f"L{layer}H{head}", _ci(e, 3), v.status if v else "n/a",
+                     "yes" if (layer, head) in chosen else ""])
+    total = float(mean.sum())
+    note = (f"The added words' keys knocked out of one head at a time ({res.layers} x {res.heads} heads), "
+            f"teacher-forced on the fixed answers' shared start: the change in logit({tok[0]!r}) - "
+            f"logit({tok[1]!r}) where they part, mean over tasks; intervals Bonferroni-adjusted for all "
+            f"{m} heads. Sum of the {m} single-head effects: {total:+.3f} (knockouts interact: they need not "
+            f"add up to the all-layer one). 'Top head' marks heads also chosen by direct logit "
+            f"attribution for the head knockout above. Picture: heads.png.")
+    table = Table("Which heads carry it: the added words knocked out of each head alone",
+                  ["head", "effect on the logit difference [interval]", "verdict", "top head (DLA)"],
+                  rows, note)
+    return table, mean.round(5).tolist()
 
 
 def _examples(res: ExperimentResult) -> Table:

@@ -145,6 +145,7 @@ class DecoderLM(HookedModel):
     token_embedding: nn.Embedding
     lm_head: nn.Linear | None  # None = tied to token_embedding
     layers: nn.ModuleList
+    unembed_int8: nn.Module | None  # set by quantize_weights("int8"); absent before
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
@@ -172,10 +173,29 @@ class DecoderLM(HookedModel):
     def _head(self) -> Tensor:
         return self.token_embedding.weight if self.lm_head is None else self.lm_head.weight  # (V, E)
 
+    @property
+    def weights_format(self) -> str:
+        """"float32", or "int8" after :meth:`quantize_weights`."""
+        return "int8" if getattr(self, "unembed_int8", None) is not None else "float32"
+
+    def quantize_weights(self, weights: str = "int8") -> DecoderLM:
+        """Keep the blocks' projection weights and the unembedding as int8 rows with per-row
+        scales (:mod:`attnlab.models.quantized`), in place: a decode step reads a quarter of the
+        bytes. Embedding lookups, norms and :meth:`output_embedding` stay float32. Inference
+        only; "float32" leaves the model as it is."""
+        from attnlab.models.quantized import Int8Linear, check_format, quantize_linears
+
+        if check_format(weights) == "float32" or self.weights_format == "int8":
+            return self
+        quantize_linears(self.layers)
+        self.unembed_int8 = Int8Linear(self._head())  # (V, E) as int8 rows
+        return self
+
     def output_embedding(self, ids: Tensor) -> Tensor:
         """Rows of the unembedding matrix W_U for token ``ids`` (n,): (n, E)."""
         return self._head()[ids]
 
     def unembed(self, x: Tensor) -> Tensor:
         """Logits of residual-stream vectors already through the final norm: (..., E) -> (..., V)."""
-        return F.linear(x, self._head())
+        head = getattr(self, "unembed_int8", None)
+        return F.linear(x, self._head()) if head is None else head(x)

@@ -195,7 +195,8 @@ class ChatTemplate:
                  source: str = "tokenizer.chat_template") -> None:
         import jinja2
         from jinja2.ext import loopcontrols
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        from attnlab.models.chat_template import BoundedSandbox
 
         def raise_exception(message: str) -> None:
             raise jinja2.exceptions.TemplateError(message)
@@ -207,9 +208,11 @@ class ChatTemplate:
             return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
                               sort_keys=sort_keys)
 
-        # Templates come from downloaded files: sandboxed (no attribute escapes, no mutation);
-        # trim_blocks/lstrip_blocks and loopcontrols as in transformers' _compile_jinja_template.
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+        # Templates come from downloaded files: sandboxed (no attribute escapes, no mutation) with
+        # a deadline and size limits (chat_template.py); trim_blocks/lstrip_blocks and
+        # loopcontrols as in transformers' _compile_jinja_template.
+        env = BoundedSandbox(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+        self._env = env
         env.filters["tojson"] = tojson
         env.globals["raise_exception"] = raise_exception
         env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
@@ -220,6 +223,9 @@ class ChatTemplate:
         except jinja2.TemplateSyntaxError as e:
             raise ValueError(f"{source}: expected a valid jinja2 template, "
                              f"line {e.lineno}: {e.message}") from None
+        except (RecursionError, MemoryError) as e:  # 5,000 nested parentheses, say
+            raise ValueError(f"{source}: expected a jinja2 template the parser can hold, got one "
+                             f"nested too deep ({type(e).__name__})") from None
 
     @classmethod
     def from_gguf(cls, meta: Mapping[str, Any], *, source: str = "gguf") -> ChatTemplate:
@@ -234,11 +240,9 @@ class ChatTemplate:
 
     def render(self, messages: list[dict[str, str]], *, add_generation_prompt: bool = True) -> str:
         """The prompt text for ``messages`` (ending with the assistant header if asked)."""
-        import jinja2
+        from attnlab.models.chat_template import output_limit, render_bounded
 
         checked = validate_messages(messages)
-        try:
-            return self._template.render(messages=checked, add_generation_prompt=add_generation_prompt,
-                                         bos_token=self.bos_token, eos_token=self.eos_token)
-        except jinja2.TemplateError as e:  # raise_exception(...) and sandbox violations
-            raise ValueError(f"{self.source}: the template refused these messages: {e}") from None
+        return render_bounded(self._env, self._template, self.source, output_limit(checked),
+                              messages=checked, add_generation_prompt=add_generation_prompt,
+                              bos_token=self.bos_token, eos_token=self.eos_token)

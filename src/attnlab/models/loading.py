@@ -83,8 +83,9 @@ class LoadedModel:
     def max_tokens(self) -> int:
         return self.tokenizer.max_tokens
 
-    def encode(self, text: str, *, truncate: bool = False, name: str = "text") -> Encoded:
-        return self.tokenizer.encode(text, truncate=truncate, name=name)
+    def encode(self, text: str, *, truncate: bool = False, name: str = "text",
+               plain: Sequence[tuple[int, int]] = ()) -> Encoded:
+        return self.tokenizer.encode(text, truncate=truncate, name=name, plain=plain)
 
     def pad_id(self) -> int:
         cfg = getattr(self.model, "cfg", None)

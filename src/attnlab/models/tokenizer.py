@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
 # Sub-word markers of the common tokenizer families: WordPiece "##", byte-level BPE "Ġ"
 # (a leading space), SentencePiece "▁". Stripped when a user names a token (``--focus it``).
@@ -86,12 +88,51 @@ class TextTokenizer:
     def id_to_token(self, i: int) -> str:
         return self._tok.id_to_token(i) or f"<{i}>"
 
-    def encode(self, text: str, *, truncate: bool = False, name: str = "text") -> Encoded:
-        """Tokenise ``text``. More than ``max_tokens`` tokens is a ValueError unless ``truncate``."""
+    def special_strings(self) -> list[str]:
+        """The text of every special added token (``<|im_end|>``, ``<s>``, ...)."""
+        return [t.content for t in self._tok.get_added_tokens_decoder().values() if t.special]
+
+    def _encode_spans(self, text: str, plain: Sequence[tuple[int, int]]) -> Any:
+        """``text`` encoded with special-token strings inside the ``plain`` spans read as
+        ordinary text (tokenizers' ``encode_special_tokens``, what transformers calls
+        ``split_special_tokens``), the rest as usual; then the post-processor (BOS...)."""
+        cuts, pos = [], 0
+        for a, b in sorted(plain):
+            if a > pos:
+                cuts.append((pos, a, False))
+            cuts.append((max(a, pos), b, True))
+            pos = max(pos, b)
+        if pos < len(text):
+            cuts.append((pos, len(text), False))
+        encs = []
+        with self._lock:  # encode_special_tokens is the tokenizer's state (server threads)
+            try:
+                for a, b, is_plain in cuts:
+                    if b > a:
+                        self._tok.encode_special_tokens = is_plain
+                        encs.append(self._tok.encode(text[a:b], add_special_tokens=False))
+            finally:
+                self._tok.encode_special_tokens = False
+        return self._tok.post_process(Encoding.merge(encs, growing_offsets=True))
+
+    def encode(self, text: str, *, truncate: bool = False, name: str = "text",
+               plain: Sequence[tuple[int, int]] = ()) -> Encoded:
+        """Tokenise ``text``. More than ``max_tokens`` tokens is a ValueError unless ``truncate``.
+        ``plain``: character spans (a user's text inside a chat template) whose special-token
+        strings are ordinary text, not the special tokens."""
         if not isinstance(text, str):
             raise TypeError(f"{name}: expected a string, got {type(text).__name__}")
         if not text.strip():
             raise ValueError(f"{name}: expected some text, got an empty string")
+        if plain:
+            enc = self._encode_spans(text, plain)
+            total = len(enc.ids)
+            if total > self.max_tokens:
+                if not truncate:
+                    raise ValueError(f"{name}: expected at most {self.max_tokens} tokens (the model's "
+                                     f"positions), got {total}; shorten it")
+                enc.truncate(self.max_tokens)
+            return self._pack(text, enc, total)
         enc = self._tok.encode(text)
         total = len(enc.ids)
         if total > self.max_tokens:

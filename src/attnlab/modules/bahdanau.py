@@ -39,7 +39,7 @@ class Alignment:
 
     context: Tensor  # (B, Lq, Dk): Σ_s weights[s] · memory[s]
     weights: Tensor  # (B, Lq, Ls): zeros at padded / out-of-window positions
-    scores: Tensor  # (B, Lq, Ls): before the softmax, unmasked
+    scores: Tensor  # (B, Lq, Ls): before the softmax, unmasked (padded steps score as zeros)
     allowed: Tensor  # (B, Lq, Ls) bool, True = may attend
     centres: Tensor | None = None  # (B, Lq): local-p's predicted position p_t (Luong eq. 9)
 
@@ -67,7 +67,8 @@ def index_grid(batch: int, q_len: int, src_len: int, device: torch.device
 
 
 def check_inputs(query: object, memory: object, lengths: object) -> tuple[Tensor, Tensor]:
-    """query (B, Lq, Dq), memory (B, Ls, Dk), lengths (B,) ints in [0, Ls] or None."""
+    """query (B, Lq, Dq), memory (B, Ls, Dk), lengths (B,) ints in [0, Ls] or None.
+    Returns the query and the memory with its padded steps zeroed (:func:`unpadded`)."""
     q = expect_tensor("query", query, ndim=3, floating=True)
     m = expect_tensor("memory", memory, ndim=3, floating=True)
     if m.shape[0] != q.shape[0]:
@@ -80,7 +81,22 @@ def check_inputs(query: object, memory: object, lengths: object) -> tuple[Tensor
                 f"lengths: expected {q.shape[0]} integers, got {ln.dtype} {tuple(ln.shape)}")
         if bool((ln < 0).any()) or bool((ln > m.shape[1]).any()):
             raise ValueError(f"lengths: expected values in [0, {m.shape[1]}], got {ln.tolist()}")
-    return q, m
+    return q, unpadded(m, lengths if isinstance(lengths, Tensor) else None)
+
+
+def unpadded(memory: Tensor, lengths: Tensor | None) -> Tensor:
+    """memory (B, Ls, D) with the steps at or past each sentence's length zeroed.
+
+    Padded steps are masked out of the softmax, but before it they go through the key
+    projection and its tanh: a huge finite value there (1e38 in float32) overflows to ±inf,
+    tanh(inf − inf) is NaN, and 0·NaN in the backward turns every attention parameter's
+    gradient into NaN although the context is exact. Zeroed first, their values never reach
+    a projection, a score or a gradient (the memory's gradient there is zero, as it is for
+    any position the attention may not read)."""
+    if lengths is None:
+        return memory
+    pad = torch.arange(memory.shape[1], device=memory.device) >= lengths.to(memory.device).unsqueeze(1)
+    return memory.masked_fill(pad.unsqueeze(-1), 0.0) if bool(pad.any()) else memory  # (B, Ls, D)
 
 
 def additive_from_keys(q_proj: Tensor, keys: Tensor, v: Tensor) -> Tensor:
@@ -168,10 +184,11 @@ class BahdanauAttention(nn.Module):
         nn.init.normal_(self.v_a, std=attn_dim ** -0.5)
         self.hook_weights = HookPoint()  # (B, Lq, Ls): read or patch alignments
 
-    def project_keys(self, memory: Tensor) -> Tensor:
+    def project_keys(self, memory: Tensor, lengths: Tensor | None = None) -> Tensor:
         """U_a h_j for every annotation, once per sentence (A.1.2). (B, Ls, Dk) -> (B, Ls, A).
-        NaN/inf annotations get zero keys (:func:`finite_memory`)."""
-        return self.u_a(finite_memory(memory))
+        NaN/inf annotations and padded steps (``lengths``) get zero keys (:func:`finite_memory`,
+        :func:`unpadded`)."""
+        return self.u_a(finite_memory(unpadded(memory, lengths)))
 
     def forward(self, query: Tensor, memory: Tensor, lengths: Tensor | None = None, *,
                 keys: Tensor | None = None, allowed: Tensor | None = None,

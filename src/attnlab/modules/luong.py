@@ -43,6 +43,7 @@ from attnlab.modules.bahdanau import (
     index_grid,
     read,
     source_allowed,
+    unpadded,
 )
 from attnlab.modules.hooks import HookPoint
 
@@ -102,9 +103,10 @@ class _LuongBase(nn.Module):
         self.scorer = LuongScore(query_dim, key_dim, score, attn_dim)
         self.hook_weights = HookPoint()  # (B, Lq, Ls): read or patch alignments
 
-    def project_keys(self, memory: Tensor) -> Tensor:
-        """NaN/inf source states get zero keys (:func:`~attnlab.modules.bahdanau.finite_memory`)."""
-        return self.scorer.prepare(finite_memory(memory))
+    def project_keys(self, memory: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """NaN/inf source states and padded steps (``lengths``) get zero keys
+        (:func:`~attnlab.modules.bahdanau.finite_memory`, :func:`~attnlab.modules.bahdanau.unpadded`)."""
+        return self.scorer.prepare(finite_memory(unpadded(memory, lengths)))
 
     def _finish(self, weights: Tensor, memory: Tensor, scores: Tensor, allowed: Tensor,
                 centres: Tensor | None = None) -> Alignment:

@@ -100,7 +100,8 @@ class AttentionalDecoder(nn.Module):
     def prepare(self, memory: Memory) -> Memory:
         """Cache the attention's key features (U_a h_j, W_a h̄_s, ...) once per sentence."""
         if self.attention is not None:
-            memory.keys = self.attention.project_keys(memory.states)  # type: ignore[operator]
+            memory.keys = self.attention.project_keys(  # type: ignore[operator]
+                memory.states, memory.lengths)
         return memory
 
     # -- one step ----------------------------------------------------------------------

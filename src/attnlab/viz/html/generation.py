@@ -199,6 +199,7 @@ def token_share_html(
     prompt_labels: Sequence[Any],
     highlight: Sequence[int],
     layers: Sequence[int],
+    uniform: Sequence[float] | None = None,
     title: str = "Share of attention on the highlighted words",
     path: str | Path | None = None,
 ) -> HtmlPage:
@@ -207,6 +208,9 @@ def token_share_html(
     ``share`` is (n_answer_tokens, n_layers): for each generated token and layer, the share of
     attention (in [0, 1]) on the prompt positions ``highlight``. The colour is the mean over
     layers; hovering a token draws its per-layer shares as bars with their values.
+    ``uniform`` (one per answer token): the share uniform attention would give the span
+    (span size / keys the token sees) — the baseline a share means something against: drawn as
+    a mark on every bar and given as a ratio.
     """
     s = np.asarray(share)
     if s.ndim != 2 or 0 in s.shape:
@@ -230,8 +234,15 @@ def token_share_html(
                 or not 0 <= p < len(prompt):
             raise ValueError(f"highlight: expected prompt positions in 0..{len(prompt) - 1}, "
                              f"got {marked!r}")
+    base = None
+    if uniform is not None:
+        u = _unit_interval("uniform", np.asarray(uniform, dtype=np.float64).reshape(-1))
+        if u.shape != (n_answer,):
+            raise ValueError(f"uniform: expected {n_answer} values (one per row of share), got {u.size}")
+        base = np.round(u.astype(np.float64), 4).tolist()
     payload = {
         "view": {"kind": "share", "title": str(title)},
+        "uniform": base,  # (answer,) or None
         "answer": answer,
         "answer_flow": answer_flow,
         "prompt": prompt,

@@ -13,9 +13,13 @@
   const state = { focus: null, pinned: false };
   const rgb = (t) => `rgb(${AL.ramp(REDS, t).map(Math.round).join(",")})`;
 
+  const U = D.uniform;  // per answer token: the share uniform attention gives the span, or null
+  const meanOf = (a) => a.reduce((x, y) => x + y, 0) / a.length;
+  const ratio = (s, u) => (u > 0 ? ` (${(s / u).toFixed(1)}× uniform)` : "");
   AL.setHeader(D.view.title, `${D.answer.length} generated tokens · ${NL} layer(s). Colour: ` +
     "share of attention on the highlighted prompt words, mean over layers. Hover a token for " +
-    "its share in each layer.");
+    "its share in each layer." + (U ? ` Mean share ${fmt(meanOf(D.mean))} against ${fmt(meanOf(U))} ` +
+    "for uniform attention over the keys each token sees (the black mark on each bar)." : ""));
 
   const app = document.getElementById("app");
   const controls = el("div", { class: "controls" });
@@ -41,7 +45,7 @@
   const answerBox = el("div", { class: "flow answer", id: "answer" });
   const toks = D.answer_flow.map((t, i) => {
     const e = el("span", { class: "tok", "data-i": i, "data-share": D.mean[i].toFixed(4),
-      title: `#${i} ${D.answer[i]}: mean share ${fmt(D.mean[i])}` }, t);
+      title: `#${i} ${D.answer[i]}: mean share ${fmt(D.mean[i])}` + (U ? ratio(D.mean[i], U[i]) : "") }, t);
     const v = D.mean[i] / vmax;
     e.style.backgroundColor = rgb(v);
     if (v > 0.6) e.classList.add("hot");
@@ -67,6 +71,7 @@
       caption.replaceChildren(document.createTextNode(`Token #${i} `),
         el("code", { id: "detail-token" }, D.answer[i]),
         document.createTextNode(`: mean share ${fmt(D.mean[i])}` +
+          (U ? `${ratio(D.mean[i], U[i])}; uniform attention: ${fmt(U[i])}` : "") +
           (state.pinned ? " · pinned (click again or Esc to release)" : "")));
       D.share[i].forEach((s, l) => {
         const r = el("div", { class: "barrow", "data-l": l, title: `layer ${D.layers[l]}: ${s}` });
@@ -74,6 +79,11 @@
         const fill = el("div", { class: "fill" });
         fill.style.width = (100 * s / bmax).toFixed(1) + "%";
         track.appendChild(fill);
+        if (U) {
+          const mark = el("div", { class: "uniform-mark", title: `uniform attention: ${fmt(U[i])}` });
+          mark.style.left = Math.min(100, 100 * U[i] / bmax).toFixed(1) + "%";
+          track.appendChild(mark);
+        }
         r.append(el("span", { class: "name" }, `L${D.layers[l]}`), track,
           el("span", { class: "val" }, fmt(s)));
         bars.appendChild(r);

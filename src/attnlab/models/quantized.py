@@ -1,0 +1,102 @@
+"""Weight-only int8 linear layers: an LLM's decode step reads every weight once per token, so on
+a CPU it is bound by memory traffic, and int8 weights are a quarter of float32's (issue 23).
+
+Each output row of a weight gets one scale (symmetric, per channel: w ≈ scale_n · q_nk with
+q in [-127, 127]; the "LLM.int8()" vector-wise scheme of Dettmers et al. 2022 without its
+outlier split). A GGUF's own 4-bit blocks are dequantized to float32 on load and requantized
+here, so the error against the file's float32 reading is measured, not assumed
+(``benchmarks/llm/quantized.py``).
+
+The kernel is torch's ``_weight_int8pack_mm``, fast only with bfloat16 activations: a decode
+step's few rows are rounded to bfloat16 on the way in (float32 out). Prefill and batched decode
+(more than :data:`INT8_ROWS` rows) dequantize the weight and run float32 GEMM, which wins there
+(measured in the benchmark). Activations outside the linear layers (norms, attention, residual
+stream, every hook) stay float32.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+WeightFormat = Literal["float32", "int8"]
+FORMATS: tuple[str, ...] = ("float32", "int8")
+INT8_ROWS = 4  # at most this many rows: the int8 kernel; more: dequantized float32 GEMM
+
+
+def check_format(weights: object, name: str = "weights") -> WeightFormat:
+    if weights not in FORMATS:
+        raise ValueError(f"{name}: expected one of {list(FORMATS)}, got {weights!r}")
+    return weights  # type: ignore[return-value]
+
+
+def int8_kernel_available() -> bool:
+    return hasattr(torch.ops.aten, "_weight_int8pack_mm")
+
+
+def quantize_rows(w: Tensor) -> tuple[Tensor, Tensor]:
+    """Symmetric per-row int8: (N, K) float -> q (N, K) int8, scale (N,) float32."""
+    w = w.detach().float()
+    scale = (w.abs().amax(dim=1) / 127.0).clamp_min(torch.finfo(torch.float32).tiny)  # (N,)
+    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)  # (N, K)
+    return q, scale
+
+
+class Int8Linear(nn.Module):
+    """``y = x Wᵀ + b`` with W kept as int8 rows and their scales. Inference only."""
+
+    qweight: Tensor  # (N, K) int8
+    scale: Tensor  # (N,) float32
+    scale_bf16: Tensor  # (N,) bfloat16
+    bias: Tensor | None  # (N,) float32
+
+    def __init__(self, weight: Tensor, bias: Tensor | None = None) -> None:
+        super().__init__()
+        q, scale = quantize_rows(weight)
+        self.register_buffer("qweight", q)  # (N, K) int8
+        self.register_buffer("scale", scale)  # (N,) float32
+        self.register_buffer("scale_bf16", scale.to(torch.bfloat16))  # the kernel's dtype
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+        self.out_features, self.in_features = q.shape
+
+    @classmethod
+    def from_linear(cls, m: nn.Linear) -> Int8Linear:
+        return cls(m.weight, m.bias)
+
+    def dequantized(self) -> Tensor:
+        return self.qweight.float() * self.scale[:, None]  # (N, K)
+
+    @property
+    def weight(self) -> Tensor:
+        """The float32 weight the int8 rows stand for (for code that reads ``.weight``)."""
+        return self.dequantized()
+
+    def forward(self, x: Tensor) -> Tensor:
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)  # (M, K)
+        if x2.shape[0] <= INT8_ROWS and int8_kernel_available():
+            y = torch.ops.aten._weight_int8pack_mm(x2.to(torch.bfloat16), self.qweight,
+                                                   self.scale_bf16).float()  # (M, N)
+        else:
+            y = F.linear(x2.float(), self.dequantized())  # (M, N)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 rows"
+
+
+def quantize_linears(model: nn.Module) -> int:
+    """Replace every ``nn.Linear`` under ``model`` by an :class:`Int8Linear`, in place; the
+    number replaced."""
+    n = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Linear:
+                setattr(parent, name, Int8Linear.from_linear(child))
+                n += 1
+    return n
