@@ -170,3 +170,47 @@ def test_every_head_of_one_token_as_small_multiples(gen, tiny_llama, tmp_path) -
         assert r.exit_code == 2 and r.output.startswith(f"error: {want}"), r.output
     with pytest.raises(ValueError, match=r"^k_tokens: expected 3 labels"):
         viz.token_heads_grid(row[:, :, :3].numpy(), ["a", "b"])
+
+
+def _synthetic(prompt: list[str], answer: list[str], seed: int) -> Capture:
+    """A capture of 2 layers x 3 heads whose rows are random distributions."""
+    g = torch.Generator().manual_seed(seed)
+    labels = prompt + answer
+    n = len(labels) - 1  # the last token has no row
+    rows = [torch.rand(2, 3, p + 1, generator=g) + 0.01 for p in range(n)]
+    rows = [r / r.sum(-1, keepdim=True) for r in rows]  # (2, 3, p + 1), each row sums to 1
+    packed = torch.cat(rows, dim=-1).half()  # (2, 3, n(n+1)/2)
+    return Capture(packed, labels, len(prompt), "m", "".join(prompt), [0, 5], [0, 1, 2], [0, 0, 1], "t")
+
+
+def test_diff_page_of_two_captures_of_the_same_answer(tmp_path) -> None:
+    answer = [" red", ",", " blue", ".", "<end>"]
+    a = _synthetic(["Name", " colours", ":"], answer, 0)
+    b = _synthetic(["List", " three", " colours", " please", ":"], answer, 1)
+    blk, labels = a.answer_block()
+    assert blk.shape == (2, 3, 5, 5) and labels == ["<prompt>", " red", ",", " blue", "."]
+    torch.testing.assert_close(blk.sum(-1), torch.ones(2, 3, 5), atol=2e-3, rtol=0)  # rows still sum to 1
+    p = a.prompt_len + 1  # answer row 2: the prompt's mass, then the answer keys
+    torch.testing.assert_close(blk[1, 2, 2, 0], a.row(p)[1, 2, : a.prompt_len].float().sum())
+    assert torch.equal(blk[..., 0, 1:], torch.zeros(2, 3, 4))
+    page = a.compare(b, names=("short", "long"))
+    assert "the same answer after two prompts" in page and page.view == "compare"
+    with pytest.raises(ValueError, match=r"^other: expected a capture of the same answer tokens"):
+        a.compare(_synthetic(["x"], [" green", "."], 2))
+    # the CLI
+    fa, fb = a.save(tmp_path / "a.safetensors"), b.save(tmp_path / "b.safetensors")
+    runner = CliRunner()
+    html = tmp_path / "diff.html"
+    r = runner.invoke(app, ["render", str(fa), "--compare", str(fb), "--html", str(html), "--layers", "5"])
+    assert r.exit_code == 0, r.output
+    text = html.read_text()
+    assert "the same answer after two prompts, a - b" in text and '"layers":[5]' in text
+    r = runner.invoke(app, ["render", str(fa), "--compare", str(fb)])
+    assert r.exit_code == 2 and r.output.startswith("error: --compare: expected --html"), r.output
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"junk")
+    r = runner.invoke(app, ["render", str(fa), "--compare", str(bad), "--html", str(html)])
+    assert r.exit_code == 2 and r.output.startswith("error: --compare: expected an attnlab capture"), r.output
+    r = runner.invoke(app, ["render", str(fa), "--compare", str(fb), "--html", str(html), "--layers", "3"])
+    assert r.exit_code == 2, r.output
+    assert r.output.startswith("error: --layers: expected some of the recorded"), r.output

@@ -8,11 +8,13 @@ from typing import Any
 from attnlab.cli.common import console, print_json
 
 # The library's names -> the options and argument of `attnlab render`.
-NAMES = {"path": "FILE", "model": "--model", "layer": "--layer", "head": "--head"}
+NAMES = {"path": "FILE", "model": "--model", "layer": "--layer", "head": "--head", "other": "--compare",
+         "layers": "--layers"}
 
 
 def render_capture(file: Path, *, html: Path | None, figs: list[Path], layer: int | None,
-                   head: int | None, model: str | None, as_json: bool, token: int | None = None) -> None:
+                   head: int | None, model: str | None, as_json: bool, token: int | None = None,
+                   compare: Path | None = None, layers: list[int] | None = None) -> None:
     """Load ``file`` (checked against ``model`` when given), write the generation page and the
     answer's heatmap, print a summary."""
     from attnlab.inspect.capture_file import Capture
@@ -31,7 +33,16 @@ def render_capture(file: Path, *, html: Path | None, figs: list[Path], layer: in
         if not -cap.positions <= token < cap.positions:
             raise ValueError(f"--token: expected a recorded position in 0..{cap.positions - 1}, got {token}")
     out: list[Path] = []
-    if html is not None:
+    if compare is not None:
+        if html is None:
+            raise ValueError("--compare: expected --html to write the diff page to, got none")
+        try:
+            other = Capture.load(compare, model=cap.model)
+        except ValueError as e:  # its errors name FILE's parameters: say which file
+            raise ValueError(f"--compare: {str(e).partition(': ')[2]}") from None
+        cap.compare(other, names=(file.stem, compare.stem), layers=layers, path=html)
+        out.append(html)
+    elif html is not None:
         out.append(generation_page(cap, html))
     for p in figs:
         if token is not None:

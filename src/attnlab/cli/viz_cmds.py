@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
-from attnlab.cli.common import console, print_json, split_tokens, user_errors
+from attnlab.cli.common import console, print_json, split_ints, split_tokens, user_errors
 
 if TYPE_CHECKING:
     from attnlab.functional.masks import Align
@@ -167,6 +167,10 @@ def render_command(
                                               "model made it (e.g. smollm2)")] = None,
     token: Annotated[int | None, typer.Option("--token", help="a capture: --png draws every layer "
                                               "and head of this position's row")] = None,
+    compare: Annotated[Path | None, typer.Option("--compare", help="a capture: --html is a diff page "
+                                                 "against this capture of the same answer")] = None,
+    layers: Annotated[str | None, typer.Option("--layers", help="--compare: these layers only, "
+                                               "e.g. 0,15,29")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Render exported attention JSON: HTML page, PNG/SVG figure, terminal heatmap, patterns.
@@ -180,12 +184,14 @@ def render_command(
 
         with user_errors(as_json, NAMES):
             render_capture(file, html=html, figs=_written(png, svg), layer=layer, head=head,
-                           model=model, as_json=as_json, token=token)
+                           model=model, as_json=as_json, token=token, compare=compare,
+                           layers=None if layers is None else split_ints("--layers", layers))
         return
     with user_errors(as_json, {"source": "FILE"}):  # viz.load_json names its argument "source"
         from attnlab import viz
 
-        for opt, given in (("--model", model), ("--token", token)):
+        for opt, given in (("--model", model), ("--token", token), ("--compare", compare),
+                           ("--layers", layers)):
             if given is not None:
                 raise ValueError(f"{opt}: expected only with a capture (.safetensors), got it with "
                                  f"the JSON export {str(file)!r}")

@@ -168,6 +168,57 @@ class Capture:
                                 title=f"{self.model}: where position {p} ({self.labels[p]!r}) looked"
                                       f"{nxt}, every layer and head")
 
+    def answer_block(self, layers: list[int] | None = None) -> tuple[Tensor, list[str]]:
+        """The answer's attention among its own tokens, with the prompt as one key: a square
+        (layers, heads, T + 1, T + 1) float32 matrix and its labels ``["<prompt>", answer...]``.
+
+        Row 0 is the prompt's last position (all its weight is on the prompt); row i is the
+        answer token fed at position P + i - 1: its summed weight on the prompt, then its weights
+        on the answer tokens before it and itself. Two prompts that led to the same answer give
+        matrices of the same shape, so they can be compared cell by cell.
+        """
+        P, n = self.prompt_len, self.positions
+        if layers is not None and (not layers or any(i not in self.layers for i in layers)):
+            raise ValueError(f"layers: expected some of the recorded layers {self.layers}, got {layers}")
+        li = list(range(len(self.layers))) if layers is None else [self.layers.index(i) for i in layers]
+        T = n - P  # answer tokens that were fed back (each has a row)
+        out = torch.zeros(len(li), len(self.heads), T + 1, T + 1)
+        out[:, :, 0, 0] = 1.0
+        for i, p in enumerate(range(P, n), start=1):
+            r = self.row(p)[li].float()  # (Ls, Hs, p + 1)
+            out[:, :, i, 0] = r[..., :P].sum(-1)
+            out[:, :, i, 1 : i + 1] = r[..., P:]
+        return out, ["<prompt>", *self.labels[P:n]]
+
+    def compare(self, other: Capture, *, names: tuple[str, str] = ("A", "B"),
+                layers: list[int] | None = None, path: str | Path | None = None) -> Any:
+        """A diff page of two captures of the same answer (e.g. one answer under two prompts):
+        per layer and head, both answer blocks (:meth:`answer_block`) side by side and A - B."""
+        from attnlab.viz import compare_view_html
+
+        mine, theirs = self.labels[self.prompt_len : self.positions], \
+            other.labels[other.prompt_len : other.positions]
+        if mine != theirs or not mine:
+            raise ValueError(f"other: expected a capture of the same answer tokens ({len(mine)} fed: "
+                             f"{''.join(mine)[:60]!r}), got {len(theirs)} ({''.join(theirs)[:60]!r})")
+        if (self.layers, self.heads) != (other.layers, other.heads):
+            raise ValueError(f"other: expected the same recorded layers and heads ({self.layers}, "
+                             f"{self.heads}), got ({other.layers}, {other.heads})")
+        a, labels = self.answer_block(layers)
+        b, _ = other.answer_block(layers)
+        from attnlab.viz.safety import MAX_HTML_VALUES
+
+        if a.numel() > MAX_HTML_VALUES:
+            fit = max(1, MAX_HTML_VALUES // (a.shape[1] * a.shape[2] * a.shape[3]))
+            raise ValueError(f"layers: expected at most {MAX_HTML_VALUES:,} values for a diff page, got "
+                             f"{a.shape[0]} layers x {a.shape[1]} heads x {a.shape[2]}^2 answer cells; "
+                             f"compare at most {fit} layers at a time (layers=[...], --layers)")
+        lay = self.layers if layers is None else list(layers)
+        return compare_view_html(a.numpy(), b.numpy(), labels, labels, names=names, layers=lay,
+                                 heads=self.heads, texts=(self.prompt, other.prompt), path=path,
+                                 title=f"{self.model}: the same answer after two prompts, {names[0]} - "
+                                       f"{names[1]}")
+
     def _repr_html_(self) -> str:
         return self.page()._repr_html_()
 
