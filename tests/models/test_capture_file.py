@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import struct
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -214,3 +215,21 @@ def test_diff_page_of_two_captures_of_the_same_answer(tmp_path) -> None:
     r = runner.invoke(app, ["render", str(fa), "--compare", str(fb), "--html", str(html), "--layers", "3"])
     assert r.exit_code == 2, r.output
     assert r.output.startswith("error: --layers: expected some of the recorded"), r.output
+
+
+def test_a_long_generation_png_is_panels_with_every_token_labelled(tmp_path) -> None:
+    from attnlab.inspect import long_generation_png as L
+    from attnlab.inspect.llm_views import generation_png
+
+    answer = [f" w{i}" for i in range(130)]
+    cap = _synthetic(["p0", "p1", "p2"], answer, 3)
+    w = cap.answer_rows().numpy()  # (T, N)
+    parts = L.panels(w, cap.labels, cap.prompt_len)
+    assert [m.shape[0] for m, _, _ in parts] == [48, 48, 34]  # T = 130 rows
+    for m, rows, cols in parts:
+        assert m.shape == (len(rows), len(cols)) and len(cols) <= 64  # every column labelled
+        np.testing.assert_allclose(m.sum(1), 1.0, atol=2e-3)  # summaries keep each row whole
+    assert parts[-1][2][:2] == ["<prompt>", "<earlier>"] and parts[-1][2][-1] == cap.labels[-2]
+    assert parts[-1][1][-1] == cap.labels[-1]  # the last row produced the last token
+    out = generation_png(cap, tmp_path / "long.png")
+    assert out.read_bytes()[:4] == b"\x89PNG"

@@ -8,6 +8,8 @@ from attnlab.inspect.capture_file import Capture
 from attnlab.inspect.generation import Generation
 from attnlab.inspect.prompt_effect import PromptEffect
 
+LONG = 64  # answer tokens past which generation_png draws panels (long_generation_png.py)
+
 
 def as_capture(g: Generation | Capture) -> Capture:
     return g if isinstance(g, Capture) else Capture.from_generation(g)
@@ -24,11 +26,16 @@ def generation_png(
     which = ("all layers" if layer is None else f"layer {layer}") + (
         ", mean of heads" if head is None else f", head {head}"
     )
+    title = f"{c.model}: what each generated token attended to ({which})"
+    if w.shape[0] > LONG:  # one heatmap would shrink each cell to a pixel: panels instead
+        from attnlab.inspect.long_generation_png import long_generation_png
+
+        return long_generation_png(w, c.labels, c.prompt_len, path, title)
     heatmap(
         w,
         q_tokens=c.labels[c.prompt_len : c.prompt_len + w.shape[0]],
         k_tokens=labels,
-        title=f"{c.model}: what each generated token attended to ({which})",
+        title=title,
         path=path,
     )
     return Path(path)
