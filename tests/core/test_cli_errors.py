@@ -52,7 +52,7 @@ def test_library_names_become_the_options_typed():
      "--mask: an empty term in 'causal&&window:1,0' (two operators in a row, or one at an end)"),
     (["plot-mask", "--mask", "causal:x"], "--mask: bad term 'causal:x': align: expected 'top-left'"),
     (["render", "/nonexistent.json"], "FILE: expected a JSON file or JSON text"),  # was "source:"
-    (["bench", "--threads", "0"], "--threads: expected a positive int, got 0"),  # was "threads:"
+    (["bench", "--threads", "0"], "--threads: expected an integer from 1 to"),  # was "threads:"
     (["bench", "--n", "1q"], "--n: expected a positive length like 4096, 16k or 1m, got '1q'"),  # float()'s
     (["bench", "--suite", "nope"], "--suite: expected quick, standard, patterns or targets"),  # "suite:"
 ])

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import re
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -82,7 +83,8 @@ def test_generation_payload_round_trips() -> None:
     assert data["tokens"][2] == HOSTILE and data["tokens"][3] == "↵"
     assert data["flow"][3] == "↵\n" and data["flow"][5] == "⇥"
     assert data["tokens"][len(PROMPT) + 1] == "↵↵" and data["flow"][len(PROMPT) + 1] == "↵\n↵\n"
-    buf = np.frombuffer(base64.b64decode(data["w"]), dtype=np.uint8)
+    assert data["w_codec"] == "deflate"
+    buf = np.frombuffer(zlib.decompress(base64.b64decode(data["w"])), dtype=np.uint8)
     assert buf.size == 2 * 9 * N * (N + 1) // 2
     start = 2 * 9 * 5 * 6 // 2  # position 5 starts after rows 0..4
     got = buf[start:start + 2 * 9 * 6].reshape(2, 9, 6) / 255

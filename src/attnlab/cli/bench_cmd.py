@@ -11,7 +11,15 @@ from typing import Annotated
 
 import typer
 
-from attnlab.cli.common import check_output, err_console, print_json, split_tokens, user_errors
+from attnlab.cli.common import (
+    ThreadsOpt,
+    check_output,
+    err_console,
+    print_json,
+    split_tokens,
+    use_threads,
+    user_errors,
+)
 
 
 def _split(values: list[str] | None) -> list[str] | None:
@@ -30,14 +38,13 @@ def bench_command(
     modes: Annotated[list[str] | None, typer.Option("--modes", help="fwd and/or fwd+bwd")] = None,
     peers: Annotated[list[str] | None, typer.Option("--peers", help="tiled, sdpa, flex, eager")] = None,
     out: Annotated[Path, typer.Option("--out", help="folder for bench.csv/json/png/md")] = Path("bench-out"),
-    threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's)")] = None,
+    threads: ThreadsOpt = None,
     repeats: Annotated[int | None, typer.Option(help="timed calls per measurement (median)")] = None,
     max_seconds: Annotated[float | None, typer.Option(help="skip peers estimated slower per call")] = None,
     max_gb: Annotated[float, typer.Option(help="skip peers estimated to need more memory")] = 6.0,
     as_json: Annotated[bool, typer.Option("--json", help="print the results as JSON")] = False,
 ) -> None:
     """Benchmark tiled attention against eager, torch SDPA and compiled FlexAttention."""
-    import torch  # imported here, not at module level: `attnlab --help` must not load it
 
     from attnlab.bench import harness, report
     from attnlab.bench.cases import CASES, parse_n
@@ -48,10 +55,7 @@ def bench_command(
     names = {"suite": "--suite", "cases": "--cases", "n": "--n", "modes": "--modes", "peers": "--peers"}
     with user_errors(as_json, names):  # make_suite / parse_n name their parameters, not the options
         check_output(out, "--out")
-        if threads is not None:
-            if threads < 1:
-                raise ValueError(f"--threads: expected a positive int, got {threads}")
-            torch.set_num_threads(threads)
+        use_threads(threads)
         ns = None if not n else [_length(parse_n, x) for x in _split(n) or []]
         s = make_suite("quick" if quick else suite, cases=_split(cases), ns=ns, modes=_split(modes),
                        peers=_split(peers))

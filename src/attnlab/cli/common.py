@@ -10,10 +10,14 @@ import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+
+ThreadsOpt = Annotated[int | None, typer.Option(
+    "--threads", help="torch threads (default: the cores this process may use, or OMP_NUM_THREADS "
+                      "if fewer)")]
 
 console = Console()
 err_console = Console(stderr=True)
@@ -187,22 +191,18 @@ def split_ints(name: str, text: str, lo: int = 0) -> list[int]:
     return vals
 
 
-def load_lm(model: str | Path | None, *, small: bool = True):
-    """Load a model for a CLI command; ``small``: one thread, suited to short inputs on small
-    models (an LLM's matrix-vector decode steps are memory-bound and gain from every core)."""
-    import os
+def use_threads(threads: int | None) -> int:
+    """Every command's ``--threads``, set in one place (:func:`attnlab.threads.set_threads`)."""
+    from attnlab.threads import set_threads
 
-    import torch
+    return set_threads(threads, "--threads")
 
+
+def load_lm(model: str | Path | None, *, threads: int | None = None):
+    """Set ``--threads`` (default: the available cores), then load a model for a CLI command."""
     from attnlab.models.loading import load_model
 
-    if small and not any(v in os.environ for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "ATTNLAB_THREADS")):
-        # The work here is small (tens to hundreds of tokens): OpenMP's fork/join costs more than
-        # it saves, and on a busy machine a second spinning thread made each 20x384 matmul ~100x
-        # slower (12 ms vs 125 us, measured). Set OMP_NUM_THREADS to choose otherwise.
-        torch.set_num_threads(1)
-    elif "ATTNLAB_THREADS" in os.environ:
-        torch.set_num_threads(max(1, int(os.environ["ATTNLAB_THREADS"])))
+    use_threads(threads)
     try:
         return load_model(model)
     except (FileNotFoundError, ValueError) as e:  # the library says model:, the user typed --model

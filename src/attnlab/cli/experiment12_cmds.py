@@ -7,14 +7,20 @@ from typing import Annotated
 
 import typer
 
-from attnlab.cli.common import check_output, console, err_console, print_json, user_errors
+from attnlab.cli.common import (
+    ThreadsOpt,
+    check_output,
+    console,
+    err_console,
+    print_json,
+    use_threads,
+    user_errors,
+)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output on stdout")]
 SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", help="override a config key for every model, e.g. --set train.seed=2 "
                   "(a model.* key applies to the models that have it; repeatable)")]
-ThreadsOpt = Annotated[int, typer.Option(
-    "--threads", help="torch threads for training and scoring (0 = min(cores, 2))")]
 QuickOpt = Annotated[bool, typer.Option("--quick", help="tiny sizes: a smoke run in seconds")]
 
 
@@ -29,7 +35,7 @@ def architectures_cmd(
     out: Annotated[Path, typer.Option("--out", help="experiment folder")] = Path(
         "runs/architectures"),
     quick: QuickOpt = False,
-    threads: ThreadsOpt = 0,
+    threads: ThreadsOpt = None,
     overrides: SetOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -39,7 +45,7 @@ def architectures_cmd(
         from attnlab.training.experiment_arch import run_architectures
 
         res = run_architectures(out, quick=quick, overrides=list(overrides or []),
-                                threads=threads, log=None if as_json else _log)
+                                threads=use_threads(threads), log=None if as_json else _log)
     if as_json:
         print_json({"out": str(out), "summary": res.summary, "rows": res.rows,
                     "throughput_ratio_transformer_vs_bahdanau": res.throughput_ratio,
@@ -57,7 +63,7 @@ def heads_cmd(
     sentences: Annotated[int, typer.Option(
         "--sentences", help="test sentences each ablated model translates")] = 300,
     quick: QuickOpt = False,
-    threads: ThreadsOpt = 0,
+    threads: ThreadsOpt = None,
     overrides: SetOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -70,7 +76,7 @@ def heads_cmd(
         from attnlab.training.experiment_heads import run_heads
 
         res = run_heads(out, model_dir=model, quick=quick, overrides=list(overrides or []),
-                        sentences=sentences, threads=threads, log=None if as_json else _log)
+                        sentences=sentences, threads=use_threads(threads), log=None if as_json else _log)
     if as_json:
         print_json({"out": str(out), "baseline_bleu": res.baseline_bleu,
                     "ablation": res.ablation, "pruning": res.pruning,
@@ -85,7 +91,7 @@ def ablations_cmd(
     out: Annotated[Path, typer.Option("--out", help="experiment folder")] = Path(
         "runs/ablations"),
     quick: QuickOpt = False,
-    threads: ThreadsOpt = 0,
+    threads: ThreadsOpt = None,
     overrides: SetOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -96,7 +102,7 @@ def ablations_cmd(
         from attnlab.training.experiment_ablations import run_ablations
 
         res = run_ablations(out, quick=quick, overrides=list(overrides or []),
-                            threads=threads, log=None if as_json else _log)
+                            threads=use_threads(threads), log=None if as_json else _log)
     if as_json:
         print_json({"out": str(out), "summary": res.summary, "rows": res.rows,
                     "seconds": round(res.seconds, 1)})

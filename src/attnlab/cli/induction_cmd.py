@@ -7,7 +7,15 @@ from typing import Annotated, Any
 
 import typer
 
-from attnlab.cli.common import check_output, console, print_json, split_tokens, user_errors
+from attnlab.cli.common import (
+    ThreadsOpt,
+    check_output,
+    console,
+    print_json,
+    split_tokens,
+    use_threads,
+    user_errors,
+)
 
 
 def _seeds(text: str) -> list[int]:
@@ -27,12 +35,14 @@ def induction_cmd(
         "--seeds", help="run the experiment once per seed (e.g. 0,1,2) into OUT/seed-N, and "
                         "tabulate how often the phase change comes (seeds.md, seeds.json)")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="a smoke run in seconds")] = False,
+    threads: ThreadsOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Train 1- and 2-layer attention-only models on repeated random blocks; watch induction
     heads form (accuracy on the repeat, induction score per head, over training)."""
     with user_errors(as_json):
         check_output(out, "--out")
+        n_threads = use_threads(threads)
         from attnlab.data.io import atomic_write_bytes, atomic_write_text, write_json
         from attnlab.training.induction import (
             InductionConfig,
@@ -49,7 +59,8 @@ def induction_cmd(
         chosen = _seeds(seeds) if seeds is not None else [0 if seed is None else seed]
         runs: dict[int, dict[str, Any]] = {}
         for s in chosen:
-            cfg = InductionConfig(steps=40 if quick else steps, eval_every=20 if quick else 100, seed=s)
+            cfg = InductionConfig(steps=40 if quick else steps, eval_every=20 if quick else 100, seed=s,
+                                 threads=n_threads)
             res = run_induction(cfg, progress=not as_json, log=None if as_json else console.print)
             folder = out if seeds is None else out / f"seed-{s}"
             folder.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ from rich.table import Table
 from attnlab.cli.common import (
     FIGURE,
     PAGE,
+    ThreadsOpt,
     check_output,
     console,
     load_lm,
@@ -43,7 +44,8 @@ SystemOpt = Annotated[
 
 # Library parameter names -> the options (and arguments) the user typed.
 GENERATE_NAMES = {"prompt": "PROMPT", "max_new_tokens": "--max-new-tokens", "temperature": "--temperature",
-                  "top_p": "--top-p", "seed": "--seed", "layers": "--layers", "heads": "--heads"}
+                  "top_p": "--top-p", "seed": "--seed", "layers": "--layers", "heads": "--heads",
+                  "path": "--save-capture"}
 EFFECT_NAMES = {"prompt": "BASE", "add": "--add", "topic": "--topic", "bands": "--bands",
                 "alpha": "--alpha", "steer_heads": "--steer-heads", "pasta": "--emphasize",
                 "max_new_tokens": "--max-new-tokens"}
@@ -73,11 +75,13 @@ def _mkdir(path: Path) -> Path:
     return path
 
 
-def _check_outputs(png: Path | None = None, html: Path | None = None, out: Path | None = None) -> None:
+def _check_outputs(png: Path | None = None, html: Path | None = None, out: Path | None = None,
+                   save_capture: Path | None = None) -> None:
     """Refuse bad output paths before minutes of generation, not after."""
     check_output(png, "--png", FIGURE)
     check_output(html, "--html", PAGE)
     check_output(out, "--out")
+    check_output(save_capture, "--save-capture", (".safetensors",))
 
 
 def generate_command(
@@ -115,17 +119,22 @@ def generate_command(
     truncate: Annotated[
         bool, typer.Option("--truncate", help="keep the first tokens of a prompt longer than the context")
     ] = False,
+    save_capture: Annotated[
+        Path | None, typer.Option("--save-capture", help="write the captured attention to this "
+                                  ".safetensors file (reopen it with attnlab render)")
+    ] = None,
     special_tokens: Annotated[
         bool, typer.Option("--special-tokens", help="let special-token text typed in the prompt (e.g. "
                            "<|im_end|>) act as the special token, on purpose (default: plain text)")
     ] = False,
     as_json: JsonOpt = False,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Generate an answer, streaming it, with every generated token's attention captured."""
     with user_errors(as_json, GENERATE_NAMES):
         from attnlab.inspect.generation import Sampling, generate_text
 
-        _check_outputs(png, html)
+        _check_outputs(png, html, save_capture=save_capture)
         sampled = temperature is not None or top_p is not None
         if greedy and sampled:
             raise ValueError("--greedy: expected either --greedy or --temperature/--top-p, got both")
@@ -135,8 +144,9 @@ def generate_command(
             top_p=1.0 if top_p is None else top_p,
             seed=seed,
         )
-        lm = load_lm(model, small=False)
-        capture = html is not None or png is not None or layers is not None or heads is not None
+        lm = load_lm(model, threads=threads)
+        capture = (html is not None or png is not None or save_capture is not None
+                   or layers is not None or heads is not None)
         lays = None if layers is None else split_ints("--layers", layers)
         hds = None if heads is None else split_ints("--heads", heads)
         checks = (("--layer", layer, lays, lm.num_layers), ("--head", head, hds, lm.num_heads))
@@ -176,14 +186,17 @@ def generate_command(
             special_tokens=special_tokens,
         )
         rep: dict[str, Any] = g.to_dict() | {"sampling": vars(sampling)}
-        if png is not None:
-            from attnlab.inspect.llm_views import generation_png
+        if png is not None or html is not None or save_capture is not None:
+            from attnlab.inspect.capture_file import Capture
+            from attnlab.inspect.llm_views import generation_page, generation_png
 
-            rep["png"] = str(generation_png(g, _mkdir(png), layer=layer, head=head))
-        if html is not None:
-            from attnlab.inspect.llm_views import generation_page
-
-            rep["html"] = str(generation_page(g, _mkdir(html)))
+            cap = Capture.from_generation(g)
+            if save_capture is not None:
+                rep["save_capture"] = str(cap.save(_mkdir(save_capture)))
+            if png is not None:
+                rep["png"] = str(generation_png(cap, _mkdir(png), layer=layer, head=head))
+            if html is not None:
+                rep["html"] = str(generation_page(cap, _mkdir(html)))
     if as_json:
         print_json(rep)
         return
@@ -200,7 +213,7 @@ def generate_command(
             f"= {c['bytes'] / 1e6:.1f} MB (fp16)[/]",
             highlight=False,
         )
-    for key in ("png", "html"):
+    for key in ("save_capture", "png", "html"):
         if key in rep:
             console.print(f"wrote {rep[key]}", highlight=False, markup=False)
 
@@ -247,6 +260,7 @@ def prompt_effect_command(
                            "(default: plain text)")
     ] = False,
     as_json: JsonOpt = False,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Do added words steer the answer through attention? Topic mass, attention share, knockout."""
     with user_errors(as_json, EFFECT_NAMES):
@@ -256,7 +270,7 @@ def prompt_effect_command(
         _check_outputs(png, html, out)
         check_alpha(alpha)
         words = SECURITY_LEXICON if topic is None else tuple(split_tokens(topic) or ())
-        lm = load_lm(model, small=False)
+        lm = load_lm(model, threads=threads)
         text, added = pe.DEFAULT_BASE if base is None else base, pe.DEFAULT_ADD if add is None else add
         if text.strip() and added.strip():  # (else prompt_effect says which is missing)
             # The augmented run captures every head's attention while it generates: refuse first.

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from attnlab.cli.common import FIGURE, check_output, console, load_lm, print_json, user_errors
+from attnlab.cli.common import FIGURE, ThreadsOpt, check_output, console, load_lm, print_json, user_errors
 
 
 def local_global_command(
@@ -28,6 +28,7 @@ def local_global_command(
                      ] = 64,
     png: Annotated[Path | None, typer.Option("--png", help="perplexity per layout with intervals")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Perplexity with the trained local/global layout, all global, all local, window halved/doubled."""
     names = {"tokens": "--tokens", "text": "--text-file", "model": "--model"}
@@ -43,7 +44,7 @@ def local_global_command(
             text = text_file.read_text(encoding="utf-8", errors="strict")
         from attnlab.inspect.local_global import local_global_experiment, local_global_png
 
-        lm = load_lm(model, small=False)
+        lm = load_lm(model, threads=threads)
         res = local_global_experiment(lm, text, tokens=tokens, block=block)
         rep: dict[str, Any] = res.to_dict()
         if png is not None:

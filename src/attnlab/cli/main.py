@@ -8,6 +8,7 @@ argument error answer before any of it loads. Commands import what they need whe
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Iterator, Sequence
@@ -29,6 +30,12 @@ from attnlab.cli import (
     walk_cmd,
 )
 from attnlab.cli.common import check_argv, write_error
+
+# OpenMP's idle worker threads spin (GNU libgomp's default wait policy); on a machine shared with
+# other jobs a spinning second thread made a MiniLM forward 22x and a SmolLM2 decode 5.9x slower
+# than one thread, 1.35x and 1.11x when they sleep instead (benchmarks/threads/RESULTS.md). It must
+# be set before torch loads, which the CLI does lazily; a user's own setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # typer >= 0.20 carries its own copy of click (typer._click) and the click package may be absent or
 # another copy: click's classes are reached through typer's public names, never `import click`.

@@ -20,6 +20,7 @@ from rich.table import Table
 from attnlab.cli.common import (
     FIGURE,
     PAGE,
+    ThreadsOpt,
     check_output,
     console,
     err_console,
@@ -83,6 +84,7 @@ def inspect_command(
                                          "model and report its difference from eager")] = "auto",
     truncate: TruncOpt = False,
     as_json: JsonOpt = False,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Where does each head look? Top attended tokens for a focus token, rollout, pictures."""
     from attnlab.cli.translator_inspect import inspect_translator, is_translator_folder
@@ -103,7 +105,7 @@ def inspect_command(
         check_output(html, "--html", PAGE)
         check_output(png, "--png", FIGURE)
         check_output(export, "--export", (".json",))
-        lm = load_lm(model)
+        lm = load_lm(model, threads=threads)
         check_head(lm, layer, head)
         res = inspect_text(lm, text, focus=focus, k=top, truncate=truncate, generate_tokens=generate_tokens,
                            flow=flow, backend=backend)
@@ -219,6 +221,7 @@ def compare_command(
         help="write the focus rows of the top heads (.png/.svg)")] = None,
     truncate: TruncOpt = False,
     as_json: JsonOpt = False,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Rank heads by how far the focus token's attention moved between two texts."""
     with user_errors(as_json, COMPARE_NAMES):
@@ -235,7 +238,7 @@ def compare_command(
 
         check_output(html, "--html", PAGE)
         check_output(png, "--png", FIGURE)
-        lm = load_lm(model)
+        lm = load_lm(model, threads=threads)
         cmp = compare(lm, texts[0], texts[1], focus, cands or None, truncate=truncate)
         rep: dict[str, Any] = {"model": lm.describe()} | cmp.to_dict(top)
         if html is not None:
@@ -277,13 +280,14 @@ def heads_command(
     model: ModelOpt = None,
     png: Annotated[Path | None, typer.Option(help="each detector's layers x heads scores (.png)")] = None,
     as_json: JsonOpt = False,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Detect previous-token, duplicate, induction, [CLS]/[SEP]/sink, positional and broad heads."""
     with user_errors(as_json, TEXTS_NAMES):
         from attnlab.inspect.heads import detect_heads
 
         check_output(png, "--png", FIGURE)
-        lm = load_lm(model)
+        lm = load_lm(model, threads=threads)
         hs = detect_heads(lm, list(texts) if texts else None)
         rep = {"model": lm.describe()} | hs.to_dict()
         if png is not None:
@@ -323,6 +327,7 @@ def tradeoff_command(
     model: ModelOpt = None,
     truncate: TruncOpt = False,
     as_json: JsonOpt = False,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Run the model with sliding-window attention of several widths; report drift from full."""
     with user_errors(as_json, TEXTS_NAMES):
@@ -333,7 +338,7 @@ def tradeoff_command(
             ws.append(int(w))
         from attnlab.inspect.tradeoff import tradeoff
 
-        lm = load_lm(model)
+        lm = load_lm(model, threads=threads)
         too_wide = [w for w in ws if w > lm.max_tokens]
         if too_wide:  # wider than every text is full attention (and 1e20 overflows the mask's ints)
             raise ValueError(f"--widths: expected half-widths up to {lm.max_tokens} (the model's "
@@ -361,6 +366,7 @@ def serve_command(
     model: ModelOpt = None,
     max_chars: Annotated[int, typer.Option(help="longest text accepted")] = 1000,
     as_json: Annotated[bool, typer.Option("--json", help="print the address as one JSON line")] = False,
+    threads: ThreadsOpt = None,
 ) -> None:
     """A local page to type sentences and explore the head, model and compare views."""
     with user_errors(as_json, SERVE_NAMES):
@@ -368,7 +374,7 @@ def serve_command(
             raise ValueError(f"--port: expected 1..65535, got {port}")
         from attnlab.inspect.server import create_app
 
-        lm = load_lm(model)
+        lm = load_lm(model, threads=threads)
         app = create_app(lm, max_chars=max_chars, host=host, port=port)
     import uvicorn
 

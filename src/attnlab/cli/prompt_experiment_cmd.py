@@ -15,7 +15,15 @@ from typing import Annotated, Any
 
 import typer
 
-from attnlab.cli.common import check_output, console, err_console, load_lm, print_json, user_errors
+from attnlab.cli.common import (
+    ThreadsOpt,
+    check_output,
+    console,
+    err_console,
+    load_lm,
+    print_json,
+    user_errors,
+)
 
 NAMES = {"samples": "--samples", "seed": "--seed", "temperature": "--temperature", "flow": "--flow",
          "max_new_tokens": "--max-new-tokens", "tasks": "--tasks", "threads": "--threads",
@@ -111,8 +119,7 @@ def prompt_experiment_command(
     max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", help="answer length (default "
                                                        "24; --quick 16)")] = None,
     tasks: Annotated[int | None, typer.Option(help="only the first N tasks (default all; --quick 6)")] = None,
-    threads: Annotated[int, typer.Option(help="torch threads; 0 = min(cores, 2). One is fastest on a "
-                                         "busy machine")] = 1,
+    threads: ThreadsOpt = None,
     head_sweep: Annotated[bool, typer.Option("--head-sweep", help="also knock the added words out of each "
                                              "head alone (layers x heads rows per task; heads.png)")] = False,
     quick: Annotated[bool, typer.Option("--quick", help="6 tasks, 2 samples, topic/1 paraphrase/1 control, "
@@ -148,8 +155,6 @@ def prompt_experiment_command(
         if fixed_answer is not None and neutral_answer is not None:
             kw["fixed"] = FixedAnswers(fixed_answer, neutral_answer)
         cfg = (ExperimentConfig.quick(**kw) if quick else ExperimentConfig(**kw)).check()
-        if isinstance(threads, bool) or threads < 0:
-            raise ValueError(f"--threads: expected an integer >= 0 (0 = min(cores, 2)), got {threads}")
         ps = builtin_prompt_set() if prompts is None else load_prompt_set(prompts, option="--prompts")
         source = "shipped"
         if code is not None:
@@ -158,12 +163,7 @@ def prompt_experiment_command(
             ps = replace(ps, tasks=(Task(id=code.stem or "code", task=first.task, code=text,
                                          language=code.suffix.lstrip(".") or "python"),))
             source = code.name
-        lm = load_lm(model, small=False)
-        import torch
-
-        # As training's experiment_threads: 0 = min(cores, 2). Default 1: on a busy 2-core machine
-        # two threads made a decode step ~8x slower (OpenMP spin-waits; measured, issue 21).
-        torch.set_num_threads(threads or min(os.cpu_count() or 1, 2))
+        lm = load_lm(model, threads=threads)
         from attnlab.inspect.prompt_experiment import run_experiment
         from attnlab.inspect.prompt_report import build_report
 

@@ -9,7 +9,17 @@ from typing import Annotated, Any
 
 import typer
 
-from attnlab.cli.common import FIGURE, PAGE, check_output, console, err_console, print_json, user_errors
+from attnlab.cli.common import (
+    FIGURE,
+    PAGE,
+    ThreadsOpt,
+    check_output,
+    console,
+    err_console,
+    print_json,
+    use_threads,
+    user_errors,
+)
 from attnlab.cli.induction_cmd import induction_cmd
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output on stdout")]
@@ -38,6 +48,7 @@ def train_cmd(
         "--arch", help="rnn or transformer: the same as --set model.arch=ARCH (applied first)")] = None,
     overrides: SetOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out")] = False,
+    threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a translator (RNN with attention, or a Transformer); --resume continues it."""
@@ -47,6 +58,7 @@ def train_cmd(
 
     with user_errors(as_json, TRAIN_NAMES):
         check_output(out, "--out")
+        use_threads(threads)  # a config's train.threads, when set, still decides (bitwise resume)
         if config is not None and preset_name is not None:
             raise ValueError("CONFIG / --preset: expected one of them, got both")
         sets = list(overrides or [])
@@ -103,6 +115,7 @@ def translate_cmd(
     heads: Annotated[Path | None, typer.Option(
         "--heads", help="Transformer: draw every layer x head of encoder self-, decoder self- and "
                         "cross-attention into this folder (PNG grids + HTML pages)")] = None,
+    threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Translate TEXT and show which source words each target word attended to; or translate
@@ -110,6 +123,7 @@ def translate_cmd(
     from attnlab.training.translator import Translator
 
     with user_errors(as_json, TRANSLATE_NAMES):
+        use_threads(threads)
         if beam < 1:
             raise ValueError(f"--beam: expected >= 1, got {beam}")
         check_output(png, "--png", FIGURE)
@@ -211,12 +225,14 @@ def evaluate_cmd(
     split: Annotated[str, typer.Option("--split", help="train, valid, test or a TSV file")
                      ] = "test",
     beam: Annotated[int, typer.Option("--beam", help="beam size; 1 = greedy")] = 1,
+    threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """BLEU, chrF and exact match on a split, overall and by source length."""
     from attnlab.training.translator import Translator
 
     with user_errors(as_json, EVALUATE_NAMES):
+        use_threads(threads)
         if beam < 1:
             raise ValueError(f"--beam: expected >= 1, got {beam}")
         res = Translator.load(model).evaluate(split, beam=beam)
@@ -236,13 +252,19 @@ def bottleneck_cmd(
     quick: Annotated[bool, typer.Option("--quick", help="tiny sizes: a smoke run")] = False,
     jobs: Annotated[int, typer.Option("--jobs", help="models trained in parallel")] = 2,
     overrides: SetOpt = None,
+    threads: Annotated[int | None, typer.Option(
+        "--threads", help="torch threads in all, shared out to the --jobs (default: the cores this "
+                          "process may use)")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train none / bahdanau / luong-general / luong-local-p alike; plot BLEU vs length."""
     from attnlab.training.experiment import run_bottleneck
 
     with user_errors(as_json):
-        res = run_bottleneck(out, quick=quick, overrides=list(overrides or []), jobs=jobs,
+        sets = list(overrides or [])
+        if threads is not None:  # else each job gets cores // jobs (run_bottleneck)
+            sets.append(f"train.threads={use_threads(threads)}")
+        res = run_bottleneck(out, quick=quick, overrides=sets, jobs=jobs,
                              log=None if as_json else _log)
     if as_json:
         print_json({"out": str(out), "rows": res.rows, "summary": res.summary,

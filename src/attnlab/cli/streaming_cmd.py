@@ -13,7 +13,16 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from attnlab.cli.common import FIGURE, check_output, console, load_lm, print_json, split_ints, user_errors
+from attnlab.cli.common import (
+    FIGURE,
+    ThreadsOpt,
+    check_output,
+    console,
+    load_lm,
+    print_json,
+    split_ints,
+    user_errors,
+)
 
 SPARK = "▁▂▃▄▅▆▇█"
 
@@ -57,6 +66,7 @@ def streaming_command(
         bool, typer.Option("--profile/--no-profile", help="measure the sink profile (one eager pass)")
     ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Perplexity with full / window / window + sink attention (StreamingLLM, Xiao et al. 2023)."""
     names = {"tokens": "--tokens", "recompute": "--recompute", "window": "--window", "sinks": "--sinks",
@@ -74,7 +84,7 @@ def streaming_command(
         text = None if text_file is None else _read_text(text_file)
         from attnlab.inspect.streaming import default_text, streaming_experiment, streaming_png
 
-        lm = load_lm(model, small=False)
+        lm = load_lm(model, threads=threads)
         ids = lm.tokenizer.piece_ids(default_text() if text is None else text)[:tokens]
         if len(ids) > lm.max_tokens:  # name the number asked for (the library sees only len(ids))
             raise ValueError(f"--tokens: expected at most {lm.max_tokens} (the model's context), "

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
-from attnlab.cli.common import PAGE, check_output, console, print_json, split_tokens, user_errors
+from attnlab.cli.common import PAGE, check_output, console, print_json, split_ints, split_tokens, user_errors
 
 if TYPE_CHECKING:
     from attnlab.functional.masks import Align
@@ -153,7 +153,8 @@ def plot_mask_command(
 
 
 def render_command(
-    file: Annotated[Path, typer.Argument(help="attention exported by attnlab.viz.export_json")],
+    file: Annotated[Path, typer.Argument(help="attention exported by attnlab.viz.export_json, or a "
+                                         "capture saved by attnlab generate --save-capture (.safetensors)")],
     html: Annotated[Path | None, typer.Option("--html", help="write an interactive page")] = None,
     view: Annotated[str, typer.Option("--view", help="HTML view: head or model")] = "head",
     png: PngOpt = None,
@@ -161,16 +162,38 @@ def render_command(
     layer: Annotated[int | None, typer.Option("--layer", help="layer position")] = None,
     head: Annotated[int | None, typer.Option("--head", help="head position")] = None,
     show_values: Annotated[bool, typer.Option("--values", help="print weights in cells")] = False,
+    model: Annotated[str | None, typer.Option("--model", help="a capture: refuse it unless this "
+                                              "model made it (e.g. smollm2)")] = None,
+    token: Annotated[int | None, typer.Option("--token", help="a capture: --png draws every layer "
+                                              "and head of this position's row")] = None,
+    compare: Annotated[Path | None, typer.Option("--compare", help="a capture: --html is a diff page "
+                                                 "against this capture of the same answer")] = None,
+    layers: Annotated[str | None, typer.Option("--layers", help="--compare: these layers only, "
+                                               "e.g. 0,15,29")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Render exported attention JSON: HTML page, PNG/SVG figure, terminal heatmap, patterns.
 
     Figures: one (layer, head) heatmap when --layer and --head are given (or there is only
-    one head), else the layers x heads grid.
+    one head), else the layers x heads grid. A capture (.safetensors from attnlab generate
+    --save-capture) reopens into the generation page (--html) and the answer's heatmap (--png).
     """
+    if file.suffix == ".safetensors":
+        from attnlab.cli.capture_render import NAMES, render_capture
+
+        with user_errors(as_json, NAMES):
+            render_capture(file, html=html, figs=_written(png, svg), layer=layer, head=head,
+                           model=model, as_json=as_json, token=token, compare=compare,
+                           layers=None if layers is None else split_ints("--layers", layers))
+        return
     with user_errors(as_json, {"source": "FILE"}):  # viz.load_json names its argument "source"
         from attnlab import viz
 
+        for opt, given in (("--model", model), ("--token", token), ("--compare", compare),
+                           ("--layers", layers)):
+            if given is not None:
+                raise ValueError(f"{opt}: expected only with a capture (.safetensors), got it with "
+                                 f"the JSON export {str(file)!r}")
         data = viz.load_json(file)
         n_layers, n_heads = data.shape[:2]
         for name, v, n in (("--layer", layer, n_layers), ("--head", head, n_heads)):

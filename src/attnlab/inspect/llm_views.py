@@ -4,48 +4,38 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from attnlab.inspect.capture_file import Capture
 from attnlab.inspect.generation import Generation
 from attnlab.inspect.prompt_effect import PromptEffect
 
-
-def _recorded(g: Generation):
-    if g.recorder is None or len(g.recorder) == 0:
-        raise ValueError("generation: expected attention captured while generating (capture=True), got none")
-    return g.recorder
+LONG = 64  # answer tokens past which generation_png draws panels (long_generation_png.py)
 
 
-def answer_rows(g: Generation, layer: int | None = None, head: int | None = None):
-    """(n_answer, N) weights of the rows that produced each answer token over every position,
-    for one recorded layer/head, or averaged over what is not chosen."""
-    rec = _recorded(g)
-    P = len(g.prompt)
-    m = rec.matrix(P - 1, len(rec))  # (Ls, Hs, T, N)
-    li = slice(None) if layer is None else [rec.layers.index(_check(layer, rec.layers, "layer"))]
-    hi = slice(None) if head is None else [rec.heads.index(_check(head, rec.heads, "head"))]
-    return m[li][:, hi].mean(dim=(0, 1))  # (T, N)
-
-
-def _check(i: int, recorded: list[int], name: str) -> int:
-    if i not in recorded:
-        raise ValueError(f"--{name}: expected one of the recorded {name}s {recorded}, got {i}")
-    return i
+def as_capture(g: Generation | Capture) -> Capture:
+    return g if isinstance(g, Capture) else Capture.from_generation(g)
 
 
 def generation_png(
-    g: Generation, path: str | Path, *, layer: int | None = None, head: int | None = None
+    g: Generation | Capture, path: str | Path, *, layer: int | None = None, head: int | None = None
 ) -> Path:
     from attnlab.viz import heatmap
 
-    w = answer_rows(g, layer, head).numpy()  # (T, N)
-    labels = g.labels[: w.shape[1]]
+    c = as_capture(g)
+    w = c.answer_rows(layer, head).numpy()  # (T, N)
+    labels = c.labels[: w.shape[1]]
     which = ("all layers" if layer is None else f"layer {layer}") + (
         ", mean of heads" if head is None else f", head {head}"
     )
+    title = f"{c.model}: what each generated token attended to ({which})"
+    if w.shape[0] > LONG:  # one heatmap would shrink each cell to a pixel: panels instead
+        from attnlab.inspect.long_generation_png import long_generation_png
+
+        return long_generation_png(w, c.labels, c.prompt_len, path, title)
     heatmap(
         w,
-        q_tokens=g.new_labels[: w.shape[0]],
+        q_tokens=c.labels[c.prompt_len : c.prompt_len + w.shape[0]],
         k_tokens=labels,
-        title=f"{g.model}: what each generated token attended to ({which})",
+        title=title,
         path=path,
     )
     return Path(path)
@@ -63,23 +53,8 @@ def page_limit(n_positions: int, n_layers: int, n_heads: int) -> str | None:
             f"tokens); capture fewer with --layers/--heads (e.g. --layers 0,15,29) or generate fewer tokens")
 
 
-def generation_page(g: Generation, path: str | Path) -> Path:
-    from attnlab.viz import generation_view_html
-
-    rec = _recorded(g)
-    why = page_limit(len(rec), len(rec.layers), len(rec.heads))
-    if why:
-        raise ValueError(why)
-    generation_view_html(
-        [r.numpy() for r in rec.rows],
-        g.labels,
-        len(g.prompt),
-        layers=rec.layers,
-        heads=rec.heads,
-        kv_group=rec.kv_group,
-        title=f"{g.model}: attention while generating",
-        path=path,
-    )
+def generation_page(g: Generation | Capture, path: str | Path) -> Path:
+    as_capture(g).page(path)
     return Path(path)
 
 

@@ -102,6 +102,17 @@ class AttentionRecorder:
         """Every recorded row, position by position: (layers, heads, p + 1) each."""
         return [self.row(p) for p in range(self._n)]
 
+    def packed(self) -> Tensor:
+        """Every recorded row in one tensor (layers, heads, N(N+1)/2): row p at p(p+1)/2."""
+        n = self._n
+        out = torch.empty(len(self.layers), len(self.heads), n * (n + 1) // 2, dtype=self.dtype)
+        for li, i in enumerate(self.layers):
+            at = 0
+            for _, _, flat in self._chunks[i]:  # chunks are consecutive positions, in order
+                out[li, :, at : at + flat.shape[1]] = flat
+                at += flat.shape[1]
+        return out
+
     def matrix(self, start: int = 0, stop: int | None = None) -> Tensor:
         """Rows start..stop as one causal (layers, heads, n, stop) float32 tensor (zeros above)."""
         stop = self._n if stop is None else stop

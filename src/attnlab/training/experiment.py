@@ -60,9 +60,9 @@ def _train_one(cfg_dict: dict[str, Any], folder: str, threads: int) -> dict[str,
     """Worker: train (or resume) one model and return its results.json."""
     if (Path(folder) / "results.json").is_file():
         return read_json(Path(folder) / "results.json")
-    import torch
+    from attnlab.threads import apply_threads
 
-    torch.set_num_threads(threads)
+    apply_threads(threads)
     cfg = RunConfig.from_dict(cfg_dict, "experiment")
     return train(cfg, folder, resume=True).results
 

@@ -31,6 +31,7 @@ from attnlab.data.io import atomic_write_bytes, atomic_write_text, read_json, wr
 from attnlab.data.tsv import Pair
 from attnlab.data.vocab import PAD_ID
 from attnlab.models.transformer.heads import ablation_masks, attention_sites, head_mask
+from attnlab.threads import apply_threads
 from attnlab.training.config import RunConfig, apply_overrides, preset
 from attnlab.training.evaluate import Codec, evaluate_pairs
 from attnlab.training.experiment import experiment_threads
@@ -155,12 +156,12 @@ def run_heads(out: str | os.PathLike[str], *, model_dir: str | os.PathLike[str] 
         model_dir = out / "model"
         log(f"training a Transformer into {model_dir} ...")
         _train_one(cfg.to_dict(), str(model_dir), cfg.train.threads)
-        torch.set_num_threads(cfg.train.threads)
+        apply_threads(cfg.train.threads)
     elif not (Path(model_dir) / "results.json").is_file():
         raise FileNotFoundError(f"--model: {model_dir} holds no finished run (results.json "
                                 f"missing); train one with `attnlab train --arch transformer`")
     else:
-        torch.set_num_threads(threads)
+        apply_threads(threads)
     run = open_run(model_dir)
     if run.cfg.arch != "transformer":
         raise ValueError(f"--model: expected a Transformer run (model.arch=transformer), got "

@@ -162,7 +162,9 @@ def phase_change_step(curve: Curve, threshold: float = 0.5) -> int | None:
 def run_induction(cfg: InductionConfig, *, progress: bool = False,
                   log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Both models, same data and seed: the experiment's results (JSON-ready)."""
-    torch.set_num_threads(cfg.threads)
+    from attnlab.threads import apply_threads
+
+    apply_threads(cfg.threads)
     curves = {n: train_one(cfg, n, progress=progress, log=log) for n in (1, 2)}
     summary = []
     for n, c in curves.items():

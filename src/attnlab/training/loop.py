@@ -63,7 +63,9 @@ def train(cfg: RunConfig | None, out: str | os.PathLike[str], *, resume: bool = 
     run = _open(cfg, out, resume, dp)
     spec = run.cfg.train
     if spec.threads:
-        torch.set_num_threads(spec.threads)
+        from attnlab.threads import apply_threads
+
+        apply_threads(spec.threads)
     seed_everything(spec.seed)
     model = build_translator(run.cfg.model)  # model.arch: rnn (Seq2Seq) | transformer
     opt = torch.optim.Adam(model.parameters(), lr=spec.lr)

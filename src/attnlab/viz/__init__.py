@@ -1,11 +1,13 @@
 """Seeing attention: arrays in, pictures out. Imports numpy, matplotlib, rich only.
 
 Static figures (matplotlib ``Figure``; pass ``path=`` ending in .png or .svg to write a file):
-:func:`heatmap`, :func:`layer_head_grid`, :func:`alignment_plot`, :func:`mask_plot`,
+:func:`heatmap`, :func:`layer_head_grid`, :func:`token_heads_grid` (one query, every head),
+:func:`alignment_plot`, :func:`mask_plot`,
 :func:`head_view_figure`. Terminal: :func:`terminal_heatmap` (rich renderable),
 :func:`terminal_text`. Interactive, self-contained, offline HTML: :func:`head_view_html`,
 :func:`model_view_html`, :func:`compare_view_html`; of a generation: :func:`generation_view_html`,
-:func:`token_share_html`. Patterns: :func:`classify_pattern`.
+:func:`token_share_html`. Patterns: :func:`classify_pattern`. In a notebook every page and
+figure displays itself; :func:`show` is the explicit call.
 Data: :func:`export_json` / :func:`load_json`.
 
 Axes: (layers, heads, q_len, k_len); in a matrix rows are queries and columns are keys.
@@ -31,9 +33,11 @@ _WHERE = {
     "generation_view_html": "html.generation", "token_share_html": "html.generation",
     "head_view_figure": "lines",
     "mask_plot": "maskplot",
+    "HtmlPage": "notebook", "ViewFigure": "figure", "show": "notebook",
     "PatternReport": "patterns", "PatternScore": "patterns", "classify_heads": "patterns",
     "classify_pattern": "patterns",
     "MAX_HTML_TOKENS": "safety", "MAX_HTML_VALUES": "safety",
+    "token_heads_grid": "token_grid",
     "TerminalHeatmap": "terminal", "terminal_heatmap": "terminal", "terminal_text": "terminal",
 }
 
@@ -61,16 +65,18 @@ if TYPE_CHECKING:  # for type checkers and IDEs; never executed
         export_json,
         load_json,
     )
-    from attnlab.viz.figure import save_figure
+    from attnlab.viz.figure import ViewFigure, save_figure
     from attnlab.viz.grid import layer_head_grid
     from attnlab.viz.heatmaps import heatmap
     from attnlab.viz.html import compare_view_html, head_view_html, model_view_html
     from attnlab.viz.html.generation import generation_view_html, token_share_html
     from attnlab.viz.lines import head_view_figure
     from attnlab.viz.maskplot import mask_plot
+    from attnlab.viz.notebook import HtmlPage, show
     from attnlab.viz.patterns import PatternReport, PatternScore, classify_heads, classify_pattern
     from attnlab.viz.safety import MAX_HTML_TOKENS, MAX_HTML_VALUES
     from attnlab.viz.terminal import TerminalHeatmap, terminal_heatmap, terminal_text
+    from attnlab.viz.token_grid import token_heads_grid
 
 __all__ = [
     "MAX_HTML_TOKENS",
@@ -78,9 +84,11 @@ __all__ = [
     "SCHEMA",
     "SCHEMA_VERSION",
     "AttentionData",
+    "HtmlPage",
     "PatternReport",
     "PatternScore",
     "TerminalHeatmap",
+    "ViewFigure",
     "alignment_plot",
     "attention_data",
     "classify_heads",
@@ -96,7 +104,9 @@ __all__ = [
     "mask_plot",
     "model_view_html",
     "save_figure",
+    "show",
     "terminal_heatmap",
     "terminal_text",
+    "token_heads_grid",
     "token_share_html",
 ]

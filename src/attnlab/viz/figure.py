@@ -6,6 +6,7 @@ pyplot, so nothing touches global state or opens a window.
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,9 +25,19 @@ MAX_TICKS = 64
 MAX_LABEL = 20
 
 
+class ViewFigure(Figure):
+    """A matplotlib Figure that a notebook shows as a PNG (no pyplot needed)."""
+
+    def _repr_png_(self) -> bytes:
+        buf = io.BytesIO()
+        self.savefig(buf, format="png", metadata={"Software": "attnlab"})
+        return buf.getvalue()
+
+
 def new_figure(width: float, height: float, dpi: int = 100) -> Figure:
-    """A Figure with its own Agg canvas (no pyplot, no global backend switch)."""
-    fig = Figure(figsize=(width, height), dpi=dpi, layout="constrained")
+    """A Figure with its own Agg canvas (no pyplot, no global backend switch); it displays
+    itself in a notebook (:class:`ViewFigure`)."""
+    fig = ViewFigure(figsize=(width, height), dpi=dpi, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 

@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from attnlab.viz.notebook import HtmlPage
 from attnlab.viz.safety import json_for_script
 
 VIEWS = ("head", "model", "compare", "generation", "share")
@@ -35,8 +36,9 @@ def _sha256(text: str) -> str:
     return "sha256-" + base64.b64encode(digest).decode("ascii")
 
 
-def render_page(view: str, payload: dict[str, Any], title: str) -> str:
-    """The page for ``view`` with ``payload`` embedded as JSON (read by the view's script)."""
+def render_page(view: str, payload: dict[str, Any], title: str) -> HtmlPage:
+    """The page for ``view`` with ``payload`` embedded as JSON (read by the view's script); a
+    ``str`` that displays itself in a notebook (:class:`~attnlab.viz.notebook.HtmlPage`)."""
     if view not in VIEWS:
         raise ValueError(f"view: expected one of {VIEWS}, got {view!r}")
     css = asset("style.css") + ("\n" + asset(_VIEW_CSS[view]) if view in _VIEW_CSS else "")
@@ -58,7 +60,8 @@ def render_page(view: str, payload: dict[str, Any], title: str) -> str:
         "data": json_for_script(payload),
     }
     # One pass over the template: inserted text is never scanned for placeholders again.
-    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], asset("page.html"))
+    text = _PLACEHOLDER.sub(lambda m: values[m.group(1)], asset("page.html"))
+    return HtmlPage.of(text, view, title)
 
 
 def write_page(text: str, path: str | Path | None) -> None:

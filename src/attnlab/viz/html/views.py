@@ -16,6 +16,7 @@ from typing import Any
 
 from attnlab.viz.export import AttentionData, attention_data
 from attnlab.viz.html.page import render_page, write_page
+from attnlab.viz.notebook import HtmlPage
 from attnlab.viz.patterns import classify_heads
 from attnlab.viz.safety import MAX_PANELS, check_html_size
 
@@ -50,7 +51,7 @@ def head_view_html(
     metadata: dict[str, Any] | None = None,
     precision: int | None = 5,
     path: str | Path | None = None,
-) -> str:
+) -> HtmlPage:
     """BertViz-style head view: tokens on two sides joined by lines weighted by attention.
 
     ``layer`` is the initially shown layer and ``selected_heads`` the initially checked heads
@@ -81,7 +82,7 @@ def model_view_html(
     metadata: dict[str, Any] | None = None,
     precision: int | None = 5,
     path: str | Path | None = None,
-) -> str:
+) -> HtmlPage:
     """Layers x heads thumbnails; click one to zoom. ``patterns`` labels each head with
     :func:`~attnlab.viz.patterns.classify_pattern` (e.g. "previous", "sink")."""
     data = _data(weights, tokens, q_tokens, k_tokens, layers, heads, metadata)
@@ -115,7 +116,7 @@ def compare_view_html(
     title: str = "Attention: compare view",
     precision: int | None = 5,
     path: str | Path | None = None,
-) -> str:
+) -> HtmlPage:
     """Two inputs' attention side by side (same layer/head) and their difference A − B.
 
     For "The animal didn't cross the street because it was too tired" vs "... too wide":

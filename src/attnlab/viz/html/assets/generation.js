@@ -1,15 +1,19 @@
 // Generation view: the prompt and the answer as flowing text. Hover a token (click to pin,
 // arrows move the pin, Escape clears) to shade every earlier token by the attention of that
 // position's row, for one layer or the mean of layers, and one head, the mean of the heads or
-// the mean of one K/V group (grouped-query attention). Weights arrive as one base64 uint8
-// buffer (weight = byte / 255) ordered (position, layer, head, key).
-(() => {
+// the mean of one K/V group (grouped-query attention). Weights arrive as one uint8 buffer
+// (weight = byte / 255) ordered (position, layer, head, key), deflated and in base64.
+(async () => {
   const { DATA: D, el, fmt, range } = AL;
   const [NL, NH, N] = D.shape;
   const LH = NL * NH;
   const bin = atob(D.w);
-  const W = new Uint8Array(bin.length);
+  let W = new Uint8Array(bin.length);
   for (let i = 0; i < bin.length; i++) W[i] = bin.charCodeAt(i);
+  if (D.w_codec === "deflate") {  // a local stream: no request is made
+    const inflated = new Blob([W]).stream().pipeThrough(new DecompressionStream("deflate"));
+    W = new Uint8Array(await new Response(inflated).arrayBuffer());
+  }
   const groups = [...new Set(D.kv_group)];  // K/V heads in order of first appearance
   const members = (g) => range(NH).filter((h) => D.kv_group[h] === g);
   const state = { layer: 0, sel: "h:0", relative: true, focus: null, pinned: false };
