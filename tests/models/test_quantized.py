@@ -53,3 +53,22 @@ def test_a_quantized_llm_stays_close_to_float32(tmp_path):
     assert lm.model.quantize_weights("float32").weights_format == "int8"  # no way back; no-op
     with pytest.raises(ValueError, match=r"weights: expected one of \['float32', 'int8'\], got 'int4'"):
         check_format("int4")
+
+
+def test_load_model_and_generate_take_int8_and_refuse_what_cannot(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from attnlab.cli.main import app
+
+    folder = make_llama(tmp_path, seed=2)
+    assert load_model(folder, weights="int8").model.weights_format == "int8"
+    with pytest.raises(ValueError, match=r"weights: expected an attnlab decoder LLM for 'int8'"):
+        load_model(None, weights="int8")  # the embedded encoder
+    r = CliRunner().invoke(app, ["generate", "hi", "--model", str(folder), "--raw", "--weights", "int8",
+                                 "--max-new-tokens", "3", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["weights"] == "int8"
+    r = CliRunner().invoke(app, ["generate", "hi", "--model", str(folder), "--weights", "int4"])
+    assert r.exit_code == 2 and "--weights: expected one of ['float32', 'int8'], got 'int4'" in r.output

@@ -198,15 +198,15 @@ def use_threads(threads: int | None) -> int:
     return set_threads(threads, "--threads")
 
 
-def load_lm(model: str | Path | None, *, threads: int | None = None):
+def load_lm(model: str | Path | None, *, threads: int | None = None, weights: str = "float32"):
     """Set ``--threads`` (default: the available cores), then load a model for a CLI command."""
     from attnlab.models.loading import load_model
 
     use_threads(threads)
     try:
-        return load_model(model)
+        return load_model(model, weights=weights)
     except (FileNotFoundError, ValueError) as e:  # the library says model:, the user typed --model
-        e.args = (as_option(str(e), {"model": "--model"}), *e.args[1:])
+        e.args = (as_option(str(e), {"model": "--model", "weights": "--weights"}), *e.args[1:])
         raise
 
 

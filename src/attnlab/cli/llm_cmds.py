@@ -127,13 +127,19 @@ def generate_command(
         bool, typer.Option("--special-tokens", help="let special-token text typed in the prompt (e.g. "
                            "<|im_end|>) act as the special token, on purpose (default: plain text)")
     ] = False,
+    weights: Annotated[
+        str, typer.Option("--weights", help="float32 (exact), or int8: projection and unembedding weights "
+                          "kept as int8 rows (faster decoding; see benchmarks/llm/quantized.py)")
+    ] = "float32",
     as_json: JsonOpt = False,
     threads: ThreadsOpt = None,
 ) -> None:
     """Generate an answer, streaming it, with every generated token's attention captured."""
     with user_errors(as_json, GENERATE_NAMES):
         from attnlab.inspect.generation import Sampling, generate_text
+        from attnlab.models.quantized import check_format
 
+        check_format(weights, "--weights")
         _check_outputs(png, html, save_capture=save_capture)
         sampled = temperature is not None or top_p is not None
         if greedy and sampled:
@@ -144,7 +150,7 @@ def generate_command(
             top_p=1.0 if top_p is None else top_p,
             seed=seed,
         )
-        lm = load_lm(model, threads=threads)
+        lm = load_lm(model, threads=threads, weights=weights)
         capture = (html is not None or png is not None or save_capture is not None
                    or layers is not None or heads is not None)
         lays = None if layers is None else split_ints("--layers", layers)
@@ -185,7 +191,7 @@ def generate_command(
             truncate=truncate,
             special_tokens=special_tokens,
         )
-        rep: dict[str, Any] = g.to_dict() | {"sampling": vars(sampling)}
+        rep: dict[str, Any] = g.to_dict() | {"sampling": vars(sampling), "weights": weights}
         if png is not None or html is not None or save_capture is not None:
             from attnlab.inspect.capture_file import Capture
             from attnlab.inspect.llm_views import generation_page, generation_png

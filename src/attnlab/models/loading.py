@@ -253,13 +253,24 @@ def _load_state(net: nn.Module, wmap: Any, tensors: dict[str, Tensor], dtype: to
 
 
 def load_model(path: str | Path | None = None, *, dtype: torch.dtype = torch.float32,
-               fallback: bool = True) -> LoadedModel:
+               fallback: bool = True, weights: str = "float32") -> LoadedModel:
     """Load a local model folder (default: the embedded all-MiniLM-L6-v2), a ``.gguf`` file,
     or an embedded LLM: ``"smollm2"`` (SmolLM2-135M-Instruct) or ``"gemma3"`` (Gemma 3 270M).
 
     ``fallback=False`` refuses architectures attnlab does not implement instead of handing
-    them to ``transformers``.
+    them to ``transformers``. ``weights="int8"`` keeps an attnlab decoder LLM's projection and
+    unembedding weights as int8 rows (:mod:`attnlab.models.quantized`; faster decoding, not
+    exact: see ``benchmarks/llm/quantized.py``).
     """
+    from attnlab.models.quantized import check_format
+
+    if check_format(weights) != "float32":
+        lm = load_model(path, dtype=dtype, fallback=fallback)
+        if lm.kind != "decoder" or not lm.native:
+            raise ValueError(f"weights: expected an attnlab decoder LLM for {weights!r} (smollm2, gemma3, a "
+                             f"llama/gpt2 folder or GGUF), got {lm.name} ({lm.kind}, {lm.engine})")
+        lm.model.quantize_weights(weights)
+        return lm
     from attnlab.models.gguf_file import EMBEDDED_LLMS
 
     if path is not None and (str(path) in EMBEDDED_LLMS or str(path).lower().endswith(".gguf")):
