@@ -8,7 +8,6 @@ group's timeout, and different masks gave each rank its own silently.
 
 from __future__ import annotations
 
-import tempfile
 import time
 import traceback
 from datetime import timedelta
@@ -16,10 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from attnlab import masks
 from attnlab.distributed import ring_attention
+
+from .conftest import run_ranks
 
 TIMEOUT = 90  # seconds for the whole launch; a hang fails the test
 
@@ -95,22 +95,4 @@ def _worker(rank: int, world: int, store: str, out_dir: str) -> None:
 
 def test_ranks_that_disagree_all_get_one_clear_error():
     world = 2
-    with tempfile.TemporaryDirectory() as tmp:
-        store = str(Path(tmp, "store"))
-        ctx = mp.start_processes(_worker, args=(world, store, tmp), nprocs=world, join=False,
-                                 start_method="spawn")
-        deadline = time.monotonic() + TIMEOUT
-        try:
-            while not ctx.join(timeout=1):
-                if time.monotonic() > deadline:
-                    pytest.fail(f"no result after {TIMEOUT} s (a hang)")
-        except mp.ProcessRaisedException:
-            pass
-        finally:
-            for p in ctx.processes:
-                if p.is_alive():
-                    p.kill()
-        errors = [Path(tmp, f"err{r}").read_text() for r in range(world) if Path(tmp, f"err{r}").exists()]
-        assert not errors, errors[0]
-        codes = [p.exitcode for p in ctx.processes]
-        assert all(Path(tmp, f"ok{r}").exists() for r in range(world)), f"exit codes {codes}"
+    run_ranks(_worker, world, TIMEOUT)

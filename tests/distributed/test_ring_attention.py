@@ -7,18 +7,17 @@ the suite). The plan (which rank needs which shard) is tested without processes.
 
 from __future__ import annotations
 
-import tempfile
-import time
 import traceback
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from attnlab import masks, score_mods
 from attnlab.distributed import make_layout, ring_attention, ring_plan, shard, unshard
+
+from .conftest import run_ranks
 
 TIMEOUT = 120  # seconds for one world (spawn + every case); a hang fails the test
 
@@ -190,22 +189,5 @@ def _worker(rank: int, world: int, store: str, out_dir: str) -> None:
 
 @pytest.mark.parametrize("world", [2, 4])
 def test_every_mode_matches_single_process_tiled(world):
-    with tempfile.TemporaryDirectory() as tmp:
-        store = str(Path(tmp, "store"))
-        ctx = mp.start_processes(_worker, args=(world, store, tmp), nprocs=world, join=False,
-                                 start_method="spawn")
-        deadline = time.monotonic() + TIMEOUT
-        try:
-            while not ctx.join(timeout=1):
-                if time.monotonic() > deadline:
-                    pytest.fail(f"world {world}: no result after {TIMEOUT} s (a hang)")
-        except mp.ProcessRaisedException:
-            pass
-        finally:
-            for p in ctx.processes:
-                if p.is_alive():
-                    p.kill()
-        errors = [Path(tmp, f"err{r}").read_text() for r in range(world) if Path(tmp, f"err{r}").exists()]
-        assert not errors, errors[0]
-        assert all(Path(tmp, f"ok{r}").exists() for r in range(world))
+    run_ranks(_worker, world, TIMEOUT, f"world {world}: ")
 
