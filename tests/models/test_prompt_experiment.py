@@ -363,3 +363,22 @@ def test_head_sweep_knocks_each_head_alone_and_matches_one_row_by_hand(lm, ps, t
     assert len(table.rows) == min(10, L * H) and np.asarray(rep.sweep).shape == (L, H)
     files = write_outputs(tmp_path / "out", rep)
     assert "heads.png" in {Path(f).name for f in files}
+
+
+def test_report_rerenders_a_saved_result_and_out_keeps_other_files(llama_dir, tmp_path, result):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "README.md").write_text("mine")
+    (out / "heads.png").write_bytes(b"stale: from an earlier run with --head-sweep")
+    write_outputs(out, build_report(result))
+    assert (out / "README.md").read_text() == "mine" and not (out / "heads.png").exists()
+    again = tmp_path / "again"
+    args = ["prompt-experiment", "--report", str(out / "result.json"), "--out", str(again)]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert (again / "result.md").read_text() == (out / "result.md").read_text()
+    bad = tmp_path / "bad.json"
+    for text, message in (("{", "which is not JSON"), ('{"result": {"config": {}}}', "does not fit it")):
+        bad.write_text(text)
+        r = CliRunner().invoke(app, ["prompt-experiment", "--report", str(bad)])
+        assert r.exit_code == 2 and message in r.output and len(r.output.strip().splitlines()) == 1

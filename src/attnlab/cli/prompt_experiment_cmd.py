@@ -1,8 +1,9 @@
 """``attnlab prompt-experiment``: do words added to a prompt steer the answer, over many tasks,
 with controls, sampled and fixed answers, interventions and intervals (issue 21).
 
-Parses and checks everything before torch loads; ``--out`` is written atomically (a temporary
-folder beside it, renamed into place), so a failed or interrupted run leaves nothing half-written.
+Parses and checks everything before torch loads; ``--out``'s files are written in a temporary
+folder beside it and renamed into place, so a failed or interrupted run leaves nothing
+half-written. ``--report result.json`` re-renders an earlier run without running the model.
 """
 
 from __future__ import annotations
@@ -31,25 +32,25 @@ NAMES = {"samples": "--samples", "seed": "--seed", "temperature": "--temperature
 CODE_TOKENS = 192  # --generate-code: step 1's answer length
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished ``tmp`` folder to ``out``; an existing ``out`` is swapped out first and
-    removed only once the new one is in place."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / out.name)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        if old is not None:
-            os.replace(old / out.name, out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+OUTPUTS = ("result.md", "result.json", "effects.png", "tokens.png", "heads.png")
+
+
+def _move_in(tmp: Path, out: Path, names: list[str]) -> None:
+    """Each finished file of ``tmp`` renamed into ``out`` (one atomic rename per file), then the
+    outputs of an earlier run that this one did not write removed (a stale heads.png would read
+    as this run's); nothing else in ``out`` is touched."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        os.replace(tmp / name, out / name)
+    for name in OUTPUTS:
+        if name not in names:
+            (out / name).unlink(missing_ok=True)
 
 
 def write_outputs(out: Path, report: Any, png: bool = True) -> list[str]:
-    """result.md, result.json, effects.png and tokens.png into ``out``, atomically."""
+    """result.md, result.json, effects.png, tokens.png and (with a head sweep) heads.png into
+    ``out``: all written first in a temporary folder beside it, so a failure leaves ``out`` as it
+    was; other files in ``out`` are kept."""
     import json
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -68,10 +69,9 @@ def write_outputs(out: Path, report: Any, png: bool = True) -> list[str]:
         if png and report.sweep:
             _sweep_png(report.sweep, tmp / "heads.png")
             names.append("heads.png")
-        _replace_dir(tmp, out)
-    except BaseException:
+        _move_in(tmp, out, names)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return [str(out / n) for n in names]
 
 
@@ -83,6 +83,9 @@ def _sweep_png(grid: list[list[float]], path: Path) -> None:
                   k_tokens=[f"H{j}" for j in range(len(grid[0]))], cmap="RdBu", vmin=-lim, vmax=lim,
                   show_values=False, value_label="change in the logit difference (mean over tasks)",
                   title="the added words knocked out of one head at a time")
+    ax = fig.axes[0]
+    ax.set_xlabel("head")  # the heatmap's own axis names (query, key) mean nothing here
+    ax.set_ylabel("layer")
     save_figure(fig, path)
 
 
@@ -120,6 +123,8 @@ def prompt_experiment_command(
                                                        "24; --quick 16)")] = None,
     tasks: Annotated[int | None, typer.Option(help="only the first N tasks (default all; --quick 6)")] = None,
     threads: ThreadsOpt = None,
+    report_file: Annotated[Path | None, typer.Option("--report", help="re-render the result.json of an "
+                                                    "earlier run (no model run; --out, --json)")] = None,
     head_sweep: Annotated[bool, typer.Option("--head-sweep", help="also knock the added words out of each "
                                              "head alone (layers x heads rows per task; heads.png)")] = False,
     quick: Annotated[bool, typer.Option("--quick", help="6 tasks, 2 samples, topic/1 paraphrase/1 control, "
@@ -142,6 +147,11 @@ def prompt_experiment_command(
         from attnlab.inspect.prompt_design import ExperimentConfig, FixedAnswers, read_code
 
         check_output(out, "--out")
+        if report_file is not None:
+            report = _rerender(report_file)
+            files = write_outputs(out, report) if out is not None else []
+            _finish(report, files, as_json)
+            return
         if (fixed_answer is None) != (neutral_answer is None):
             raise ValueError("--fixed-answer: expected it together with --neutral-answer, got only one")
         if code is not None and (generate_code or flow != "review"):
@@ -171,12 +181,37 @@ def prompt_experiment_command(
                              generate_code_tokens=CODE_TOKENS if generate_code else 0)
         report = build_report(res)
         files = write_outputs(out, report) if out is not None else []
+    _finish(report, files, as_json)
+
+
+def _finish(report: Any, files: list[str], as_json: bool) -> None:
     if as_json:
         print_json(report.to_dict() | {"files": files})
         return
     _print(report)
     for f in files:
         console.print(f"wrote {f}", markup=False, highlight=False)
+
+
+def _rerender(path: Path) -> Any:
+    """The report of an earlier run's result.json (``--report``), rebuilt by today's code."""
+    import json
+
+    from attnlab.inspect.prompt_experiment import ExperimentResult
+    from attnlab.inspect.prompt_report import build_report
+
+    if not path.is_file():
+        raise ValueError(f"--report: expected a result.json of attnlab prompt-experiment, got {str(path)!r} "
+                         f"(no such file)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"--report: expected a result.json of attnlab prompt-experiment, got {str(path)!r}, "
+                         f"which is not JSON ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("result"), dict):
+        raise ValueError(f"--report: expected a result.json of attnlab prompt-experiment (with its "
+                         f"\"result\"), got {str(path)!r}")
+    return build_report(ExperimentResult.from_dict(data["result"], source=f"--report {path}"))
 
 
 def _progress(quiet: bool):

@@ -45,6 +45,7 @@ from attnlab.inspect.generation import Sampling, eos_ids, fit_prompt
 from attnlab.inspect.lens import direct_logit_attribution
 from attnlab.inspect.prompt_design import (
     ExperimentConfig,
+    FixedAnswers,
     TaskPlan,
     conditions,
     extract_code,
@@ -98,6 +99,23 @@ class ExperimentResult:
         d = asdict(self)
         d["config"] = asdict(self.config)
         return d
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str = "result") -> ExperimentResult:
+        """The result again from :meth:`to_dict`'s JSON (``result.json``'s "result"): the report
+        re-rendered, or re-analysed, without re-running the model."""
+        try:
+            cfg = dict(d["config"])
+            cfg["fixed"] = None if cfg.get("fixed") is None else FixedAnswers(**cfg["fixed"])
+            tasks = [TaskResult(**(t | {"heads": [tuple(h) for h in t["heads"]],
+                                        "random_heads": [tuple(h) for h in t["random_heads"]]}))
+                     for t in d["tasks"]]
+            rest = {k: v for k, v in d.items() if k not in ("config", "tasks", "bands")}
+            return cls(config=ExperimentConfig(**cfg).check(), tasks=tasks,
+                       bands=[(str(label), list(layers)) for label, layers in d["bands"]], **rest)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"{source}: expected the result of attnlab prompt-experiment (result.json), "
+                             f"got data that does not fit it ({type(e).__name__}: {e})") from None
 
 
 def _split(a: list[int], b: list[int]) -> int:

@@ -395,7 +395,9 @@ def _sweep_table(st: _Stats) -> tuple[Table, list[list[float]]]:
     m = mean.size
     chosen = {tuple(h) for t in res.tasks for h in t.heads}
     rows = []
-    for idx in np.argsort(mean, axis=None)[:10]:
+    flat = np.argsort(mean, axis=None)  # most negative first
+    against = [i for i in flat[::-1][:3] if i not in flat[:10] and mean.flat[i] > 0]
+    for idx in [*flat[:10], *against]:  # the 10 that carry most, up to 3 that work against it
         layer, head = divmod(int(idx), res.heads)
         e = st.effect(np.zeros((st.n_tasks, 1)), sweep[:, layer, head][:, None], m)
         v = verdict(e, direction="decrease", condition=f"L{layer}H{head}", quantity="the logit difference") \
@@ -408,7 +410,9 @@ def _sweep_table(st: _Stats) -> tuple[Table, list[list[float]]]:
             f"logit({tok[1]!r}) where they part, mean over tasks; intervals Bonferroni-adjusted for all "
             f"{m} heads. Sum of the {m} single-head effects: {total:+.3f} (knockouts interact: they need not "
             f"add up to the all-layer one). 'Top head' marks heads also chosen by direct logit "
-            f"attribution for the head knockout above. Picture: heads.png.")
+            f"attribution for the head knockout above. The last rows (up to three): the heads whose "
+            f"knockout raises it most (they work against the topic; 'reversed' for the claim of a "
+            f"decrease). Picture: heads.png.")
     table = Table("Which heads carry it: the added words knocked out of each head alone",
                   ["head", "effect on the logit difference [interval]", "verdict", "top head (DLA)"],
                   rows, note)
