@@ -137,3 +137,12 @@ def test_a_failed_write_names_its_file(tmp_path, monkeypatch):
     message = json.loads(res.stdout.strip().splitlines()[-1])["error"]
     assert message.startswith("[Errno 27] File too large (writing): ") and str(out) in message
     assert message.rsplit("/", 1)[-1].rstrip("'") in {"train.tsv", "dev.tsv", "test.tsv", "report.json"}
+
+
+def test_a_model_path_that_is_a_folder_or_missing_names_the_option(tmp_path):
+    folder = tmp_path / "x.gguf"
+    folder.mkdir()
+    for path, why in ((folder, "got a folder"), (tmp_path / "nope.gguf", "not found")):
+        r = CliRunner().invoke(app, ["generate", "hi", "--model", str(path)])
+        assert r.exit_code == 2 and why in r.output
+        assert r.output.startswith("error: --model: expected a GGUF file")

@@ -205,8 +205,10 @@ def load_lm(model: str | Path | None, *, threads: int | None = None, weights: st
     use_threads(threads)
     try:
         return load_model(model, weights=weights)
-    except (FileNotFoundError, ValueError) as e:  # the library says model:, the user typed --model
-        e.args = (as_option(str(e), {"model": "--model", "weights": "--weights"}), *e.args[1:])
+    except (OSError, ValueError) as e:  # the library says model:, the user typed --model
+        msg = as_option(str(e), {"model": "--model", "weights": "--weights"})
+        if msg != str(e):  # an OSError with an errno keeps its own "[Errno n] ..." form
+            e.args = (msg,)
         raise
 
 
