@@ -146,3 +146,12 @@ def test_a_model_path_that_is_a_folder_or_missing_names_the_option(tmp_path):
         r = CliRunner().invoke(app, ["generate", "hi", "--model", str(path)])
         assert r.exit_code == 2 and why in r.output
         assert r.output.startswith("error: --model: expected a GGUF file")
+
+
+def test_the_library_never_echoes_a_long_prompt_whole():
+    from attnlab.inspect.prompt_effect import prompt_effect
+
+    for base, add in ((" " * 100_000, "Make it secure."), ("x " * 50_000, "x")):
+        with pytest.raises(ValueError) as e:
+            prompt_effect(None, base, add)  # refused before the model is touched
+        assert len(str(e.value)) < 400 and "(100,000 characters)" in str(e.value)

@@ -15,6 +15,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from attnlab.echo import shown
+
 ThreadsOpt = Annotated[int | None, typer.Option(
     "--threads", help="torch threads (default: the cores this process may use, or OMP_NUM_THREADS "
                       "if fewer)")]
@@ -27,19 +29,9 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
-ECHO_CHARS = 80  # the most of a user's value an error message repeats
 PATH_CHARS = 1024  # a path is shown whole up to this: a cut name is no use
 FIGURE = (".png", ".svg")
 PAGE = (".html", ".htm")
-
-
-def shown(value: object, limit: int = ECHO_CHARS) -> str:
-    """``value`` as an error message repeats it: quoted, at most ``limit`` characters, with its
-    length when cut (a 100,000-space prompt used to come back as a 100 KB error line)."""
-    text = str(value)
-    if len(text) <= limit:
-        return repr(text)
-    return f"{text[: limit - 1]!r}… ({len(text):,} characters)"
 
 
 # Quoted values in a library's message past a path's length: a user's input, not a file name.

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from attnlab.echo import shown
 from attnlab.inspect.generation import Generation, fit_prompt, generate_text
 from attnlab.inspect.steering import (
     SECURITY_LEXICON,
@@ -94,7 +95,8 @@ def user_span(enc: Encoded, user_text: str) -> int:
     template puts the system message and role headers around it)."""
     at = enc.text.rfind(user_text)
     if at < 0:
-        raise ValueError(f"prompt: the chat template changed the message; could not find {user_text!r} in it")
+        raise ValueError(f"prompt: the chat template changed the message; could not find "
+                         f"{shown(user_text)} in it")
     return at
 
 
@@ -204,11 +206,12 @@ def prompt_effect(
     """``special_tokens``: special-token strings in ``base`` and ``add`` act as the special tokens
     (an injection on purpose); by default they are plain text (generation.user_spans)."""
     if not isinstance(add, str) or not add.strip():
-        raise ValueError(f"add: expected words to add to the prompt, got {add!r}")
+        raise ValueError(f"add: expected words to add to the prompt, got {shown(add)}")
     if not isinstance(base, str) or not base.strip():
-        raise ValueError(f"prompt: expected some text, got {base!r}")
+        raise ValueError(f"prompt: expected some text, got {shown(base)}")
     if _word_at(base, add) >= 0:
-        raise ValueError(f"add: {add!r} is already in the prompt {base!r}; add words it does not have")
+        raise ValueError(f"add: {shown(add)} is already in the prompt {shown(base)}; add words it does "
+                         f"not have")
     bands = min(3, lm.num_layers) if bands is None else bands  # thirds: early, middle, late layers
     if isinstance(bands, bool) or not isinstance(bands, int) or not 1 <= bands <= lm.num_layers:
         raise ValueError(f"bands: expected an int in 1..{lm.num_layers} (the model's layers), got {bands!r}")
