@@ -110,7 +110,7 @@ def _rows4(x: Tensor) -> Tensor | None:
     """(B, H, nb, L, D) -> (B·H, nb, L, D) as a view, or None where B and H do not merge
     (residue-class views, whose H axis is interleaved with the rows)."""
     try:
-        return x.view(x.shape[0] * x.shape[1], *x.shape[2:])
+        return x.view(x.shape[0] * x.shape[1], *x.shape[2:])  # (B·H, nb, L, D)
     except RuntimeError:
         return None
 
@@ -127,14 +127,14 @@ def additive_mask(seg: Segment, oks: list[Tensor], batch: int, heads: int, bq: i
     mh = max(ok.shape[1] for ok in oks)
     size = mb * mh * nb * bq * w * bk
     if buf is not None and buf.numel() >= size and buf.dtype == dtype:  # reused: no page faults
-        add = buf[:size].view(mb, mh, nb, bq, w * bk).zero_()
+        add = buf[:size].view(mb, mh, nb, bq, w * bk).zero_()  # (B|1, H|1, nb, bq, w·bk)
     else:
         add = torch.zeros(mb, mh, nb, bq, w * bk, dtype=dtype)
     for (p0, p1), ok in zip(seg.masked, oks, strict=True):
         add[..., p0 * bk: p1 * bk].masked_fill_(~ok, NEG_INF)
     if mb * mh == 1:
         return add[0]
-    return add.expand(batch, heads, -1, -1, -1).reshape(batch * heads, nb, bq, w * bk)
+    return add.expand(batch, heads, -1, -1, -1).reshape(batch * heads, nb, bq, w * bk)  # (B·H, nb, bq, w·bk)
 
 
 def _shaped(qc: Tensor, kb: Tensor, vb: Tensor, seg: Segment, add: Tensor | None
@@ -142,7 +142,7 @@ def _shaped(qc: Tensor, kb: Tensor, vb: Tensor, seg: Segment, add: Tensor | None
     """A band of full tiles that every query block shares is one tall problem (B, H, 1, nb·bq, D)."""
     if seg.shared and add is None:
         B, H, nb, bq, D = qc.shape
-        return qc.reshape(B, H, 1, nb * bq, D), kb[:, :, :1], vb[:, :, :1]
+        return qc.reshape(B, H, 1, nb * bq, D), kb[:, :, :1], vb[:, :, :1]  # q (B, H, 1, nb·bq, D)
     return qc, kb, vb
 
 
@@ -153,7 +153,7 @@ def _call(op, tensors: tuple[Tensor, ...], add: Tensor | None, heads: int, **kw)
     B = tensors[0].shape[0]
     if all(t is not None for t in flat):
         res = op(*flat, attn_mask=add, **kw)
-        return tuple(r.view(B, heads, *r.shape[1:]) for r in res)
+        return tuple(r.view(B, heads, *r.shape[1:]) for r in res)  # (B·H, ...) -> (B, H, ...)
     per = [op(*(t[b] for t in tensors), attn_mask=add if add is None or add.shape[0] == 1
               else add[b * heads: (b + 1) * heads], **kw) for b in range(B)]
     return tuple(torch.stack(rs) for rs in zip(*per, strict=True))
@@ -164,7 +164,7 @@ def _empty_rows(seg: Segment, oks: list[Tensor]) -> Tensor | None:
     sees some (a band with at least one full tile)."""
     if sum(p1 - p0 for p0, p1 in seg.masked) < seg.k_blocks.shape[1]:
         return None
-    return ~torch.stack([ok.any(-1) for ok in oks]).any(0).unsqueeze(-1)
+    return ~torch.stack([ok.any(-1) for ok in oks]).any(0).unsqueeze(-1)  # (parts, ..., bq) -> (..., bq, 1)
 
 
 def fused_tile(qc: Tensor, kb: Tensor, vb: Tensor, seg: Segment, oks: list[Tensor], scale: float,
@@ -174,8 +174,8 @@ def fused_tile(qc: Tensor, kb: Tensor, vb: Tensor, seg: Segment, oks: list[Tenso
     B, H, nb, bq, _ = qc.shape
     add = additive_mask(seg, oks, B, H, bq, bk, qc.dtype, mask_buf)
     out, lse = _call(_op(), _shaped(qc, kb, vb, seg, add), add, H, scale=scale)
-    out = out.reshape(B, H, nb, bq, out.shape[-1])
-    lse = lse.reshape(B, H, nb, bq, 1)
+    out = out.reshape(B, H, nb, bq, out.shape[-1])  # (B, H, 1|nb, nb·bq|bq, Dv) -> (B, H, nb, bq, Dv)
+    lse = lse.reshape(B, H, nb, bq, 1)  # (B, H, 1|nb, nb·bq|bq) -> (B, H, nb, bq, 1)
     empty = _empty_rows(seg, oks)
     if empty is not None:
         lse = lse.masked_fill(empty, NEG_INF)  # the op reports 0 for an empty row
@@ -192,8 +192,9 @@ def fused_tile_backward(qc: Tensor, kb: Tensor, vb: Tensor, oc: Tensor, doc: Ten
     B, H, nb, bq, _ = qc.shape
     add = additive_mask(seg, oks, B, H, bq, bk, qc.dtype, mask_buf)
     q, k, v = _shaped(qc, kb, vb, seg, add)
+    # o, do (B, H, nb, bq, D) and lse (B, H, nb, bq, 1) in q's layout (a shared band: (B, H, 1, nb·bq, ...))
     o, do, lse = oc.reshape(q.shape[:-1] + oc.shape[-1:]), doc.reshape(q.shape[:-1] + doc.shape[-1:]), \
         lse_c.reshape(q.shape[:-1])
     dq, dk, dv = _call(_op_backward(), (do, q, k, v, o, lse), add, H, dropout_p=0.0, is_causal=False,
                        scale=scale)
-    return dq.reshape(B, H, nb, bq, dq.shape[-1]), dk, dv
+    return dq.reshape(B, H, nb, bq, dq.shape[-1]), dk, dv  # dq back to (B, H, nb, bq, D)

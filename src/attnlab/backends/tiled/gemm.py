@@ -32,6 +32,7 @@ def band(x: Tensor, seg: Segment, bk: int, buf: Tensor | None = None) -> Tensor:
     # index_select copies whole blocks (memcpy; advanced indexing is ~10x slower here), into a
     # reused buffer when given (a fresh multi-MB tensor costs its page faults every time).
     out = None if buf is None else buf[: B * H * nb * w * bk * D].view(B, H, nb * w, bk, D)
+    # (B, H, nKB, bk, D) -> the band's blocks (B, H, nb·w, bk, D) -> (B, H, nb, w·bk, D)
     return torch.index_select(xb, 2, seg.k_blocks.flatten(), out=out).view(B, H, nb, w * bk, D)
 
 
@@ -48,15 +49,15 @@ def scatter_band(acc: Tensor, grad: Tensor, seg: Segment, bk: int, base: int = 0
         acc[:, :, s: s + w * bk] += grad[:, :, 0]
         return
     blocks = acc.view(B, H, -1, bk, D)  # (B, H, nKB, bk, D)
-    g = grad.view(B, H, nb, w, bk, D)
+    g = grad.view(B, H, nb, w, bk, D)  # (B, H, nb, w·bk, D) -> (B, H, nb, w, bk, D)
     if seg.k_start is not None:  # evenly spaced bands: w strided adds instead of nb·w scattered ones
         s, st = seg.k_start - base, max(seg.k_step, 1)
         for p in range(w):
             blocks[:, :, s + p: s + p + (nb - 1) * st + 1: st] += g[:, :, :, p]
         return
-    idx = seg.k_blocks.flatten() if base == 0 else seg.k_blocks.flatten() - base
+    idx = seg.k_blocks.flatten() if base == 0 else seg.k_blocks.flatten() - base  # (nb·w,)
     # deterministic on a CPU (torch.use_deterministic_algorithms flags index_add_ on CUDA only)
-    blocks.index_add_(2, idx, g.reshape(B, H, nb * w, bk, D))
+    blocks.index_add_(2, idx, g.reshape(B, H, nb * w, bk, D))  # (B, H, nb·w, bk, D) into nKB blocks
 
 
 def head_loop(batch: int, heads: int, tile: int) -> list[tuple[int | None, int | None]]:
@@ -96,7 +97,7 @@ def _merge3(x: Tensor) -> Tensor | None:
     """(B, H, nb, m, n) as a (B·H·nb, m, n) view, or None when its batch axes do not merge
     (an overlapping key band, a slice of the nb axis)."""
     try:
-        return x.view(-1, x.shape[-2], x.shape[-1])
+        return x.view(-1, x.shape[-2], x.shape[-1])  # (B·H·nb, m, n)
     except RuntimeError:
         return None
 
@@ -111,8 +112,9 @@ def qk(qc: Tensor, kb: Tensor, seg: Segment, out: Tensor | None = None, alpha: f
     B, H, nb, bq, _ = qc.shape
     if seg.shared:
         o = None if out is None else _one(out)
+        # (B, H, 1, nb·bq, D) x (B, H, 1, D, w·bk) -> (B, H, nb, bq, w·bk)
         return _bmm(_one(qc), kb[:, :, :1].transpose(-1, -2), o, alpha).view(B, H, nb, bq, -1)
-    return _bmm(qc, kb.transpose(-1, -2), out, alpha)
+    return _bmm(qc, kb.transpose(-1, -2), out, alpha)  # kbᵀ: (B, H, nb, D, w·bk)
 
 
 def pv(p: Tensor, vb: Tensor, seg: Segment, out: Tensor | None = None, beta: float = 0.0) -> Tensor:
@@ -120,6 +122,7 @@ def pv(p: Tensor, vb: Tensor, seg: Segment, out: Tensor | None = None, beta: flo
     B, H, nb, bq, _ = p.shape
     if seg.shared:
         o = None if out is None else _one(out)
+        # (B, H, 1, nb·bq, w·bk) x (B, H, 1, w·bk, Dv) -> (B, H, nb, bq, Dv)
         return _bmm(_one(p), vb[:, :, :1], o, 1.0, beta).view(B, H, nb, bq, -1)
     return _bmm(p, vb, out, 1.0, beta)
 
@@ -128,5 +131,5 @@ def tn(a: Tensor, g: Tensor, seg: Segment, alpha: float = 1.0) -> Tensor:
     """alpha · aᵀ·g per tile: a (B, H, nb, bq, w·bk), g (B, H, nb, bq, D) -> (B, H, nb|1, w·bk, D)
     (the dK and dV products of FlashAttention's backward, Alg. 2 lines 16 and 22)."""
     if seg.shared:
-        return _bmm(_one(a).transpose(-1, -2), _one(g), None, alpha)
-    return _bmm(a.transpose(-1, -2), g, None, alpha)
+        return _bmm(_one(a).transpose(-1, -2), _one(g), None, alpha)  # (., 1, w·bk, nb·bq) x (., 1, nb·bq, D)
+    return _bmm(a.transpose(-1, -2), g, None, alpha)  # (B, H, nb, w·bk, bq) x (B, H, nb, bq, D)
