@@ -124,13 +124,13 @@ def backward_pass(tc: TileContext, x: Padded, plan: Plan, scale: float, out: Ten
     B, H = x.q.shape[:2]
     delta = (dout * out).sum(-1, keepdim=True)  # (B, H, nQB·bq, 1): D_i = rowsum(dO ∘ O)
     if dlse is not None:  # d lse_i / d s_ij = P_ij: dS = P ∘ (dP - D + dlse)
-        delta = delta - dlse.unsqueeze(-1)
+        delta = delta - dlse.unsqueeze(-1)  # dlse (B, H, nQB·bq) -> (B, H, nQB·bq, 1)
     # Fully masked rows: lse = -inf; use +inf so that P = exp(S - lse) is exactly 0 there.
-    lse_r = torch.where(lse == NEG_INF, torch.full_like(lse, float("inf")), lse).unsqueeze(-1)
+    lse_r = torch.where(lse == NEG_INF, torch.full_like(lse, float("inf")), lse).unsqueeze(-1)  # (B, H, L, 1)
     dq = torch.empty_like(x.q)  # every chunk writes its rows; rows without tiles are zeroed here
-    idle = (plan.counts == 0).nonzero().flatten()
+    idle = (plan.counts == 0).nonzero().flatten()  # (n_idle,) query blocks without tiles
     if idle.numel():
-        dq.view(B, H, -1, plan.bq, dq.shape[-1])[:, :, idle] = 0.0
+        dq.view(B, H, -1, plan.bq, dq.shape[-1])[:, :, idle] = 0.0  # (B, H, nQB, bq, D)
     n = 1 if capture else (torch.get_num_threads() if threads is None else threads)
     fused = plan.bq >= FUSED_BWD_MIN_ROWS and fused_backward_ok(x.q, x.v, tc.modifies, sanitize, dlse,
                                                                 capture)

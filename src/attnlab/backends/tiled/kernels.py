@@ -70,7 +70,7 @@ def pad_rows(x: Tensor, rows: int) -> Tensor:
 def q_view(x: Tensor, chunk: QueryChunk, bq: int) -> Tensor:
     """(B, H, nQB·bq, D) -> the chunk's query blocks (B, H, nb, bq, D), a view when contiguous."""
     B, H, _, D = x.shape
-    xb = x.view(B, H, -1, bq, D)
+    xb = x.view(B, H, -1, bq, D)  # (B, H, nQB, bq, D)
     if chunk.q_start is not None:
         return xb[:, :, chunk.q_start: chunk.q_start + chunk.q_blocks.numel()]
     return xb.index_select(2, chunk.q_blocks)
@@ -78,7 +78,7 @@ def q_view(x: Tensor, chunk: QueryChunk, bq: int) -> Tensor:
 
 def q_write(dst: Tensor, val: Tensor, chunk: QueryChunk, bq: int) -> None:
     B, H = dst.shape[:2]
-    db = dst.view(B, H, -1, bq, *dst.shape[3:])
+    db = dst.view(B, H, -1, bq, *dst.shape[3:])  # (B, H, nQB, bq, ...)
     if chunk.q_start is not None:
         db[:, :, chunk.q_start: chunk.q_start + chunk.q_blocks.numel()] = val
     else:
@@ -197,7 +197,7 @@ def _forward_chunks(tc: TileContext, x: Padded, plan: Plan, scale: float, chunks
                     _accumulate(acc_h, lse_h, pv(p, vh, seg), seg_lse, first=False)
         if not direct:
             q_write(out, acc, chunk, bq)
-        q_write(lse, acc_lse.squeeze(-1), chunk, bq)
+        q_write(lse, acc_lse.squeeze(-1), chunk, bq)  # (B, H, nb, bq, 1) -> (B, H, nb, bq)
 
 
 def forward_pass(tc: TileContext, x: Padded, plan: Plan, scale: float, *, sanitize: bool,
@@ -209,7 +209,7 @@ def forward_pass(tc: TileContext, x: Padded, plan: Plan, scale: float, *, saniti
     lse = x.q.new_full((B, H, Lqp), NEG_INF)
     idle = (plan.counts == 0).nonzero().flatten()  # query blocks that see no key at all
     if idle.numel():
-        out.view(B, H, -1, plan.bq, out.shape[-1])[:, :, idle] = 0.0
+        out.view(B, H, -1, plan.bq, out.shape[-1])[:, :, idle] = 0.0  # (B, H, nQB, bq, Dv)
     run_parallel(lambda part, _: _forward_chunks(tc, x, plan, scale, part, out, lse, sanitize),
                  plan.chunks, threads)
     return out, lse

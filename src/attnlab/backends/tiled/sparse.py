@@ -26,13 +26,13 @@ def residue_view(x: Tensor, d: int) -> Tensor:
     """(B, H, L, D) -> (B·H, d, L/d, D) with [., r, t] = x[., ., r + t·d]: a view (row stride d·D)
     when B and H merge, else one copy. L must be a multiple of d."""
     B, H, L, D = x.shape
-    return x.reshape(B * H, L // d, d, D).transpose(1, 2)
+    return x.reshape(B * H, L // d, d, D).transpose(1, 2)  # (B·H, L/d, d, D) -> (B·H, d, L/d, D)
 
 
 def residue_unview(y: Tensor, batch: int, heads: int) -> Tensor:
     """Back from (B·H, d, L/d, ...) to natural order (B, H, L, ...): one strided copy."""
     _, d, n = y.shape[:3]
-    return y.transpose(1, 2).reshape(batch, heads, d * n, *y.shape[3:])
+    return y.transpose(1, 2).reshape(batch, heads, d * n, *y.shape[3:])  # (B·H, L/d, d, ..) -> (B, H, L, ..)
 
 
 def gather_rows(x: Tensor, index: Tensor) -> Tensor:
@@ -44,7 +44,7 @@ def gather_rows(x: Tensor, index: Tensor) -> Tensor:
         b = int(index[1] - index[0])
         if 1 < b < n and n % b == 0 and int(index[0]) == 0:
             a = n // b
-            if torch.equal(index, torch.arange(n).view(a, b).t().flatten()):
+            if torch.equal(index, torch.arange(n).view(a, b).t().flatten()):  # (a, b) read column-wise
                 B, H, _, D = x.shape
                 return x.reshape(B, H, a, b, D).transpose(2, 3).reshape(B, H, n, D)  # (B, H, L, D)
     return x.index_select(2, index)
@@ -60,12 +60,12 @@ def merge(parts: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
     nonempty = s > 0
     lse = torch.where(nonempty, torch.log(torch.where(nonempty, s, torch.ones_like(s))) + m,
                       torch.full_like(s, float("-inf")))
-    ref = torch.where(nonempty, lse, torch.zeros_like(lse)).unsqueeze(-1)
+    ref = torch.where(nonempty, lse, torch.zeros_like(lse)).unsqueeze(-1)  # (B, H, Lq, 1)
     if not torch.is_grad_enabled() or not any(c.requires_grad for c, _ in parts):
         ctx = parts[0][0].mul_(torch.exp(parts[0][1].unsqueeze(-1) - ref))  # in place: no copies
         for c, lp in parts[1:]:
-            ctx.add_(c.mul_(torch.exp(lp.unsqueeze(-1) - ref)))
+            ctx.add_(c.mul_(torch.exp(lp.unsqueeze(-1) - ref)))  # (B, H, Lq, Dv) x (B, H, Lq, 1)
         return ctx, lse
-    total = sum(c * torch.exp(lp.unsqueeze(-1) - ref) for c, lp in parts)
+    total = sum(c * torch.exp(lp.unsqueeze(-1) - ref) for c, lp in parts)  # (B, H, Lq, Dv)
     assert isinstance(total, Tensor)
     return total, lse
