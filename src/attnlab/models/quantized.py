@@ -9,13 +9,16 @@ here, so the error against the file's float32 reading is measured, not assumed
 
 The kernel is torch's ``_weight_int8pack_mm``, fast only with bfloat16 activations: a decode
 step's few rows are rounded to bfloat16 on the way in (float32 out). Prefill and batched decode
-(more than :data:`INT8_ROWS` rows) dequantize the weight and run float32 GEMM, which wins there
-(measured in the benchmark). Activations outside the linear layers (norms, attention, residual
+(more than :data:`INT8_ROWS` rows) dequantize the weight and run float32 GEMM: in a one-off
+microbenchmark (not kept) the int8 kernel lost to float32 from 16 rows on; prefill speed with
+this split is in the benchmark. Activations outside the linear layers (norms, attention, residual
 stream, every hook) stay float32.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -33,12 +36,10 @@ def check_format(weights: object, name: str = "weights") -> WeightFormat:
     return weights  # type: ignore[return-value]
 
 
-def int8_kernel_available() -> bool:
-    return _INT8_MM is not None
-
-
-# torch's CPU weight-only int8 matmul (torch >= 2.3), looked up once.
-_INT8_MM = getattr(torch.ops.aten, "_weight_int8pack_mm", None)
+@functools.cache
+def _int8_mm() -> Callable[..., Tensor] | None:
+    """torch's CPU weight-only int8 matmul (torch >= 2.3), looked up once, on first use."""
+    return getattr(torch.ops.aten, "_weight_int8pack_mm", None)
 
 
 def quantize_rows(w: Tensor) -> tuple[Tensor, Tensor]:
@@ -81,8 +82,9 @@ class Int8Linear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         # A decode step calls this 210 times per token (SmolLM2): kept to the kernel and two casts.
         rows = x.numel() // self.in_features
-        if rows <= INT8_ROWS and _INT8_MM is not None:
-            y = _INT8_MM(x.reshape(rows, self.in_features).to(torch.bfloat16), self.qweight,
+        mm = _int8_mm() if rows <= INT8_ROWS else None
+        if mm is not None:
+            y = mm(x.reshape(rows, self.in_features).to(torch.bfloat16), self.qweight,
                          self.scale_bf16).float()  # (M, N)
             if self.bias is not None:
                 y.add_(self.bias)

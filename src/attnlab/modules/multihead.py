@@ -65,7 +65,7 @@ def _reads_new_queries_from_zero(mask: Mask, past: int, new: int, device: torch.
 @functools.lru_cache(maxsize=8)
 def _hides_the_past(mask: Mask, past: int, new: int, device: torch.device) -> bool:
     # Every layer of a decode step asks the same question of the same mask: answered once per
-    # step (evaluating it twice per layer was ~1.5 ms of a 42 ms int8 SmolLM2 step, profiled).
+    # step instead of evaluating the mask twice in every layer.
     return _reads_new_queries_from_zero(mask, past, new, device)
 
 
