@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from attnlab.inspect.capture_file import Capture
+from attnlab.inspect.llm.capture_file import Capture
 
 
 def main() -> None:

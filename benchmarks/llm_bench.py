@@ -72,7 +72,7 @@ def in_process(runs: int, new_tokens: int, prefill_len: int, model: str) -> dict
     import torch
     from transformers import AutoModelForCausalLM
 
-    from attnlab.inspect.generation import generate_ids, render_prompt
+    from attnlab.inspect.llm.generation import generate_ids, render_prompt
     from attnlab.inspect.recorder import AttentionRecorder
     from attnlab.models import load_model
 

@@ -14,7 +14,7 @@ import statistics
 
 import torch
 
-from attnlab.inspect.generation import generate_ids, render_prompt
+from attnlab.inspect.llm.generation import generate_ids, render_prompt
 from attnlab.inspect.recorder import AttentionRecorder
 from attnlab.models import load_model
 

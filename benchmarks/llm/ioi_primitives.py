@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from attnlab.inspect.activation_patching import activation_patching, logit_diff
-from attnlab.inspect.lens import direct_logit_attribution, logit_lens
+from attnlab.inspect.llm.activation_patching import activation_patching, logit_diff
+from attnlab.inspect.llm.lens import direct_logit_attribution, logit_lens
 from attnlab.models import load_model
 
 CLEAN = "When Mary and John went to the store, John gave a drink to"

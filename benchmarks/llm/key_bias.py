@@ -26,10 +26,10 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from attnlab.data.prompt_sets import builtin_prompt_set
-    from attnlab.inspect import batch_rows
-    from attnlab.inspect.batch_rows import Row, generate_rows
-    from attnlab.inspect.generation import Sampling
-    from attnlab.inspect.prompt_design import ExperimentConfig, conditions, plan_task
+    from attnlab.inspect.llm import batch_rows
+    from attnlab.inspect.llm.batch_rows import Row, generate_rows
+    from attnlab.inspect.llm.generation import Sampling
+    from attnlab.inspect.llm.prompt_design import ExperimentConfig, conditions, plan_task
     from attnlab.models import load_model
 
     lm = load_model("smollm2")

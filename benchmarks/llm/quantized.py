@@ -38,8 +38,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from attnlab.inspect.generation import generate_ids, render_prompt
-    from attnlab.inspect.streaming import default_text, token_nll
+    from attnlab.inspect.llm.generation import generate_ids, render_prompt
+    from attnlab.inspect.llm.streaming import default_text, token_nll
     from attnlab.models import load_model
 
     ref, q = load_model("smollm2"), load_model("smollm2")

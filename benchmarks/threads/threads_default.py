@@ -33,7 +33,7 @@ def workloads() -> dict[str, Callable[[], object]]:
     import attnlab
     from attnlab import masks
     from attnlab.inspect import capture
-    from attnlab.inspect.generation import generate_text
+    from attnlab.inspect.llm.generation import generate_text
     from attnlab.models import load_model
 
     enc = load_model()

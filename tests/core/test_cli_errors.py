@@ -87,7 +87,7 @@ def test_model_command_errors_name_the_options():
 
 
 def test_generate_refuses_a_capture_that_does_not_fit(monkeypatch, tmp_path):
-    import attnlab.inspect.generation as generation
+    import attnlab.inspect.llm.generation as generation
 
     lm = SimpleNamespace(num_layers=30, num_heads=9, max_tokens=8192)  # SmolLM2-135M's shape
     monkeypatch.setattr(llm_cmds, "load_lm", lambda *a, **k: lm)
@@ -99,7 +99,7 @@ def test_generate_refuses_a_capture_that_does_not_fit(monkeypatch, tmp_path):
     assert "--layers/--heads" in err
     assert llm_cmds._capture_limit(30, 8000, 8192, 1, 1) is None  # one head of one layer: 64 MB
     # prompt-effect captures every head of its augmented run: the same refusal, before generating
-    import attnlab.inspect.prompt_effect as pe
+    import attnlab.inspect.llm.prompt_effect as pe
 
     monkeypatch.setattr(pe, "fit_prompt", lambda *a, **k: [0] * 30)
     monkeypatch.setattr(pe, "prompt_effect", lambda *a, **k: pytest.fail("generated before refusing"))
@@ -119,7 +119,7 @@ def test_streaming_tokens_beyond_the_context_names_the_number_given(monkeypatch)
 
 
 def test_prompt_effect_topic_takes_commas_or_spaces_and_its_errors_name_it(monkeypatch):
-    import attnlab.inspect.prompt_effect as pe
+    import attnlab.inspect.llm.prompt_effect as pe
 
     seen = {}
 

@@ -101,7 +101,7 @@ def click_exit() -> type[BaseException]:
 
 
 def test_a_blank_prompt_and_an_empty_template_say_whose_fault_it_is():
-    from attnlab.inspect.generation import render_prompt
+    from attnlab.inspect.llm.generation import render_prompt
 
     with pytest.raises(ValueError) as e:
         render_prompt(None, " " * 100_000)  # type: ignore[arg-type]
@@ -149,7 +149,7 @@ def test_a_model_path_that_is_a_folder_or_missing_names_the_option(tmp_path):
 
 
 def test_the_library_never_echoes_a_long_prompt_whole():
-    from attnlab.inspect.prompt_effect import prompt_effect
+    from attnlab.inspect.llm.prompt_effect import prompt_effect
 
     for base, add in ((" " * 100_000, "Make it secure."), ("x " * 50_000, "x")):
         with pytest.raises(ValueError) as e:

@@ -21,7 +21,7 @@ def _hits(text: str) -> list[str]:
 
 def test_docs_and_pages_name_the_article_not_the_seeds():
     files = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")),
-             *sorted((ROOT / "src/attnlab/inspect/static").iterdir()),
+             *sorted((ROOT / "src/attnlab/inspect/server/static").iterdir()),
              *sorted((ROOT / "src/attnlab/viz/html/assets").iterdir())]
     found = {str(f.relative_to(ROOT)): h for f in files if f.is_file()
              if (h := _hits(f.read_text(encoding="utf-8")))}

@@ -262,7 +262,7 @@ def tiny_llama(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def app(minilm):
     """The viewer app over the embedded MiniLM, as the server tests use it."""
-    from attnlab.inspect.server import create_app
+    from attnlab.inspect.server.app import create_app
 
     return create_app(minilm, max_chars=300)
 

@@ -12,8 +12,8 @@ import torch
 from typer.testing import CliRunner
 
 from attnlab.cli.main import app
-from attnlab.inspect.capture_file import Capture
-from attnlab.inspect.generation import generate_text
+from attnlab.inspect.llm.capture_file import Capture
+from attnlab.inspect.llm.generation import generate_text
 from attnlab.models import load_model
 
 PROMPT = "The animal didn't cross the street because it was too"
@@ -218,8 +218,8 @@ def test_diff_page_of_two_captures_of_the_same_answer(tmp_path) -> None:
 
 
 def test_a_long_generation_png_is_panels_with_every_token_labelled(tmp_path) -> None:
-    from attnlab.inspect import long_generation_png as L
-    from attnlab.inspect.llm_views import generation_png
+    from attnlab.inspect.llm import long_generation_png as L
+    from attnlab.inspect.llm.llm_views import generation_png
 
     answer = [f" w{i}" for i in range(130)]
     cap = _synthetic(["p0", "p1", "p2"], answer, 3)

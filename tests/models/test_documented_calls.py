@@ -8,8 +8,8 @@ import torch
 import attnlab
 from attnlab import masks
 from attnlab.backends import weights_for
-from attnlab.inspect.capture import capture
-from attnlab.inspect.rollout import rollout
+from attnlab.inspect.attention_cache import capture
+from attnlab.inspect.attention_rollout import rollout
 from attnlab.models.loading import load_model
 from attnlab.modules.multihead import KVCache, MultiHeadAttention
 

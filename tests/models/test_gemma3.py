@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnlab.inspect.generation import generate_ids
+from attnlab.inspect.llm.generation import generate_ids
 from attnlab.models import load_model
 from attnlab.models.gemma3 import Gemma3Config
 from attnlab.models.gguf_file import open_gguf
@@ -297,7 +297,7 @@ def test_layer_windows_equal_transformers_configured_with_that_window(tmp_path):
 
 
 def test_local_global_experiment_on_a_tiny_model(tiny, tiny_llama):
-    from attnlab.inspect.local_global import local_global_experiment
+    from attnlab.inspect.llm.local_global import local_global_experiment
 
     lm = load_model(tiny)
     ids = torch.randint(3, 60, (48,), generator=torch.Generator().manual_seed(0))

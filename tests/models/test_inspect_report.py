@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from attnlab.inspect.inspect_report import (
+from attnlab.inspect.inspection import inspect_text
+from attnlab.inspect.inspection_report import (
     BackendCheck,
     Focus,
     FocusedHead,
@@ -19,7 +20,6 @@ from attnlab.inspect.inspect_report import (
     ModelInfo,
     TokenWeight,
 )
-from attnlab.inspect.report import inspect_text
 from attnlab.models.loading import load_model
 
 
@@ -86,7 +86,7 @@ def test_without_a_focus_the_focus_parts_are_left_out():
 def test_inspect_refuses_a_capture_it_could_not_hold_before_running():
     from types import SimpleNamespace
 
-    from attnlab.inspect.report import _check_capture_size
+    from attnlab.inspect.inspection import _check_capture_size
 
     llm = SimpleNamespace(max_tokens=8192, num_layers=30, num_heads=9)  # SmolLM2's shape
     _check_capture_size(llm, 20, 100)  # type: ignore[arg-type]  # 120 positions: 16 MB

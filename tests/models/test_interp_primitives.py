@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnlab.inspect.activation_patching import activation_patching, logit_diff
-from attnlab.inspect.lens import direct_logit_attribution, logit_lens
+from attnlab.inspect.llm.activation_patching import activation_patching, logit_diff
+from attnlab.inspect.llm.lens import direct_logit_attribution, logit_lens
 from attnlab.models import load_model
 
 from .conftest import write_llama_gguf

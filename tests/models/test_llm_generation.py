@@ -11,10 +11,10 @@ import torch
 from typer.testing import CliRunner
 
 from attnlab.cli.main import app
-from attnlab.inspect.generation import Sampling, generate_ids, generate_text, next_token
-from attnlab.inspect.prompt_effect import find_span, prompt_effect
+from attnlab.inspect.llm.generation import Sampling, generate_ids, generate_text, next_token
+from attnlab.inspect.llm.prompt_effect import find_span, prompt_effect
+from attnlab.inspect.llm.steering import Topic, knockout, pasta, per_layer
 from attnlab.inspect.recorder import AttentionRecorder
-from attnlab.inspect.steering import Topic, knockout, pasta, per_layer
 from attnlab.models import load_model
 
 PROMPT = "The animal didn't cross the street because it was too"
@@ -139,7 +139,7 @@ def test_prompt_effect_on_a_tiny_model(lm):
 def test_moved_back_is_the_fraction_of_the_topic_gap_and_none_on_noise():
     from types import SimpleNamespace
 
-    from attnlab.inspect.prompt_effect import PromptEffect
+    from attnlab.inspect.llm.prompt_effect import PromptEffect
 
     def run(mass):
         return SimpleNamespace(topic_mean=mass)
@@ -157,7 +157,7 @@ def test_moved_back_is_the_fraction_of_the_topic_gap_and_none_on_noise():
 def test_added_and_emphasized_words_are_found_in_the_user_message_only(lm):
     # "assistant" appears in the chat template's role header after the message; the knockout
     # must target the user's word. The tiny model has no template, so render one by hand.
-    from attnlab.inspect.prompt_effect import find_span
+    from attnlab.inspect.llm.prompt_effect import find_span
 
     text = "<|im_start|>user\nplease log in<|im_end|>\n<|im_start|>assistant\n"
     enc = lm.encode(text)
@@ -234,7 +234,7 @@ def test_truncate_keeps_the_first_tokens_of_the_message_and_room_to_generate(lm)
     (["prompt-effect", "The animal", "--add", "tired", "--html", "x.png"], "--html: expected"),
 ])
 def test_llm_cli_refuses_bad_options_before_generating(tiny_llama, args, message, monkeypatch):
-    import attnlab.inspect.generation as gen
+    import attnlab.inspect.llm.generation as gen
 
     def boom(*a, **k):
         raise AssertionError("generated before refusing the options")

@@ -22,7 +22,7 @@ from attnlab.inspect import (
     tradeoff,
 )
 from attnlab.inspect.heads import score_heads
-from attnlab.inspect.report import SEED_TEXT, SEED_TEXT_B
+from attnlab.inspect.inspection import SEED_TEXT, SEED_TEXT_B
 from attnlab.models import load_model
 from attnlab.models.tokenizer import Encoded
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from attnlab.inspect.capture import capture, find_token
+from attnlab.inspect.attention_cache import capture, find_token
 from attnlab.models import load_model
 
 from .conftest import make_bert, save, wordpiece_tokenizer

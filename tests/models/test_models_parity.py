@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from attnlab.backends import backend_names
-from attnlab.inspect.capture import generate
+from attnlab.inspect.llm.generation_capture import generate
 from attnlab.models import load_model
 
 from .conftest import make_bert, make_gpt2

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from attnlab.inspect.report import SEED_TEXT, SEED_TEXT_B
+from attnlab.inspect.inspection import SEED_TEXT, SEED_TEXT_B
 
 CHROMIUM = "/usr/bin/chromium"
 XSS = '<img src=x onerror="window.__pwned=1"></script><script>window.__pwned=1</script> it'
@@ -86,8 +86,8 @@ def test_serve_passes_the_connection_limits_to_uvicorn(monkeypatch):
     from typer.testing import CliRunner
 
     from attnlab.cli.main import app as cli
-    from attnlab.inspect import server
-    from attnlab.inspect.server_limits import DeadlineH11Protocol
+    from attnlab.inspect.server import app as server
+    from attnlab.inspect.server.limits import DeadlineH11Protocol
 
     calls = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))

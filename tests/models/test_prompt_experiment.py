@@ -17,12 +17,12 @@ from typer.testing import CliRunner
 from attnlab.cli.main import app
 from attnlab.cli.prompt_experiment_cmd import write_outputs
 from attnlab.data.prompt_sets import parse_prompt_set
-from attnlab.inspect import prompt_experiment as pe
-from attnlab.inspect.batch_rows import Row, generate_rows, score_rows
-from attnlab.inspect.generation import Sampling, generate_ids
-from attnlab.inspect.prompt_design import ExperimentConfig, FixedAnswers, plan_task
-from attnlab.inspect.prompt_report import build_report
-from attnlab.inspect.steering import knockout, pasta, per_layer
+from attnlab.inspect.llm import prompt_experiment as pe
+from attnlab.inspect.llm.batch_rows import Row, generate_rows, score_rows
+from attnlab.inspect.llm.generation import Sampling, generate_ids
+from attnlab.inspect.llm.prompt_design import ExperimentConfig, FixedAnswers, plan_task
+from attnlab.inspect.llm.prompt_report import build_report
+from attnlab.inspect.llm.steering import knockout, pasta, per_layer
 from attnlab.models import load_model
 
 from .conftest import make_llama
@@ -252,7 +252,7 @@ def test_cli_writes_the_three_files_atomically(llama_dir, tmp_path):
 
 
 def test_cli_error_after_the_run_leaves_no_folder(llama_dir, tmp_path, monkeypatch):
-    import attnlab.inspect.prompt_report as pr
+    import attnlab.inspect.llm.prompt_report as pr
 
     def boom(res):
         raise ValueError("report: expected nothing, got a test failure")

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from attnlab.inspect.server import MAX_BODY, create_app, uvicorn_settings
+from attnlab.inspect.server.app import MAX_BODY, create_app, uvicorn_settings
 
 CHUNK = 64 * 1024
 JSON = {"content-type": "application/json"}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from attnlab.inspect.report import SEED_TEXT, SEED_TEXT_B
+from attnlab.inspect.inspection import SEED_TEXT, SEED_TEXT_B
 
 CHROMIUM = "/usr/bin/chromium"
 XSS = '<img src=x onerror="window.__pwned=1"></script><script>window.__pwned=1</script> it'

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnlab.inspect.generation import generate_ids, generate_text, render_prompt
+from attnlab.inspect.llm.generation import generate_ids, generate_text, render_prompt
 
 pytestmark = pytest.mark.slow
 
@@ -98,8 +98,8 @@ def test_a_1000_token_conversation_with_full_capture_fits_in_1_gb(ours):
 def test_interpretability_primitives_equal_transformers_hooks(ours, theirs):
     """Logit lens, the activation cache and activation patching on SmolLM2 equal the same
     quantities computed with hooks on transformers' model loading the same GGUF (fp32, 1e-4)."""
-    from attnlab.inspect.activation_patching import activation_patching, logit_diff
-    from attnlab.inspect.lens import logit_lens
+    from attnlab.inspect.llm.activation_patching import activation_patching, logit_diff
+    from attnlab.inspect.llm.lens import logit_lens
 
     clean = "When Mary and John went to the store, John gave a drink to"
     corrupt = "When Mary and John went to the store, Mary gave a drink to"

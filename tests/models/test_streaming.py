@@ -1,4 +1,4 @@
-"""StreamingLLM experiment (attnlab.inspect.streaming, ``attnlab streaming``) on a tiny Llama:
+"""StreamingLLM experiment (attnlab.inspect.llm.streaming, ``attnlab streaming``) on a tiny Llama:
 exact masks, perplexities against hand computations, CLI output and errors; one slow run on
 the embedded SmolLM2."""
 
@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 import attnlab
 from attnlab.cli.main import app
 from attnlab.functional.masks import causal, longformer, materialize, sliding_window
-from attnlab.inspect.streaming import (
+from attnlab.inspect.llm.streaming import (
     default_text,
     keys_per_query,
     recompute_nll,

@@ -10,8 +10,9 @@ from typer.testing import CliRunner
 
 from attnlab.models.transformer.heads import ablation_masks, attention_sites
 from attnlab.models.translators import load_translator
-from attnlab.training.experiment_arch import deterministic_view, reach, run_architectures
-from attnlab.training.experiment_heads import ablate, bleu, importance, run_heads
+from attnlab.training.experiments.architectures import CLOCK, reach, run_architectures
+from attnlab.training.experiments.common import deterministic_view
+from attnlab.training.experiments.heads import ablate, bleu, importance, run_heads
 from attnlab.training.run import open_run
 
 
@@ -29,7 +30,7 @@ def test_architectures_outputs_and_determinism(tmp_path):
     assert [s["model"] for s in a.summary] == ["transformer", "bahdanau", "luong-general"]
     assert all(s["parameters"] > 0 and s["tokens_per_second"] > 0 for s in a.summary)
     assert {r["model"] for r in a.rows} == {"transformer", "bahdanau", "luong-general"}
-    assert deterministic_view(a.summary) == deterministic_view(b.summary)
+    assert deterministic_view(a.summary, CLOCK) == deterministic_view(b.summary, CLOCK)
     assert a.rows == b.rows  # BLEU by length bucket: the same table twice
     saved = json.loads((tmp_path / "a" / "results.json").read_text())
     assert saved["threads"] == 1 and "throughput_ratio_transformer_vs_bahdanau" in saved

@@ -8,7 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from attnlab.training.induction import InductionConfig, head_scores, run_induction, sample_batch
+from attnlab.training.experiments.induction import InductionConfig, head_scores, run_induction, sample_batch
 
 TINY = dict(vocab=16, seq_len=24, min_block=3, max_block=8, d_model=16, heads=2, batch=8, steps=6,
             eval_every=3, eval_batch=8)

@@ -10,13 +10,13 @@ import pytest
 from typer.testing import CliRunner
 
 from attnlab.cli.main import app
-from attnlab.training.experiment_ablations import (
+from attnlab.training.experiments.ablations import (
     HEADS,
     POSITIONS,
-    deterministic_view,
     run_ablations,
     variant_configs,
 )
+from attnlab.training.experiments.common import deterministic_view
 
 NAMES = ["h1-sinusoidal", "h2-sinusoidal", "h4-sinusoidal", "h8-sinusoidal", "h4-learned",
          "h4-rotary", "h4-none"]

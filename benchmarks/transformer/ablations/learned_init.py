@@ -60,15 +60,15 @@ def main() -> None:
     patch(args.mode)
     torch.set_num_threads(2)
     if args.model == "translator":
-        from attnlab.training.experiment import _train_one
-        from attnlab.training.experiment_ablations import variant_configs
+        from attnlab.training.experiments.ablations import variant_configs
+        from attnlab.training.experiments.common import train_one
 
         cfg = variant_configs(threads=2)["h4-learned"]
-        r = _train_one(cfg.to_dict(), f"{args.out}/{args.mode}", 2)
+        r = train_one(cfg.to_dict(), f"{args.out}/{args.mode}", 2)
         print(f"translator {args.mode}: test BLEU {r['test']['bleu']}, "
               f"best valid BLEU {r['best_valid_bleu']}")
     else:
-        from attnlab.training.induction import InductionConfig, train_one
+        from attnlab.training.experiments.induction import InductionConfig, train_one
 
         c = train_one(InductionConfig(seed=args.seed), 2)
         print(f"induction {args.mode} seed {args.seed}: 2-layer repeat accuracy {c.repeat_accuracy[-1]}, "

@@ -31,7 +31,7 @@ from torch import nn
 from attnlab.data.vocab import PAD_ID
 from attnlab.models.translators import build_translator
 from attnlab.training.config import apply_overrides, preset
-from attnlab.training.experiment_arch import ARCH_SETTINGS, DEFAULTS
+from attnlab.training.experiments.architectures import ARCH_SETTINGS, DEFAULTS
 
 MODELS = ("transformer", "bahdanau")
 SRC_VOCAB, TGT_VOCAB = 38, 54  # the architectures experiment's vocabularies

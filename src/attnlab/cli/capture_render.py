@@ -17,8 +17,8 @@ def render_capture(file: Path, *, html: Path | None, figs: list[Path], layer: in
                    compare: Path | None = None, layers: list[int] | None = None) -> None:
     """Load ``file`` (checked against ``model`` when given), write the generation page and the
     answer's heatmap, print a summary."""
-    from attnlab.inspect.capture_file import Capture
-    from attnlab.inspect.llm_views import generation_page, generation_png
+    from attnlab.inspect.llm.capture_file import Capture
+    from attnlab.inspect.llm.llm_views import generation_page, generation_png
 
     if html is not None and html.suffix.lower() not in (".html", ".htm"):
         raise ValueError(f"--html: expected a file name ending in .html, got {str(html)!r}")

@@ -42,7 +42,7 @@ def architectures_cmd(
     """Transformer vs Bahdanau vs Luong (general): BLEU, BLEU by length, tokens/s, steps to 90."""
     with user_errors(as_json, NAMES):
         check_output(out, "--out")
-        from attnlab.training.experiment_arch import run_architectures
+        from attnlab.training.experiments.architectures import run_architectures
 
         res = run_architectures(out, quick=quick, overrides=list(overrides or []),
                                 threads=use_threads(threads), log=None if as_json else _log)
@@ -73,7 +73,7 @@ def heads_cmd(
         check_output(out, "--out")
         if model is not None and (quick or overrides):
             raise ValueError("--model: a given run is not retrained; drop --quick / --set")
-        from attnlab.training.experiment_heads import run_heads
+        from attnlab.training.experiments.heads import run_heads
 
         res = run_heads(out, model_dir=model, quick=quick, overrides=list(overrides or []),
                         sentences=sentences, threads=use_threads(threads), log=None if as_json else _log)
@@ -99,7 +99,7 @@ def ablations_cmd(
     sinusoidal/learned/rotary/none, each a Transformer translator on the numbers corpus."""
     with user_errors(as_json, NAMES):
         check_output(out, "--out")
-        from attnlab.training.experiment_ablations import run_ablations
+        from attnlab.training.experiments.ablations import run_ablations
 
         res = run_ablations(out, quick=quick, overrides=list(overrides or []),
                             threads=use_threads(threads), log=None if as_json else _log)

@@ -44,7 +44,7 @@ def induction_cmd(
         check_output(out, "--out")
         n_threads = use_threads(threads)
         from attnlab.data.io import atomic_write_bytes, atomic_write_text, write_json
-        from attnlab.training.induction import (
+        from attnlab.training.experiments.induction import (
             InductionConfig,
             markdown,
             plot_png,

@@ -136,7 +136,7 @@ def generate_command(
 ) -> None:
     """Generate an answer, streaming it, with every generated token's attention captured."""
     with user_errors(as_json, GENERATE_NAMES):
-        from attnlab.inspect.generation import Sampling, generate_text
+        from attnlab.inspect.llm.generation import Sampling, generate_text
         from attnlab.models.quantized import check_format
 
         check_format(weights, "--weights")
@@ -162,7 +162,7 @@ def generate_command(
                 raise ValueError(f"{name}: expected one of the captured {name[2:]}s "
                                  f"{allowed if len(allowed) < 12 else f'0..{n - 1}'}, got {v}")
         if capture:  # refuse what cannot be held (or drawn) before generating, not after
-            from attnlab.inspect.generation import fit_prompt
+            from attnlab.inspect.llm.generation import fit_prompt
 
             n_prompt = len(fit_prompt(lm, prompt, system=system, chat=not raw,
                                       max_new_tokens=max_new_tokens, truncate=truncate,
@@ -170,7 +170,7 @@ def generate_command(
             n_l, n_h = len(lays or range(lm.num_layers)), len(hds or range(lm.num_heads))
             why = _capture_limit(n_prompt, max_new_tokens, lm.max_tokens, n_l, n_h)
             if why is None and html is not None:
-                from attnlab.inspect.llm_views import page_limit
+                from attnlab.inspect.llm.llm_views import page_limit
 
                 why = page_limit(n_prompt + max_new_tokens - 1, n_l, n_h)
                 why = why and why.replace(" positions", " positions (prompt + --max-new-tokens)", 1)
@@ -193,8 +193,8 @@ def generate_command(
         )
         rep: dict[str, Any] = g.to_dict() | {"sampling": vars(sampling), "weights": weights}
         if png is not None or html is not None or save_capture is not None:
-            from attnlab.inspect.capture_file import Capture
-            from attnlab.inspect.llm_views import generation_page, generation_png
+            from attnlab.inspect.llm.capture_file import Capture
+            from attnlab.inspect.llm.llm_views import generation_page, generation_png
 
             cap = Capture.from_generation(g)
             if save_capture is not None:
@@ -270,8 +270,8 @@ def prompt_effect_command(
 ) -> None:
     """Do added words steer the answer through attention? Topic mass, attention share, knockout."""
     with user_errors(as_json, EFFECT_NAMES):
-        from attnlab.inspect import prompt_effect as pe
-        from attnlab.inspect.steering import SECURITY_LEXICON, check_alpha
+        from attnlab.inspect.llm import prompt_effect as pe
+        from attnlab.inspect.llm.steering import SECURITY_LEXICON, check_alpha
 
         _check_outputs(png, html, out)
         check_alpha(alpha)
@@ -309,8 +309,8 @@ def prompt_effect_command(
 def _write_effect(
     eff, rep: dict[str, Any], out: Path | None, png: Path | None, html: Path | None
 ) -> list[str]:
-    from attnlab.inspect.llm_views import generation_page, share_page, share_png
-    from attnlab.inspect.prompt_effect import markdown_report
+    from attnlab.inspect.llm.llm_views import generation_page, share_page, share_png
+    from attnlab.inspect.llm.prompt_effect import markdown_report
 
     files = []
     if out is not None:

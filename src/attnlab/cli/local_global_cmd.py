@@ -2,7 +2,7 @@
 
 Gemma 3 interleaves five sliding-window layers with one global layer; this command scores a long
 text with that layout, every layer global, every layer local, and the window halved and doubled
-(``attnlab.inspect.local_global``), each change with its 95 % interval against the trained layout.
+(``attnlab.inspect.llm.local_global``), each change with its 95 % interval against the trained layout.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def local_global_command(
             if not text_file.is_file():
                 raise ValueError(f"--text-file: expected an existing text file, got {str(text_file)!r}")
             text = text_file.read_text(encoding="utf-8", errors="strict")
-        from attnlab.inspect.local_global import local_global_experiment, local_global_png
+        from attnlab.inspect.llm.local_global import local_global_experiment, local_global_png
 
         lm = load_lm(model, threads=threads)
         res = local_global_experiment(lm, text, tokens=tokens, block=block)

@@ -30,7 +30,7 @@ from attnlab.cli.common import (
 )
 
 if TYPE_CHECKING:  # the CLI imports the inspect package only when a command runs
-    from attnlab.inspect.inspect_report import AblationReport, InspectReport, TokenWeight
+    from attnlab.inspect.inspection_report import AblationReport, InspectReport, TokenWeight
 
 ModelOpt = Annotated[Path | None, typer.Option("--model", help="local Hugging Face model folder, a .gguf "
                                                "file, or smollm2 / gemma3 (the embedded LLMs); default: the "
@@ -96,8 +96,8 @@ def inspect_command(
             "--ablate": bool(ablate), "--backend": backend != "auto", "--truncate": truncate})
         return
     with user_errors(as_json, INSPECT_NAMES):
-        from attnlab.inspect.inspect_report import HeadWeights
-        from attnlab.inspect.report import check_head, inspect_text
+        from attnlab.inspect.inspection import check_head, inspect_text
+        from attnlab.inspect.inspection_report import HeadWeights
 
         if layer is not None and head is None and png is None and html is None:
             raise ValueError("--layer: expected with --head (one head's weights) or --png/--html "
@@ -131,7 +131,7 @@ def inspect_command(
             inspect_png(cache, png, layer=layer, head=head)
             rep = replace(rep, png=str(png))
         if export is not None:
-            from attnlab.inspect.report import export_attention
+            from attnlab.inspect.inspection import export_attention
 
             _mkdir(export)
             export_attention(cache, export)
@@ -147,7 +147,7 @@ def _mkdir(path: Path) -> None:
 
 
 def _ablate(lm, enc, specs: list[str]) -> AblationReport:
-    from attnlab.inspect.inspect_report import AblationReport
+    from attnlab.inspect.inspection_report import AblationReport
     from attnlab.inspect.patching import Ablation, patch_effect
 
     abl = []
@@ -234,7 +234,7 @@ def compare_command(
             texts = texts[:2]
         if len(texts) != 2:
             raise ValueError(f"texts: expected two texts (TEXT_A TEXT_B), got {len(texts)}")
-        from attnlab.inspect.compare import compare
+        from attnlab.inspect.comparison import compare
 
         check_output(html, "--html", PAGE)
         check_output(png, "--png", FIGURE)
@@ -336,7 +336,7 @@ def tradeoff_command(
             if not w.isdigit():
                 raise ValueError(f"--widths: expected non-negative integers (e.g. 1,2,4), got {w!r}")
             ws.append(int(w))
-        from attnlab.inspect.tradeoff import tradeoff
+        from attnlab.inspect.window_tradeoff import tradeoff
 
         lm = load_lm(model, threads=threads)
         too_wide = [w for w in ws if w > lm.max_tokens]
@@ -372,7 +372,7 @@ def serve_command(
     with user_errors(as_json, SERVE_NAMES):
         if not 0 < port < 65536:
             raise ValueError(f"--port: expected 1..65535, got {port}")
-        from attnlab.inspect.server import create_app
+        from attnlab.inspect.server.app import create_app
 
         lm = load_lm(model, threads=threads)
         app = create_app(lm, max_chars=max_chars, host=host, port=port)

@@ -144,7 +144,7 @@ def prompt_experiment_command(
         from dataclasses import replace
 
         from attnlab.data.prompt_sets import Task, builtin_prompt_set, load_prompt_set
-        from attnlab.inspect.prompt_design import ExperimentConfig, FixedAnswers, read_code
+        from attnlab.inspect.llm.prompt_design import ExperimentConfig, FixedAnswers, read_code
 
         check_output(out, "--out")
         if report_file is not None:
@@ -174,8 +174,8 @@ def prompt_experiment_command(
                                          language=code.suffix.lstrip(".") or "python"),))
             source = code.name
         lm = load_lm(model, threads=threads)
-        from attnlab.inspect.prompt_experiment import run_experiment
-        from attnlab.inspect.prompt_report import build_report
+        from attnlab.inspect.llm.prompt_experiment import run_experiment
+        from attnlab.inspect.llm.prompt_report import build_report
 
         res = run_experiment(lm, ps, cfg, progress=_progress(as_json), code_source=source,
                              generate_code_tokens=CODE_TOKENS if generate_code else 0)
@@ -197,8 +197,8 @@ def _rerender(path: Path) -> Any:
     """The report of an earlier run's result.json (``--report``), rebuilt by today's code."""
     import json
 
-    from attnlab.inspect.prompt_experiment import ExperimentResult
-    from attnlab.inspect.prompt_report import build_report
+    from attnlab.inspect.llm.prompt_experiment import ExperimentResult
+    from attnlab.inspect.llm.prompt_report import build_report
 
     if not path.is_file():
         raise ValueError(f"--report: expected a result.json of attnlab prompt-experiment, got {str(path)!r} "

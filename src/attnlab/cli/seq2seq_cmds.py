@@ -258,7 +258,7 @@ def bottleneck_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Train none / bahdanau / luong-general / luong-local-p alike; plot BLEU vs length."""
-    from attnlab.training.experiment import run_bottleneck
+    from attnlab.training.experiments.bottleneck import run_bottleneck
 
     with user_errors(as_json):
         sets = list(overrides or [])

@@ -82,7 +82,7 @@ def streaming_command(
                 raise ValueError(f"{name}: expected an int >= {lo}, got {val}")
         check_output(png, "--png", FIGURE)
         text = None if text_file is None else _read_text(text_file)
-        from attnlab.inspect.streaming import default_text, streaming_experiment, streaming_png
+        from attnlab.inspect.llm.streaming import default_text, streaming_experiment, streaming_png
 
         lm = load_lm(model, threads=threads)
         ids = lm.tokenizer.piece_ids(default_text() if text is None else text)[:tokens]

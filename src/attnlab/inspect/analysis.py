@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from attnlab.inspect.capture import AttentionCache
+from attnlab.inspect.attention_cache import AttentionCache
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from attnlab.inspect.rollout import Fusion, residual_attention
+from attnlab.inspect.attention_rollout import Fusion, residual_attention
 
 SCALE = 10**9  # capacity resolution
 

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from attnlab.inspect.capture import AttentionCache, capture
+from attnlab.inspect.attention_cache import AttentionCache, capture
 from attnlab.models.loading import LoadedModel
 from attnlab.models.tokenizer import Encoded
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from attnlab.inspect.capture import AttentionCache
-from attnlab.inspect.compare import Comparison
+from attnlab.inspect.attention_cache import AttentionCache
+from attnlab.inspect.comparison import Comparison
 
 VIEWS = ("head", "model")
 

@@ -24,8 +24,14 @@ from typing import Any
 
 from attnlab.data.io import atomic_write_bytes, atomic_write_text, write_json
 from attnlab.training.config import RunConfig, all_keys, apply_overrides, preset
-from attnlab.training.experiment import _train_one, experiment_threads, plot_png
-from attnlab.training.run import RESUMABLE, config_differences, read_run_config
+from attnlab.training.experiments.common import CLOCK as TRAIN_CLOCK
+from attnlab.training.experiments.common import (
+    experiment_threads,
+    parameter_count,
+    plot_png,
+    refuse_other_runs,
+    train_one,
+)
 
 MODELS: tuple[str, ...] = ("transformer", "bahdanau", "luong-general")
 # Sizes chosen for similar parameter counts (~0.3 M on this corpus; the table reports them).
@@ -51,18 +57,7 @@ QUICK_MODEL = {"transformer": ["model.d_model=16", "model.ffn=32", "model.layers
                "bahdanau": ["model.hidden=16", "model.emb_dim=8"],
                "luong-general": ["model.hidden=16", "model.emb_dim=8"]}
 TARGET_BLEU = 90.0
-
-
-def refuse_other_runs(out: Path, cfgs: dict[str, RunConfig]) -> None:
-    """Never mix results of different settings in one folder: a run folder ``out/name`` that
-    exists must hold ``cfgs[name]`` (keys a resume may change aside)."""
-    for name, cfg in cfgs.items():
-        if (out / name / "run.json").is_file():
-            diff = [k for k in config_differences(read_run_config(out / name), cfg)
-                    if k not in RESUMABLE]
-            if diff:
-                raise ValueError(f"--out: {out / name} holds a run with other settings ({diff}); "
-                                 f"choose another --out (nothing was changed)")
+CLOCK = (*TRAIN_CLOCK, "seconds_to_target")  # machine-dependent summary columns
 
 
 @dataclass
@@ -94,12 +89,6 @@ def model_configs(*, quick: bool = False, overrides: Sequence[str] = (), threads
     return cfgs
 
 
-def parameter_count(folder: Path) -> int:
-    from attnlab.models.translators import load_translator
-
-    return sum(p.numel() for p in load_translator(folder).parameters())
-
-
 def run_architectures(out: str | os.PathLike[str], *, quick: bool = False,
                       overrides: Sequence[str] = (), threads: int = 0,
                       models: Sequence[str] = MODELS,
@@ -114,7 +103,7 @@ def run_architectures(out: str | os.PathLike[str], *, quick: bool = False,
     results, params = {}, {}
     for i, (m, cfg) in enumerate(cfgs.items(), 1):
         log(f"[{i}/{len(cfgs)}] training {m} ...")
-        results[m] = _train_one(cfg.to_dict(), str(out / m), cfg.train.threads)
+        results[m] = train_one(cfg.to_dict(), str(out / m), cfg.train.threads)
         params[m] = parameter_count(out / m)
         log(f"[{i}/{len(cfgs)}] {m}: test BLEU {results[m]['test']['bleu']:.1f}, "
             f"{results[m]['tokens_per_second']:.0f} target tok/s")
@@ -158,12 +147,6 @@ def tables(results: dict[str, dict[str, Any]], params: dict[str, int]
             "threads": r["threads"], "steps_to_target": step90,
             "seconds_to_target": None if step90 is None else round(step90 * per_step, 1)})
     return rows, summary
-
-
-def deterministic_view(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The columns that depend on the seed only (no clock): what two runs must share."""
-    keep = ("model", "parameters", "test_bleu", "best_valid_bleu", "steps", "steps_to_target")
-    return [{k: s[k] for k in keep} for s in summary]
 
 
 def markdown(rows: list[dict[str, Any]], summary: list[dict[str, Any]], ratio: float,

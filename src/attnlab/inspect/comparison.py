@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from attnlab.inspect.capture import AttentionCache, capture, find_token
+from attnlab.inspect.attention_cache import AttentionCache, capture, find_token
 from attnlab.models.loading import LoadedModel
 from attnlab.models.tokenizer import normalize_token
 

@@ -24,10 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from attnlab.data.io import atomic_write_bytes, atomic_write_text, read_json, write_json
+from attnlab.data.io import atomic_write_bytes, atomic_write_text, write_json
 from attnlab.training.config import RunConfig, apply_overrides, preset
-from attnlab.training.loop import train
-from attnlab.training.run import RESUMABLE, config_differences, read_run_config
+from attnlab.training.experiments.common import plot_png, refuse_other_runs, train_one
 
 ATTENTIONS: tuple[str, ...] = ("none", "bahdanau", "luong-general", "luong-local-p")
 QUICK = ["data.train_size=300", "data.valid_size=30", "data.test_size=60", "data.max_items=3",
@@ -48,25 +47,6 @@ def experiment_config(*, quick: bool = False, overrides: Sequence[str] = ()) -> 
     return apply_overrides(preset("bottleneck"), [*(QUICK if quick else []), *overrides])
 
 
-def experiment_threads(threads: int) -> int:
-    """The torch threads an experiment trains with: ``threads``, or 0 = min(cores, 2) (these
-    models are small; more threads mostly wait on each other)."""
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
-        raise ValueError(f"threads: expected >= 0, got {threads!r}")
-    return threads or min(os.cpu_count() or 1, 2)
-
-
-def _train_one(cfg_dict: dict[str, Any], folder: str, threads: int) -> dict[str, Any]:
-    """Worker: train (or resume) one model and return its results.json."""
-    if (Path(folder) / "results.json").is_file():
-        return read_json(Path(folder) / "results.json")
-    from attnlab.threads import apply_threads
-
-    apply_threads(threads)
-    cfg = RunConfig.from_dict(cfg_dict, "experiment")
-    return train(cfg, folder, resume=True).results
-
-
 def run_bottleneck(out: str | os.PathLike[str], *, quick: bool = False,
                    overrides: Sequence[str] = (), jobs: int = 1,
                    attentions: Sequence[str] = ATTENTIONS,
@@ -83,13 +63,7 @@ def run_bottleneck(out: str | os.PathLike[str], *, quick: bool = False,
     started = time.perf_counter()
     cfgs = {a: apply_overrides(base, [f"model.attention={a}", "train.progress=false",
                                       f"train.threads={threads}"]) for a in attentions}
-    for a in attentions:  # never mix results of different settings in one folder
-        if (out / a / "run.json").is_file():
-            diff = [k for k in config_differences(read_run_config(out / a), cfgs[a])
-                    if k not in RESUMABLE]
-            if diff:
-                raise ValueError(f"--out: {out / a} holds a run with other settings ({diff}); "
-                                 f"choose another --out (nothing was changed)")
+    refuse_other_runs(out, cfgs)
     settings = base.to_dict()
     settings["model"]["attention"] = list(attentions)  # one model per entry
     write_json(out / "settings.json", {
@@ -99,10 +73,10 @@ def run_bottleneck(out: str | os.PathLike[str], *, quick: bool = False,
     if jobs == 1:
         for a in attentions:
             log(f"training {a} ...")
-            results[a] = _train_one(cfgs[a].to_dict(), str(out / a), threads)
+            results[a] = train_one(cfgs[a].to_dict(), str(out / a), threads)
     else:
         with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
-            futures = {a: pool.submit(_train_one, cfgs[a].to_dict(), str(out / a), threads)
+            futures = {a: pool.submit(train_one, cfgs[a].to_dict(), str(out / a), threads)
                        for a in attentions}
             for a in attentions:
                 results[a] = futures[a].result()
@@ -159,27 +133,3 @@ def markdown(rows: list[dict[str, Any]], summary: list[dict[str, Any]], seconds:
     lines += ["", f"Wall time of this invocation: {seconds / 60:.1f} min (models already trained "
               f"in this folder are reused, not retrained)."]
     return "\n".join(lines) + "\n"
-
-
-def plot_png(rows: list[dict[str, Any]]) -> bytes:
-    """BLEU against source length, one line per model (the shape of Bahdanau Fig. 2)."""
-    from matplotlib.figure import Figure  # Agg canvas; pyplot never touched
-
-    fig = Figure(figsize=(6.4, 4.2), dpi=110)
-    ax = fig.add_subplot()
-    buckets = list(dict.fromkeys(r["bucket"] for r in rows))
-    for a in dict.fromkeys(r["attention"] for r in rows):
-        pts = [(buckets.index(r["bucket"]), r["bleu"]) for r in rows if r["attention"] == a]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
-                linestyle="--" if a == "none" else "-", label=a)
-    ax.set_xticks(range(len(buckets)), buckets)
-    ax.set_xlabel("source length (tokens)")
-    ax.set_ylabel("test BLEU")
-    ax.set_ylim(0, 102)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower left")
-    ax.set_title("BLEU vs source length: the fixed-vector bottleneck", fontsize=10)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from attnlab.inspect.lens import input_ids
+from attnlab.inspect.llm.lens import input_ids
 from attnlab.models.contract import CausalLM, as_causal_lm
 from attnlab.models.loading import LoadedModel
 from attnlab.models.tokenizer import Encoded

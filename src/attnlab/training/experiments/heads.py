@@ -34,7 +34,7 @@ from attnlab.models.transformer.heads import ablation_masks, attention_sites, he
 from attnlab.threads import apply_threads
 from attnlab.training.config import RunConfig, apply_overrides, preset
 from attnlab.training.evaluate import Codec, evaluate_pairs
-from attnlab.training.experiment import experiment_threads
+from attnlab.training.experiments.common import experiment_threads
 
 DEFAULTS = ["data.train_size=20000", "train.max_steps=1000", "train.eval_every=250",
             "train.checkpoint_every=250", "train.patience=0"]
@@ -141,7 +141,7 @@ def run_heads(out: str | os.PathLike[str], *, model_dir: str | os.PathLike[str] 
               threads: int = 0, log: Callable[[str], None] | None = None) -> HeadsResult:
     """Train (or take ``model_dir``) a Transformer translator; ablate, rank and prune heads."""
     from attnlab.models.translators import load_translator
-    from attnlab.training.experiment import _train_one
+    from attnlab.training.experiments.common import train_one
     from attnlab.training.run import open_run
 
     log = log or (lambda _m: None)
@@ -155,7 +155,7 @@ def run_heads(out: str | os.PathLike[str], *, model_dir: str | os.PathLike[str] 
         cfg = experiment_config(quick=quick, overrides=overrides, threads=threads)
         model_dir = out / "model"
         log(f"training a Transformer into {model_dir} ...")
-        _train_one(cfg.to_dict(), str(model_dir), cfg.train.threads)
+        train_one(cfg.to_dict(), str(model_dir), cfg.train.threads)
         apply_threads(cfg.train.threads)
     elif not (Path(model_dir) / "results.json").is_file():
         raise FileNotFoundError(f"--model: {model_dir} holds no finished run (results.json "

@@ -43,11 +43,11 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from attnlab.inspect.capture import capture, find_token
-from attnlab.inspect.compare import compare
-from attnlab.inspect.report import SEED_TEXT, head_patterns, inspect_text
-from attnlab.inspect.server_export import MEDIA, SAVE_VIEWS, compare_file, file_name, head_file, model_file
-from attnlab.inspect.server_limits import (
+from attnlab.inspect.attention_cache import capture, find_token
+from attnlab.inspect.comparison import compare
+from attnlab.inspect.inspection import SEED_TEXT, head_patterns, inspect_text
+from attnlab.inspect.server.export import MEDIA, SAVE_VIEWS, compare_file, file_name, head_file, model_file
+from attnlab.inspect.server.limits import (
     BadRequest,
     parse_json_object,
     read_body,
@@ -305,7 +305,7 @@ class _Viewer:
 
 
 def _static(name: str) -> str:
-    return (resources.files("attnlab.inspect") / "static" / name).read_text(encoding="utf-8")
+    return (resources.files("attnlab.inspect.server") / "static" / name).read_text(encoding="utf-8")
 
 
 def _int_arg(value: Any, name: str, default: int, lo: int, hi: int) -> int:

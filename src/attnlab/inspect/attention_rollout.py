@@ -24,7 +24,7 @@ def as_weights(weights: object) -> Tensor:
     w = getattr(weights, "weights", weights)
     if not isinstance(w, Tensor):
         raise TypeError(f"weights: expected a (layers, heads, T, T) tensor or a captured "
-                        f"AttentionCache (attnlab.inspect.capture), got {type(weights).__name__}")
+                        f"AttentionCache (attnlab.inspect.attention_cache), got {type(weights).__name__}")
     return w
 
 

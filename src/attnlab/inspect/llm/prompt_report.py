@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from attnlab.inspect.prompt_experiment import (
+from attnlab.inspect.llm.prompt_experiment import (
     HEADS,
     KNOCK,
     PASTA,

@@ -28,8 +28,8 @@ import torch
 from torch import Tensor
 
 from attnlab.echo import shown
-from attnlab.inspect.generation import Generation, fit_prompt, generate_text
-from attnlab.inspect.steering import (
+from attnlab.inspect.llm.generation import Generation, fit_prompt, generate_text
+from attnlab.inspect.llm.steering import (
     SECURITY_LEXICON,
     Topic,
     check_alpha,

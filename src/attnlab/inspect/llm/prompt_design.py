@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from attnlab.data.prompt_sets import Lexicon, PromptSet, Task
-from attnlab.inspect.generation import fit_prompt
-from attnlab.inspect.prompt_effect import span_positions, user_span
+from attnlab.inspect.llm.generation import fit_prompt
+from attnlab.inspect.llm.prompt_effect import span_positions, user_span
 from attnlab.models.loading import LoadedModel
 
 FLOWS = ("review", "append")

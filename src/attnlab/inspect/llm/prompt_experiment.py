@@ -21,7 +21,7 @@ For every task of a prompt set and every condition of the flow (:mod:`prompt_des
    claim "attention to these words carries the effect" predicts a rise there, not only a fall
    under knockout.
 4. **Which heads write the topic direction** — direct logit attribution per head (Elhage et al.
-   2021; :func:`~attnlab.inspect.lens.direct_logit_attribution`) of logit(topic token) -
+   2021; :func:`~attnlab.inspect.llm.lens.direct_logit_attribution`) of logit(topic token) -
    logit(neutral token) where the two fixed answers part, under the topic and a control
    condition.
 
@@ -40,10 +40,10 @@ from typing import Any
 import torch
 
 from attnlab.data.prompt_sets import PromptSet, Task
-from attnlab.inspect.batch_rows import Row, generate_rows, logit_diff_rows, score_rows
-from attnlab.inspect.generation import Sampling, eos_ids, fit_prompt
-from attnlab.inspect.lens import direct_logit_attribution
-from attnlab.inspect.prompt_design import (
+from attnlab.inspect.llm.batch_rows import Row, generate_rows, logit_diff_rows, score_rows
+from attnlab.inspect.llm.generation import Sampling, eos_ids, fit_prompt
+from attnlab.inspect.llm.lens import direct_logit_attribution
+from attnlab.inspect.llm.prompt_design import (
     ExperimentConfig,
     FixedAnswers,
     TaskPlan,
@@ -52,7 +52,7 @@ from attnlab.inspect.prompt_design import (
     mentions,
     plan_task,
 )
-from attnlab.inspect.prompt_effect import layer_bands
+from attnlab.inspect.llm.prompt_effect import layer_bands
 from attnlab.models.loading import LoadedModel
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)

@@ -14,7 +14,7 @@ in lockstep. A row may knock keys out of attention (Geva et al. 2023's attention
 score of a key becomes -inf) in chosen layers or (layer, head) pairs: each layer gets one
 score_mod reading a per-row table, so rows with and without interventions share the batch.
 
-Each row equals the one-row decode loop (:func:`~attnlab.inspect.generation.generate_ids` with
+Each row equals the one-row decode loop (:func:`~attnlab.inspect.llm.generation.generate_ids` with
 the same sampling and the knockout's score_mods) up to float rounding (tested).
 """
 
@@ -29,8 +29,8 @@ from torch import Tensor
 
 from attnlab.functional.attention import ScoreMod
 from attnlab.functional.score_mods import KeyBias
-from attnlab.inspect.generation import Sampling, eos_ids, next_token
-from attnlab.inspect.steering import check_alpha
+from attnlab.inspect.llm.generation import Sampling, eos_ids, next_token
+from attnlab.inspect.llm.steering import check_alpha
 from attnlab.models.contract import CausalLM, as_causal_lm
 from attnlab.models.loading import LoadedModel
 from attnlab.modules.multihead import KVCache

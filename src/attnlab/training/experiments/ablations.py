@@ -30,10 +30,14 @@ from typing import Any
 from attnlab.data.io import atomic_write_bytes, atomic_write_text, write_json
 from attnlab.models.transformer.config import TransformerConfig
 from attnlab.training.config import RunConfig, apply_overrides, preset
-from attnlab.training.experiment import _train_one, experiment_threads
-from attnlab.training.experiment_arch import DEFAULTS as ARCH_DATA
-from attnlab.training.experiment_arch import QUICK as ARCH_QUICK
-from attnlab.training.experiment_arch import parameter_count, refuse_other_runs
+from attnlab.training.experiments.architectures import DEFAULTS as ARCH_DATA
+from attnlab.training.experiments.architectures import QUICK as ARCH_QUICK
+from attnlab.training.experiments.common import (
+    experiment_threads,
+    parameter_count,
+    refuse_other_runs,
+    train_one,
+)
 from attnlab.training.run import open_run
 
 HEADS: tuple[int, ...] = (1, 2, 4, 8)
@@ -101,7 +105,7 @@ def run_ablations(out: str | os.PathLike[str], *, quick: bool = False,
     summary, rows = [], []
     for i, (name, cfg) in enumerate(cfgs.items(), 1):
         log(f"[{i}/{len(cfgs)}] training {name} ...")
-        r = _train_one(cfg.to_dict(), str(out / name), cfg.train.threads)
+        r = train_one(cfg.to_dict(), str(out / name), cfg.train.threads)
         s = summarize(name, cfg, r, parameter_count(out / name), valid_loss(out / name))
         summary.append(s)
         rows += [{"variant": name, "bucket": b["bucket"], "n": b["n"], "bleu": b["bleu"]}
@@ -160,14 +164,6 @@ def summarize(name: str, cfg: RunConfig, r: dict[str, Any], params: int,
             "final_train_loss": last.get("train_loss"), "valid_loss": loss, "steps": r["steps"],
             "train_seconds": r["train_seconds"], "tokens_per_second": r["tokens_per_second"],
             "threads": r["threads"]}
-
-
-CLOCK = ("train_seconds", "tokens_per_second", "threads")  # machine-dependent columns
-
-
-def deterministic_view(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The columns that depend on the seed only (no clock): what two runs must share."""
-    return [{k: v for k, v in s.items() if k not in CLOCK} for s in summary]
 
 
 def _fmt(x: float | None, digits: int = 2) -> str:

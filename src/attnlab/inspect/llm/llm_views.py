@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from attnlab.inspect.capture_file import Capture
-from attnlab.inspect.generation import Generation
-from attnlab.inspect.prompt_effect import PromptEffect
+from attnlab.inspect.llm.capture_file import Capture
+from attnlab.inspect.llm.generation import Generation
+from attnlab.inspect.llm.prompt_effect import PromptEffect
 
 LONG = 64  # answer tokens past which generation_png draws panels (long_generation_png.py)
 
@@ -28,7 +28,7 @@ def generation_png(
     )
     title = f"{c.model}: what each generated token attended to ({which})"
     if w.shape[0] > LONG:  # one heatmap would shrink each cell to a pixel: panels instead
-        from attnlab.inspect.long_generation_png import long_generation_png
+        from attnlab.inspect.llm.long_generation_png import long_generation_png
 
         return long_generation_png(w, c.labels, c.prompt_len, path, title)
     heatmap(

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from attnlab.inspect.llm.streaming import default_text, text_ids, token_nll
 from attnlab.inspect.stats import Effect, effect
-from attnlab.inspect.streaming import default_text, text_ids, token_nll
 from attnlab.models.contract import as_causal_lm
 from attnlab.models.loading import LoadedModel
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from attnlab.inspect.generation import Generation
+from attnlab.inspect.llm.generation import Generation
 
 FORMAT = "attnlab-capture"
 FORMAT_VERSION = 1
@@ -145,7 +145,7 @@ class Capture:
 
     def page(self, path: str | Path | None = None) -> Any:
         """The offline generation page (hover a token); displays itself in a notebook."""
-        from attnlab.inspect.llm_views import page_limit
+        from attnlab.inspect.llm.llm_views import page_limit
         from attnlab.viz import generation_view_html
 
         why = page_limit(self.positions, len(self.layers), len(self.heads))

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attnlab.functional.masks import Mask, as_mask, materialize, sliding_window
-from attnlab.inspect.capture import stack_weights
+from attnlab.inspect.attention_cache import stack_weights
 from attnlab.inspect.heads import PROBE_TEXTS
 from attnlab.models.loading import LoadedModel
 

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from attnlab.inspect.analysis import focused_heads, top_attended, top_attended_dict
-from attnlab.inspect.capture import AttentionCache, capture, find_token, generate
-from attnlab.inspect.inspect_report import (
+from attnlab.inspect.attention_cache import AttentionCache, capture, find_token
+from attnlab.inspect.attention_rollout import rollout
+from attnlab.inspect.inspection_report import (
     BackendCheck,
     Focus,
     FocusedHead,
@@ -19,7 +20,7 @@ from attnlab.inspect.inspect_report import (
     TokenWeight,
     token_weights,
 )
-from attnlab.inspect.rollout import rollout
+from attnlab.inspect.llm.generation_capture import generate
 from attnlab.models.loading import LoadedModel
 
 SEED_TEXT = "The animal didn't cross the street because it was too tired"

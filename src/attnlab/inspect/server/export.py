@@ -14,8 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from attnlab.inspect.capture import AttentionCache
-from attnlab.inspect.compare import Comparison
+from attnlab.inspect.attention_cache import AttentionCache
+from attnlab.inspect.comparison import Comparison
 from attnlab.inspect.views import inspect_page
 
 MEDIA = {"png": "image/png", "svg": "image/svg+xml", "html": "text/html; charset=utf-8"}
