@@ -22,7 +22,7 @@ from attnlab.data.batching import collate, encode_pairs, epoch_order, eval_order
 from attnlab.data.corpora import number_pairs
 from attnlab.data.vocab import Vocab
 from attnlab.models.seq2seq import ATTENTIONS, Seq2Seq
-from attnlab.training.config import apply_overrides, preset
+from attnlab.training.run_config import apply_overrides, preset
 from attnlab.training.search import greedy, max_lengths
 
 

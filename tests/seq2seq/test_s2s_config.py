@@ -7,7 +7,7 @@ import json
 import pytest
 
 from attnlab.data.splits import build_splits
-from attnlab.training.config import (
+from attnlab.training.run_config import (
     PRESETS,
     RunConfig,
     apply_overrides,

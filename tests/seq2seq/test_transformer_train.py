@@ -11,8 +11,8 @@ import torch
 from typer.testing import CliRunner
 
 from attnlab.training.checkpoint import FAULT_ENV
-from attnlab.training.config import apply_overrides, load_config, preset
 from attnlab.training.run import open_run
+from attnlab.training.run_config import apply_overrides, load_config, preset
 from attnlab.training.schedule import make_scheduler
 
 TINY = ["train", "--preset", "transformer-tiny", "--json"]

@@ -30,7 +30,7 @@ from torch import nn
 
 from attnlab.data.vocab import PAD_ID
 from attnlab.models.translators import build_translator
-from attnlab.training.config import apply_overrides, preset
+from attnlab.training.run_config import apply_overrides, preset
 from attnlab.training.experiments.architectures import ARCH_SETTINGS, DEFAULTS
 
 MODELS = ("transformer", "bahdanau")

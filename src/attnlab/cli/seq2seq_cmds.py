@@ -52,9 +52,9 @@ def train_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Train a translator (RNN with attention, or a Transformer); --resume continues it."""
-    from attnlab.training.config import apply_overrides, load_config, preset
     from attnlab.training.loop import train
     from attnlab.training.run import RESUMABLE, read_run_config
+    from attnlab.training.run_config import apply_overrides, load_config, preset
 
     with user_errors(as_json, TRAIN_NAMES):
         check_output(out, "--out")
@@ -282,11 +282,11 @@ def register(app: typer.Typer) -> None:
     experiment = typer.Typer(help="Experiments that reproduce results from the papers.",
                              no_args_is_help=True)
     experiment.command("bottleneck")(bottleneck_cmd)
-    from attnlab.cli.experiment12_cmds import architectures_cmd, heads_cmd  # light: typer only
+    from attnlab.cli.translator_experiments_cmd import architectures_cmd, heads_cmd  # light: typer only
 
     experiment.command("architectures")(architectures_cmd)
     experiment.command("heads")(heads_cmd)
-    from attnlab.cli.experiment12_cmds import ablations_cmd  # light: typer only
+    from attnlab.cli.translator_experiments_cmd import ablations_cmd  # light: typer only
 
     experiment.command("ablations")(ablations_cmd)
     experiment.command("induction")(induction_cmd)

@@ -21,7 +21,7 @@ from attnlab.data.vocab import BOS_ID, EOS_ID, PAD_ID, Vocab
 
 
 @dataclass
-class Encoded:
+class EncodedPairs:
     src: list[list[int]]  # source ids, no specials
     tgt: list[list[int]]  # target ids, no specials
 
@@ -30,8 +30,8 @@ class Encoded:
 
 
 def encode_pairs(pairs: Sequence[Pair], src_tok: Tokenizer, tgt_tok: Tokenizer,
-                 src_vocab: Vocab, tgt_vocab: Vocab) -> Encoded:
-    return Encoded(src=[src_vocab.encode(src_tok.tokenize(p.src)) for p in pairs],
+                 src_vocab: Vocab, tgt_vocab: Vocab) -> EncodedPairs:
+    return EncodedPairs(src=[src_vocab.encode(src_tok.tokenize(p.src)) for p in pairs],
                    tgt=[tgt_vocab.encode(tgt_tok.tokenize(p.tgt)) for p in pairs])
 
 
@@ -58,7 +58,7 @@ def pad(seqs: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
     return out, lengths
 
 
-def collate(data: Encoded, index: Sequence[int]) -> Batch:
+def collate(data: EncodedPairs, index: Sequence[int]) -> Batch:
     src, src_len = pad([data.src[i] for i in index])
     tgt_in, _ = pad([[BOS_ID, *data.tgt[i]] for i in index])
     tgt_out, _ = pad([[*data.tgt[i], EOS_ID] for i in index])

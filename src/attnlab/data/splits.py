@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from attnlab.data.aligned import load_aligned
 from attnlab.data.corpora import date_pairs, number_pairs
-from attnlab.data.report import DataReport, dedupe
+from attnlab.data.provenance import DataReport, dedupe
 from attnlab.data.tokenize import Tokenizer
 from attnlab.data.tsv import DataError, Pair, load_tsv, too_long
 

@@ -22,16 +22,16 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from attnlab.data.batching import Encoded, collate, encode_pairs, epoch_order
+from attnlab.data.batching import EncodedPairs, collate, encode_pairs, epoch_order
 from attnlab.data.io import read_json, write_json
 from attnlab.data.vocab import PAD_ID
 from attnlab.models.translation import TranslationModel
 from attnlab.models.translators import build_translator, load_translator
 from attnlab.training.checkpoint import Progress, fault, load_checkpoint, save_checkpoint
-from attnlab.training.config import RunConfig, TrainSpec
 from attnlab.training.data_parallel import DataParallel, from_env
 from attnlab.training.evaluate import evaluate_pairs
 from attnlab.training.run import Run, create_run, open_run
+from attnlab.training.run_config import RunConfig, TrainSpec
 from attnlab.training.schedule import Scheduler, after_step, after_validation, make_scheduler
 
 Log = Callable[[str], None]
@@ -174,7 +174,7 @@ def _loop(run: Run, model: TranslationModel, opt: torch.optim.Optimizer, sched: 
         bar.close()
 
 
-def _target_tokens(data: Encoded, index: list[int]) -> int:
+def _target_tokens(data: EncodedPairs, index: list[int]) -> int:
     """Target tokens a batch predicts (each target plus its </s>), without collating it."""
     return sum(len(data.tgt[i]) + 1 for i in index)
 

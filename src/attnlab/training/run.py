@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from attnlab.data.io import FormatError, read_json, write_json
-from attnlab.data.report import DataReport
+from attnlab.data.provenance import DataReport
 from attnlab.data.splits import Splits, build_splits
 from attnlab.data.tokenize import Tokenizer
 from attnlab.data.tsv import Pair, load_tsv, write_tsv
 from attnlab.data.vocab import Vocab
-from attnlab.training.config import RunConfig, set_value
 from attnlab.training.evaluate import Codec
+from attnlab.training.run_config import RunConfig, set_value
 
 RUN_FORMAT = "attnlab.run/1"
 CODEC_FORMAT = "attnlab.codec/1"

@@ -46,7 +46,7 @@ DEFAULT_ADD = "Make it secure."
 
 
 @dataclass
-class Run:
+class ConditionRun:
     label: str
     generation: Generation
     topic: list[float]  # mass on the lexicon at each answer position
@@ -117,15 +117,15 @@ def find_span(enc: Encoded, words: str, *, user_text: str, name: str = "add") ->
 
 @dataclass
 class PromptEffect:
-    base: Run
-    augmented: Run
+    base: ConditionRun
+    augmented: ConditionRun
     added_text: str
     added_positions: list[int]  # in the augmented prompt's tokens
     share: Tensor  # (n_answer, L) share of attention on the added tokens, mean over heads
     share_heads: Tensor  # (L, H) mean over answer tokens
     uniform: list[float]  # per answer token: added / visible keys (what uniform attention gives)
-    knockouts: list[Run] = field(default_factory=list)
-    steered: Run | None = None
+    knockouts: list[ConditionRun] = field(default_factory=list)
+    steered: ConditionRun | None = None
     steering: dict[str, Any] = field(default_factory=dict)
     topic: Topic | None = None
 
@@ -137,7 +137,7 @@ class PromptEffect:
             for i in order
         ]
 
-    def moved_back(self, run: Run) -> float | None:
+    def moved_back(self, run: ConditionRun) -> float | None:
         """Fraction of the topic effect a knockout removes: 1 = back to the base prompt's level."""
         gap = self.augmented.topic_mean - self.base.topic_mean
         # A ratio over a gap that is noise is meaningless: ask for 10% of the larger mass, and 1e-6.
@@ -178,10 +178,10 @@ class PromptEffect:
         return out
 
 
-def _run(lm: LoadedModel, label: str, prompt: str, topic: Topic, **kw: Any) -> Run:
+def _run(lm: LoadedModel, label: str, prompt: str, topic: Topic, **kw: Any) -> ConditionRun:
     masses: list[float] = []
     g = generate_text(lm, prompt, on_logits=lambda lg: masses.append(topic.mass(lg)), **kw)
-    return Run(label, g, masses)
+    return ConditionRun(label, g, masses)
 
 
 def layer_bands(n_layers: int, bands: int = 3) -> list[range]:
@@ -266,7 +266,7 @@ def _steer(
     heads: list[dict[str, Any]],
     topic: Topic,
     kw: dict[str, Any],
-) -> tuple[Run, dict[str, Any]]:
+) -> tuple[ConditionRun, dict[str, Any]]:
     enc = fit_prompt(lm, base, system=kw.get("system"), special_tokens=kw.get("special_tokens", False))
     span = find_span(enc, words, user_text=base, name="emphasize")
     pairs = [(h["layer"], h["head"]) for h in heads]

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from attnlab.models.seq2seq.config import Seq2SeqConfig
 from attnlab.models.seq2seq.encoder import PAD_ID, Memory, make_rnn
+from attnlab.models.seq2seq.seq2seq_config import Seq2SeqConfig
 from attnlab.modules.bahdanau import Alignment, BahdanauAttention
 from attnlab.modules.luong import make_luong
 

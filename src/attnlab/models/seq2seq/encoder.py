@@ -14,10 +14,10 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from attnlab.data.vocab import PAD_ID
-from attnlab.models.seq2seq.config import Seq2SeqConfig
+from attnlab.models.seq2seq.seq2seq_config import Seq2SeqConfig
 from attnlab.modules.bahdanau import source_allowed
 
-__all__ = ["PAD_ID", "Encoder", "Memory", "make_rnn"]
+__all__ = ["PAD_ID", "Memory", "RNNEncoder", "make_rnn"]
 
 
 @dataclass
@@ -44,7 +44,7 @@ def make_rnn(kind: str, input_size: int, hidden: int, layers: int, dropout: floa
                dropout=dropout if layers > 1 else 0.0, bidirectional=bidirectional)
 
 
-class Encoder(nn.Module):
+class RNNEncoder(nn.Module):
     def __init__(self, cfg: Seq2SeqConfig) -> None:
         super().__init__()
         self.cfg = cfg

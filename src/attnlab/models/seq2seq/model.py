@@ -11,9 +11,9 @@ from typing import Any
 
 from torch import Tensor
 
-from attnlab.models.seq2seq.config import Seq2SeqConfig
 from attnlab.models.seq2seq.decoder import AttentionalDecoder, DecoderOutput, DecoderState, StepOutput
-from attnlab.models.seq2seq.encoder import Encoder, Memory
+from attnlab.models.seq2seq.encoder import Memory, RNNEncoder
+from attnlab.models.seq2seq.seq2seq_config import Seq2SeqConfig
 from attnlab.models.translation import CONFIG, WEIGHTS, TranslationModel, read_weights
 
 MODEL_FORMAT = "attnlab.seq2seq/1"
@@ -28,7 +28,7 @@ class Seq2Seq(TranslationModel):
         super().__init__()
         cfg.check_vocab()
         self.cfg = cfg
-        self.encoder = Encoder(cfg)
+        self.encoder = RNNEncoder(cfg)
         self.decoder = AttentionalDecoder(cfg)
 
     @classmethod

@@ -6,7 +6,6 @@ feed-forward, the residual layer), encdec.py (the translator), lm.py (the LM), h
 (attention sites by name, head masks).
 """
 
-from attnlab.models.transformer.config import NORMS, POSITIONS, LMConfig, TransformerConfig
 from attnlab.models.transformer.encdec import (
     Transformer,
     TransformerMemory,
@@ -17,6 +16,7 @@ from attnlab.models.transformer.encdec import (
 from attnlab.models.transformer.heads import AttentionSite, ablation_masks, attention_sites, head_mask
 from attnlab.models.transformer.layers import FeedForward, InputEmbedding, TransformerLayer
 from attnlab.models.transformer.lm import LMOutput, TransformerLM
+from attnlab.models.transformer.transformer_config import NORMS, POSITIONS, LMConfig, TransformerConfig
 
 __all__ = ["NORMS", "POSITIONS", "AttentionSite", "FeedForward", "InputEmbedding", "LMConfig",
            "LMOutput", "Transformer", "TransformerConfig", "TransformerLM", "TransformerLayer",

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnlab.functional.masks import causal, materialize, padding
-from attnlab.models.transformer.config import TransformerConfig
 from attnlab.models.transformer.layers import InputEmbedding, TransformerLayer, rotary_tables
+from attnlab.models.transformer.transformer_config import TransformerConfig
 from attnlab.models.translation import TranslationModel
 from attnlab.modules.hooks import HookedModel
 from attnlab.modules.multihead import KVCache

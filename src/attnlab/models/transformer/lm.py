@@ -24,8 +24,8 @@ from torch import Tensor, nn
 
 from attnlab.data.io import FormatError, atomic_write_bytes, write_json
 from attnlab.functional.masks import causal
-from attnlab.models.transformer.config import LMConfig
 from attnlab.models.transformer.layers import InputEmbedding, TransformerLayer, rotary_tables
+from attnlab.models.transformer.transformer_config import LMConfig
 from attnlab.models.translation import CONFIG, WEIGHTS, read_model_json, read_weights
 from attnlab.modules.hooks import HookedModel
 from attnlab.modules.multihead import KVCache

@@ -28,8 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from attnlab.data.io import atomic_write_bytes, atomic_write_text, write_json
-from attnlab.models.transformer.config import TransformerConfig
-from attnlab.training.config import RunConfig, apply_overrides, preset
+from attnlab.models.transformer.transformer_config import TransformerConfig
 from attnlab.training.experiments.architectures import DEFAULTS as ARCH_DATA
 from attnlab.training.experiments.architectures import QUICK as ARCH_QUICK
 from attnlab.training.experiments.common import (
@@ -39,6 +38,7 @@ from attnlab.training.experiments.common import (
     train_one,
 )
 from attnlab.training.run import open_run
+from attnlab.training.run_config import RunConfig, apply_overrides, preset
 
 HEADS: tuple[int, ...] = (1, 2, 4, 8)
 POSITIONS: tuple[str, ...] = ("sinusoidal", "learned", "rotary", "none")

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from attnlab.data.io import atomic_write_bytes, atomic_write_text, write_json
-from attnlab.training.config import RunConfig, all_keys, apply_overrides, preset
 from attnlab.training.experiments.common import CLOCK as TRAIN_CLOCK
 from attnlab.training.experiments.common import (
     experiment_threads,
@@ -32,6 +31,7 @@ from attnlab.training.experiments.common import (
     refuse_other_runs,
     train_one,
 )
+from attnlab.training.run_config import RunConfig, all_keys, apply_overrides, preset
 
 MODELS: tuple[str, ...] = ("transformer", "bahdanau", "luong-general")
 # Sizes chosen for similar parameter counts (~0.3 M on this corpus; the table reports them).

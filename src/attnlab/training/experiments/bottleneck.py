@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from attnlab.data.io import atomic_write_bytes, atomic_write_text, write_json
-from attnlab.training.config import RunConfig, apply_overrides, preset
 from attnlab.training.experiments.common import plot_png, refuse_other_runs, train_one
+from attnlab.training.run_config import RunConfig, apply_overrides, preset
 
 ATTENTIONS: tuple[str, ...] = ("none", "bahdanau", "luong-general", "luong-local-p")
 QUICK = ["data.train_size=300", "data.valid_size=30", "data.test_size=60", "data.max_items=3",

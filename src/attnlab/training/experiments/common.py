@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from attnlab.data.io import read_json
-from attnlab.training.config import RunConfig
 from attnlab.training.loop import train
 from attnlab.training.run import RESUMABLE, config_differences, read_run_config
+from attnlab.training.run_config import RunConfig
 
 CLOCK: tuple[str, ...] = ("train_seconds", "tokens_per_second", "threads")  # machine-dependent columns
 

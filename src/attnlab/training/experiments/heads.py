@@ -32,9 +32,9 @@ from attnlab.data.tsv import Pair
 from attnlab.data.vocab import PAD_ID
 from attnlab.models.transformer.heads import ablation_masks, attention_sites, head_mask
 from attnlab.threads import apply_threads
-from attnlab.training.config import RunConfig, apply_overrides, preset
 from attnlab.training.evaluate import Codec, evaluate_pairs
 from attnlab.training.experiments.common import experiment_threads
+from attnlab.training.run_config import RunConfig, apply_overrides, preset
 
 DEFAULTS = ["data.train_size=20000", "train.max_steps=1000", "train.eval_every=250",
             "train.checkpoint_every=250", "train.patience=0"]

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from attnlab.data.splits import DataSpec
-from attnlab.models.seq2seq.config import Seq2SeqConfig
-from attnlab.models.transformer.config import TransformerConfig
+from attnlab.models.seq2seq.seq2seq_config import Seq2SeqConfig
+from attnlab.models.transformer.transformer_config import TransformerConfig
 from attnlab.models.translators import ARCHS, CONFIGS, arch_of
 from attnlab.training.schedule import SCHEDULES
 
