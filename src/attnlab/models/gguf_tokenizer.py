@@ -112,7 +112,17 @@ def tokenizer_from_gguf(meta: Mapping[str, Any], *, source: str = "gguf") -> Tok
         return gemma_tokenizer(tokens, types, named=named, add_bos=flags["bos"], add_eos=flags["eos"],
                                source=source)
     pre = _pre_tokenizer(_need(meta, "tokenizer.ggml.pre", str, source), source)
+    keys, vocab = _bpe_vocab(tokens, types, source)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=_merges(meta, vocab, source), fuse_unk=False,
+                               continuing_subword_prefix="", end_of_word_suffix=""))
+    tok.pre_tokenizer = pre
+    tok.decoder = decoders.ByteLevel()
+    _add_specials(tok, keys, types, named, flags)
+    return tok
 
+
+def _bpe_vocab(tokens: list[str], types: list[int], source: str) -> tuple[list[str], dict[str, int]]:
+    """Each token's key in the BPE vocabulary, and the vocabulary (key -> id), checked 1:1."""
     # Normal tokens are written in GPT-2's byte alphabet ("Ġ" = space); a stray raw one is
     # respelled as transformers does. Control/user-defined tokens are matched as raw text
     # (llama.cpp's special-token partition), so they keep their spelling.
@@ -126,7 +136,10 @@ def tokenizer_from_gguf(meta: Mapping[str, Any], *, source: str = "gguf") -> Tok
         if vocab.setdefault(key, i) != i:  # llama.cpp asserts a 1:1 token <-> id map too
             raise ValueError(f"{source}: tokenizer.ggml.tokens[{i}]: expected unique tokens, "
                              f"{key!r} is also token {vocab[key]}")
+    return keys, vocab
 
+
+def _merges(meta: Mapping[str, Any], vocab: dict[str, int], source: str) -> list[tuple[str, str]]:
     merges: list[tuple[str, str]] = []
     for i, m in enumerate(_list_of(meta, "tokenizer.ggml.merges", str, source)):
         pair = m.split(" ")
@@ -135,12 +148,12 @@ def tokenizer_from_gguf(meta: Mapping[str, Any], *, source: str = "gguf") -> Tok
             raise ValueError(f"{source}: tokenizer.ggml.merges[{i}]: expected 'left right' with left, "
                              f"right and left+right in tokenizer.ggml.tokens, got {m!r}")
         merges.append((pair[0], pair[1]))
+    return merges
 
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False,
-                               continuing_subword_prefix="", end_of_word_suffix=""))
-    tok.pre_tokenizer = pre
-    tok.decoder = decoders.ByteLevel()
 
+def _add_specials(tok: Tokenizer, keys: list[str], types: list[int], named: dict[str, int | None],
+                  flags: dict[str, bool]) -> None:
+    """Special and user-defined tokens, and BOS/EOS where the file asks for them."""
     # CONTROL tokens and the named ids are special (one id, skipped by decode(skip_special_tokens));
     # USER_DEFINED ones are matched whole but decode as text, as llama.cpp and transformers do.
     special = sorted({i for i, t in enumerate(types) if t == CONTROL}
@@ -160,7 +173,6 @@ def tokenizer_from_gguf(meta: Mapping[str, Any], *, source: str = "gguf") -> Tok
         tok.post_processor = processors.TemplateProcessing(
             single=[*bos, "$A:0", *eos], pair=[*bos, "$A:0", *eos, *bos, "$B:1", *eos],
             special_tokens=list(ends.values()))
-    return tok
 
 
 def chat_messages(prompt: str, system: str | None = None) -> list[dict[str, str]]:

@@ -92,6 +92,15 @@ def _hypothesis(toks: Tensor, score: float, w: Tensor | None, c: Tensor | None, 
 
 
 @torch.no_grad()
+def _extend(past: Tensor | None, parents: Tensor, new: Tensor) -> Tensor:
+    """Each hypothesis's history ``past`` (B, K, T, ...) taken from its parent beam ``parents``
+    (B, K), with ``new`` (B, K, 1, ...) appended along time."""
+    if past is None:
+        return new
+    idx = parents.view(*parents.shape, *[1] * (past.dim() - 2)).expand_as(past)  # (B, K) -> past's shape
+    return torch.cat([past.gather(1, idx), new], 2)
+
+
 def beam_search(model: TranslationModel, src: Tensor, src_lengths: Tensor, max_len: Tensor,
                 beam: int = 5, alpha: float = 1.0, *, cache: bool = True) -> list[Hypothesis]:
     """Batched beam search: (B sentences × ``beam`` hypotheses) decoded together."""
@@ -126,17 +135,14 @@ def beam_search(model: TranslationModel, src: Tensor, src_lengths: Tensor, max_l
         was_done = done.gather(1, src_beam)
         done = was_done | (tok == EOS_ID)
         length = length.gather(1, src_beam) + (~was_done).long()
-        hist = torch.cat([hist.gather(1, src_beam.unsqueeze(-1).expand_as(hist)),
-                          tok.unsqueeze(-1)], -1)
+        hist = _extend(hist, src_beam, tok.unsqueeze(-1))  # (B, K, T + 1)
         if out.weights is not None:  # the parent's alignment produced this token
-            w = out.weights.view(bsz, k, -1)  # (B, K, Ls)
+            w = out.weights.view(bsz, k, -1)  # (B·K, Ls) -> (B, K, Ls)
             w = w.gather(1, src_beam.unsqueeze(-1).expand_as(w)).unsqueeze(2)  # (B, K, 1, Ls)
-            w_hist = w if w_hist is None else torch.cat(
-                [w_hist.gather(1, src_beam[..., None, None].expand_as(w_hist)), w], 2)
+            w_hist = _extend(w_hist, src_beam, w)  # (B, K, T + 1, Ls)
         if out.centres is not None:
-            c = out.centres.view(bsz, k).gather(1, src_beam).unsqueeze(2)  # (B, K, 1)
-            c_hist = c if c_hist is None else torch.cat(
-                [c_hist.gather(1, src_beam.unsqueeze(-1).expand_as(c_hist)), c], 2)
+            c = out.centres.view(bsz, k).gather(1, src_beam).unsqueeze(2)  # (B·K,) -> (B, K, 1)
+            c_hist = _extend(c_hist, src_beam, c)  # (B, K, T + 1)
         scores = top
         state = out.state.index_select(pick)
         y = torch.where(was_done, PAD_ID, tok).view(-1)

@@ -19,6 +19,18 @@ from attnlab.viz.safety import MAX_PANELS
 LABEL_MAX_TOKENS = 24
 
 
+def _frame(ax: Any, name: str, qlab: list[str] | None, klab: list[str] | None) -> None:
+    """A panel's title, and token labels on the left (``qlab``) and top (``klab``) edges."""
+    ax.set_title(name, fontsize=8, pad=2).set_parse_math(False)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if qlab is not None:
+        set_token_ticks(ax, "y", qlab, fontsize=6)
+    if klab is not None:
+        ax.xaxis.tick_top()
+        set_token_ticks(ax, "x", klab, rotate=90.0, fontsize=6)
+
+
 def layer_head_grid(
     weights: Any,
     tokens: Sequence[Any] | None = None,
@@ -67,14 +79,7 @@ def layer_head_grid(
             name = f"L{lay[li]} H{hed[hi]}"
             if patterns:
                 name += f" · {classify_pattern(w[li, hi]).label}"
-            ax.set_title(name, fontsize=8, pad=2).set_parse_math(False)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if labelled and hi == 0:
-                set_token_ticks(ax, "y", qlab, fontsize=6)
-            if labelled and li == 0:
-                ax.xaxis.tick_top()
-                set_token_ticks(ax, "x", klab, rotate=90.0, fontsize=6)
+            _frame(ax, name, qlab if labelled and hi == 0 else None, klab if labelled and li == 0 else None)
     if title:
         fig.suptitle(title, fontsize=11).set_parse_math(False)
     if shared_scale and im is not None:

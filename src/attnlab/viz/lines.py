@@ -24,6 +24,46 @@ from attnlab.viz.safety import MAX_HTML_TOKENS, shorten
 MIN_ALPHA = 1 / 255
 
 
+def _draw_lines(ax: Any, w: np.ndarray, sel: list[int], yq: np.ndarray, yk: np.ndarray,
+                query: int | None) -> None:
+    """One line per (query, key) of each selected head of ``w`` (H, Lq, Lk), its alpha the weight;
+    lines fainter than MIN_ALPHA are skipped. ``yq`` (Lq,), ``yk`` (Lk,): the columns' heights."""
+    palette = colormaps["tab10"]
+    rows = range(w.shape[1]) if query is None else [query]
+    for h in sel:
+        segs, colours = [], []
+        base = palette(h % 10)
+        for i in rows:
+            for j in range(w.shape[2]):
+                a = float(w[h, i, j])
+                if a >= MIN_ALPHA:
+                    segs.append([(0.0, yq[i]), (1.0, yk[j])])
+                    colours.append((base[0], base[1], base[2], min(a, 1.0)))
+        if segs:
+            ax.add_collection(LineCollection(segs, colors=colours,
+                                             linewidths=2.0 if query is not None else 1.2))
+
+
+def _head_view_labels(shape: tuple[int, ...], tokens: Sequence[Any] | None, q_tokens: Sequence[Any] | None,
+                      k_tokens: Sequence[Any] | None, heads: Sequence[int] | None, query: int | None,
+                      head_names: Sequence[str] | None) -> tuple[list[int], list[str], list[str], list[str]]:
+    """The head_view_figure arguments checked against weights of ``shape`` (H, Lq, Lk): the
+    heads drawn, every head's name, the query and the key labels."""
+    n_heads, lq, lk = shape
+    sel = list(range(n_heads)) if heads is None else list(heads)
+    for h in sel:
+        if isinstance(h, bool) or not isinstance(h, int | np.integer) or not 0 <= h < n_heads:
+            raise ValueError(f"heads: expected head positions in 0..{n_heads - 1}, got {sel!r}")
+    if query is not None and not (isinstance(query, int | np.integer) and 0 <= query < lq):
+        raise ValueError(f"query: expected a query position in 0..{lq - 1}, got {query!r}")
+    names = ([f"head {h}" for h in range(n_heads)] if head_names is None
+             else as_labels("head_names", head_names, n_heads, "one per head"))
+    qt, kt = pick_tokens(tokens, q_tokens, k_tokens)
+    qlab = as_labels("q_tokens" if q_tokens is not None else "tokens", qt, lq, "one per query")
+    klab = as_labels("k_tokens" if k_tokens is not None else "tokens", kt, lk, "one per key")
+    return sel, names, qlab, klab
+
+
 def head_view_figure(
     weights: Any,
     tokens: Sequence[Any] | None = None,
@@ -44,23 +84,14 @@ def head_view_figure(
     w = as_weights("weights", weights, (2, 3))
     if w.ndim == 2:
         w = w[None]  # (Lq, Lk) -> (1, Lq, Lk)
-    n_heads, lq, lk = w.shape
+    lq, lk = w.shape[1:]  # (H, Lq, Lk)
     if max(lq, lk) > MAX_HTML_TOKENS:
         raise ValueError(
             f"weights: expected at most {MAX_HTML_TOKENS} tokens per side for a head view, got "
             f"{lq} x {lk}; pass weights[..., :{MAX_HTML_TOKENS}, :{MAX_HTML_TOKENS}]"
         )
-    sel = list(range(n_heads)) if heads is None else list(heads)
-    for h in sel:
-        if isinstance(h, bool) or not isinstance(h, int | np.integer) or not 0 <= h < n_heads:
-            raise ValueError(f"heads: expected head positions in 0..{n_heads - 1}, got {sel!r}")
-    if query is not None and not (isinstance(query, int | np.integer) and 0 <= query < lq):
-        raise ValueError(f"query: expected a query position in 0..{lq - 1}, got {query!r}")
-    names = ([f"head {h}" for h in range(n_heads)] if head_names is None
-             else as_labels("head_names", head_names, n_heads, "one per head"))
-    qt, kt = pick_tokens(tokens, q_tokens, k_tokens)
-    qlab = as_labels("q_tokens" if q_tokens is not None else "tokens", qt, lq, "one per query")
-    klab = as_labels("k_tokens" if k_tokens is not None else "tokens", kt, lk, "one per key")
+    sel, names, qlab, klab = _head_view_labels(w.shape, tokens, q_tokens, k_tokens, heads, query,
+                                               head_names)
 
     n = max(lq, lk)
     fig = new_figure(6.0, min(max(0.24 * n + 1.2, 3.0), 40.0))
@@ -70,19 +101,7 @@ def head_view_figure(
     yk = (n - 1) / 2 - (np.arange(lk) - (lk - 1) / 2)  # (Lk,)
     x0, x1 = 0.0, 1.0
     palette = colormaps["tab10"]
-    rows = range(lq) if query is None else [query]
-    for h in sel:
-        segs, colours = [], []
-        base = palette(h % 10)
-        for i in rows:
-            for j in range(lk):
-                a = float(w[h, i, j])
-                if a >= MIN_ALPHA:
-                    segs.append([(x0, yq[i]), (x1, yk[j])])
-                    colours.append((base[0], base[1], base[2], min(a, 1.0)))
-        if segs:
-            ax.add_collection(LineCollection(segs, colors=colours,
-                                             linewidths=2.0 if query is not None else 1.2))
+    _draw_lines(ax, w, sel, yq, yk, query)
     fs = 9 if n <= 40 else 6
     for i, t in enumerate(qlab):
         ax.text(x0 - 0.03, yq[i], shorten(t, 24), ha="right", va="center", fontsize=fs,

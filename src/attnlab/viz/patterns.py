@@ -113,6 +113,27 @@ def _allowed(w: np.ndarray, centre: np.ndarray, mask: np.ndarray | None,
     return np.ones_like(w, dtype=bool)
 
 
+def _spread(w: np.ndarray, centre: np.ndarray, allowed: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """Per-row mean distance (R,), locality in [0, 1] and normalised entropy of rows ``w`` (R, Lk)
+    centred at ``centre`` (R,), each against the keys ``allowed`` (R, Lk) that row could attend."""
+    lk = w.shape[-1]
+    dist = np.abs(np.arange(lk)[None, :] - centre[:, None])  # (R, Lk)
+    d_rows = (w * dist).sum(axis=-1)  # (R,) mean attention distance per row
+    n_allowed = allowed.sum(axis=-1)  # (R,)
+    d_uniform = (dist * allowed).sum(axis=-1) / n_allowed  # (R,)
+    # Ratio of sums, not mean of ratios: rows that can see few keys (the first rows of a causal
+    # head) have little room to be non-local and should not dominate.
+    room = float(d_uniform.sum())
+    locality = float(np.clip(1.0 - d_rows.sum() / room, 0.0, 1.0)) if room > 0 else 1.0
+
+    multi = n_allowed > 1
+    with np.errstate(divide="ignore", invalid="ignore"):
+        plogp = np.where(w > 0, w * np.log(np.where(w > 0, w, 1.0)), 0.0)  # (R, Lk)
+    ent = -plogp.sum(axis=-1)  # (R,)
+    entropy = float((ent[multi] / np.log(n_allowed[multi])).mean()) if multi.any() else 0.0
+    return d_rows, locality, entropy
+
+
 def classify_pattern(weights: Any, *, offset: int | None = None,
                      mask: Any = None) -> PatternReport:
     """Score the positional patterns of one attention matrix ``weights`` (Lq, Lk).
@@ -146,21 +167,7 @@ def classify_pattern(weights: Any, *, offset: int | None = None,
     sink_col = int(np.argmax(col))
     sink_s = float(col[sink_col])
 
-    allowed = _allowed(w, centre, mask, live)  # (R, Lk) keys each row could attend
-    dist = np.abs(np.arange(lk)[None, :] - centre[:, None])  # (R, Lk)
-    d_rows = (w * dist).sum(axis=-1)  # (R,) mean attention distance per row
-    n_allowed = allowed.sum(axis=-1)  # (R,)
-    d_uniform = (dist * allowed).sum(axis=-1) / n_allowed  # (R,)
-    # Ratio of sums, not mean of ratios: rows that can see few keys (the first rows of a causal
-    # head) have little room to be non-local and should not dominate.
-    room = float(d_uniform.sum())
-    locality = float(np.clip(1.0 - d_rows.sum() / room, 0.0, 1.0)) if room > 0 else 1.0
-
-    multi = n_allowed > 1
-    with np.errstate(divide="ignore", invalid="ignore"):
-        plogp = np.where(w > 0, w * np.log(np.where(w > 0, w, 1.0)), 0.0)  # (R, Lk)
-    ent = -plogp.sum(axis=-1)  # (R,)
-    entropy = float((ent[multi] / np.log(n_allowed[multi])).mean()) if multi.any() else 0.0
+    d_rows, locality, entropy = _spread(w, centre, _allowed(w, centre, mask, live))
 
     peak = max(self_s, prev_s, next_s)
     local_s = locality * (1.0 - peak) ** 0.5

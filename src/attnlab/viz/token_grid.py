@@ -24,6 +24,18 @@ from attnlab.viz.safety import MAX_PANELS, printable, shorten
 _GAP = 0.15  # blank between strips, as a fraction of a strip's width
 
 
+def _mosaic(w: np.ndarray, gap: int) -> np.ndarray:
+    """``w`` (L, H, K) laid out as one image: layer l's heads side by side in row 2l, ``gap``
+    blank cells between heads, and a blank row 2l + 1 for the text under each strip."""
+    n_layers, n_heads, n_keys = w.shape
+    mosaic = np.full((2 * n_layers, n_heads * (n_keys + gap) - gap), np.nan)  # NaN = blank
+    for li in range(n_layers):
+        for hi in range(n_heads):
+            x0 = hi * (n_keys + gap)
+            mosaic[2 * li, x0 : x0 + n_keys] = w[li, hi]
+    return mosaic
+
+
 def token_heads_grid(
     rows: Any,
     k_tokens: Sequence[Any],
@@ -51,12 +63,7 @@ def token_heads_grid(
     hed = as_indices("heads", heads, n_heads, "one per head of rows")
     # Mosaic: each layer is one strip row plus a text row; each head K cells plus a gap.
     gap = max(1, round(_GAP * n_keys))
-    width = n_heads * (n_keys + gap) - gap
-    mosaic = np.full((2 * n_layers, width), np.nan)  # (2L, H * (K + gap)): NaN = blank
-    for li in range(n_layers):
-        for hi in range(n_heads):
-            x0 = hi * (n_keys + gap)
-            mosaic[2 * li, x0 : x0 + n_keys] = w[li, hi]
+    mosaic = _mosaic(w, gap)  # (2L, H * (K + gap) - gap)
     panel_w = min(1.8, 22.0 / n_heads)
     fig = new_figure(1.2 + panel_w * n_heads, 1.4 + 0.42 * n_layers)
     ax = fig.add_subplot()

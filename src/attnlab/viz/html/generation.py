@@ -192,6 +192,17 @@ def generation_view_html(
     return text
 
 
+def _positions(name: str, positions: Sequence[int], n: int) -> list[int]:
+    """``positions`` checked: at least one, each an int in 0..n-1."""
+    marked = list(positions)
+    if not marked:
+        raise ValueError(f"{name}: expected at least one prompt position, got none")
+    for p in marked:
+        if isinstance(p, bool) or not isinstance(p, (int, np.integer)) or not 0 <= p < n:
+            raise ValueError(f"{name}: expected prompt positions in 0..{n - 1}, got {marked!r}")
+    return marked
+
+
 def token_share_html(
     answer_labels: Sequence[Any],
     share: Any,
@@ -226,14 +237,7 @@ def token_share_html(
         raise ValueError(f"answer_labels: expected {n_answer} labels (one per row of share), "
                          f"got {len(answer)}")
     prompt, prompt_flow = _tokens("prompt_labels", prompt_labels)
-    marked = list(highlight)
-    if not marked:
-        raise ValueError("highlight: expected at least one prompt position, got none")
-    for p in marked:
-        if isinstance(p, bool) or not isinstance(p, (int, np.integer)) \
-                or not 0 <= p < len(prompt):
-            raise ValueError(f"highlight: expected prompt positions in 0..{len(prompt) - 1}, "
-                             f"got {marked!r}")
+    marked = _positions("highlight", highlight, len(prompt))
     base = None
     if uniform is not None:
         u = _unit_interval("uniform", np.asarray(uniform, dtype=np.float64).reshape(-1))
