@@ -94,7 +94,7 @@ def focused_heads(cache: AttentionCache, focus: int, n: int = 5, *,
         return []
     rows = cache.weights[:, :, focus][:, :, keep]  # (L, H, K)
     best, where = rows.max(dim=-1)  # (L, H)
-    order = best.flatten().argsort(descending=True)[: _check_k(n)]
+    order = best.flatten().argsort(descending=True)[: _check_k(n)]  # (L, H) -> (L*H,): i = layer*H + head
     out = []
     for flat in order.tolist():
         layer, head = divmod(flat, cache.num_heads)

@@ -57,7 +57,7 @@ class HeadScores:
             raise ValueError(f"detector: expected one of {list(self.scores)}, got {detector!r}")
         s = self.scores[detector]
         H = s.shape[1]
-        order = s.flatten().argsort(descending=True)[:n].tolist()
+        order = s.flatten().argsort(descending=True)[:n].tolist()  # (L, H) -> (L*H,): i = layer*H + head
         return [{"layer": i // H, "head": i % H, "score": round(float(s.flatten()[i]), 4)} for i in order]
 
     def detected(self, detector: str) -> list[dict[str, Any]]:

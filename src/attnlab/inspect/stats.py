@@ -134,7 +134,7 @@ def _as_design(x: ArrayLike, name: str) -> NDArray[np.float64]:
         raise ValueError(f"{name}: expected numbers shaped (prompts, samples), got {type(x).__name__} "
                          f"that is not numeric ({e})") from e
     if arr.ndim == 1:
-        arr = arr[:, None]
+        arr = arr[:, None]  # (P,) -> (P, 1): one sample per unit
     if arr.ndim != 2:
         raise ValueError(f"{name}: expected a (prompts, samples) array, got {arr.ndim} dimensions "
                          f"{arr.shape}")
@@ -180,7 +180,7 @@ def _resampled_means(xa: NDArray[np.float64], xb: NDArray[np.float64], n_boot: i
     ma, mb = np.empty(n_boot), np.empty(n_boot)
     step = max(1, _CHUNK // (n_p * n_s))
     for i in range(0, n_boot, step):
-        rows, cols = idx_p[i:i + step, :, None], idx_s[i:i + step]
+        rows, cols = idx_p[i:i + step, :, None], idx_s[i:i + step]  # (b, P, 1), (b, P, S): broadcast
         ma[i:i + step] = xa[rows, cols].mean(axis=(1, 2))
         mb[i:i + step] = xb[rows, cols].mean(axis=(1, 2))
     return ma, mb

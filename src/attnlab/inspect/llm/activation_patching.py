@@ -54,8 +54,8 @@ class PatchingResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"site": self.site, "clean": self.clean, "corrupted": self.corrupted,
-                "tokens": self.tokens, "scores": [[round(float(v), 6) for v in row.flatten()]
-                                                  for row in self.scores]}
+                "tokens": self.tokens,  # scores: one flat list per layer, (heads x positions) row-major
+                "scores": [[round(float(v), 6) for v in row.flatten()] for row in self.scores]}
 
     def plot(self, path: str | Path | None = None) -> Any:
         """A layers x positions (or heads) heatmap: 1 = the clean run's metric restored."""
@@ -138,7 +138,7 @@ def activation_patching(lm: LoadedModel, clean: str | Encoded | Tensor, corrupte
     for name in names:
         patch, batch = _patcher(site, cache[name][0], n, H)
         vals = _read(model, b.expand(batch, n), metric, position, [(name, patch)])  # (batch,)
-        rows.append(vals if site != "head_position" else vals.view(H, n))
+        rows.append(vals if site != "head_position" else vals.view(H, n))  # (H*n,) -> (H, n)
     raw = torch.stack(rows)  # (layers, positions | heads) or (layers, heads, positions)
     span = m_clean - m_corr
     if abs(span) < 1e-9:

@@ -137,7 +137,7 @@ def _linearised_norm(norm: nn.Module, final: Tensor) -> tuple[Tensor, Tensor, Te
         raise ValueError(f"model: expected a final RMSNorm or LayerNorm, got {type(norm).__name__}")
     weight: Tensor = norm.weight  # type: ignore[assignment]  # RMSNorm's Parameter
     w_eff = weight + float(getattr(norm, "offset", 0.0))  # Gemma's (1 + w)
-    return scale(final).squeeze(-1), w_eff, torch.zeros_like(final), False
+    return scale(final).squeeze(-1), w_eff, torch.zeros_like(final), False  # scale (..., 1) -> (...)
 
 
 @torch.inference_mode()

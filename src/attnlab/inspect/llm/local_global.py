@@ -103,7 +103,7 @@ def local_global_experiment(lm: LoadedModel, source: str | Sequence[int] | Tenso
         vs = None
         if base is not None:
             a = base[:usable].view(-1, block).numpy()  # (P blocks, S tokens)
-            vs = effect(a, nll[:usable].view(-1, block).numpy(), seed=seed)
+            vs = effect(a, nll[:usable].view(-1, block).numpy(), seed=seed)  # (T,) -> (P, S)
         else:
             base = nll
         rows.append(LayoutRow(name, windows, float(nll.mean()), float(nll[far - 1:].mean()), vs, secs,

@@ -232,6 +232,7 @@ def sink_profile(model: CausalLM, ids: Tensor, k: int = 1) -> tuple[list[float],
         first_k.append(float(rows[..., :k].double().sum(-1).mean()))
 
     with model.hooks([(model.hook_name(i, "attn.pattern"), hook) for i in range(model.num_layers)]):
+        # (T,) -> (1, T): one sequence
         model(ids.view(1, -1), keep_weights=False, backend="eager", logits_to_keep=1)
     return first, first_k
 
