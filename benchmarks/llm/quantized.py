@@ -29,6 +29,33 @@ PROMPTS = [
 ]
 
 
+def decode_tokens_per_s(lm, n: int = 128, prompt: str = PROMPTS[0]) -> float:
+    """Greedy decode of ``n`` new tokens after the chat-rendered ``prompt`` (batch 1, KV cache):
+    tokens/s of the ``n`` steps after the prefill step (benchmarks/llm/vs_llama_cpp.py uses it)."""
+    from attnlab.inspect.llm.generation import generate_ids, render_prompt
+
+    ids = lm.encode(render_prompt(lm, prompt)).ids
+    _, _, t = generate_ids(lm, ids, max_new_tokens=n + 1, stop_ids=set())
+    return n / t["decode_s"]
+
+
+def prefill_ids(n: int = 512):
+    """(1, n) fixed pseudo-random token ids: the prefill input."""
+    import torch
+
+    return torch.randint(100, 40000, (1, n), generator=torch.Generator().manual_seed(0))
+
+
+def prefill_s(lm, ids) -> float:
+    """Seconds of one forward pass over ``ids`` (logits of the last position only)."""
+    import torch
+
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        lm.model(ids, logits_to_keep=1)
+        return time.perf_counter() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=1)
@@ -46,18 +73,13 @@ def main() -> None:
     q.model.quantize_weights("int8")
     models = {"float32": ref, "int8": q}
 
-    def decode(lm) -> float:
-        ids = lm.encode(render_prompt(lm, PROMPTS[0])).ids
-        _, _, t = generate_ids(lm, ids, max_new_tokens=129, stop_ids=set())
-        return 128 / t["decode_s"]  # tokens/s after the prefill step
+    long_ids = prefill_ids(512)
 
-    long_ids = torch.randint(100, 40000, (1, 512), generator=torch.Generator().manual_seed(0))
+    def decode(lm) -> float:
+        return decode_tokens_per_s(lm, 128)
 
     def prefill(lm) -> float:
-        with torch.no_grad():
-            t0 = time.perf_counter()
-            lm.model(long_ids, logits_to_keep=1)
-            return time.perf_counter() - t0
+        return prefill_s(lm, long_ids)
 
     for lm in models.values():  # warm-up
         decode(lm), prefill(lm)
