@@ -26,6 +26,7 @@ import os
 import platform
 import statistics
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -91,6 +92,16 @@ def verdicts(per_threads: dict[str, dict], skipped: str | None) -> list[str]:
     return out
 
 
+def load_note(load: float, cpus: int) -> str:
+    """What the 1-minute load average says about the timings (this benchmark wants a quiet machine)."""
+    if load > cpus:
+        return (f" — more runnable work than the {cpus} CPUs: the timings measure contention with other "
+                "processes as much as either engine (multi-thread runs most); rerun on a quiet machine.")
+    if load > 0.5:
+        return " — other work was running, so these timings are noisy."
+    return "."
+
+
 def render_markdown(result: dict) -> str:
     peer = result["llama_cpp"]
     lb, la = result["load_before"], result["load_after"]
@@ -98,8 +109,7 @@ def render_markdown(result: dict) -> str:
           f"Command: `.venv/bin/python {result['command']}`", "",
           f"Machine: {result['machine']}. Load average (1, 5, 15 min) before "
           f"{lb[0]:.2f}, {lb[1]:.2f}, {lb[2]:.2f}; after {la[0]:.2f}, {la[1]:.2f}, {la[2]:.2f}"
-          + (" — other work was running, so these timings are noisy." if max(lb[0], la[0]) > 0.5 else "."),
-          ""]
+          + load_note(max(lb[0], la[0]), result.get("cpus") or os.cpu_count() or 1), ""]
     if peer["skipped"]:
         md += [f"llama.cpp: **skipped** — {peer['skipped']}", ""]
     else:
@@ -143,22 +153,29 @@ def measure(args: argparse.Namespace, peer: Path | None, model_file: Path, threa
     engines = ["llama.cpp", *MODES] if peer is not None else list(MODES)
     per_threads: dict[str, dict] = {}
     steps = len(threads) * (args.rounds * len(engines) + len(MODES))
+    console = Console(stderr=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=Console(stderr=True)) as bar:
+                  TimeElapsedColumn(), console=console) as bar:
         task = bar.add_task("starting", total=steps)
+
+        def step(text: str) -> None:
+            bar.update(task, description=text)
+            if not console.is_terminal:  # a log file (nohup): no live bar, so one line per step
+                console.print(f"{time.strftime('%H:%M:%S')} {text} (load {os.getloadavg()[0]:.2f})")
+
         for t in threads:
             torch.set_num_threads(t)
             names = ["llama.cpp", *(f"attnlab {x}" for x in MODES)]
             samples: dict[str, list[float]] = {f"{e} {m}": [] for e in names for m in TARGETS}
             raw: list[dict] = []
             for mode, lm in models.items():  # warm-up at this thread count (llama-bench warms up itself)
-                bar.update(task, description=f"{t} thread(s): warm-up attnlab {mode}")
+                step(f"{t} thread(s): warm-up attnlab {mode}")
                 decode_tokens_per_s(lm, args.n_gen), prefill_s(lm, ids)
                 bar.advance(task)
             for r in range(args.rounds):
                 order = engines if r % 2 == 0 else engines[::-1]
                 for e in order:
-                    bar.update(task, description=f"{t} thread(s), round {r + 1}/{args.rounds}: {e}")
+                    step(f"{t} thread(s), round {r + 1}/{args.rounds}: {e}")
                     if e == "llama.cpp":
                         assert peer is not None
                         tests = run_llama_bench(peer, model_file, t, args.n_prompt, args.n_gen, args.reps)
@@ -228,7 +245,7 @@ def main(argv: list[str] | None = None) -> dict:
         "command": f"benchmarks/llm/vs_llama_cpp.py {argv_shown}".strip(),
         "machine": f"{os.cpu_count()} CPUs ({raw.get('cpu_info') or platform.processor() or 'cpu'}), python "
                    f"{platform.python_version()}, attnlab {attnlab.__version__}, torch {torch.__version__}",
-        "load_before": list(load_before), "load_after": list(load_after),
+        "cpus": os.cpu_count(), "load_before": list(load_before), "load_after": list(load_after),
         "model_file": str(model_file), "rounds": args.rounds, "reps": args.reps,
         "n_gen": args.n_gen, "n_prompt": args.n_prompt,
         "llama_cpp": {

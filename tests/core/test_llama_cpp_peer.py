@@ -185,7 +185,7 @@ def test_ratios_verdicts_and_markdown(bench):
     assert "decode, 1 thread(s), attnlab float32: 1.00x llama.cpp (target >= 1x): met." in v
     assert "prefill, 1 thread(s), attnlab float32: 1.50x llama.cpp (target >= 2x): NOT met." in v
     assert "prefill, 1 thread(s), attnlab int8: 2.50x llama.cpp (target >= 2x): met." in v
-    result = {"command": "benchmarks/llm/vs_llama_cpp.py --rounds 3", "machine": "2 CPUs",
+    result = {"command": "benchmarks/llm/vs_llama_cpp.py --rounds 3", "machine": "2 CPUs", "cpus": 2,
               "load_before": [3.0, 2.0, 1.0], "load_after": [0.1, 0.2, 0.3], "rounds": 3,
               "n_gen": 128, "n_prompt": 512, "threads": per, "verdicts": v,
               "llama_cpp": {"skipped": None, "version": "0.3.16", "build_commit": "4227c9b",
@@ -193,7 +193,10 @@ def test_ratios_verdicts_and_markdown(bench):
                             "command": "llama-bench -m F -p 512 -n 128 -t THREADS -r 3 -o json"}}
     md = vs.render_markdown(result)
     assert "| 1 | decode | 45.0 | 45.0 | **1.00x** | 90.0 | **2.00x** | >= 1x |" in md
-    assert "before 3.00, 2.00, 1.00" in md and "noisy" in md
+    assert "before 3.00, 2.00, 1.00" in md and "more runnable work than the 2 CPUs" in md
+    assert "noisy" in vs.render_markdown(result | {"load_before": [1.0, 1.0, 1.0]})
+    quiet = vs.render_markdown(result | {"load_before": [0.0, 0.0, 0.0]})
+    assert "before 0.00, 0.00, 0.00; after 0.10, 0.20, 0.30.\n" in quiet
     skipped = result | {"llama_cpp": {"skipped": "no cmake"},
                         "threads": {"1": {"median": {k: x for k, x in med.items() if "attnlab" in k},
                                           "ratios": {}}}}
