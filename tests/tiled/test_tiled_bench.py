@@ -87,3 +87,34 @@ def bench_row(case):
 
     lim = Limits(max_seconds=10.0, max_bytes=1e9, peak_gflops=100.0)
     return run_one(case, 512, "fwd", "tiled", inputs(512, "fwd"), lim, repeats=1, long_call=5.0).as_dict()
+
+
+def test_gemma3_shape_runs_every_peer_with_shared_kv_heads_and_counts_query_heads():
+    from attnlab.bench.cases import SHAPES, useful_flops
+    from attnlab.bench.harness import inputs, run_one
+    from attnlab.bench.peers import Limits
+    from attnlab.bench.suites import make_suite
+
+    shape = SHAPES["gemma3"]
+    q, k, v, _ = inputs(256, "fwd", shape=shape)
+    assert q.shape == (1, 4, 256, 256) and k.shape == v.shape == (1, 1, 256, 256)
+    case = CASES["sliding_window_512"]
+    assert useful_flops(case, 256, "fwd", shape) == 4.0 * 256 * nnz(case, 256) * 4
+    suite = make_suite("gemma3")
+    assert suite.shape is shape and {s[1] for s in suite.specs} == {4096, 8192, 16384, 32768}
+    lim = Limits(max_seconds=10.0, max_bytes=1e9, peak_gflops=100.0)
+    for peer in ("tiled", "sdpa", "eager"):
+        row = run_one("sliding_window_512", 256, "fwd", peer, (q, k, v, _), lim, repeats=1, long_call=5.0,
+                      shape=shape)
+        assert row.status == "ok", row.note
+
+
+def test_gemma3_targets_are_its_own():
+    from attnlab.bench.harness import Row
+
+    rows = [Row("sliding_window_512", 4096, "fwd", "tiled", "ok", seconds=0.1, pct_peak=61.0),
+            Row("sliding_window_512", 4096, "fwd", "flex", "ok", seconds=0.08)]
+    got = {t["target"]: t for t in targets(rows, "gemma3")}
+    assert got["Gemma 3 local (W=512) n=4k fwd: % of matmul peak (useful FLOPs)"]["met"] is True
+    assert got["Gemma 3 local (W=512) n=4k fwd: tiled time / FlexAttention compiled time"]["met"] is False
+    assert not any(t.startswith("SW W=256") for t in got)  # the standard shape's targets are not evaluated

@@ -19,8 +19,28 @@ from attnlab.backends.tiled import count_allowed
 from attnlab.functional.masks import Mask
 from attnlab.functional.masks.block_layout import BlockLayout
 
-B, H, DH = 1, 8, 64  # the issue's shape: batch 1, 8 heads, head dim 64, fp32
 BWD_FACTOR = 3.5
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The tensors every peer sees: q (b, hq, n, dh), k and v (b, hkv, n, dh), fp32."""
+
+    name: str
+    b: int
+    hq: int
+    hkv: int  # hq // hkv query heads share one K/V head (GQA); hkv == hq: plain multi-head
+    dh: int
+    title: str
+
+
+SHAPES: dict[str, Shape] = {s.name: s for s in [
+    Shape("standard", 1, 8, 8, 64, "batch 1, 8 heads, head dim 64"),
+    # Gemma 3 270M's attention (config.json: num_attention_heads 4, num_key_value_heads 1,
+    # head_dim 256); its local layers see a 512-token sliding window.
+    Shape("gemma3", 1, 4, 1, 256, "Gemma 3 270M: batch 1, 4 query heads sharing 1 K/V head, head dim 256"),
+]}
+STANDARD = SHAPES["standard"]
 
 
 def _block_sparse_layout(n: int, block: int = 128, density: float = 0.1, seed: int = 0) -> torch.Tensor:
@@ -106,13 +126,14 @@ def nnz(case: Case, n: int) -> int:
     return n * n if m is None else count_allowed(m, n, n)
 
 
-def useful_flops(case: Case, n: int, mode: str) -> float:
-    f = 4.0 * DH * nnz(case, n) * B * H
+def useful_flops(case: Case, n: int, mode: str, shape: Shape = STANDARD) -> float:
+    """Per query head: K/V heads shared by several query heads are still multiplied once each."""
+    f = 4.0 * shape.dh * nnz(case, n) * shape.b * shape.hq
     return f * (BWD_FACTOR if mode == "fwd+bwd" else 1.0)
 
 
-def dense_flops(n: int, mode: str) -> float:
-    return 4.0 * DH * n * n * B * H * (BWD_FACTOR if mode == "fwd+bwd" else 1.0)
+def dense_flops(n: int, mode: str, shape: Shape = STANDARD) -> float:
+    return 4.0 * shape.dh * n * n * shape.b * shape.hq * (BWD_FACTOR if mode == "fwd+bwd" else 1.0)
 
 
 def parse_n(text: str) -> int:

@@ -1,9 +1,10 @@
 """Run (case, n, mode, peer) measurements: median time, useful GFLOP/s, % of peak, peak RSS.
 
-Every peer sees the same inputs (seeded, B=1, H=8, Dh=64, fp32). The first call is a warm-up
-(for FlexAttention it also compiles; that time is reported as compile time, not timed);
-then ``repeats`` timed calls, median reported. Calls slower than ``long_call`` seconds are timed
-once. Peak memory is the largest RSS increase over the timed calls (see memory.py).
+Every peer sees the same inputs (seeded, fp32, of a ``cases.Shape``: by default B=1, H=8,
+Dh=64). The first call is a warm-up (for FlexAttention it also compiles; that time is reported
+as compile time, not timed); then ``repeats`` timed calls, median reported. Calls slower than
+``long_call`` seconds are timed once. Peak memory is the largest RSS increase over the timed
+calls (see memory.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from torch import Tensor
 
 from attnlab.backends.tiled import computed_pairs
-from attnlab.bench.cases import CASES, DH, B, H, nnz, useful_flops
+from attnlab.bench.cases import CASES, STANDARD, Shape, nnz, useful_flops
 from attnlab.bench.memory import peak_rss
 from attnlab.bench.peers import Limits, Prepared, prepare
 
@@ -46,10 +47,12 @@ class Row:
         return asdict(self)
 
 
-def inputs(n: int, mode: str, seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def inputs(n: int, mode: str, seed: int = 0,
+           shape: Shape = STANDARD) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     g = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(B, H, n, DH, generator=g) for _ in range(3))
-    do = torch.randn(B, H, n, DH, generator=g) if mode == "fwd+bwd" else torch.empty(0)
+    b, hq, hkv, dh = shape.b, shape.hq, shape.hkv, shape.dh
+    q, k, v = (torch.randn(b, h, n, dh, generator=g) for h in (hq, hkv, hkv))  # (B, H, n, Dh)
+    do = torch.randn(b, hq, n, dh, generator=g) if mode == "fwd+bwd" else torch.empty(0)
     if mode == "fwd+bwd":
         for t in (q, k, v):
             t.requires_grad_(True)
@@ -91,15 +94,15 @@ def measure(p: Prepared, mode: str, q: Tensor, k: Tensor, v: Tensor, do: Tensor,
 
 
 def run_one(case_name: str, n: int, mode: str, peer: str, qkvd: tuple[Tensor, ...], lim: Limits, *,
-            repeats: int, long_call: float) -> Row:
+            repeats: int, long_call: float, shape: Shape = STANDARD) -> Row:
     case = CASES[case_name]
-    flops = useful_flops(case, n, mode)
+    flops = useful_flops(case, n, mode, shape)
     row = Row(case_name, n, mode, peer, "ok", useful_gflop=flops / 1e9)
     q, k, v, do = qkvd
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            p = prepare(peer, case, n, mode, q, k, v, lim)
+            p = prepare(peer, case, n, mode, q, k, v, lim, shape)
             row.note, row.setup_s = p.note, round(p.setup_s, 3) if p.setup_s else None
             if p.fn is None:
                 row.status = "skipped"
@@ -123,7 +126,8 @@ def run_one(case_name: str, n: int, mode: str, peer: str, qkvd: tuple[Tensor, ..
 
 
 def run(specs: Iterable[tuple[str, int, str, str]], lim: Limits, *, repeats: int = 3,
-        long_call: float = 20.0, progress: Callable[[Row], None] | None = None) -> list[Row]:
+        long_call: float = 20.0, progress: Callable[[Row], None] | None = None,
+        shape: Shape = STANDARD) -> list[Row]:
     """Measure every (case, n, mode, peer) spec; inputs are shared by the peers of one (n, mode)."""
     rows: list[Row] = []
     cache: dict[tuple[int, str], tuple[Tensor, ...]] = {}
@@ -132,8 +136,9 @@ def run(specs: Iterable[tuple[str, int, str, str]], lim: Limits, *, repeats: int
             cache.clear()
             if n >= 8192:  # tensors go by refcount; a (slow) full collection only for big inputs
                 gc.collect()
-            cache[(n, mode)] = inputs(n, mode)
-        row = run_one(case, n, mode, peer, cache[(n, mode)], lim, repeats=repeats, long_call=long_call)
+            cache[(n, mode)] = inputs(n, mode, shape=shape)
+        row = run_one(case, n, mode, peer, cache[(n, mode)], lim, repeats=repeats, long_call=long_call,
+                      shape=shape)
         rows.append(row)
         if progress is not None:
             progress(row)

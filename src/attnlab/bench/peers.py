@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import attnlab
-from attnlab.bench.cases import DH, B, Case, H, dense_flops, useful_flops
+from attnlab.bench.cases import STANDARD, Case, Shape, dense_flops, useful_flops
 from attnlab.functional.masks import materialize
 
 PEERS = ("tiled", "sdpa", "flex", "eager")
@@ -43,18 +43,20 @@ class Limits:
     peak_gflops: float = 100.0  # this machine's measured matmul peak (for time estimates)
 
 
-def _estimate(peer: str, case: Case, n: int, mode: str, lim: Limits) -> tuple[float, float]:
+def _estimate(peer: str, case: Case, n: int, mode: str, lim: Limits,
+              shape: Shape = STANDARD) -> tuple[float, float]:
     """(seconds, bytes): rough upper estimates used only to skip hopeless runs."""
     peak = lim.peak_gflops * 1e9
+    bh = shape.b * shape.hq
     if peer in ("eager", "sdpa"):
-        secs = dense_flops(n, mode) / (0.4 * peak)
+        secs = dense_flops(n, mode, shape) / (0.4 * peak)
         if peer == "eager":
-            return secs, 3.0 * B * H * n * n * 4 * (2 if mode == "fwd+bwd" else 1)
+            return secs, 3.0 * bh * n * n * 4 * (2 if mode == "fwd+bwd" else 1)
         masked = case.make(n) is not None and not case.is_causal
-        return secs, (5.0 * n * n if masked else 0.0) + 64.0 * B * H * n * 4
+        return secs, (5.0 * n * n if masked else 0.0) + 64.0 * bh * n * 4
     eff = 0.4 if peer == "tiled" else 0.3
-    io = B * H * n * DH * 4.0  # one (B, H, n, Dh) fp32 tensor
-    return useful_flops(case, n, mode) / (eff * peak), (1.5 if mode == "fwd" else 6.0) * io + 2e8
+    io = bh * n * shape.dh * 4.0  # one (B, Hq, n, Dh) fp32 tensor
+    return useful_flops(case, n, mode, shape) / (eff * peak), (1.5 if mode == "fwd" else 6.0) * io + 2e8
 
 
 @functools.lru_cache(maxsize=1)
@@ -85,13 +87,14 @@ def _compiled_flex() -> Callable:
 
 
 def prepare(peer: str, case: Case, n: int, mode: str, q: Tensor, k: Tensor, v: Tensor,
-            lim: Limits) -> Prepared:
+            lim: Limits, shape: Shape = STANDARD) -> Prepared:
     if peer == "flex":  # reasons that hold whatever the size come first
         no_bwd = "FlexAttention has no backward on CPU (torch raises)" if mode == "fwd+bwd" else ""
         why = flex_status() or no_bwd
         if why:
             return Prepared(None, f"skipped: {why}")
-    secs, mem = _estimate(peer, case, n, mode, lim)
+    secs, mem = _estimate(peer, case, n, mode, lim, shape)
+    gqa = shape.hkv != shape.hq  # SDPA and FlexAttention share K/V heads only when asked
     if secs > lim.max_seconds:
         return Prepared(None, f"skipped: estimated {secs:.0f} s per call > cap {lim.max_seconds:.0f} s")
     if mem > lim.max_bytes:
@@ -105,12 +108,12 @@ def prepare(peer: str, case: Case, n: int, mode: str, q: Tensor, k: Tensor, v: T
     if peer == "sdpa":
         if m is None or case.is_causal:
             causal = case.is_causal
-            return Prepared(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal),
+            return Prepared(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa),
                             "is_causal" if causal else "no mask")
         t = time.perf_counter()
         dense = materialize(m, n, n)  # (1, 1, n, n) bool, True = attend
         setup = time.perf_counter() - t
-        return Prepared(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=dense),
+        return Prepared(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=dense, enable_gqa=gqa),
                         "dense bool mask materialised", setup)
     if peer == "flex":
         from torch.nn.attention.flex_attention import create_block_mask
@@ -120,5 +123,6 @@ def prepare(peer: str, case: Case, n: int, mode: str, q: Tensor, k: Tensor, v: T
         bm = None if mod is None else create_block_mask(mod, None, None, n, n, device="cpu", _compile=True)
         setup = time.perf_counter() - t
         f = _compiled_flex()
-        return Prepared(lambda: f(q, k, v, block_mask=bm), "torch.compile(flex_attention)", setup)
+        return Prepared(lambda: f(q, k, v, block_mask=bm, enable_gqa=gqa), "torch.compile(flex_attention)",
+                        setup)
     raise ValueError(f"peer: expected one of {list(PEERS)}, got {peer!r}")

@@ -6,13 +6,15 @@
 - ``targets``: exactly what the issue's targets need (sliding window 256 at 16k/64k/1M,
   causal 8k and 131072 fwd+bwd, every pattern at 16k).
 - ``patterns``: the sparse patterns at 16k and 64k against FlexAttention and SDPA.
+- ``gemma3``: Gemma 3's local layers (4 query heads on 1 K/V head, head dim 256, a 512-token
+  sliding window) at 4k..32k against FlexAttention and SDPA.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from attnlab.bench.cases import CASES
+from attnlab.bench.cases import CASES, SHAPES, STANDARD, Shape
 from attnlab.bench.peers import PEERS
 
 Spec = tuple[str, int, str, str]  # case, n, mode, peer
@@ -28,6 +30,7 @@ class Suite:
     specs: list[Spec] = field(default_factory=list)
     repeats: int = 3
     max_seconds: float = 60.0
+    shape: Shape = STANDARD
 
 
 def grid(cases: tuple[str, ...] | list[str], ns: list[int], modes: tuple[str, ...] | list[str],
@@ -67,6 +70,10 @@ def make_suite(name: str, *, cases: list[str] | None = None, ns: list[int] | Non
         specs = [s for s in _targets() if (not cases or s[0] in cases) and (not ns or s[1] in ns)
                  and (not modes or s[2] in modes) and (not peers or s[3] in peers)]
         base = Suite("targets", specs, repeats=3, max_seconds=3600)
+    elif name == "gemma3":
+        base = Suite("gemma3", grid(cases or ["sliding_window_512"], ns or [4 * K, 8 * K, 16 * K, 32 * K],
+                                    modes or ["fwd"], peers or ["tiled", "flex", "sdpa"]),
+                     max_seconds=300, shape=SHAPES["gemma3"])
     else:
-        raise ValueError(f"suite: expected quick, standard, patterns or targets, got {name!r}")
+        raise ValueError(f"suite: expected quick, standard, patterns, targets or gemma3, got {name!r}")
     return base

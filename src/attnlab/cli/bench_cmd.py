@@ -31,7 +31,7 @@ def _split(values: list[str] | None) -> list[str] | None:
 
 def bench_command(
     quick: Annotated[bool, typer.Option("--quick", help="smoke run in seconds (n=256, no compile)")] = False,
-    suite: Annotated[str, typer.Option(help="standard | targets | patterns | quick")] = "standard",
+    suite: Annotated[str, typer.Option(help="standard | targets | patterns | gemma3 | quick")] = "standard",
     cases: Annotated[list[str] | None, typer.Option("--cases", help="case names, comma- and/or "
                                                     "space-separated")] = None,
     n: Annotated[list[str] | None, typer.Option("--n", help="lengths, e.g. 1k,16k,1m")] = None,
@@ -64,7 +64,8 @@ def bench_command(
         peak = matmul_peak(1024 if quick else 4096, repeats=3 if quick else 7)
         lim = Limits(max_seconds=max_seconds or s.max_seconds, max_bytes=max_gb * 1e9, peak_gflops=peak)
         if not as_json:
-            err_console.print(f"[bold]{s.name}[/]: {len(s.specs)} measurements on {info['cpu']} "
+            err_console.print(f"[bold]{s.name}[/] ({s.shape.title}): {len(s.specs)} measurements on "
+                              f"{info['cpu']} "
                               f"({info['torch_threads']} threads, load {info['load_average']}), "
                               f"matmul peak {peak:.0f} GFLOP/s")
 
@@ -80,7 +81,7 @@ def bench_command(
             err_console.print(f"  {r.case:20s} {r.n:>8d} {r.mode:8s} {r.peer:6s} {val}", highlight=False)
 
         t0 = time.perf_counter()
-        rows = harness.run(s.specs, lim, repeats=repeats or s.repeats, progress=progress)
+        rows = harness.run(s.specs, lim, repeats=repeats or s.repeats, progress=progress, shape=s.shape)
         # The peak is re-measured at the end and the better of the two used: on a shared machine
         # a load burst during one measurement must not make "% of peak" exceed 100.
         peak_end = matmul_peak(1024 if quick else 4096, repeats=3 if quick else 7)
@@ -88,12 +89,12 @@ def bench_command(
         for r in rows:
             if r.gflops is not None:
                 r.pct_peak = 100.0 * r.gflops / peak
-        meta = {"suite": s.name, "command": _command(), "machine": info,
+        meta = {"suite": s.name, "shape": s.shape.title, "command": _command(), "machine": info,
                 "matmul_peak_gflops": peak, "matmul_peak_start_end": [lim.peak_gflops, peak_end],
                 "wall_s": time.perf_counter() - t0,
                 "load_average_after": machine_info()["load_average"],
                 "cases": {c: CASES[c].title for c in {r.case for r in rows}}}
-        tg = report.targets(rows)
+        tg = report.targets(rows, s.shape.name)
         report.write_csv(rows, out / "bench.csv")
         report.write_json(rows, {**meta, "targets": tg}, out / "bench.json")
         plotted = report.plot(rows, out / "bench.png")
