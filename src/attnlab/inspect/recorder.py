@@ -33,6 +33,7 @@ class AttentionRecorder:
         layers: Sequence[int] | None = None,
         heads: Sequence[int] | None = None,
         dtype: torch.dtype = torch.float16,
+        hooked: bool = True,
     ) -> None:
         lm = as_causal_lm(model, "recorder")
         n_layers, n_heads = lm.num_layers, lm.num_heads
@@ -45,24 +46,29 @@ class AttentionRecorder:
         # the rows p = first .. first + rows - 1 concatenated, each p + 1 long.
         self._chunks: dict[int, list[tuple[int, int, Tensor]]] = {i: [] for i in self.layers}
         self._n = 0  # positions recorded (by every layer)
-        self._handles = [h for i in self.layers
+        self.head_index = torch.tensor(self.heads)
+        # hooked=False: filled by add() from elsewhere (one recorder per row of a batch)
+        self._handles = [h for i in self.layers if hooked
                          for h in lm.add_hook(lm.hook_name(i, "attn.pattern"), self._hook(i))]
-        self._head_idx = torch.tensor(self.heads)
 
     def _hook(self, layer: int):
         def hook(output: Tensor, _hook: HookPoint) -> None:
-            w = output[0].index_select(0, self._head_idx)  # (B=1, H, Lq, Lk) -> (Hs, Lq, Lk)
-            Lq, Lk = w.shape[-2:]
-            first = Lk - Lq  # the queries are the newest Lq of Lk positions
-            if first != self._n:
-                raise ValueError(f"recorder: expected a pass starting at position {self._n} (use a KV cache "
-                                 f"and one recorder per generation), got one starting at {first}")
-            keep = torch.ones(Lq, Lk, dtype=torch.bool).tril(first)  # row r: keys 0..first + r
-            self._chunks[layer].append((first, Lq, w[:, keep].to(self.dtype)))  # (Hs, T) row-major
-            if layer == self.layers[-1]:
-                self._n += Lq
+            self.add(layer, output[0].index_select(0, self.head_index))  # (B=1, H, Lq, Lk) -> (Hs, Lq, Lk)
 
         return hook
+
+    def add(self, layer: int, w: Tensor) -> None:
+        """Record one pass of ``layer``: the recorded heads' weights (Hs, Lq, Lk) of the newest
+        Lq of Lk positions (the passes of every layer in order, the last layer's closes a pass)."""
+        Lq, Lk = w.shape[-2:]
+        first = Lk - Lq  # the queries are the newest Lq of Lk positions
+        if first != self._n:
+            raise ValueError(f"recorder: expected a pass starting at position {self._n} (use a KV cache "
+                             f"and one recorder per generation), got one starting at {first}")
+        keep = torch.ones(Lq, Lk, dtype=torch.bool).tril(first)  # row r: keys 0..first + r
+        self._chunks[layer].append((first, Lq, w[:, keep].to(self.dtype)))  # (Hs, T) row-major
+        if layer == self.layers[-1]:
+            self._n += Lq
 
     def remove(self) -> None:
         for h in self._handles:

@@ -20,6 +20,7 @@ the same sampling and the knockout's score_mods) up to float rounding (tested).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from torch import Tensor
 
 from attnlab.functional.attention import ScoreMod
 from attnlab.functional.score_mods import KeyBias
+from attnlab.inspect.llm.batch_capture import BatchRecorder
 from attnlab.inspect.llm.generation import Sampling, eos_ids, next_token
 from attnlab.inspect.llm.steering import check_alpha
 from attnlab.models.contract import CausalLM, as_causal_lm
@@ -201,9 +203,10 @@ PrefixStore = dict[tuple, list[Tensor]]
 
 
 def _prefill(model: CausalLM, lay: _Layout, n_heads: int, room: int,
-             store: PrefixStore | None = None) -> list[KVCache]:
+             store: PrefixStore | None = None, recorder: BatchRecorder | None = None) -> list[KVCache]:
     """The shared prefix, once per distinct knockout inside it, copied to every row. ``store``
-    keeps each prefilled prefix for later calls on the same prompts."""
+    keeps each prefilled prefix for later calls on the same prompts; ``recorder`` gets each
+    prefix pass for the rows it serves (then nothing comes from ``store``)."""
     groups: dict[tuple, list[int]] = {}
     for r, row in enumerate(lay.rows):
         inside = row.touches(lay.prefix)
@@ -214,7 +217,7 @@ def _prefill(model: CausalLM, lay: _Layout, n_heads: int, room: int,
     for gkey, members in groups.items():
         r0 = members[0]
         skey = (lay.rows[0].ids[: lay.prefix], gkey)
-        if store is not None and skey in store:
+        if store is not None and skey in store and recorder is None:
             for r in members:
                 per_row[r] = store[skey]
             continue
@@ -225,7 +228,10 @@ def _prefill(model: CausalLM, lay: _Layout, n_heads: int, room: int,
         if lay.rows[r0].everywhere:
             keep[0, [k for k in lay.rows[r0].knock if k < lay.prefix]] = 0
         cache = model.new_cache()
-        model(ids, keep, cache=cache, score_mods=_mods(tables) or None, logits_to_keep=1)
+        if recorder is not None:
+            recorder.before_pass([members], [(0, 0)])
+        model(ids, keep, cache=cache, score_mods=_mods(tables) or None, logits_to_keep=1,
+              need_weights=recorder.layers if recorder is not None else False, keep_weights=False)
         kv: list[Tensor] = []
         for c in cache:
             assert c.k is not None and c.v is not None  # the prefill filled every layer
@@ -272,18 +278,22 @@ def _check_room(model: CausalLM, rows: Sequence[Row], need: int, what: str) -> N
 @torch.inference_mode()
 def generate_rows(lm: LoadedModel, rows: Sequence[Row], *, max_new_tokens: int,
                   stop_ids: set[int] | None = None, prefix_limit: int | None = None,
-                  prefix_store: PrefixStore | None = None) -> list[tuple[list[int], str]]:
+                  prefix_store: PrefixStore | None = None,
+                  recorder: BatchRecorder | None = None) -> list[tuple[list[int], str]]:
     """Decode every row (its own sampling and knockout) together: per row, the new ids (the
     stop token included, as :func:`generate_ids` returns them) and "eos" or "max_new_tokens".
     ``prefix_limit`` caps the shared prefix; ``prefix_store`` (a dict) reuses prefixes across
-    calls on the same prompts."""
+    calls on the same prompts; ``recorder`` (one recorder per row) records each row's attention
+    as :func:`generate_ids` would."""
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens: expected a positive int, got {max_new_tokens!r}")
     groups = _by_first_token(rows)
     if len(groups) > 1:  # nothing shared (no chat header): one batch per first token
         out: dict[int, tuple[list[int], str]] = {}
         for g in groups:
-            got = generate_rows(lm, [rows[i] for i in g], max_new_tokens=max_new_tokens, stop_ids=stop_ids)
+            with recorder.rows_of(g) if recorder is not None else contextlib.nullcontext():
+                got = generate_rows(lm, [rows[i] for i in g], max_new_tokens=max_new_tokens,
+                                    stop_ids=stop_ids, recorder=recorder)
             out.update(zip(g, got, strict=True))
         return [out[i] for i in range(len(rows))]
     model = as_causal_lm(lm.model, "--model")
@@ -292,14 +302,18 @@ def generate_rows(lm: LoadedModel, rows: Sequence[Row], *, max_new_tokens: int,
     stops = eos_ids(lm) if stop_ids is None else stop_ids
     total = lay.prefix + lay.width + max_new_tokens
     mods = _mods(_tables(lay, model.num_layers, model.num_heads, total, range(len(rows))))
-    cache = _prefill(model, lay, model.num_heads, lay.width + max_new_tokens, prefix_store)
+    cache = _prefill(model, lay, model.num_heads, lay.width + max_new_tokens, prefix_store, recorder)
+    need = recorder.layers if recorder is not None else False
+    pads = [(lay.prefix, n) for n in lay.pads]
     ids, keep, pos = _suffix(lay)
     gens = [None if r.sampling.greedy else torch.Generator().manual_seed(r.sampling.seed) for r in rows]
     new: list[list[int]] = [[] for _ in rows]
     done = [False] * len(rows)
     for _ in range(max_new_tokens):
+        if recorder is not None:  # a row that has stopped is fed its last token again: not recorded
+            recorder.before_pass([[] if d else [r] for r, d in enumerate(done)], pads)
         logits = model(ids, keep, position_ids=pos, cache=cache, score_mods=mods or None,
-                       logits_to_keep=1).logits
+                       logits_to_keep=1, need_weights=need, keep_weights=False).logits
         assert logits is not None
         nxt = []
         for r, row in enumerate(rows):
