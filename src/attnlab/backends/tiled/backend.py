@@ -114,7 +114,7 @@ def run_tiled(call: AttentionCall) -> AttentionOutput:
     finite = values_finite(call.k) and (call.v_finite or values_finite(call.v))
     nm = call.mask
     dense = nm.dense.expand(-1, -1, Lq, Lk) if nm.dense is not None else None  # (B|1, H|1, Lq, Lk)
-    bias = nm.bias.expand(-1, -1, Lq, Lk) if nm.bias is not None else None
+    bias = nm.bias.expand(-1, -1, Lq, Lk) if nm.bias is not None else None  # (B|1, H|1, Lq, Lk)
     parts = None
     if dense is None and bias is None and call.score_mod is None:
         # strided / fixed / dilated: dense-ish pieces
@@ -140,7 +140,8 @@ def run_tiled(call: AttentionCall) -> AttentionOutput:
         if p.q_perm is not None:
             inv = torch.empty_like(p.q_perm)
             inv[p.q_perm] = torch.arange(Lq)
-            ctx, lse = gather_rows(ctx, inv), gather_rows(lse.unsqueeze(-1), inv).squeeze(-1)  # query order
+            ctx = gather_rows(ctx, inv)  # (B, H, Lq, Dv), back in query order
+            lse = gather_rows(lse.unsqueeze(-1), inv).squeeze(-1)  # (B, H, Lq) -> (B, H, Lq, 1) -> (B, H, Lq)
         outs.append((ctx, lse))
     ctx, lse = merge(outs) if len(outs) > 1 else outs[0]
     return AttentionOutput(ctx, None, lse)
