@@ -26,12 +26,13 @@ from attnlab.backends.tiled.autograd import TiledConfig, backward_at, tiled_func
 from attnlab.backends.tiled.blockmap import block_map
 from attnlab.backends.tiled.options import choose_blocks, current_options, tiled_options
 from attnlab.backends.tiled.plan import Plan, build_plan
-from attnlab.backends.tiled.sparse import decompose, gather_rows, merge, residue_unview, residue_view
+from attnlab.backends.tiled.sparse import decompose, gather_rows, residue_unview, residue_view
 from attnlab.backends.tiled.tiles import TileContext
 from attnlab.backends.tiled.tuning import AUTO_MIN_PAIRS, CHUNKS_PER_THREAD
 from attnlab.functional.attention import HALF, AttentionOutput, ScoreMod
 from attnlab.functional.masks import Mask
 from attnlab.functional.masks.parts import Part
+from attnlab.functional.softmax import merge_partials
 
 
 def _run_one(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None, dense: Tensor | None,
@@ -143,7 +144,9 @@ def run_tiled(call: AttentionCall) -> AttentionOutput:
             ctx = gather_rows(ctx, inv)  # (B, H, Lq, Dv), back in query order
             lse = gather_rows(lse.unsqueeze(-1), inv).squeeze(-1)  # (B, H, Lq) -> (B, H, Lq, 1) -> (B, H, Lq)
         outs.append((ctx, lse))
-    ctx, lse = merge(outs) if len(outs) > 1 else outs[0]
+    # The parts' contexts are fresh tensors: merged in place unless autograd needs them.
+    grads = torch.is_grad_enabled() and any(c.requires_grad for c, _ in outs)
+    ctx, lse = merge_partials(outs, inplace=not grads) if len(outs) > 1 else outs[0]
     return AttentionOutput(ctx, None, lse)
 
 

@@ -24,7 +24,7 @@ from attnlab.backends.tiled.gemm import band, head_loop, pv, qk
 from attnlab.backends.tiled.parallel import run_parallel
 from attnlab.backends.tiled.plan import Plan, QueryChunk, Segment
 from attnlab.backends.tiled.tiles import TileContext
-from attnlab.functional.softmax import logsumexp_merge
+from attnlab.functional.softmax import merge_partials
 
 NEG_INF = float("-inf")
 
@@ -147,10 +147,8 @@ def _accumulate(acc: Tensor, acc_lse: Tensor, o: Tensor, lse: Tensor, *, first: 
         acc.copy_(o)
         acc_lse.copy_(lse)
         return
-    new = logsumexp_merge(acc_lse, lse)
-    ref = torch.where(torch.isfinite(new), new, torch.zeros_like(new))
-    acc.mul_(torch.exp(acc_lse - ref)).add_(o.mul_(torch.exp(lse - ref)))
-    acc_lse.copy_(new)
+    _, new = merge_partials([(acc, acc_lse[..., 0]), (o, lse[..., 0])], inplace=True)  # lse (..., 1) -> (...)
+    acc_lse.copy_(new.unsqueeze(-1))  # (...) -> (..., 1)
 
 
 def _forward_chunks(tc: TileContext, x: Padded, plan: Plan, scale: float, chunks: Iterable[QueryChunk],
