@@ -32,7 +32,7 @@ from attnlab.distributed.agreement import wait_all
 from attnlab.distributed.plan import RingPlan
 from attnlab.functional.attention import ScoreMod
 from attnlab.functional.masks import Mask, shifted
-from attnlab.functional.softmax import logsumexp_merge
+from attnlab.functional.softmax import merge_partials
 
 TAG_K, TAG_V, TAG_DK, TAG_DV = 0, 1, 2, 3
 
@@ -106,15 +106,6 @@ def pair_attention(cfg: RingConfig, q: Tensor, k: Tensor, v: Tensor, q_off: int,
     return out.context, out.lse
 
 
-def merge_into(o: Tensor, lse: Tensor, o_p: Tensor, lse_p: Tensor) -> tuple[Tensor, Tensor]:
-    """Online-softmax merge of a partial (o_p, lse_p) into (o, lse), in place in o (and o_p);
-    -inf rows stay exact zeros."""
-    new = logsumexp_merge(lse, lse_p)
-    ref = torch.where(torch.isfinite(new), new, torch.zeros_like(new))
-    wa, wb = torch.exp(lse - ref).unsqueeze(-1), torch.exp(lse_p - ref).unsqueeze(-1)  # (B, H, c, 1)
-    return o.mul_(wa.to(o.dtype)).add_(o_p.mul_(wb.to(o.dtype))), new
-
-
 def _peer(cfg: RingConfig, group_rank: int) -> int:
     return group_rank if cfg.group is None else dist.get_global_rank(cfg.group, group_rank)
 
@@ -181,7 +172,9 @@ def ring_forward(cfg: RingConfig, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tens
         ks, vs = _chunks(kv[0], cpr), _chunks(kv[1], cpr)
         for a, gi, b, gj in p.pairs(r, (r - hop) % p.world):
             o_p, lse_p = pair_attention(cfg, qs[a], ks[b], vs[b], gi * p.q_chunk, gj * p.kv_chunk)
-            outs[a], lses[a] = merge_into(outs[a], lses[a].to(lse_p.dtype), o_p, lse_p)
+            # the online-softmax merge, in place in outs[a] (and o_p); -inf rows stay exact zeros
+            merged = [(outs[a], lses[a].to(lse_p.dtype)), (o_p, lse_p)]
+            outs[a], lses[a] = merge_partials(merged, inplace=True)
             if cfg.stats is not None:
                 cfg.stats.pairs += 1
     return torch.cat(outs, dim=2), torch.cat(lses, dim=2)  # (B, H, Lq, Dv), (B, H, Lq)

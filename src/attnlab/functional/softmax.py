@@ -1,4 +1,5 @@
-"""Masked softmax with log-sum-exp, safe for rows where every key is masked.
+"""Masked softmax with log-sum-exp, safe for rows where every key is masked, and the merge of
+partial softmaxes over disjoint key sets by their log-sum-exps.
 
 PyTorch's plain softmax over a row of -inf gives NaN (and nn.MultiheadAttention returns NaN
 for such rows). Here a fully masked row gives weights of exact zeros, an ``lse`` of -inf and
@@ -6,6 +7,8 @@ zero gradients, and a NaN or inf score at a masked position never reaches the ou
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -34,10 +37,38 @@ def masked_softmax(scores: Tensor, allowed: Tensor | None = None, dim: int = -1
     return weights, lse.squeeze(dim)
 
 
-def logsumexp_merge(lse_a: Tensor, lse_b: Tensor) -> Tensor:
-    """log(exp(a) + exp(b)) with -inf on both sides giving -inf (no NaN): combines the
-    partial lse of two key blocks in online-softmax kernels."""
-    m = torch.maximum(lse_a, lse_b)
-    m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    s = torch.exp(lse_a - m_safe) + torch.exp(lse_b - m_safe)
-    return torch.where(s > 0, s.log() + m_safe, torch.full_like(m, float("-inf")))
+def merge_partials(parts: Sequence[tuple[Tensor, Tensor]], *, inplace: bool = False
+                   ) -> tuple[Tensor, Tensor]:
+    """Attention over a disjoint union of key sets, from each set's ``(context, lse)``: the merge
+    of the online softmax (Milakov & Gimelshein 2018; FlashAttention, Dao et al. 2022, Alg. 1
+    lines 9-12), used alike for the tiled kernel's key segments, sparse masks run as pieces and
+    ring attention's hops:
+
+        lse = log Σ_p exp(lse_p),   context = Σ_p exp(lse_p - lse) · context_p
+
+    contexts (..., Dv), lses (...). A row that no part sees (every lse_p = -inf, its contexts
+    zeros) gives lse -inf and a context of zeros, with zero gradients, never NaN.
+    ``inplace``: every context is scaled in place and the others are added into the first, which
+    is returned (no copies; for callers that need no gradient through the contexts). Otherwise
+    differentiable w.r.t. contexts and lses.
+    """
+    if not parts:
+        raise ValueError("parts: expected at least one (context, lse) pair, got none")
+    lses = torch.stack([lse for _, lse in parts])  # P x (...) -> (P, ...)
+    m = lses.amax(0)  # (P, ...) -> (...)
+    # No part sees the row: shift by 0 instead of -inf, so that exp() gives exact zeros.
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    s = torch.exp(lses - m).sum(0)  # (P, ...) -> (...)
+    nonempty = s > 0
+    # log(1) on empty rows: the branch torch.where drops must have a finite gradient too.
+    lse = torch.where(nonempty, torch.log(torch.where(nonempty, s, torch.ones_like(s))) + m,
+                      torch.full_like(s, float("-inf")))
+    ref = torch.where(nonempty, lse, torch.zeros_like(lse)).unsqueeze(-1)  # (...) -> (..., 1)
+    if inplace:
+        ctx = parts[0][0].mul_(torch.exp(parts[0][1].unsqueeze(-1) - ref))  # (..., Dv) x (..., 1)
+        for c, lp in parts[1:]:
+            ctx.add_(c.mul_(torch.exp(lp.unsqueeze(-1) - ref)))  # (..., Dv) x (..., 1)
+        return ctx, lse
+    total = sum(c * torch.exp(lp.unsqueeze(-1) - ref) for c, lp in parts)  # (..., Dv) x (..., 1)
+    assert isinstance(total, Tensor)
+    return total, lse

@@ -2,9 +2,10 @@
 
 Read in this order: backend.py (the entry: parts, dtype, registration) -> options.py (tile
 shape) -> blockmap.py and classify.py (which tiles to compute, from the mask's pattern) ->
-plan.py (tiles stacked into batched GEMMs) -> autograd.py -> kernels.py (forward, Alg. 1) and
-backward.py (Alg. 2) -> gemm.py, tiles.py, fused.py (the tile arithmetic) -> parallel.py
-(worker threads) -> sparse.py (patterns run as pieces). Every tuning constant is in tuning.py.
+plan.py (tiles stacked into batched GEMMs) -> autograd.py -> forward.py (Alg. 1: the tile step,
+forward_tile) and backward.py (Alg. 2) -> tile_ops.py (what both passes share: views, masks,
+buffers), gemm.py, tiles.py, fused.py (the tile arithmetic) -> parallel.py (worker threads) ->
+sparse.py (patterns run as pieces). Every tuning constant is in tuning.py.
 Importing this package registers the backend.
 """
 

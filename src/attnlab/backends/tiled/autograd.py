@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attnlab.backends.tiled.backward import backward_pass
-from attnlab.backends.tiled.kernels import Padded, forward_pass, pad_rows
+from attnlab.backends.tiled.forward import forward_pass
 from attnlab.backends.tiled.plan import Plan
+from attnlab.backends.tiled.tile_ops import Padded, pad_rows
 from attnlab.backends.tiled.tiles import TileContext
 from attnlab.functional.attention import expand_kv
 

@@ -26,12 +26,13 @@ from attnlab.backends.tiled.autograd import TiledConfig, backward_at, tiled_func
 from attnlab.backends.tiled.blockmap import block_map
 from attnlab.backends.tiled.options import choose_blocks, current_options, tiled_options
 from attnlab.backends.tiled.plan import Plan, build_plan
-from attnlab.backends.tiled.sparse import decompose, gather_rows, merge, residue_unview, residue_view
+from attnlab.backends.tiled.sparse import decompose, gather_rows, residue_unview, residue_view
 from attnlab.backends.tiled.tiles import TileContext
 from attnlab.backends.tiled.tuning import AUTO_MIN_PAIRS, CHUNKS_PER_THREAD
 from attnlab.functional.attention import HALF, AttentionOutput, ScoreMod
 from attnlab.functional.masks import Mask
 from attnlab.functional.masks.parts import Part
+from attnlab.functional.softmax import merge_partials
 
 
 def _run_one(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None, dense: Tensor | None,
@@ -114,7 +115,7 @@ def run_tiled(call: AttentionCall) -> AttentionOutput:
     finite = values_finite(call.k) and (call.v_finite or values_finite(call.v))
     nm = call.mask
     dense = nm.dense.expand(-1, -1, Lq, Lk) if nm.dense is not None else None  # (B|1, H|1, Lq, Lk)
-    bias = nm.bias.expand(-1, -1, Lq, Lk) if nm.bias is not None else None
+    bias = nm.bias.expand(-1, -1, Lq, Lk) if nm.bias is not None else None  # (B|1, H|1, Lq, Lk)
     parts = None
     if dense is None and bias is None and call.score_mod is None:
         # strided / fixed / dilated: dense-ish pieces
@@ -140,9 +141,12 @@ def run_tiled(call: AttentionCall) -> AttentionOutput:
         if p.q_perm is not None:
             inv = torch.empty_like(p.q_perm)
             inv[p.q_perm] = torch.arange(Lq)
-            ctx, lse = gather_rows(ctx, inv), gather_rows(lse.unsqueeze(-1), inv).squeeze(-1)  # query order
+            ctx = gather_rows(ctx, inv)  # (B, H, Lq, Dv), back in query order
+            lse = gather_rows(lse.unsqueeze(-1), inv).squeeze(-1)  # (B, H, Lq) -> (B, H, Lq, 1) -> (B, H, Lq)
         outs.append((ctx, lse))
-    ctx, lse = merge(outs) if len(outs) > 1 else outs[0]
+    # The parts' contexts are fresh tensors: merged in place unless autograd needs them.
+    grads = torch.is_grad_enabled() and any(c.requires_grad for c, _ in outs)
+    ctx, lse = merge_partials(outs, inplace=not grads) if len(outs) > 1 else outs[0]
     return AttentionOutput(ctx, None, lse)
 
 

@@ -8,7 +8,6 @@ tile runs head by head so its scores stay in cache, and memory is O(L·Dh + tile
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import torch
@@ -16,70 +15,56 @@ from torch import Tensor
 
 from attnlab.backends.tiled.fused import fused_backward_ok, fused_tile_backward
 from attnlab.backends.tiled.gemm import band, head_loop, pv, qk, scatter_band, tn
-from attnlab.backends.tiled.kernels import (
+from attnlab.backends.tiled.parallel import Group, fixed_groups, run_parallel
+from attnlab.backends.tiled.plan import Plan, QueryChunk
+from attnlab.backends.tiled.tile_ops import (
     NEG_INF,
     Padded,
+    Scratch,
     clean_band,
-    gather_buffers,
+    head_index,
     head_view,
     q_view,
     q_write,
+    score_tile,
+    scratch,
     tile_masks,
 )
-from attnlab.backends.tiled.parallel import Group, fixed_groups, run_parallel
-from attnlab.backends.tiled.plan import Plan, QueryChunk
 from attnlab.backends.tiled.tiles import TileContext
 from attnlab.backends.tiled.tuning import FUSED_BWD_MIN_ROWS, GROUPS_PER_THREAD
 
 
-def _scratch(x: Padded, plan: Plan, fused: bool) -> tuple[Tensor | None, ...]:
-    """One worker's tile buffers, reused for all its tiles (a fresh multi-MB tensor pays its page
-    faults every time): S/P and dP/dS (the fused op keeps its own small blocks and needs only
-    the mask), and the gathered key/value bands."""
-    B, H = x.q.shape[:2]
-    tiles = plan.max_tiles()
-    size = tiles * plan.bq * plan.bk * B * H
-    s_buf, d_buf = (None, None) if fused else (x.q.new_empty(size), x.q.new_empty(size))
-    m_buf = x.q.new_empty(tiles * plan.bq * plan.bk) if fused else None
-    return (s_buf, d_buf, m_buf, *gather_buffers(x, plan, plan.bk))
-
-
 def _backward_chunks(tc: TileContext, x: Padded, plan: Plan, scale: float, chunks: Iterable[QueryChunk],
                      lse_r: Tensor, delta: Tensor, dout: Tensor, grads: tuple[Tensor, Tensor, Tensor],
-                     sanitize: bool, capture: bool, out: Tensor | None, scratch: tuple[Tensor | None, ...],
+                     sanitize: bool, capture: bool, out: Tensor | None, buf: Scratch,
                      base: int = 0) -> None:
     """``out`` given: tiles go through ATen's fused backward (fused.py), which takes the
     rows' context instead of delta. dK/dV (``grads[1:]``) start at key block ``base``."""
     B, H = x.q.shape[:2]
     bq, bk = plan.bq, plan.bk
     dq, dk, dv = grads
-    s_buf, d_buf, m_buf, k_buf, v_buf = scratch
     autograd_mod = tc.score_mod is not None or capture
     for chunk in chunks:
         qc, doc = q_view(x.q, chunk, bq), q_view(dout, chunk, bq)  # (B, H, nb, bq, D|Dv)
         lse_c, delta_c = q_view(lse_r, chunk, bq), q_view(delta, chunk, bq)  # (B, H, nb, bq, 1)
         dqc = q_view(dq, chunk, bq) if chunk.q_start is not None else torch.empty_like(qc)
         for n_seg, seg in enumerate(chunk.segments):
-            kb, vb = band(x.k, seg, bk, k_buf), band(x.v, seg, bk, v_buf)  # (B, H, nb, w·bk, D)
+            kb, vb = band(x.k, seg, bk, buf.k), band(x.v, seg, bk, buf.v)  # (B, H, nb, w·bk, D)
             qi, ki, oks = tile_masks(tc, chunk, seg)
             if out is not None:
                 dqs, dks, dvs = fused_tile_backward(qc, kb, vb, q_view(out, chunk, bq), doc, lse_c, seg, oks,
-                                                    scale, bk, m_buf)
+                                                    scale, bk, buf.mask)
                 dqc.copy_(dqs) if n_seg == 0 else dqc.add_(dqs)
                 scatter_band(dk, dks, seg, bk, base)
                 scatter_band(dv, dvs, seg, bk, base)
                 continue
-            # not fused (out is None): _scratch allocated both score buffers
-            assert s_buf is not None and d_buf is not None
             if sanitize and seg.masked:
                 kb, vb = clean_band(kb, oks, seg, bk), clean_band(vb, oks, seg, bk)
             for i, j in head_loop(B, H, seg.k_blocks.numel() * bq * bk):
                 qh, kh, vh, doh = (head_view(t, i, j) for t in (qc, kb, vb, doc))
                 lse_h, delta_h = head_view(lse_c, i, j), head_view(delta_c, i, j)
-                idx = ((tc.b5, tc.h5, qi, ki) if i is None or j is None else
-                       (tc.b5[i: i + 1], tc.h5[:, j: j + 1], qi, ki))
-                shape = (*qh.shape[:4], kh.shape[3])
-                raw = qk(qh, kh, seg, s_buf[: math.prod(shape)].view(shape), scale)  # (b, h, nb, bq, w·bk)
+                idx = head_index(tc, qi, ki, i, j)
+                raw = qk(qh, kh, seg, score_tile(buf.scores, qh, kh), scale)  # S: (b, h, nb, bq, w·bk)
                 if autograd_mod:
                     raw = raw.clone().requires_grad_(True)
                     with torch.enable_grad():
@@ -91,7 +76,7 @@ def _backward_chunks(tc: TileContext, x: Padded, plan: Plan, scale: float, chunk
                 for (p0, p1), ok in zip(seg.masked, oks, strict=True):
                     p[..., p0 * bk: p1 * bk].masked_fill_(~head_view(ok, i, j), 0.0)
                 scatter_band(head_view(dv, i, j), tn(p, doh, seg), seg, bk, base)  # dV += Pᵀ·dO
-                ds = qk(doh, vh, seg, d_buf[: math.prod(shape)].view(shape))  # dP = dO·Vᵀ
+                ds = qk(doh, vh, seg, score_tile(buf.grads, qh, kh))  # dP = dO·Vᵀ
                 ds.sub_(delta_h).mul_(p)  # dS = P ∘ (dP - D)
                 if autograd_mod:
                     if capture:  # shared upstream nodes (the bias's graph) are visited once per tile
@@ -141,7 +126,7 @@ def backward_pass(tc: TileContext, x: Padded, plan: Plan, scale: float, out: Ten
     bufs: list[tuple[Tensor, Tensor] | None] = [None] * len(groups)
 
     def work(part: Iterable[Group], _: int) -> None:
-        scratch = _scratch(x, plan, fused)
+        tile_bufs = scratch(x, plan, fused=fused, backward=True)
         for g in part:
             if g.index == 0:
                 acc, base = (dk, dv), 0
@@ -150,7 +135,7 @@ def backward_pass(tc: TileContext, x: Padded, plan: Plan, scale: float, out: Ten
                 acc, base = (torch.zeros_like(dk[:, :, rows]), torch.zeros_like(dv[:, :, rows])), g.lo
                 bufs[g.index] = acc
             _backward_chunks(tc, x, plan, scale, g.chunks, lse_r, delta, dout, (dq, *acc), sanitize, capture,
-                             out if fused else None, scratch, base)
+                             out if fused else None, tile_bufs, base)
 
     run_parallel(work, groups, n, cost=lambda g: g.cost)
     for g, acc in zip(groups[1:], bufs[1:], strict=True):  # fixed order: group 1, 2, ...

@@ -72,9 +72,10 @@ def _from_intervals(mask: Mask | None, grid: TileGrid) -> BlockMap | None:
         return None
     nq, bq, bk = grid.n_q_blocks, grid.bq, grid.bk
     pad = nq * bq - grid.q_len
-    ne = torch.nn.functional.pad(iv.nonempty, (0, pad)).view(-1, nq, bq)  # (Bm, nQB, bq)
-    lo = torch.nn.functional.pad(iv.lo, (0, pad), value=BIG).view(-1, nq, bq)
-    hi = torch.nn.functional.pad(iv.hi, (0, pad), value=-1).view(-1, nq, bq)
+    # each (Bm, Lq), Bm = 1 or B (see Intervals), padded to (Bm, nQB·bq)
+    ne = torch.nn.functional.pad(iv.nonempty, (0, pad)).view(-1, nq, bq)  # (Bm, nQB·bq) -> (Bm, nQB, bq)
+    lo = torch.nn.functional.pad(iv.lo, (0, pad), value=BIG).view(-1, nq, bq)  # (Bm, nQB·bq) -> (Bm, nQB, bq)
+    hi = torch.nn.functional.pad(iv.hi, (0, pad), value=-1).view(-1, nq, bq)  # (Bm, nQB·bq) -> (Bm, nQB, bq)
     big = torch.full_like(lo, BIG)
     jlo = torch.where(ne, lo, big).amin(dim=(0, 2)) // bk  # (nQB,) first reachable key block
     jhi = torch.where(ne, hi, -big).amax(dim=(0, 2)) // bk  # (nQB,) last one
@@ -161,10 +162,10 @@ def count_allowed(mask: Mask | None, q_len: int, kv_len: int, *, batch: int = 1,
     total = int(area[bm.full].sum()) * batch * heads
     assert mask is not None
     b, h, _, _ = index_grids(batch, heads, 1, 1)
-    for t in (~bm.full).nonzero().flatten().tolist():
+    for t in (~bm.full).nonzero().flatten().tolist():  # (n_partial, 1) -> (n_partial,) tile positions
         i, j = int(rows[t]), int(bm.cols[t])
-        q = torch.arange(int(r0[i]), int(r1[i]) + 1).view(1, 1, -1, 1)
-        kv = torch.arange(int(c0[j]), int(c1[j]) + 1).view(1, 1, 1, -1)
+        q = torch.arange(int(r0[i]), int(r1[i]) + 1).view(1, 1, -1, 1)  # (rows,) -> (1, 1, rows, 1)
+        kv = torch.arange(int(c0[j]), int(c1[j]) + 1).view(1, 1, 1, -1)  # (cols,) -> (1, 1, 1, cols)
         m = mask.evaluate(b, h, q, kv, q_len, kv_len)
-        total += int(m.expand(batch, heads, q.shape[2], kv.shape[3]).sum())
+        total += int(m.expand(batch, heads, q.shape[2], kv.shape[3]).sum())  # -> (B, H, rows, cols)
     return total

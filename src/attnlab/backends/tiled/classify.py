@@ -29,22 +29,24 @@ def _dense_tensor(dense: Tensor, g: TileGrid, i0: int, i1: int) -> TileClasses:
 def _reduce(allowed: Tensor, g: TileGrid, n_i: int) -> TileClasses:
     """allowed (..., rows, Lk) bool -> per-tile (any, all) over batch, heads, rows and cols."""
     pr, pc = n_i * g.bq - allowed.shape[-2], g.n_kv_blocks * g.bk - allowed.shape[-1]
-    a = allowed.reshape(-1, allowed.shape[-2], allowed.shape[-1])  # (BH, rows, Lk)
+    a = allowed.reshape(-1, allowed.shape[-2], allowed.shape[-1])  # (B|1, H|1, rows, Lk) -> (b·h, rows, Lk)
     ne = torch.nn.functional.pad(a, (0, pc, 0, pr), value=False)
     full = torch.nn.functional.pad(a, (0, pc, 0, pr), value=True)  # padding never spoils "all"
-    ne = ne.view(-1, n_i, g.bq, g.n_kv_blocks, g.bk).any(4).any(2).any(0)  # (nI, nK)
-    full = full.view(-1, n_i, g.bq, g.n_kv_blocks, g.bk).all(4).all(2).all(0)
+    # (b·h, nI·bq, nK·bk) -> (b·h, nI, bq, nK, bk), reduced over bk, bq and b·h -> (nI, nK)
+    ne = ne.view(-1, n_i, g.bq, g.n_kv_blocks, g.bk).any(4).any(2).any(0)  # -> (nI, nK)
+    full = full.view(-1, n_i, g.bq, g.n_kv_blocks, g.bk).all(4).all(2).all(0)  # -> (nI, nK)
     return ne, full, True
 
 
 def _evaluate(mask: Mask, g: TileGrid, i0: int, i1: int) -> TileClasses:
     """Custom mask_mods: evaluate every pair of the chunk (exact; the fallback)."""
     b, h, _, kv = index_grids(g.batch, g.heads, 1, g.kv_len)
-    q = torch.arange(i0 * g.bq, min(i1 * g.bq, g.q_len)).view(1, 1, -1, 1)
+    q = torch.arange(i0 * g.bq, min(i1 * g.bq, g.q_len)).view(1, 1, -1, 1)  # (rows,) -> (1, 1, rows, 1)
     m = mask.evaluate(b, h, q, kv, g.q_len, g.kv_len)
     if not isinstance(m, Tensor) or m.dtype != torch.bool:
         raise TypeError(f"mask {mask.name}: expected the mask_mod to return a bool tensor")
-    return _reduce(m.expand(m.shape[0], m.shape[1], q.shape[2], g.kv_len), g, i1 - i0)
+    m = m.expand(m.shape[0], m.shape[1], q.shape[2], g.kv_len)  # (B|1, H|1, rows|1, Lk|1) -> (.., rows, Lk)
+    return _reduce(m, g, i1 - i0)
 
 
 def classify_mask(mask: Mask, g: TileGrid, i0: int, i1: int) -> TileClasses:
@@ -54,13 +56,15 @@ def classify_mask(mask: Mask, g: TileGrid, i0: int, i1: int) -> TileClasses:
     if iv is not None:
         r0, r1, c0, c1 = g.corners(i0, i1)
         if iv.monotone():
-            shape = (r0.shape[0], c0.shape[1])
-            ne, full = classify_intervals(iv, r0.expand(shape).flatten(), r1.expand(shape).flatten(),
-                                          c0.expand(shape).flatten(), c1.expand(shape).flatten())
-            return ne.view(shape), full.view(shape), True
-        rows = r0 + torch.arange(g.bq).view(1, -1)  # (nI, bq)
+            shape = (r0.shape[0], c0.shape[1])  # (nI, nK)
+            # one entry per tile:
+            rs = [r.expand(shape).flatten() for r in (r0, r1)]  # (nI, 1) -> (nI, nK) -> (nI·nK,)
+            cs = [c.expand(shape).flatten() for c in (c0, c1)]  # (1, nK) -> (nI, nK) -> (nI·nK,)
+            ne, full = classify_intervals(iv, rs[0], rs[1], cs[0], cs[1])
+            return ne.view(shape), full.view(shape), True  # (nI·nK,) -> (nI, nK)
+        rows = r0 + torch.arange(g.bq).view(1, -1)  # (nI, 1) + (bq,) -> (1, bq): (nI, bq)
         rows = torch.where(rows < g.q_len, rows, -1)
-        ne, full = classify_intervals_rowwise(iv, rows, c0.view(-1), c1.view(-1))
+        ne, full = classify_intervals_rowwise(iv, rows, c0.view(-1), c1.view(-1))  # c0, c1 (1, nK) -> (nK,)
         return ne, full, True
     got = mask.pattern.tiles(mask, g, i0, i1, classify_mask)
     return got if got is not None else _evaluate(mask, g, i0, i1)

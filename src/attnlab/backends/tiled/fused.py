@@ -1,6 +1,6 @@
 """One batched tile through ATen's fused CPU flash-attention kernel.
 
-The plain-op tile (kernels._tile_softmax) is ~8 PyTorch ops, each a pass over the score
+The plain-op tile (forward.forward_tile) is ~8 PyTorch ops, each a pass over the score
 tile; their passes, not the GEMMs, are what keeps it below SDPA's speed. ATen ships the fused
 loop that SDPA uses on a CPU (``aten::_scaled_dot_product_flash_attention_for_cpu``: QKᵀ,
 additive mask, online softmax and PV per 2-D block, in cache, and it returns the lse). It
@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 from attnlab.backends.tiled.plan import Segment
+from attnlab.backends.tiled.tile_ops import NEG_INF
 
-NEG_INF = float("-inf")
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 

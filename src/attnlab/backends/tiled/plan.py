@@ -81,7 +81,8 @@ def _segment(kb: Tensor, full: Tensor) -> Segment:
             start = int(first[0, 0])
         else:
             step = int(first[1, 0] - first[0, 0])
-            if step >= 0 and torch.equal(first.flatten(), first[0, 0] + step * torch.arange(nb)):
+            firsts = first.flatten()  # (nb, 1) -> (nb,): each band's first key block
+            if step >= 0 and torch.equal(firsts, first[0, 0] + step * torch.arange(nb)):
                 start = int(first[0, 0])
     return Segment(kb, start, step if start is not None else 0, masked)
 
@@ -91,7 +92,8 @@ def _pieces(kb: Tensor, seg_w: int) -> list[tuple[int, int]]:
     Longformer row is [global block | window band]): each piece can then be read as a view
     instead of a gathered copy. Scattered rows (random blocks) stay one gathered piece."""
     w = kb.shape[1]
-    inner = ((kb[:, 1:] != kb[:, :-1] + 1).any(0).nonzero().flatten() + 1).tolist()
+    gaps = (kb[:, 1:] != kb[:, :-1] + 1).any(0)  # (nb, w-1) -> (w-1,): some row jumps after p
+    inner = (gaps.nonzero().flatten() + 1).tolist()  # (n_breaks, 1) -> (n_breaks,)
     breaks = [0, *inner, w]
     runs = list(pairwise(breaks)) if len(breaks) <= 4 else [(0, w)]
     return [(s, min(s + seg_w, e)) for a, e in runs for s in range(a, e, seg_w)]
@@ -105,7 +107,7 @@ def _runs_of_bands(qb: Tensor, first: Tensor) -> list[Tensor]:
         return [qb]
     dq, df = qb.diff(), first.diff()
     cut = (dq[1:] != dq[:-1]) | (df[1:] != df[:-1])  # break before element i + 2
-    idx = (cut.nonzero().flatten() + 2).tolist()
+    idx = (cut.nonzero().flatten() + 2).tolist()  # (n_cuts, 1) -> (n_cuts,)
     return [t for t in torch.tensor_split(qb, idx) if t.numel()]
 
 
@@ -120,7 +122,7 @@ def build_plan(bm: BlockMap, heads_total: int, budget: int, min_chunks: int = 1)
     chunks: list[QueryChunk] = []
     nb_cap = max(1, -(-int((counts > 0).sum()) // max(1, min_chunks)))
     for w in sorted(set(counts.tolist()) - {0}):
-        qb = (counts == w).nonzero().flatten()  # ascending
+        qb = (counts == w).nonzero().flatten()  # (n, 1) -> (n,) query blocks, ascending
         if w * tile <= budget:
             nb, seg_w = min(nb_cap, max(1, budget // (w * tile))), w
         else:
@@ -128,7 +130,7 @@ def build_plan(bm: BlockMap, heads_total: int, budget: int, min_chunks: int = 1)
         for run in _runs_of_bands(qb, bm.cols[starts[qb]]):
             for c0 in range(0, run.numel(), nb):
                 q = run[c0: c0 + nb]
-                idx = starts[q].unsqueeze(1) + torch.arange(w)  # (nb, w) positions in the CSR
+                idx = starts[q].unsqueeze(1) + torch.arange(w)  # (nb,) -> (nb, 1) + (w,): (nb, w) in the CSR
                 kb, fb = bm.cols[idx], bm.full[idx]
                 segs = tuple(_segment(kb[:, a:e], fb[:, a:e]) for a, e in _pieces(kb, seg_w))
                 q_start = int(q[0]) if torch.equal(q, q[0] + torch.arange(q.numel())) else None

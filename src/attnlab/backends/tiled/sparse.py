@@ -4,7 +4,8 @@ Strided, fixed and dilated patterns split into disjoint parts that are intervals
 (and queries) are reordered by residue class (attnlab.functional.masks.parts, each pattern's
 ``parts``). Each part runs through the tiled kernel with an interval mask; softmax over a
 disjoint union is the lse-weighted sum of the parts' softmaxes: O = Σ_p exp(lse_p - lse)·O_p,
-lse = log Σ_p exp(lse_p) (the same merge as the online softmax), differentiable through lse.
+lse = log Σ_p exp(lse_p) (the merge of the online softmax, attnlab.functional.softmax.merge_partials),
+differentiable through lse.
 """
 
 from __future__ import annotations
@@ -48,24 +49,3 @@ def gather_rows(x: Tensor, index: Tensor) -> Tensor:
                 B, H, _, D = x.shape
                 return x.reshape(B, H, a, b, D).transpose(2, 3).reshape(B, H, n, D)  # (B, H, L, D)
     return x.index_select(2, index)
-
-
-def merge(parts: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
-    """Softmax over a disjoint union of key sets from the parts' (context, lse), with clean
-    gradients on rows where every part is empty (context 0, lse -inf)."""
-    lses = torch.stack([lse for _, lse in parts])  # (P, B, H, Lq)
-    m = lses.amax(0)
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    s = torch.exp(lses - m).sum(0)
-    nonempty = s > 0
-    lse = torch.where(nonempty, torch.log(torch.where(nonempty, s, torch.ones_like(s))) + m,
-                      torch.full_like(s, float("-inf")))
-    ref = torch.where(nonempty, lse, torch.zeros_like(lse)).unsqueeze(-1)  # (B, H, Lq, 1)
-    if not torch.is_grad_enabled() or not any(c.requires_grad for c, _ in parts):
-        ctx = parts[0][0].mul_(torch.exp(parts[0][1].unsqueeze(-1) - ref))  # in place: no copies
-        for c, lp in parts[1:]:
-            ctx.add_(c.mul_(torch.exp(lp.unsqueeze(-1) - ref)))  # (B, H, Lq, Dv) x (B, H, Lq, 1)
-        return ctx, lse
-    total = sum(c * torch.exp(lp.unsqueeze(-1) - ref) for c, lp in parts)  # (B, H, Lq, Dv)
-    assert isinstance(total, Tensor)
-    return total, lse
