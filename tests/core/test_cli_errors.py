@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 from typer.testing import CliRunner
 
+from attnlab.arguments import ArgumentError, expect_int
 from attnlab.cli import bench_cmd, llm_cmds, streaming_cmd
 from attnlab.cli.common import as_option
 from attnlab.cli.main import app
@@ -27,6 +28,14 @@ def test_library_names_become_the_options_typed():
     assert as_option("focus (text B): 'a' is not a token", {"focus": "--focus"}) == \
         "--focus (text B): 'a' is not a token"
     assert as_option("kv: something", {"k": "--top"}) == "kv: something"
+    # a check's ArgumentError says its argument's name: no message parsing
+    assert as_option(ArgumentError("k", "k: expected a positive int, got 0"), {"k": "--top"}) == \
+        "--top: expected a positive int, got 0"
+    with pytest.raises(ArgumentError) as e:
+        expect_int("seq_len", 0, 2)
+    assert (e.value.name, str(e.value)) == ("seq_len", "seq_len: expected an int >= 2, got 0")
+    assert as_option(e.value, {"seq_len": "--len"}) == "--len: expected an int >= 2, got 0"
+    assert as_option(e.value, {"len": "--len"}) == str(e.value)
 
 
 @pytest.mark.parametrize(("args", "error"), [

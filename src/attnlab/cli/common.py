@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from attnlab.arguments import ArgumentError
 from attnlab.echo import shown
 
 ThreadsOpt = Annotated[int | None, typer.Option(
@@ -55,9 +56,15 @@ def write_error(msg: str, as_json: bool, extra: dict[str, Any] | None = None) ->
         err_console.print(f"error: {msg}", markup=False, highlight=False, soft_wrap=True)
 
 
-def as_option(msg: str, names: Mapping[str, str] | None) -> str:
+def as_option(error: str | BaseException, names: Mapping[str, str] | None) -> str:
     """Library messages start with the parameter's name (``k: expected a positive int``); the
     user typed an option (``--top``), so the name is swapped for the option's."""
+    msg = str(error)
+    if isinstance(error, ArgumentError):  # the check says which argument it refused
+        option = names.get(error.name) if names else None
+        return option + msg[len(error.name):] if option and msg.startswith(error.name) else msg
+    # Fallback for errors that carry no name (OSError, a library's own ValueError, a KeyError's
+    # text): read it off the message's "name: " prefix.
     head, sep, rest = msg.partition(": ")
     if not sep or not names:
         return msg
@@ -75,8 +82,8 @@ def user_errors(as_json: bool = False, names: Mapping[str, str] | None = None) -
     try:
         yield
     except (ValueError, TypeError, OSError, KeyError) as e:
-        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-        write_error(as_option(msg, names), as_json)
+        said = str(e.args[0]) if isinstance(e, KeyError) and e.args else e  # KeyError's str() quotes
+        write_error(as_option(said, names), as_json)
         raise typer.Exit(code=2) from None
 
 
@@ -198,7 +205,7 @@ def load_lm(model: str | Path | None, *, threads: int | None = None, weights: st
     try:
         return load_model(model, weights=weights)
     except (OSError, ValueError) as e:  # the library says model:, the user typed --model
-        msg = as_option(str(e), {"model": "--model", "weights": "--weights"})
+        msg = as_option(e, {"model": "--model", "weights": "--weights"})
         if msg != str(e):  # an OSError with an errno keeps its own "[Errno n] ..." form
             e.args = (msg,)
         raise
