@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import os
 
+from attnlab.arguments import expect_int
+
 
 def available_cores() -> int:
     """Cores this process may run on (CPU affinity where the OS has it, else the CPU count)."""
@@ -36,10 +38,8 @@ def check_threads(threads: int | None, name: str = "threads") -> int:
     if threads is None:
         return default_threads()
     cores = available_cores()
-    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= cores:
-        raise ValueError(f"{name}: expected an integer from 1 to {cores} (the cores this process may "
-                         f"use; more threads than cores only wait on each other), got {threads!r}")
-    return threads
+    return expect_int(name, threads, 1, cores, expected=f"an integer from 1 to {cores} (the cores this "
+                      f"process may use; more threads than cores only wait on each other)")
 
 
 def set_threads(threads: int | None = None, name: str = "threads") -> int:

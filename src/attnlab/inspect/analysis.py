@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from attnlab.arguments import expect_positive_int
 from attnlab.inspect.attention_cache import AttentionCache
 
 
@@ -38,9 +39,7 @@ class HeadTop:
 
 
 def _check_k(k: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k: expected a positive int, got {k!r}")
-    return k
+    return expect_positive_int("k", k)
 
 
 def _top(row: torch.Tensor, labels: list[str], k: int) -> list[Attended]:

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from attnlab.arguments import expect_int
 from attnlab.models.loading import LoadedModel
 from attnlab.models.tokenizer import Encoded, normalize_token
 
@@ -41,15 +42,11 @@ class AttentionCache:
 
     def _layer(self, layer: int) -> int:
         n = self.num_layers
-        if isinstance(layer, bool) or not isinstance(layer, int) or not -n <= layer < n:
-            raise IndexError(f"layer: expected an int in 0..{n - 1}, got {layer!r}")
-        return layer % n
+        return expect_int("layer", layer, -n, n - 1, expected=f"an int in 0..{n - 1}", error=IndexError) % n
 
     def _head(self, head: int) -> int:
         n = self.num_heads
-        if isinstance(head, bool) or not isinstance(head, int) or not -n <= head < n:
-            raise IndexError(f"head: expected an int in 0..{n - 1}, got {head!r}")
-        return head % n
+        return expect_int("head", head, -n, n - 1, expected=f"an int in 0..{n - 1}", error=IndexError) % n
 
     def head(self, layer: int, head: int) -> Tensor:
         return self.weights[self._layer(layer), self._head(head)]  # (Lq, Lk)

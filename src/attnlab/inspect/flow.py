@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from attnlab.arguments import expect_int
 from attnlab.inspect.attention_rollout import Fusion, residual_attention
 
 SCALE = 10**9  # capacity resolution
@@ -50,8 +51,7 @@ def attention_flow(weights: Tensor, *, queries: Sequence[int] | None = None, fus
     L, T, _ = a.shape
     qs = list(range(T)) if queries is None else list(queries)
     for q in qs:
-        if isinstance(q, bool) or not isinstance(q, int) or not 0 <= q < T:
-            raise ValueError(f"queries: expected positions in 0..{T - 1}, got {q!r}")
+        expect_int("queries", q, 0, T - 1, expected=f"positions in 0..{T - 1}")
     g = _graph(a)
     out = torch.zeros(len(qs), T, dtype=torch.float64)
     for r, q in enumerate(qs):

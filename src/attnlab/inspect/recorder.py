@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from attnlab.arguments import expect_int
 from attnlab.models.contract import as_causal_lm
 from attnlab.modules.hooks import HookPoint
 
@@ -98,8 +99,8 @@ class AttentionRecorder:
 
     def row(self, pos: int) -> Tensor:
         """Attention of position ``pos`` over keys 0..pos: (layers, heads, pos + 1)."""
-        if isinstance(pos, bool) or not isinstance(pos, int) or not -self._n <= pos < self._n:
-            raise IndexError(f"pos: expected a recorded position in 0..{self._n - 1}, got {pos!r}")
+        expect_int("pos", pos, -self._n, self._n - 1, expected=f"a recorded position in 0..{self._n - 1}",
+                   error=IndexError)
         pos %= self._n
         return torch.stack([self._layer_row(i, pos) for i in self.layers])  # (Ls, Hs, pos + 1)
 
@@ -134,8 +135,7 @@ def _select(name: str, chosen: Sequence[int] | None, n: int) -> list[int]:
         return list(range(n))
     out = []
     for c in chosen:
-        if isinstance(c, bool) or not isinstance(c, int) or not -n <= c < n:
-            raise ValueError(f"{name}: expected ints in 0..{n - 1}, got {list(chosen)!r}")
+        expect_int(name, c, -n, n - 1, expected=f"ints in 0..{n - 1}", got=list(chosen))
         out.append(c % n)
     if not out:
         raise ValueError(f"{name}: expected at least one index, got none")

@@ -39,6 +39,8 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from attnlab.arguments import expect_int
+
 Measure = Literal["difference", "ratio", "proportion"]
 Resample = Literal["prompts", "both"]
 Interval = Literal["expanded", "percentile", "bca"]
@@ -121,9 +123,7 @@ def check_level(level: float, name: str = "level") -> float:
 
 
 def _check_int(value: int, name: str, low: int) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
-    return int(value)
+    return int(expect_int(name, value, low, expected=f"an integer >= {low}", kinds=(int, np.integer)))
 
 
 def _as_design(x: ArrayLike, name: str) -> NDArray[np.float64]:

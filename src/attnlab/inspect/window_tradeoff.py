@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from attnlab.arguments import expect_int
 from attnlab.functional.masks import Mask, as_mask, materialize, sliding_window
 from attnlab.inspect.attention_cache import stack_weights
 from attnlab.inspect.heads import PROBE_TEXTS
@@ -73,8 +74,7 @@ def tradeoff(lm: LoadedModel, texts: list[str] | None = None, widths: list[int] 
                          f"window mask into every layer; {lm.name} runs through transformers")
     ws = list(widths) if widths else list(DEFAULT_WIDTHS)
     for w in ws:
-        if isinstance(w, bool) or not isinstance(w, int) or w < 0:
-            raise ValueError(f"widths: expected non-negative ints, got {ws}")
+        expect_int("widths", w, 0, expected="non-negative ints", got=ws)
     encs = [lm.encode(t, truncate=truncate) for t in (texts or [*PROBE_TEXTS, LONG_TEXT])]
     decoder = lm.kind == "decoder"
     acc: dict[int | None, list[tuple[float, float, float, float]]] = {None: [], **{w: [] for w in ws}}

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attnlab.arguments import expect_int
 from attnlab.functional.attention import ScoreMod
 from attnlab.functional.masks import Mask, as_mask
 from attnlab.modules.hooks import HookedModel
@@ -86,8 +87,7 @@ def check_score_mods(score_mods: object, num_layers: int) -> None:
         raise TypeError(f"score_mods: expected a mapping {{layer: score_mod}}, "
                         f"got {type(score_mods).__name__}")
     for k, f in score_mods.items():
-        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < num_layers:
-            raise ValueError(f"score_mods: expected layer keys in 0..{num_layers - 1}, got {k!r}")
+        expect_int("score_mods", k, 0, num_layers - 1, expected=f"layer keys in 0..{num_layers - 1}")
         if not callable(f):
             raise TypeError(f"score_mods[{k}]: expected a callable(score, b, h, q_idx, kv_idx), "
                             f"got {type(f).__name__}")

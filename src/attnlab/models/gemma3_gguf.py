@@ -20,6 +20,7 @@ from typing import Any
 
 from torch import Tensor
 
+from attnlab.arguments import expect_int
 from attnlab.models.gemma3 import GLOBAL, LOCAL
 from attnlab.models.gguf_file import GGUFContents, TensorTransform, get
 from attnlab.models.gguf_hparams import (
@@ -58,10 +59,8 @@ def _layer_types(contents: GGUFContents, n: int) -> list[str]:
             raise ValueError(f"{contents.path}: gemma3.attention.sliding_window_pattern: expected {n} "
                              f"entries (one per layer), got {len(pattern)}")
         return [LOCAL if p else GLOBAL for p in pattern]
-    if not isinstance(pattern, int) or isinstance(pattern, bool) or pattern < 0:
-        raise ValueError(f"{contents.path}: gemma3.attention.sliding_window_pattern: expected an integer "
-                         f">= 0 or one bool per layer, got {pattern!r}")
-    every = pattern
+    every = expect_int(f"{contents.path}: gemma3.attention.sliding_window_pattern", pattern, 0,
+                       expected="an integer >= 0 or one bool per layer", error=ValueError)
     return [GLOBAL if every > 0 and (i + 1) % every == 0 else LOCAL for i in range(n)]
 
 

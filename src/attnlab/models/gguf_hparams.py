@@ -17,6 +17,7 @@ import math
 from collections.abc import Collection, Mapping
 from typing import Any
 
+from attnlab.arguments import expect_int
 from attnlab.models.gguf_file import LAYER, GGUFContents
 
 _MISSING = object()
@@ -44,9 +45,7 @@ def _value(contents: GGUFContents, key: str, default: Any) -> tuple[str, Any]:
 def int_field(contents: GGUFContents, key: str, *, lo: int = 1, default: Any = _MISSING) -> int:
     """``<architecture>.<key>`` as an integer >= ``lo`` (a bool, float or string is an error)."""
     full, value = _value(contents, key, default)
-    if not isinstance(value, int) or isinstance(value, bool) or value < lo:
-        raise ValueError(f"{contents.path}: {full}: expected an integer >= {lo}, got {value!r}")
-    return value
+    return expect_int(f"{contents.path}: {full}", value, lo, expected=f"an integer >= {lo}", error=ValueError)
 
 
 def float_field(contents: GGUFContents, key: str, default: Any = _MISSING) -> float:

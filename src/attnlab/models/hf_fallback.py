@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from attnlab.arguments import expect_int
 from attnlab.backends.registry import current_backend, get_backend
 from attnlab.models.common import TransformerOutput, check_score_mods
 from attnlab.modules.hooks import HookedModel
@@ -58,8 +59,7 @@ class TransformersModel(HookedModel):
         if self.unbridged is not None:
             raise ValueError(f"hook: needs attention through attnlab; {self.unbridged}")
         n = self.num_layers
-        if isinstance(layer, bool) or not isinstance(layer, int) or not -n <= layer < n:
-            raise ValueError(f"layer: expected an int in 0..{n - 1}, got {layer!r}")
+        expect_int("layer", layer, -n, n - 1, expected=f"an int in 0..{n - 1}")
         s = site.removeprefix("hook_").replace(".hook_", ".")
         sites = ("attn.q", "attn.k", "attn.v", "attn.pattern", "attn.z")
         if s not in sites:

@@ -26,6 +26,8 @@ from typing import Any
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from attnlab.arguments import expect_int
+
 HookFn = Callable[[Tensor, "HookPoint"], "Tensor | None"]
 NameFilter = str | Sequence[str] | Callable[[str], bool] | None
 
@@ -149,8 +151,7 @@ class HookedModel(nn.Module):
         """Dotted name of ``site`` (one of :data:`SITES`) in ``layer``: ("attn.pattern", 3) ->
         "layers.3.attention.hook_pattern" here; another model's attributes give another path."""
         n = len(getattr(self, self.blocks))
-        if isinstance(layer, bool) or not isinstance(layer, int) or not -n <= layer < n:
-            raise ValueError(f"layer: expected an int in 0..{n - 1}, got {layer!r}")
+        expect_int("layer", layer, -n, n - 1, expected=f"an int in 0..{n - 1}")
         s = site.removeprefix("hook_").replace(".hook_", ".")
         if s not in SITES:
             close = difflib.get_close_matches(s, SITES, n=2, cutoff=0.5)

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from attnlab.arguments import expect_int
 from attnlab.data.vocab import BOS_ID, EOS_ID, PAD_ID
 from attnlab.models.translation import TranslationModel
 
@@ -163,8 +164,7 @@ def beam_search(model: TranslationModel, src: Tensor, src_lengths: Tensor, max_l
 
 def decode(model: TranslationModel, src: Tensor, src_lengths: Tensor, *, beam: int = 1,
            alpha: float = 1.0, ratio: float = 2.0, cache: bool = True) -> list[Hypothesis]:
-    if isinstance(beam, bool) or not isinstance(beam, int) or beam < 1:
-        raise ValueError(f"beam: expected an int >= 1, got {beam!r}")
+    expect_int("beam", beam, 1)
     if not math.isfinite(alpha) or alpha < 0:  # nan would rank every hypothesis as nan
         raise ValueError(f"alpha: expected a finite number >= 0, got {alpha}")
     limit = max_lengths(src_lengths, ratio)

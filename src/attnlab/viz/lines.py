@@ -16,6 +16,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from attnlab.arguments import expect_int
 from attnlab.viz.figure import maybe_save, new_figure
 from attnlab.viz.inputs import as_labels, as_weights, pick_tokens
 from attnlab.viz.safety import MAX_HTML_TOKENS, shorten
@@ -52,8 +53,8 @@ def _head_view_labels(shape: tuple[int, ...], tokens: Sequence[Any] | None, q_to
     n_heads, lq, lk = shape
     sel = list(range(n_heads)) if heads is None else list(heads)
     for h in sel:
-        if isinstance(h, bool) or not isinstance(h, int | np.integer) or not 0 <= h < n_heads:
-            raise ValueError(f"heads: expected head positions in 0..{n_heads - 1}, got {sel!r}")
+        expect_int("heads", h, 0, n_heads - 1, expected=f"head positions in 0..{n_heads - 1}", got=sel,
+                   kinds=(int, np.integer))
     if query is not None and not (isinstance(query, int | np.integer) and 0 <= query < lq):
         raise ValueError(f"query: expected a query position in 0..{lq - 1}, got {query!r}")
     names = ([f"head {h}" for h in range(n_heads)] if head_names is None

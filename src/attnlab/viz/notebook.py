@@ -20,6 +20,8 @@ import io
 from html import escape
 from typing import Any
 
+from attnlab.arguments import expect_int
+
 # Height of the inline frame per view, in CSS pixels (the page scrolls inside it).
 FRAME_HEIGHT = {"head": 620, "model": 760, "compare": 640, "generation": 560, "share": 480}
 
@@ -41,8 +43,7 @@ class HtmlPage(str):
         """The page as one sandboxed ``<iframe srcdoc>`` element (HTML-escaped attribute)."""
         height = self.height if height is None else height
         h = FRAME_HEIGHT.get(self.view, 600) if height is None else height
-        if isinstance(h, bool) or not isinstance(h, int) or h < 50:
-            raise ValueError(f"height: expected an int of at least 50 (CSS pixels), got {height!r}")
+        expect_int("height", h, 50, expected="an int of at least 50 (CSS pixels)", got=height)
         return (f'<iframe class="attnlab-view" data-view="{escape(self.view)}" '
                 f'title="{escape(self.page_title)}" sandbox="allow-scripts allow-downloads" '
                 f'style="width: 100%; height: {h}px; border: 0" '

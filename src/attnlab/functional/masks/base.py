@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 import torch
 from torch import Tensor
 
+from attnlab.arguments import expect_positive_int
+
 if TYPE_CHECKING:
     from attnlab.functional.masks.grid import TileClasses, TileGrid
     from attnlab.functional.masks.parts import Part
@@ -233,8 +235,7 @@ def materialize(mask: object, q_len: int, kv_len: int, *, batch: int = 1, heads:
     """
     m = as_mask(mask)
     for nm, v in (("q_len", q_len), ("kv_len", kv_len), ("batch", batch), ("heads", heads)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{nm}: expected a positive int, got {v!r}")
+        expect_positive_int(nm, v)
     b, h, q, kv = index_grids(batch, heads, q_len, kv_len, device)
     out = m.evaluate(b, h, q, kv, q_len, kv_len)
     if not isinstance(out, Tensor) or out.dtype != torch.bool:

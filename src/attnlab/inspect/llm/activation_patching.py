@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from attnlab.arguments import expect_int
 from attnlab.inspect.llm.lens import input_ids
 from attnlab.models.contract import CausalLM, as_causal_lm
 from attnlab.models.loading import LoadedModel
@@ -126,8 +127,7 @@ def activation_patching(lm: LoadedModel, clean: str | Encoded | Tensor, corrupte
         raise ValueError(f"site: expected one of {', '.join((*POSITION_SITES, 'head', 'head_position'))}, "
                          f"got {site!r}")
     n = a.shape[1]
-    if isinstance(position, bool) or not isinstance(position, int) or not -n <= position < n:
-        raise ValueError(f"position: expected an int in {-n}..{n - 1}, got {position!r}")
+    expect_int("position", position, -n, n - 1)
     hook_site = "attn.z" if site.startswith("head") else site
     names = [model.hook_name(i, hook_site) for i in range(model.num_layers)]
     _, cache = model.run_with_cache(a, names_filter=names)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from attnlab.arguments import expect_positive_int
 from attnlab.functional.attention import ScoreMod
 from attnlab.functional.score_mods import KeyBias
 from attnlab.inspect.llm.batch_capture import BatchRecorder
@@ -285,8 +286,7 @@ def generate_rows(lm: LoadedModel, rows: Sequence[Row], *, max_new_tokens: int,
     ``prefix_limit`` caps the shared prefix; ``prefix_store`` (a dict) reuses prefixes across
     calls on the same prompts; ``recorder`` (one recorder per row) records each row's attention
     as :func:`generate_ids` would."""
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens: expected a positive int, got {max_new_tokens!r}")
+    expect_positive_int("max_new_tokens", max_new_tokens)
     groups = _by_first_token(rows)
     if len(groups) > 1:  # nothing shared (no chat header): one batch per first token
         out: dict[int, tuple[list[int], str]] = {}

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from attnlab.arguments import expect_int
 from attnlab.inspect.llm.generation import Generation
 
 FORMAT = "attnlab-capture"
@@ -53,8 +54,7 @@ class Capture:
     def row(self, pos: int) -> Tensor:
         """Attention of position ``pos`` over keys 0..pos: (layers, heads, pos + 1)."""
         n = self.positions
-        if isinstance(pos, bool) or not isinstance(pos, int) or not -n <= pos < n:
-            raise IndexError(f"pos: expected a recorded position in 0..{n - 1}, got {pos!r}")
+        expect_int("pos", pos, -n, n - 1, expected=f"a recorded position in 0..{n - 1}", error=IndexError)
         pos %= n
         start = pos * (pos + 1) // 2
         return self.weights[:, :, start : start + pos + 1]  # (Ls, Hs, pos + 1)

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from attnlab.arguments import expect_int, expect_positive_int
 from attnlab.inspect.recorder import AttentionRecorder
 from attnlab.models.contract import as_causal_lm
 from attnlab.models.loading import LoadedModel
@@ -49,8 +50,7 @@ class Sampling:
             raise ValueError(f"temperature: expected a number > 0, got {self.temperature!r}")
         if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
             raise ValueError(f"top_p: expected a number in (0, 1], got {self.top_p!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
-            raise ValueError(f"seed: expected an int in 0..2**63-1, got {self.seed!r}")
+        expect_int("seed", self.seed, 0, 2**63 - 1, expected="an int in 0..2**63-1")
 
 
 def next_token(logits: Tensor, sampling: Sampling, gen: torch.Generator | None) -> int:
@@ -205,8 +205,7 @@ def generate_ids(
     ``use_cache=False`` re-runs the whole sequence every step (the check that the KV cache
     changes nothing). ``recorder`` turns on weights in the forward passes it hooks.
     """
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens: expected a positive int, got {max_new_tokens!r}")
+    expect_positive_int("max_new_tokens", max_new_tokens)
     model = as_causal_lm(lm.model, "--model")
     stop_ids = eos_ids(lm) if stop_ids is None else stop_ids
     room = lm.max_tokens - len(prompt_ids)

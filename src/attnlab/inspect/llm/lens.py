@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from attnlab.arguments import expect_int
 from attnlab.models.contract import CausalLM, as_causal_lm
 from attnlab.models.loading import LoadedModel
 from attnlab.models.tokenizer import Encoded
@@ -39,9 +40,7 @@ def input_ids(lm: LoadedModel, text: str | Encoded | Tensor, name: str = "text")
 
 
 def _position(pos: int, n: int) -> int:
-    if isinstance(pos, bool) or not isinstance(pos, int) or not -n <= pos < n:
-        raise ValueError(f"position: expected an int in {-n}..{n - 1}, got {pos!r}")
-    return pos % n
+    return expect_int("position", pos, -n, n - 1) % n
 
 
 def _token(lm: LoadedModel, name: str, t: int | str) -> int:
@@ -51,9 +50,7 @@ def _token(lm: LoadedModel, name: str, t: int | str) -> int:
             raise ValueError(f"{name}: expected a single token, got {t!r} ({len(ids)} tokens)")
         return ids[0]
     v = as_causal_lm(lm.model).vocab_size
-    if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < v:
-        raise ValueError(f"{name}: expected a token id in 0..{v - 1} or a one-token string, got {t!r}")
-    return t
+    return expect_int(name, t, 0, v - 1, expected=f"a token id in 0..{v - 1} or a one-token string")
 
 
 def _final_norm(model: CausalLM) -> nn.Module:

@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from attnlab.arguments import expect_int, expect_nonneg_int
 from attnlab.functional.masks import Mask, longformer, sliding_window
 from attnlab.models.contract import CausalLM, as_causal_lm
 from attnlab.models.loading import LoadedModel
@@ -72,10 +73,8 @@ def default_text() -> str:
 def streaming_mask(window: int, sinks: int = 0, n_tokens: int | None = None) -> Mask:
     """The mask_mod of ``window W (+ K sinks)``, to be ANDed with the causal mask: the W keys
     i-W+1..i plus keys 0..K-1. ``n_tokens`` clips the sinks to the sequence (K >= N is full)."""
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        raise ValueError(f"window: expected an int >= 1 (keys per query), got {window!r}")
-    if isinstance(sinks, bool) or not isinstance(sinks, int) or sinks < 0:
-        raise ValueError(f"sinks: expected an int >= 0, got {sinks!r}")
+    expect_int("window", window, 1, expected="an int >= 1 (keys per query)")
+    expect_nonneg_int("sinks", sinks)
     if sinks == 0:
         return sliding_window(window - 1, 0)
     k = sinks if n_tokens is None else min(sinks, n_tokens)
@@ -177,8 +176,7 @@ def text_ids(lm: LoadedModel, source: str | Sequence[int] | Tensor, tokens: int 
         ids = torch.as_tensor(list(source) if not isinstance(source, Tensor) else source, dtype=torch.long)
     ids = ids.flatten()  # (N,)
     if tokens is not None:
-        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 2:
-            raise ValueError(f"tokens: expected an int >= 2, got {tokens!r}")
+        expect_int("tokens", tokens, 2)
         ids = ids[:tokens]
     if ids.numel() < 2:
         raise ValueError(f"text: expected at least 2 tokens (one to predict), got {ids.numel()}")
@@ -239,8 +237,8 @@ def sink_profile(model: CausalLM, ids: Tensor, k: int = 1) -> tuple[list[float],
 
 def _check_ints(name: str, values: Sequence[int], lo: int) -> tuple[int, ...]:
     vals = tuple(values)
-    if not vals or any(isinstance(v, bool) or not isinstance(v, int) or v < lo for v in vals):
-        raise ValueError(f"{name}: expected one or more ints >= {lo}, got {list(vals)!r}")
+    for v in vals or (None,):  # none at all is refused too (None is no int)
+        expect_int(name, v, lo, expected=f"one or more ints >= {lo}", got=list(vals))
     return tuple(dict.fromkeys(vals))
 
 
@@ -260,8 +258,7 @@ def streaming_experiment(lm: LoadedModel, source: str | Sequence[int] | Tensor |
         raise ValueError(f"sinks: expected each K < window ({min(wins)}), got {list(ks)}")
     ids = text_ids(lm, default_text() if source is None else source, tokens)  # (N,)
     n = ids.numel()
-    if isinstance(recompute, bool) or not isinstance(recompute, int) or recompute < 0:
-        raise ValueError(f"recompute: expected an int >= 0, got {recompute!r}")
+    expect_nonneg_int("recompute", recompute)
     if recompute and recompute > n - max(wins):
         raise ValueError(f"recompute: expected at most N - window = {n - max(wins)} tokens (each needs "
                          f"a full window before it), got {recompute}")

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
+from attnlab.arguments import expect_int
 from attnlab.backends.registry import get_backend
 from attnlab.functional.attention import ScoreMod
 from attnlab.functional.masks import Mask, as_mask
@@ -54,8 +55,7 @@ def _layer_keys(name: str, given: object) -> dict[int, object]:
     if not isinstance(given, Mapping):
         raise TypeError(f"{name}: expected a mapping {{layer_idx: ...}}, got {type(given).__name__}")
     for k in given:
-        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-            raise ValueError(f"{name}: expected layer indices (ints >= 0) as keys, got {k!r}")
+        expect_int(name, k, 0, expected="layer indices (ints >= 0) as keys")
     return dict(given)
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Self, cast
 
+from attnlab.arguments import expect_int
+
 POSITIONS: tuple[str, ...] = (
     "sinusoidal",  # fixed sin/cos added to the embeddings (§3.5)
     "learned",  # a trained table added to the embeddings (§3.5, "learned positional embeddings")
@@ -23,9 +25,7 @@ NORMS: tuple[str, ...] = (
 
 def _check_common(cfg: Any) -> None:
     for name in ("d_model", "heads", "layers", "ffn", "max_len"):
-        value = getattr(cfg, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"model.{name}: expected an int >= 1, got {value!r}")
+        expect_int(f"model.{name}", getattr(cfg, name), 1)
     if cfg.d_model % cfg.heads:
         raise ValueError(f"model.d_model: expected a multiple of model.heads={cfg.heads} "
                          f"(d_k = d_model / h, §3.2.2), got {cfg.d_model}")

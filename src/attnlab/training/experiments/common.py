@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from attnlab.arguments import expect_nonneg_int
 from attnlab.data.io import read_json
 from attnlab.training.loop import train
 from attnlab.training.run import RESUMABLE, config_differences, read_run_config
@@ -22,9 +23,7 @@ CLOCK: tuple[str, ...] = ("train_seconds", "tokens_per_second", "threads")  # ma
 def experiment_threads(threads: int) -> int:
     """The torch threads an experiment trains with: ``threads``, or 0 = min(cores, 2) (these
     models are small; more threads mostly wait on each other)."""
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
-        raise ValueError(f"threads: expected >= 0, got {threads!r}")
-    return threads or min(os.cpu_count() or 1, 2)
+    return expect_nonneg_int("threads", threads) or min(os.cpu_count() or 1, 2)
 
 
 def train_one(cfg_dict: dict[str, Any], folder: str, threads: int) -> dict[str, Any]:

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
+from attnlab.arguments import expect_positive_int
 from attnlab.models.transformer import LMConfig, TransformerLM
 
 
@@ -52,9 +53,7 @@ class InductionConfig:
     def __post_init__(self) -> None:
         for name in ("vocab", "seq_len", "min_block", "d_model", "heads", "batch", "steps", "eval_every",
                      "eval_batch", "threads"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}: expected a positive int, got {v!r}")
+            expect_positive_int(name, getattr(self, name))
         if not self.min_block <= self.max_block or 2 * self.max_block + 2 > self.seq_len:
             raise ValueError(f"max_block: expected min_block <= max_block and two blocks (+2) to fit in "
                              f"seq_len={self.seq_len}, got {self.min_block}..{self.max_block}")

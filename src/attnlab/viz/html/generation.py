@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from attnlab.arguments import expect_int
 from attnlab.viz.html.page import render_page, write_page
 from attnlab.viz.notebook import HtmlPage
 from attnlab.viz.safety import MAX_HTML_VALUES, printable
@@ -43,8 +44,7 @@ def _names(name: str, values: Sequence[Any], n: int, what: str) -> list[int]:
         raise ValueError(f"{name}: expected {n} {what} indices (one per recorded {what}), "
                          f"got {len(out)}")
     for v in out:
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
-            raise ValueError(f"{name}: expected non-negative ints, got {out!r}")
+        expect_int(name, v, 0, expected="non-negative ints", got=out, kinds=(int, np.integer))
     return [int(v) for v in out]
 
 
@@ -136,8 +136,7 @@ def _kv_groups(kv_group: Sequence[Any], n_heads: int) -> list[int]:
         raise ValueError(f"kv_group: expected one K/V head per recorded head ({n_heads}), "
                          f"got {len(groups)}")
     for g in groups:
-        if isinstance(g, bool) or not isinstance(g, (int, np.integer)) or g < 0:
-            raise ValueError(f"kv_group: expected non-negative ints, got {groups!r}")
+        expect_int("kv_group", g, 0, expected="non-negative ints", got=groups, kinds=(int, np.integer))
     return [int(g) for g in groups]
 
 
@@ -167,10 +166,8 @@ def generation_view_html(
     if len(names) not in (n, n + 1):
         raise ValueError(f"labels: expected {n} or {n + 1} labels for {n} recorded positions "
                          f"(the last generated token has no row), got {len(names)}")
-    if isinstance(prompt_len, bool) or not isinstance(prompt_len, (int, np.integer)) \
-            or not 1 <= prompt_len <= n:
-        raise ValueError(f"prompt_len: expected an int in 1..{n} (positions recorded), "
-                         f"got {prompt_len!r}")
+    expect_int("prompt_len", prompt_len, 1, n, expected=f"an int in 1..{n} (positions recorded)",
+               kinds=(int, np.integer))
     layer_ids = _names("layers", layers, n_layers, "layer")
     head_ids = _names("heads", heads, n_heads, "head")
     groups = _kv_groups(kv_group, n_heads)
@@ -198,8 +195,8 @@ def _positions(name: str, positions: Sequence[int], n: int) -> list[int]:
     if not marked:
         raise ValueError(f"{name}: expected at least one prompt position, got none")
     for p in marked:
-        if isinstance(p, bool) or not isinstance(p, (int, np.integer)) or not 0 <= p < n:
-            raise ValueError(f"{name}: expected prompt positions in 0..{n - 1}, got {marked!r}")
+        expect_int(name, p, 0, n - 1, expected=f"prompt positions in 0..{n - 1}", got=marked,
+                   kinds=(int, np.integer))
     return marked
 
 

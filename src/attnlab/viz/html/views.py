@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from attnlab.arguments import expect_int
 from attnlab.viz.export import AttentionData, attention_data
 from attnlab.viz.html.page import render_page, write_page
 from attnlab.viz.notebook import HtmlPage
@@ -32,9 +33,7 @@ def _data(weights: Any, tokens: Sequence[Any] | None, q_tokens: Sequence[Any] | 
 
 
 def _position(name: str, value: int, n: int, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < n:
-        raise ValueError(f"{name}: expected a {what} position in 0..{n - 1}, got {value!r}")
-    return value
+    return expect_int(name, value, 0, n - 1, expected=f"a {what} position in 0..{n - 1}")
 
 
 def head_view_html(
