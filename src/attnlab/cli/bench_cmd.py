@@ -22,13 +22,6 @@ from attnlab.cli.common import (
 )
 
 
-def _split(values: list[str] | None) -> list[str] | None:
-    """Accept ``--cases a --cases b``, ``--cases a,b`` and ``--cases 'a b'`` (as every list option)."""
-    if not values:
-        return None
-    return [x for v in values for x in split_tokens(v) or []]
-
-
 def bench_command(
     quick: Annotated[bool, typer.Option("--quick", help="smoke run in seconds (n=256, no compile)")] = False,
     suite: Annotated[str, typer.Option(help="standard | targets | patterns | gemma3 | quick")] = "standard",
@@ -56,9 +49,9 @@ def bench_command(
     with user_errors(as_json, names):  # make_suite / parse_n name their parameters, not the options
         check_output(out, "--out")
         use_threads(threads)
-        ns = None if not n else [_length(parse_n, x) for x in _split(n) or []]
-        s = make_suite("quick" if quick else suite, cases=_split(cases), ns=ns, modes=_split(modes),
-                       peers=_split(peers))
+        ns = None if not n else [_length(parse_n, x) for x in split_tokens(n) or []]
+        s = make_suite("quick" if quick else suite, cases=split_tokens(cases), ns=ns,
+                       modes=split_tokens(modes), peers=split_tokens(peers))
         out.mkdir(parents=True, exist_ok=True)
         info = machine_info()
         peak = matmul_peak(1024 if quick else 4096, repeats=3 if quick else 7)

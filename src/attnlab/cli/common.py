@@ -30,6 +30,18 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
+def log(message: str) -> None:
+    """A progress or note line on stderr, as printed (no rich markup: a path may hold [brackets])."""
+    err_console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
+def parent_made(path: Path) -> Path:
+    """``path``, once the folder it goes in exists (made with its parents): a checked output
+    path (:func:`check_output`) is made only when something is written there."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 PATH_CHARS = 1024  # a path is shown whole up to this: a cut name is no use
 FIGURE = (".png", ".svg")
 PAGE = (".html", ".htm")
@@ -172,11 +184,13 @@ def parse_json_option(name: str, text: str | None) -> Any:
 
 
 
-def split_tokens(text: str | None) -> list[str] | None:
-    """Token labels as every command takes them: separated by commas and/or whitespace."""
-    if not text:
+def split_tokens(values: str | Sequence[str] | None) -> list[str] | None:
+    """A user's list as every command takes it: items separated by commas and/or whitespace, in
+    one value (``a,b c``) or across a repeated option (``--cases a --cases b,c``); None when
+    nothing was given (None, "" or no values), [] when only separators were."""
+    if not values:
         return None
-    return [t for t in re.split(r"[,\s]+", text.strip()) if t]
+    return [t for v in ([values] if isinstance(values, str) else values) for t in re.split(r"[,\s]+", v) if t]
 
 
 def split_ints(name: str, text: str, lo: int = 0) -> list[int]:

@@ -13,7 +13,16 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from attnlab.cli.common import FIGURE, ThreadsOpt, check_output, console, load_lm, print_json, user_errors
+from attnlab.cli.common import (
+    FIGURE,
+    ThreadsOpt,
+    check_output,
+    console,
+    load_lm,
+    parent_made,
+    print_json,
+    user_errors,
+)
 
 
 def local_global_command(
@@ -48,8 +57,7 @@ def local_global_command(
         res = local_global_experiment(lm, text, tokens=tokens, block=block)
         rep: dict[str, Any] = res.to_dict()
         if png is not None:
-            png.parent.mkdir(parents=True, exist_ok=True)
-            rep["png"] = str(local_global_png(res, png))
+            rep["png"] = str(local_global_png(res, parent_made(png)))
     if as_json:
         print_json(rep)
         return

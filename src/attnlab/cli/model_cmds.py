@@ -25,7 +25,9 @@ from attnlab.cli.common import (
     console,
     err_console,
     load_lm,
+    parent_made,
     print_json,
+    split_tokens,
     user_errors,
 )
 
@@ -54,10 +56,6 @@ def _w(x: float) -> str:
 
 def _tops(items: list[TokenWeight]) -> str:
     return ", ".join(f"{t.token} {_w(t.weight)}" for t in items)
-
-
-def _split(values: list[str] | None) -> list[str]:
-    return [v for item in values or [] for v in item.replace(",", " ").split()]
 
 
 def inspect_command(
@@ -121,19 +119,19 @@ def inspect_command(
             best = rep.focused_heads[0] if rep.focused_heads else None
             lay = layer if layer is not None else (best.layer if best else 0)
             heads = [head] if head is not None else ([best.head] if best else None)
-            _mkdir(html)
+            parent_made(html)
             inspect_page(cache, view=view, layer=lay, heads=heads, path=html)
             rep = replace(rep, html=str(html))
         if png is not None:
             from attnlab.inspect.views import inspect_png
 
-            _mkdir(png)
+            parent_made(png)
             inspect_png(cache, png, layer=layer, head=head)
             rep = replace(rep, png=str(png))
         if export is not None:
             from attnlab.inspect.inspection import export_attention
 
-            _mkdir(export)
+            parent_made(export)
             export_attention(cache, export)
             rep = replace(rep, export=str(export))
     if as_json:
@@ -142,16 +140,12 @@ def inspect_command(
     _print_inspect(rep, cache, layer, head)
 
 
-def _mkdir(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-
-
 def _ablate(lm, enc, specs: list[str]) -> AblationReport:
     from attnlab.inspect.inspection_report import AblationReport
     from attnlab.inspect.patching import Ablation, patch_effect
 
     abl = []
-    for s in _split(specs):
+    for s in split_tokens(specs) or []:
         parts = s.split(":")
         if len(parts) != 2 or not all(p.isdigit() for p in parts):
             raise ValueError(f"--ablate: expected LAYER:HEAD (e.g. 3:1), got {s!r}")
@@ -228,7 +222,7 @@ def compare_command(
         if top < 1:
             raise ValueError(f"--top: expected a positive int, got {top}")
         # `--candidates animal street`: click hands "street" to the positional texts; take it back.
-        cands = _split(candidates)
+        cands = split_tokens(candidates) or []
         if len(texts) > 2 and candidates:
             cands += texts[2:]
             texts = texts[:2]
@@ -244,13 +238,13 @@ def compare_command(
         if html is not None:
             from attnlab.inspect.views import compare_page
 
-            _mkdir(html)
+            parent_made(html)
             compare_page(cmp, path=html)
             rep["html"] = str(html)
         if png is not None:
             from attnlab.inspect.views import compare_png
 
-            _mkdir(png)
+            parent_made(png)
             compare_png(cmp, png, top=min(top, 3))
             rep["png"] = str(png)
     if as_json:
@@ -293,7 +287,7 @@ def heads_command(
         if png is not None:
             from attnlab.inspect.views import heads_png
 
-            _mkdir(png)
+            parent_made(png)
             rep["png"] = str(heads_png(hs.scores, png, model=lm.name))
     if as_json:
         print_json(rep)
@@ -332,7 +326,7 @@ def tradeoff_command(
     """Run the model with sliding-window attention of several widths; report drift from full."""
     with user_errors(as_json, TEXTS_NAMES):
         ws = []
-        for w in _split(widths):
+        for w in split_tokens(widths) or []:
             if not w.isdigit():
                 raise ValueError(f"--widths: expected non-negative integers (e.g. 1,2,4), got {w!r}")
             ws.append(int(w))

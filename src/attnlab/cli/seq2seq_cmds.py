@@ -16,6 +16,8 @@ from attnlab.cli.common import (
     check_output,
     console,
     err_console,
+    log,
+    parent_made,
     print_json,
     use_threads,
     user_errors,
@@ -31,10 +33,6 @@ TRAIN_NAMES = {"preset": "--preset", "out": "--out", "arch": "--arch", "config":
 TRANSLATE_NAMES = {"text": "TEXT", "model": "--model", "beam": "--beam", "alpha": "--alpha",
                    "file": "--file", "png": "--png", "html": "--html", "heads": "--heads"}
 EVALUATE_NAMES = {"model": "--model", "split": "--split", "beam": "--beam"}
-
-
-def _log(message: str) -> None:
-    err_console.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
 def train_cmd(
@@ -82,7 +80,7 @@ def train_cmd(
         if as_json:
             cfg = apply_overrides(cfg, ["train.progress=false"])
         try:
-            result = train(cfg, out, resume=resume, log=None if as_json else _log)
+            result = train(cfg, out, resume=resume, log=None if as_json else log)
         except KeyboardInterrupt:
             err_console.print(f"interrupted; continue from the last checkpoint with: attnlab train "
                        f"--resume --out {out}", markup=False, soft_wrap=True)
@@ -147,7 +145,7 @@ def translate_cmd(
                              "none), so there is no alignment to draw")
         for path in (png, html):
             if path:
-                path.parent.mkdir(parents=True, exist_ok=True)  # checked above, made once needed
+                parent_made(path)  # checked above, made once needed
         if png:
             _alignment_png(t, png, tr.alignment_name)
         if html:
@@ -197,10 +195,10 @@ def _translate_file(model: Path, file: str, beam: int, alpha: float, as_json: bo
     if unknown:
         shown = "; ".join(f"line {i}: {u}" for i, u in unknown[:5])
         more = f"; and {len(unknown) - 5} more lines" if len(unknown) > 5 else ""
-        _log(f"note: unknown source tokens read as <unk> on {len(unknown)} of {len(lines)} "
+        log(f"note: unknown source tokens read as <unk> on {len(unknown)} of {len(lines)} "
              f"lines: {shown}{more}")
     if cut:
-        _log(f"note: stopped at the length limit before </s> on {len(cut)} lines: "
+        log(f"note: stopped at the length limit before </s> on {len(cut)} lines: "
              f"{', '.join(map(str, cut[:20]))}{' ...' if len(cut) > 20 else ''}")
 
 
@@ -265,7 +263,7 @@ def bottleneck_cmd(
         if threads is not None:  # else each job gets cores // jobs (run_bottleneck)
             sets.append(f"train.threads={use_threads(threads)}")
         res = run_bottleneck(out, quick=quick, overrides=sets, jobs=jobs,
-                             log=None if as_json else _log)
+                             log=None if as_json else log)
     if as_json:
         print_json({"out": str(out), "rows": res.rows, "summary": res.summary,
                      "seconds": round(res.seconds, 1)})

@@ -19,6 +19,7 @@ from attnlab.cli.common import (
     check_output,
     console,
     load_lm,
+    parent_made,
     print_json,
     split_ints,
     user_errors,
@@ -97,8 +98,7 @@ def streaming_command(
                                    recompute=recompute, profile=profile)
         rep: dict[str, Any] = {"model": lm.name} | res.to_dict()
         if png is not None:
-            png.parent.mkdir(parents=True, exist_ok=True)
-            rep["png"] = str(streaming_png(res, png, smooth=smooth))
+            rep["png"] = str(streaming_png(res, parent_made(png), smooth=smooth))
     if as_json:
         print_json(rep)
         return

@@ -11,7 +11,7 @@ from attnlab.cli.common import (
     ThreadsOpt,
     check_output,
     console,
-    err_console,
+    log,
     print_json,
     use_threads,
     user_errors,
@@ -25,10 +25,6 @@ QuickOpt = Annotated[bool, typer.Option("--quick", help="tiny sizes: a smoke run
 
 
 NAMES = {"threads": "--threads"}  # the library's names -> the options the user typed
-
-
-def _log(message: str) -> None:
-    err_console.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
 def architectures_cmd(
@@ -45,7 +41,7 @@ def architectures_cmd(
         from attnlab.training.experiments.architectures import run_architectures
 
         res = run_architectures(out, quick=quick, overrides=list(overrides or []),
-                                threads=use_threads(threads), log=None if as_json else _log)
+                                threads=use_threads(threads), log=None if as_json else log)
     if as_json:
         print_json({"out": str(out), "summary": res.summary, "rows": res.rows,
                     "throughput_ratio_transformer_vs_bahdanau": res.throughput_ratio,
@@ -76,7 +72,7 @@ def heads_cmd(
         from attnlab.training.experiments.heads import run_heads
 
         res = run_heads(out, model_dir=model, quick=quick, overrides=list(overrides or []),
-                        sentences=sentences, threads=use_threads(threads), log=None if as_json else _log)
+                        sentences=sentences, threads=use_threads(threads), log=None if as_json else log)
     if as_json:
         print_json({"out": str(out), "baseline_bleu": res.baseline_bleu,
                     "ablation": res.ablation, "pruning": res.pruning,
@@ -102,7 +98,7 @@ def ablations_cmd(
         from attnlab.training.experiments.ablations import run_ablations
 
         res = run_ablations(out, quick=quick, overrides=list(overrides or []),
-                            threads=use_threads(threads), log=None if as_json else _log)
+                            threads=use_threads(threads), log=None if as_json else log)
     if as_json:
         print_json({"out": str(out), "summary": res.summary, "rows": res.rows,
                     "seconds": round(res.seconds, 1)})
