@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from attnlab.arguments import ArgumentError, expect_int
-from attnlab.cli import bench_cmd, llm_cmds, streaming_cmd
-from attnlab.cli.common import as_option
+from attnlab.cli import llm_cmds, streaming_cmd
+from attnlab.cli.common import as_option, split_tokens
 from attnlab.cli.main import app
 
 
@@ -146,5 +146,9 @@ def test_prompt_effect_topic_takes_commas_or_spaces_and_its_errors_name_it(monke
 
 
 def test_list_options_take_commas_and_spaces():
-    assert bench_cmd._split(["dense causal,document", "strided"]) == \
+    # one splitter for every list: a value, or a repeated option's values (bench, inspect, tradeoff)
+    assert split_tokens(["dense causal,document", "strided"]) == \
         ["dense", "causal", "document", "strided"]  # was ["dense causal", "document", "strided"]
+    assert split_tokens(" a, b\tc ") == ["a", "b", "c"]
+    assert split_tokens(None) is None and split_tokens("") is None and split_tokens([]) is None
+    assert split_tokens(" , ") == [] and split_tokens(["", ","]) == []
