@@ -1,9 +1,11 @@
+import numpy as np
 import pytest
 import torch
 
 import attnlab
 from attnlab import masks
 from attnlab.backends import choose_backend, get_backend
+from attnlab.functional.checks import ArgumentError, expect_int, expect_nonneg_int, expect_positive_int
 
 
 def qkv(Lq=4, Lk=6, D=8):
@@ -49,6 +51,27 @@ def test_device_mismatch_is_an_error():
 def test_negative_window_is_an_error():
     with pytest.raises(ValueError, match="left: expected an int >= 0, got -1"):
         masks.sliding_window(-1)
+
+
+def test_one_integer_check():
+    """expect_int: an int, not a bool, in lo..hi; the message names the argument, what was expected
+    and what was given; a list's check shows the list; IndexError where callers index."""
+    assert expect_int("n", 3, 1, 3) == 3 and expect_int("n", -2, -2) == -2
+    for bad in (True, 4, 2.0, "2"):
+        with pytest.raises(ArgumentError) as e:
+            expect_int("n", bad, 1, 3)
+        assert (e.value.name, str(e.value)) == ("n", f"n: expected an int in 1..3, got {bad!r}")
+    with pytest.raises(ValueError, match=r"^heads: expected ints in 0\.\.3, got \[1, 7\]$"):
+        expect_int("heads", 7, 0, 3, expected="ints in 0..3", got=[1, 7])
+    with pytest.raises(IndexError, match=r"^pos: expected an int <= 2, got 5$"):
+        expect_int("pos", 5, hi=2, error=IndexError)
+    assert expect_int("k", np.int64(2), 0, kinds=(int, np.integer)) == 2
+    with pytest.raises(ArgumentError, match="k: expected an int >= 0"):
+        expect_int("k", np.int64(2), 0)  # numpy's ints only where a caller admits them
+    with pytest.raises(ArgumentError, match=r"^k: expected a positive int, got 0$"):
+        expect_positive_int("k", 0)
+    with pytest.raises(ArgumentError, match=r"^k: expected an int >= 0, got -1$"):
+        expect_nonneg_int("k", -1)
 
 
 def test_mask_shape_broadcast_forms_are_accepted():
