@@ -63,7 +63,7 @@ def test_library_names_become_the_options_typed():
     (["render", "/nonexistent.json"], "FILE: expected a JSON file or JSON text"),  # was "source:"
     (["bench", "--threads", "0"], "--threads: expected an integer from 1 to"),  # was "threads:"
     (["bench", "--n", "1q"], "--n: expected a positive length like 4096, 16k or 1m, got '1q'"),  # float()'s
-    (["bench", "--suite", "nope"], "--suite: expected quick, standard, patterns, targets or gemma3"),  # "suite:"
+    (["bench", "--suite", "nope"], "--suite: expected quick, standard, patterns, targets or gemma3"),
 ])
 def test_errors_name_the_option(args, error):
     assert _error(*args).startswith(error)
