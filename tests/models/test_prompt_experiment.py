@@ -15,12 +15,12 @@ import torch
 from typer.testing import CliRunner
 
 from attnlab.cli.main import app
-from attnlab.cli.prompt_experiment_cmd import write_outputs
 from attnlab.data.prompt_sets import parse_prompt_set
 from attnlab.inspect.llm import prompt_experiment as pe
 from attnlab.inspect.llm.batch_rows import Row, generate_rows, score_rows
 from attnlab.inspect.llm.generation import Sampling, generate_ids
 from attnlab.inspect.llm.prompt_design import ExperimentConfig, FixedAnswers, plan_task
+from attnlab.inspect.llm.prompt_files import write_outputs
 from attnlab.inspect.llm.prompt_report import build_report
 from attnlab.inspect.llm.steering import knockout, pasta, per_layer
 from attnlab.models import load_model

@@ -8,9 +8,6 @@ half-written. ``--report result.json`` re-renders an earlier run without running
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,78 +27,6 @@ NAMES = {"samples": "--samples", "seed": "--seed", "temperature": "--temperature
          "max_new_tokens": "--max-new-tokens", "tasks": "--tasks", "threads": "--threads",
          "path": "--prompts", "fixed": "--fixed-answer", "n_boot": "--n-boot"}
 CODE_TOKENS = 192  # --generate-code: step 1's answer length
-
-
-OUTPUTS = ("result.md", "result.json", "effects.png", "tokens.png", "heads.png")
-
-
-def _move_in(tmp: Path, out: Path, names: list[str]) -> None:
-    """Each finished file of ``tmp`` renamed into ``out`` (one atomic rename per file), then the
-    outputs of an earlier run that this one did not write removed (a stale heads.png would read
-    as this run's); nothing else in ``out`` is touched."""
-    out.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        os.replace(tmp / name, out / name)
-    for name in OUTPUTS:
-        if name not in names:
-            (out / name).unlink(missing_ok=True)
-
-
-def write_outputs(out: Path, report: Any, png: bool = True) -> list[str]:
-    """result.md, result.json, effects.png, tokens.png and (with a head sweep) heads.png into
-    ``out``: all written first in a temporary folder beside it, so a failure leaves ``out`` as it
-    was; other files in ``out`` are kept."""
-    import json
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        (tmp / "result.md").write_text(report.markdown(), encoding="utf-8")
-        (tmp / "result.json").write_text(json.dumps(report.to_dict(), indent=1, ensure_ascii=False) + "\n",
-                                         encoding="utf-8")
-        names = ["result.md", "result.json"]
-        from attnlab.viz.effects import EffectPanel, effects_figure
-
-        for name, panels in (("effects.png", report.panels), ("tokens.png", report.token_panels)):
-            if png and panels:
-                effects_figure([EffectPanel(**p) for p in panels], tmp / name)
-                names.append(name)
-        if png and report.sweep:
-            _sweep_png(report.sweep, tmp / "heads.png")
-            names.append("heads.png")
-        _move_in(tmp, out, names)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return [str(out / n) for n in names]
-
-
-def _sweep_png(grid: list[list[float]], path: Path) -> None:
-    from attnlab.viz import heatmap, save_figure
-
-    lim = max(abs(v) for row in grid for v in row) or 1.0
-    fig = heatmap(grid, q_tokens=[f"L{i}" for i in range(len(grid))],
-                  k_tokens=[f"H{j}" for j in range(len(grid[0]))], cmap="RdBu", vmin=-lim, vmax=lim,
-                  show_values=False, value_label="change in the logit difference (mean over tasks)",
-                  title="the added words knocked out of one head at a time")
-    ax = fig.axes[0]
-    ax.set_xlabel("head")  # the heatmap's own axis names (query, key) mean nothing here
-    ax.set_ylabel("layer")
-    save_figure(fig, path)
-
-
-def _print(report: Any) -> None:
-    from rich.table import Table as RichTable
-
-    console.print(report.title, style="bold", markup=False, highlight=False)
-    for s in report.summary:
-        console.print(f"- {s}", markup=False, highlight=False)
-    for t in report.tables:
-        rt = RichTable(title=t.title, title_justify="left", caption=t.note or None, caption_justify="left")
-        for c in t.columns:
-            rt.add_column(c, overflow="fold")
-        for r in t.rows:
-            rt.add_row(*r)
-        console.print(rt, markup=False)
 
 
 def prompt_experiment_command(
@@ -148,9 +73,10 @@ def prompt_experiment_command(
 
         check_output(out, "--out")
         if report_file is not None:
-            report = _rerender(report_file)
-            files = write_outputs(out, report) if out is not None else []
-            _finish(report, files, as_json)
+            from attnlab.inspect.llm.prompt_files import load_report
+
+            report = load_report(report_file)
+            _finish(report, report.write(out) if out is not None else [], as_json)
             return
         if (fixed_answer is None) != (neutral_answer is None):
             raise ValueError("--fixed-answer: expected it together with --neutral-answer, got only one")
@@ -180,7 +106,7 @@ def prompt_experiment_command(
         res = run_experiment(lm, ps, cfg, progress=_progress(as_json), code_source=source,
                              generate_code_tokens=CODE_TOKENS if generate_code else 0)
         report = build_report(res)
-        files = write_outputs(out, report) if out is not None else []
+        files = report.write(out) if out is not None else []
     _finish(report, files, as_json)
 
 
@@ -188,30 +114,9 @@ def _finish(report: Any, files: list[str], as_json: bool) -> None:
     if as_json:
         print_json(report.to_dict() | {"files": files})
         return
-    _print(report)
-    for f in files:
-        console.print(f"wrote {f}", markup=False, highlight=False)
+    from attnlab.viz.tables import print_blocks
 
-
-def _rerender(path: Path) -> Any:
-    """The report of an earlier run's result.json (``--report``), rebuilt by today's code."""
-    import json
-
-    from attnlab.inspect.llm.prompt_experiment import ExperimentResult
-    from attnlab.inspect.llm.prompt_report import build_report
-
-    if not path.is_file():
-        raise ValueError(f"--report: expected a result.json of attnlab prompt-experiment, got {str(path)!r} "
-                         f"(no such file)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"--report: expected a result.json of attnlab prompt-experiment, got {str(path)!r}, "
-                         f"which is not JSON ({e})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("result"), dict):
-        raise ValueError(f"--report: expected a result.json of attnlab prompt-experiment (with its "
-                         f"\"result\"), got {str(path)!r}")
-    return build_report(ExperimentResult.from_dict(data["result"], source=f"--report {path}"))
+    print_blocks(console, [*report.blocks(), *(f"wrote {f}" for f in files)], title=report.title)
 
 
 def _progress(quiet: bool):

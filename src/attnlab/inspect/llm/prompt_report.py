@@ -6,15 +6,17 @@ interval, and each verdict is read off the interval ("not shown" when it covers 
 comparisons are Bonferroni-adjusted, so a family's intervals hold together at 95 %. With one
 task (``--code FILE``), the samples are the units: the claim is then about that code only.
 
-One typed :class:`PromptReport` (a list of :class:`Table` plus the summary sentences) is
-rendered by one path to markdown (:meth:`PromptReport.markdown`), the terminal (the CLI prints
-the same tables with rich) and JSON (:meth:`PromptReport.to_dict`).
+One typed :class:`PromptReport` (the summary sentences and a list of
+:class:`~attnlab.viz.tables.Table`) is rendered by :mod:`attnlab.viz.tables` to markdown
+(:meth:`PromptReport.markdown`), the terminal (the CLI prints :meth:`PromptReport.blocks`) and
+JSON (:meth:`PromptReport.to_dict`); :meth:`PromptReport.write` writes its folder.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,16 +31,10 @@ from attnlab.inspect.llm.prompt_experiment import (
     ExperimentResult,
 )
 from attnlab.inspect.stats import Effect, Verdict, bonferroni_level, effect, verdict
+from attnlab.viz.tables import Block, Table, json_tables, markdown
 
 Arr = np.ndarray
-
-
-@dataclass
-class Table:
-    title: str
-    columns: list[str]
-    rows: list[list[str]]
-    note: str = ""
+Q_FIXED = "the fixed answer's topic preference (nats/token)"
 
 
 @dataclass
@@ -63,22 +59,25 @@ class PromptReport:
     token_panels: list[dict[str, Any]] = field(default_factory=list)  # the fixed answers per token
     sweep: list[list[float]] = field(default_factory=list)  # (L, H) mean effect of knocking each head
 
+    def blocks(self) -> list[Block]:
+        """The summary (one line per verdict), then the tables: what the terminal and result.md show."""
+        summary = "\n".join(f"- {s}" for s in self.summary)
+        return [summary, *self.tables] if summary else list(self.tables)
+
     def to_dict(self) -> dict[str, Any]:
         return {"title": self.title, "summary": self.summary,
                 "headlines": [h.to_dict() for h in self.headlines],
-                "tables": [asdict(t) for t in self.tables], "result": self.result}
+                "tables": json_tables(self.tables), "result": self.result}
 
     def markdown(self) -> str:
-        out = [f"# {self.title}", "", *[f"- {s}" for s in self.summary], ""]
-        for t in self.tables:
-            out += [f"## {t.title}", ""]
-            if t.note:
-                out += [t.note, ""]
-            out += ["| " + " | ".join(t.columns) + " |", "|" + "---|" * len(t.columns)]
-            out += ["| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in r) + " |"
-                    for r in t.rows]
-            out.append("")
-        return "\n".join(out)
+        return markdown(self.blocks(), title=self.title)
+
+    def write(self, out: str | Path, *, png: bool = True) -> list[str]:
+        """result.md, result.json and the pictures into the folder ``out``, atomically
+        (:func:`~attnlab.inspect.llm.prompt_files.write_outputs`); returns the paths written."""
+        from attnlab.inspect.llm.prompt_files import write_outputs
+
+        return write_outputs(Path(out), self, png=png)
 
 
 def _ci(e: Effect | None, digits: int = 3) -> str:
@@ -98,6 +97,8 @@ class _Stats:
         self.ctrls = [c for c in self.conds if c.startswith("control")]
         self.topic_lex = next((n for n, x in res.lexicons.items() if x["role"] == "topic"),
                               next(iter(res.lexicons)))
+        self.arms = [c for c in self.conds if c != "base"]  # each compared with base
+        self.q_sampled = f"the share of sampled answers mentioning {self.topic_lex} (words not in the prompt)"
 
     # -- arrays (tasks, samples) ---------------------------------------------------------------
     def sampled(self, arm: str, lex: str, copyable: bool = False, greedy: bool = False) -> Arr:
@@ -116,6 +117,14 @@ class _Stats:
             top, neu = float(np.mean(f["topic"])), float(np.mean(f["neutral"]))
             out.append({"pref": top - neu, "topic": top, "neutral": neu}[which])
         return np.asarray(out)[:, None]  # (P, 1)
+
+    def topic(self, arm: str) -> Arr:
+        """(P, S) whether each sampled answer mentions the topic lexicon (words not in the prompt)."""
+        return self.sampled(arm, self.topic_lex)
+
+    def pref(self, arm: str) -> Arr:
+        """(P, 1) the fixed answer's topic preference (nats/token)."""
+        return self.fixed(arm)
 
     def pooled(self, get: Callable[[str], Arr], arms: list[str]) -> Arr | None:
         return np.mean([get(a) for a in arms], axis=0) if arms else None
@@ -163,95 +172,15 @@ def _per_arm(st: _Stats, get: Callable[[str], Arr], arms: list[str], ref: str) -
 
 
 def build_report(res: ExperimentResult) -> PromptReport:
+    """Every comparison of ``res`` with its interval and verdict, as headlines, tables and
+    pictures' panels; the summary is the verdicts a reader needs first."""
     st = _Stats(res)
-    cfg, lex = res.config, st.topic_lex
-    n, s = st.n_tasks, cfg.samples
-    what = f"{n} tasks x {s} samples (T {cfg.temperature}, {cfg.max_new_tokens} new tokens)"
-
-    def sampled(arm: str) -> Arr:
-        return st.sampled(arm, lex)
-
-    def pref(arm: str) -> Arr:
-        return st.fixed(arm)
-
-    q_s = f"the share of sampled answers mentioning {lex} (words not in the prompt)"
-    q_f = "the fixed answer's topic preference (nats/token)"
-    h_s = _family(st, sampled, "sampled", q_s)
-    h_f = _family(st, pref, "fixed answer", q_f)
-    tables = [
-        _table(f"Sampled answers: do they mention {lex}? ({what})", h_s,
-               f"Share of answers with a {lex} word that occurs in none of the task's prompts; paired "
-               f"differences, Bonferroni over {len(h_s)}. Controls and paraphrases pooled per task."),
-        _table("Fixed answer: log p(topic sentence) - log p(neutral sentence), mean per token", h_f,
-               f"Topic: {res.fixed['topic']['text']!r}; neutral: {res.fixed['neutral']['text']!r}; the same "
-               f"tokens under every condition (teacher forcing).", 4),
-    ]
-    # interventions on the topic condition, fixed answer (decrease claimed)
-    ko = [a for a in res.tasks[0].fixed if a.startswith(KNOCK)]
-    draws = [a for a in res.tasks[0].fixed if a.startswith(RANDOM)]
-    arms: dict[str, Arr] = {a: pref(a) for a in ko}
-    if draws:
-        name = f"{RANDOM} (mean of {len(draws)} draw{'s' if len(draws) > 1 else ''})"
-        arms[name] = np.mean([pref(a) for a in draws], axis=0)
-    for a in (HEADS, RANDOM_HEADS):
-        if a in res.tasks[0].fixed:
-            arms[a] = pref(a)
-    arms["delete the words (base prompt)"] = pref("base")
-    h_i = []
-    for key, arr in arms.items():
-        e = st.effect(pref("topic"), arr, len(arms))
-        if e is not None:
-            h_i.append(Headline(f"intervention: {key}", "intervention", e,
-                                verdict(e, direction="decrease", condition=key, quantity=q_f)))
-    tables.append(_table("Interventions on the topic condition (fixed answer; vs no intervention)", h_i,
-                         f"Knockout: the {res.fixed['added_tokens']} added tokens' keys set to -inf (Geva et "
-                         f"al. 2023). Random: as many of the task's own tokens, seeded. Top heads: the "
-                         f"{cfg.steer_heads} heads writing most topic direction, ranked on the other half "
-                         f"of the tasks. A decrease is the claim.", 4))
-    h_k = []
-    s_arms = [a for a in res.tasks[0].answers if a.startswith((KNOCK, RANDOM)) or a in (HEADS, RANDOM_HEADS)]
-    for arm in s_arms:
-        e = st.effect(sampled("topic"), sampled(arm), len(s_arms))
-        if e is not None:
-            h_k.append(Headline(f"sampled intervention: {arm}", "sampled intervention", e,
-                                verdict(e, direction="decrease", condition=arm, quantity=q_s)))
-    tables.append(_table("Interventions on sampled answers (vs the topic condition)", h_k,
-                         f"The same knockouts as above, on the {s} samples of each task (greedy answers "
-                         f"apart); Bonferroni over {len(h_k)}. A decrease is the claim."))
-    h_p = _steering(st, sampled, pref, q_s, q_f) if PASTA in res.tasks[0].fixed else []
-    if h_p:
-        note = (f"PASTA (Zhang et al. 2023): in the {cfg.steer_heads} heads ranked on the other half of "
-                f"the tasks (as above), every key outside the added words has its weight scaled by "
-                f"{cfg.pasta_alpha} and the row renormalised; the control steers as many random heads. An "
-                f"increase is the claim; 'top vs random heads' is the comparison that says whether the "
-                f"chosen heads matter. Bonferroni over {len(h_p) // 2} per measure.")
-        tables.append(_table("PASTA: the added words emphasised in the top heads, against random heads", h_p,
-                             note, 4))
-    # per condition, every lexicon (negative controls on the same scale)
-    arms_all = [a for a in st.conds if a != "base"]
-    cols = ["condition", "text"]
-    rows = [[a, res.conditions[a]] for a in arms_all]
-    negative: list[str] = []  # per negative-control lexicon: the condition that moves it most
-    for name, info in res.lexicons.items():
-        cols.append(f"{name} ({info['role']})")
-        per = _per_arm(st, _lexicon_measure(st, name), arms_all, "base")
-        for r, e in zip(rows, per, strict=True):
-            r.append(_ci(e, 2))
-        found = [(e, a) for e, a in zip(per, arms_all, strict=True) if e is not None]
-        if info["role"] != "topic" and found:
-            e, a = max(found, key=lambda x: x[0].estimate)
-            negative.append(verdict(e, condition=f"{a} ({res.conditions[a]!r}), against base,",
-                                    quantity=f"the share of sampled answers mentioning {name}").sentence)
-    cols.append(f"{lex}, copyable words too")
-    for r, e in zip(rows, _per_arm(st, lambda a: st.sampled(a, lex, copyable=True), arms_all, "base"),
-                    strict=True):
-        r.append(_ci(e, 2))
-    cols.append("fixed-answer preference")
-    for r, e in zip(rows, _per_arm(st, pref, arms_all, "base"), strict=True):
-        r.append(_ci(e, 3))
-    tables.append(Table("Each condition vs base, on every lexicon (share of sampled answers) and the fixed "
-                        "answer", cols, rows, f"Bonferroni over {len(arms_all)} conditions per column."))
-    tables.append(_greedy_table(st, lex))
+    h_s = _family(st, st.topic, "sampled", st.q_sampled)
+    h_f = _family(st, st.pref, "fixed answer", Q_FIXED)
+    h_i, h_k = _interventions(st), _sampled_interventions(st)
+    h_p = _steering(st) if PASTA in res.tasks[0].fixed else []
+    lexicons, negative = _lexicon_table(st)
+    tables = [*_headline_tables(st, h_s, h_f, h_i, h_k, h_p), lexicons, _greedy_table(st, st.topic_lex)]
     token_table, token_panels = _token_table(st)
     tables.append(token_table)
     if res.tasks[0].dla:
@@ -261,37 +190,89 @@ def build_report(res: ExperimentResult) -> PromptReport:
         sweep_table, grid = _sweep_table(st)
         tables.append(sweep_table)
     tables.append(_examples(res))
-    panels = [_panel(f"Share of sampled answers mentioning {lex} (not copyable), vs base", arms_all,
-                     _per_arm(st, sampled, arms_all, "base"), "difference of shares"),
-              _panel("Fixed answer: topic preference vs base (nats/token)", arms_all,
-                     _per_arm(st, pref, arms_all, "base"), "difference"),
-              *[_panel(f"Share of sampled answers mentioning {name} (negative control), vs base", arms_all,
-                       _per_arm(st, _lexicon_measure(st, name), arms_all, "base"),
-                       "difference of shares")
-                for name, info in res.lexicons.items() if info["role"] != "topic"][:1],
-              _panel("Interventions on the topic condition (fixed answer)",
-                     [h.key.split(": ", 1)[1] for h in h_i], [h.effect for h in h_i],
-                     "difference vs no intervention")]
-    if h_p:
-        panels.append(_panel("PASTA on the topic condition", [h.key.split(": ", 1)[1] for h in h_p],
-                             [h.effect for h in h_p], "difference"))
-    panels = [p for p in panels if p["labels"]]  # one task: fixed-answer effects have no interval
     head = [h for h in (h_s + h_f) if h.key.endswith("topic vs controls")] or (h_s + h_f)[:1]
     ko_all = [h for h in h_i if "(all layers)" in h.key or RANDOM in h.key]
     steer = [h for h in h_p if "top vs random" in h.key]
     summary = [h.verdict.sentence for h in head + ko_all + steer] + negative
     title = (f"Prompt experiment on {res.model}: {res.config.flow} flow, {res.prompt_set} "
-             f"({n} tasks, code {res.code_source})")
-    return PromptReport(title, summary, h_s + h_f + h_i + h_k + h_p, tables, panels, res.to_dict(),
-                        token_panels, grid)
+             f"({st.n_tasks} tasks, code {res.code_source})")
+    return PromptReport(title, summary, h_s + h_f + h_i + h_k + h_p, tables, _panels(st, h_i, h_p),
+                        res.to_dict(), token_panels, grid)
 
 
-def _steering(st: _Stats, sampled: Callable[[str], Arr], pref: Callable[[str], Arr], q_s: str,
-              q_f: str) -> list[Headline]:
+def _headline_tables(st: _Stats, h_s: list[Headline], h_f: list[Headline], h_i: list[Headline],
+                     h_k: list[Headline], h_p: list[Headline]) -> list[Table]:
+    """The tables of the headline comparisons: conditions, interventions, PASTA (with notes on
+    what each compares and how its family is adjusted)."""
+    res, cfg, lex = st.res, st.cfg, st.topic_lex
+    what = (f"{st.n_tasks} tasks x {cfg.samples} samples (T {cfg.temperature}, {cfg.max_new_tokens} new "
+            f"tokens)")
+    tables = [
+        _table(f"Sampled answers: do they mention {lex}? ({what})", h_s,
+               f"Share of answers with a {lex} word that occurs in none of the task's prompts; paired "
+               f"differences, Bonferroni over {len(h_s)}. Controls and paraphrases pooled per task."),
+        _table("Fixed answer: log p(topic sentence) - log p(neutral sentence), mean per token", h_f,
+               f"Topic: {res.fixed['topic']['text']!r}; neutral: {res.fixed['neutral']['text']!r}; the same "
+               f"tokens under every condition (teacher forcing).", 4),
+        _table("Interventions on the topic condition (fixed answer; vs no intervention)", h_i,
+               f"Knockout: the {res.fixed['added_tokens']} added tokens' keys set to -inf (Geva et "
+               f"al. 2023). Random: as many of the task's own tokens, seeded. Top heads: the "
+               f"{cfg.steer_heads} heads writing most topic direction, ranked on the other half "
+               f"of the tasks. A decrease is the claim.", 4),
+        _table("Interventions on sampled answers (vs the topic condition)", h_k,
+               f"The same knockouts as above, on the {cfg.samples} samples of each task (greedy answers "
+               f"apart); Bonferroni over {len(h_k)}. A decrease is the claim."),
+    ]
+    if h_p:
+        note = (f"PASTA (Zhang et al. 2023): in the {cfg.steer_heads} heads ranked on the other half of "
+                f"the tasks (as above), every key outside the added words has its weight scaled by "
+                f"{cfg.pasta_alpha} and the row renormalised; the control steers as many random heads. An "
+                f"increase is the claim; 'top vs random heads' is the comparison that says whether the "
+                f"chosen heads matter. Bonferroni over {len(h_p) // 2} per measure.")
+        tables.append(_table("PASTA: the added words emphasised in the top heads, against random heads", h_p,
+                             note, 4))
+    return tables
+
+
+def _interventions(st: _Stats) -> list[Headline]:
+    """On the fixed answer, each knockout (all layers, per band, matched random draws pooled,
+    top and random heads) and the words deleted, against no intervention: a decrease claimed."""
+    fixed = st.res.tasks[0].fixed
+    draws = [a for a in fixed if a.startswith(RANDOM)]
+    arms: dict[str, Arr] = {a: st.pref(a) for a in fixed if a.startswith(KNOCK)}
+    if draws:
+        name = f"{RANDOM} (mean of {len(draws)} draw{'s' if len(draws) > 1 else ''})"
+        arms[name] = np.mean([st.pref(a) for a in draws], axis=0)
+    for a in (HEADS, RANDOM_HEADS):
+        if a in fixed:
+            arms[a] = st.pref(a)
+    arms["delete the words (base prompt)"] = st.pref("base")
+    out = []
+    for key, arr in arms.items():
+        e = st.effect(st.pref("topic"), arr, len(arms))
+        if e is not None:
+            out.append(Headline(f"intervention: {key}", "intervention", e,
+                                verdict(e, direction="decrease", condition=key, quantity=Q_FIXED)))
+    return out
+
+
+def _sampled_interventions(st: _Stats) -> list[Headline]:
+    """The same knockouts on the sampled answers, against the topic condition."""
+    arms = [a for a in st.res.tasks[0].answers if a.startswith((KNOCK, RANDOM)) or a in (HEADS, RANDOM_HEADS)]
+    out = []
+    for arm in arms:
+        e = st.effect(st.topic("topic"), st.topic(arm), len(arms))
+        if e is not None:
+            out.append(Headline(f"sampled intervention: {arm}", "sampled intervention", e,
+                                verdict(e, direction="decrease", condition=arm, quantity=st.q_sampled)))
+    return out
+
+
+def _steering(st: _Stats) -> list[Headline]:
     """PASTA in the top heads and in random heads, each against the topic condition, and top
     against random: on the fixed answer and on sampled answers."""
     out = []
-    for measure, get, q in (("fixed answer", pref, q_f), ("sampled", sampled, q_s)):
+    for measure, get, q in (("fixed answer", st.pref, Q_FIXED), ("sampled", st.topic, st.q_sampled)):
         pairs = [(f"{PASTA} ({measure})", "topic", PASTA),
                  (f"{RANDOM_PASTA} ({measure})", "topic", RANDOM_PASTA),
                  (f"top vs random heads ({measure})", RANDOM_PASTA, PASTA)]
@@ -301,6 +282,58 @@ def _steering(st: _Stats, sampled: Callable[[str], Arr], pref: Callable[[str], A
                 out.append(Headline(f"PASTA: {key}", "PASTA", e,
                                     verdict(e, direction="increase", condition=key, quantity=q)))
     return out
+
+
+def _lexicon_table(st: _Stats) -> tuple[Table, list[str]]:
+    """Each condition against base on every lexicon (negative controls on the same scale), the
+    topic lexicon with copyable words too, and the fixed answer; and, per negative-control
+    lexicon, the verdict on the condition that moves it most."""
+    res, lex = st.res, st.topic_lex
+    arms = st.arms
+    cols = ["condition", "text"]
+    rows = [[a, res.conditions[a]] for a in arms]
+    negative: list[str] = []
+    for name, info in res.lexicons.items():
+        cols.append(f"{name} ({info['role']})")
+        per = _per_arm(st, _lexicon_measure(st, name), arms, "base")
+        for r, e in zip(rows, per, strict=True):
+            r.append(_ci(e, 2))
+        found = [(e, a) for e, a in zip(per, arms, strict=True) if e is not None]
+        if info["role"] != "topic" and found:
+            e, a = max(found, key=lambda x: x[0].estimate)
+            negative.append(verdict(e, condition=f"{a} ({res.conditions[a]!r}), against base,",
+                                    quantity=f"the share of sampled answers mentioning {name}").sentence)
+    cols.append(f"{lex}, copyable words too")
+    for r, e in zip(rows, _per_arm(st, lambda a: st.sampled(a, lex, copyable=True), arms, "base"),
+                    strict=True):
+        r.append(_ci(e, 2))
+    cols.append("fixed-answer preference")
+    for r, e in zip(rows, _per_arm(st, st.pref, arms, "base"), strict=True):
+        r.append(_ci(e, 3))
+    table = Table("Each condition vs base, on every lexicon (share of sampled answers) and the fixed "
+                  "answer", cols, rows, f"Bonferroni over {len(arms)} conditions per column.")
+    return table, negative
+
+
+def _panels(st: _Stats, h_i: list[Headline], h_p: list[Headline]) -> list[dict[str, Any]]:
+    """effects.png: each condition vs base (topic lexicon, fixed answer, the first negative
+    control), the interventions, PASTA; a panel with no interval (one task) is left out."""
+    arms, lex = st.arms, st.topic_lex
+    negative = [name for name, info in st.res.lexicons.items() if info["role"] != "topic"][:1]
+    panels = [_panel(f"Share of sampled answers mentioning {lex} (not copyable), vs base", arms,
+                     _per_arm(st, st.topic, arms, "base"), "difference of shares"),
+              _panel("Fixed answer: topic preference vs base (nats/token)", arms,
+                     _per_arm(st, st.pref, arms, "base"), "difference"),
+              *[_panel(f"Share of sampled answers mentioning {name} (negative control), vs base", arms,
+                       _per_arm(st, _lexicon_measure(st, name), arms, "base"), "difference of shares")
+                for name in negative],
+              _panel("Interventions on the topic condition (fixed answer)",
+                     [h.key.split(": ", 1)[1] for h in h_i], [h.effect for h in h_i],
+                     "difference vs no intervention")]
+    if h_p:
+        panels.append(_panel("PASTA on the topic condition", [h.key.split(": ", 1)[1] for h in h_p],
+                             [h.effect for h in h_p], "difference"))
+    return [p for p in panels if p["labels"]]
 
 
 def _lexicon_measure(st: _Stats, name: str) -> Callable[[str], Arr]:
