@@ -96,25 +96,26 @@ def test_model_command_errors_name_the_options():
 
 
 def test_generate_refuses_a_capture_that_does_not_fit(monkeypatch, tmp_path):
-    import attnlab.inspect.llm.generation as generation
+    import attnlab.inspect.llm.generation_report as generation_report
+    from attnlab.inspect.llm.generation import capture_limit
 
     lm = SimpleNamespace(num_layers=30, num_heads=9, max_tokens=8192)  # SmolLM2-135M's shape
     monkeypatch.setattr(llm_cmds, "load_lm", lambda *a, **k: lm)
-    monkeypatch.setattr(generation, "fit_prompt", lambda *a, **k: [0] * 30)
+    monkeypatch.setattr(generation_report, "fit_prompt", lambda *a, **k: [0] * 30)
     # was: generation starts and the recorder grows towards 18 GB
     err = _error("generate", "hi", "--max-new-tokens", "8000", "--png", str(tmp_path / "a.png"))
     assert err.startswith("--max-new-tokens: capturing attention over up to 8,029 positions (prompt 30 + "
                           "8,000 new) x 30 layers x 9 heads needs 17.4 GB (fp16); expected at most 2 GB")
     assert "--layers/--heads" in err
-    assert llm_cmds._capture_limit(30, 8000, 8192, 1, 1) is None  # one head of one layer: 64 MB
+    assert capture_limit(30, 8000, 8192, 1, 1) is None  # one head of one layer: 64 MB
     # prompt-effect captures every head of its augmented run: the same refusal, before generating
     import attnlab.inspect.llm.prompt_effect as pe
 
     monkeypatch.setattr(pe, "fit_prompt", lambda *a, **k: [0] * 30)
-    monkeypatch.setattr(pe, "prompt_effect", lambda *a, **k: pytest.fail("generated before refusing"))
+    monkeypatch.setattr(pe, "generate_text", lambda *a, **k: pytest.fail("generated before refusing"))
     assert _error("prompt-effect", "--max-new-tokens", "8000").startswith(
         "--max-new-tokens: capturing attention over up to 8,029 positions")
-    assert llm_cmds._capture_limit(30, 100_000, 8192, 30, 9).startswith(
+    assert capture_limit(30, 100_000, 8192, 30, 9).startswith(
         "--max-new-tokens: capturing attention over up to 8,192 positions")  # the context bounds it
 
 

@@ -9,7 +9,7 @@ half-written. ``--report result.json`` re-renders an earlier run without running
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -22,6 +22,9 @@ from attnlab.cli.common import (
     print_json,
     user_errors,
 )
+
+if TYPE_CHECKING:
+    from attnlab.inspect.llm.prompt_report import PromptReport
 
 NAMES = {"samples": "--samples", "seed": "--seed", "temperature": "--temperature", "flow": "--flow",
          "max_new_tokens": "--max-new-tokens", "tasks": "--tasks", "threads": "--threads",
@@ -110,7 +113,7 @@ def prompt_experiment_command(
     _finish(report, files, as_json)
 
 
-def _finish(report: Any, files: list[str], as_json: bool) -> None:
+def _finish(report: PromptReport, files: list[str], as_json: bool) -> None:
     if as_json:
         print_json(report.to_dict() | {"files": files})
         return

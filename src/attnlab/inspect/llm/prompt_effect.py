@@ -22,13 +22,14 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from attnlab.echo import shown
-from attnlab.inspect.llm.generation import Generation, fit_prompt, generate_text
+from attnlab.inspect.llm.generation import Generation, check_capture, fit_prompt, generate_text
 from attnlab.inspect.llm.steering import (
     SECURITY_LEXICON,
     Topic,
@@ -40,9 +41,37 @@ from attnlab.inspect.llm.steering import (
 )
 from attnlab.models.loading import LoadedModel
 from attnlab.models.tokenizer import Encoded
+from attnlab.viz.tables import Block, Table, markdown
 
 DEFAULT_BASE = "create a python post request handler of a login form"
 DEFAULT_ADD = "Make it secure."
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One run as reported: rounded here, once, for the JSON and the tables alike."""
+
+    label: str
+    answer: str
+    tokens: int
+    topic_mean: float  # 6 significant digits
+    topic_total: float  # 4 decimals
+    chrf_to_base: float | None = None  # 2 decimals; None: the base run itself
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"label": self.label, "answer": self.answer, "tokens": self.tokens,
+                               "topic_mean": self.topic_mean, "topic_total": self.topic_total}
+        if self.chrf_to_base is not None:
+            out["chrf_to_base"] = self.chrf_to_base
+        return out
+
+
+@dataclass(frozen=True)
+class KnockoutSummary(RunSummary):
+    moved_back: float | None = None  # 3 decimals; None when the topic gap is noise
+
+    def to_dict(self) -> dict[str, Any]:
+        return super().to_dict() | {"topic_moved_back": self.moved_back}
 
 
 @dataclass
@@ -55,17 +84,10 @@ class ConditionRun:
     def topic_mean(self) -> float:
         return sum(self.topic) / max(len(self.topic), 1)
 
-    def summary(self, base_answer: str | None = None) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "label": self.label,
-            "answer": self.generation.text,
-            "tokens": len(self.generation.new_ids),
-            "topic_mean": float(f"{self.topic_mean:.6g}"),
-            "topic_total": round(sum(self.topic), 4),
-        }
-        if base_answer is not None:
-            out["chrf_to_base"] = round(chrf(self.generation.text, base_answer), 2)
-        return out
+    def summary(self, base_answer: str | None = None) -> RunSummary:
+        chrf_to_base = None if base_answer is None else round(chrf(self.generation.text, base_answer), 2)
+        return RunSummary(self.label, self.generation.text, len(self.generation.new_ids),
+                          float(f"{self.topic_mean:.6g}"), round(sum(self.topic), 4), chrf_to_base)
 
 
 def chrf(hyp: str, ref: str) -> float:
@@ -115,6 +137,29 @@ def find_span(enc: Encoded, words: str, *, user_text: str, name: str = "add") ->
     return span_positions(enc, start, start + len(words.strip()))
 
 
+@dataclass(frozen=True)
+class HeadShare:
+    layer: int
+    head: int
+    share: float  # mean share of attention on the added words, 4 decimals
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layer": self.layer, "head": self.head, "share": self.share}
+
+
+@dataclass(frozen=True)
+class Steering:
+    """PASTA on the base prompt: the words emphasised, their token span, the heads steered."""
+
+    emphasize: str
+    alpha: float
+    span: list[int]
+    heads: list[tuple[int, int]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"emphasize": self.emphasize, "alpha": self.alpha, "span": self.span, "heads": self.heads}
+
+
 @dataclass
 class PromptEffect:
     base: ConditionRun
@@ -126,16 +171,32 @@ class PromptEffect:
     uniform: list[float]  # per answer token: added / visible keys (what uniform attention gives)
     knockouts: list[ConditionRun] = field(default_factory=list)
     steered: ConditionRun | None = None
-    steering: dict[str, Any] = field(default_factory=dict)
+    steering: Steering | None = None
     topic: Topic | None = None
 
-    def top_heads(self, n: int = 8) -> list[dict[str, Any]]:
+    @property
+    def model(self) -> str:
+        return self.base.generation.model
+
+    @property
+    def share_mean(self) -> float:
+        """Mean share of attention on the added words over answer tokens, layers and heads."""
+        return round(float(self.share.mean()), 4)
+
+    @property
+    def share_by_layer(self) -> list[float]:
+        """Per layer, mean share over answer tokens and heads."""
+        return [round(float(x), 4) for x in self.share.mean(0)]
+
+    @property
+    def uniform_mean(self) -> float:
+        """What uniform attention would give, mean over answer tokens."""
+        return round(sum(self.uniform) / max(len(self.uniform), 1), 4)
+
+    def top_heads(self, n: int = 8) -> list[HeadShare]:
         H = self.share_heads.shape[1]
         order = self.share_heads.flatten().argsort(descending=True)[:n].tolist()
-        return [
-            {"layer": i // H, "head": i % H, "share": round(float(self.share_heads.flatten()[i]), 4)}
-            for i in order
-        ]
+        return [HeadShare(i // H, i % H, round(float(self.share_heads.flatten()[i]), 4)) for i in order]
 
     def moved_back(self, run: ConditionRun) -> float | None:
         """Fraction of the topic effect a knockout removes: 1 = back to the base prompt's level."""
@@ -145,37 +206,96 @@ class PromptEffect:
             return None
         return (self.augmented.topic_mean - run.topic_mean) / gap
 
+    def knockout_summaries(self) -> list[KnockoutSummary]:
+        ref = self.base.generation.text
+        out = []
+        for r in self.knockouts:
+            mb = self.moved_back(r)
+            moved_back = None if mb is None else round(mb, 3)
+            out.append(KnockoutSummary(**vars(r.summary(ref)), moved_back=moved_back))
+        return out
+
+    @property
+    def topic_shift(self) -> float | None:
+        """PASTA's change of the topic mass against the base prompt (5 decimals)."""
+        return None if self.steered is None else round(self.steered.topic_mean - self.base.topic_mean, 5)
+
     def to_dict(self) -> dict[str, Any]:
         ref = self.base.generation.text
-        knock = []
-        for r in self.knockouts:
-            d = r.summary(ref)
-            mb = self.moved_back(r)
-            d["topic_moved_back"] = None if mb is None else round(mb, 3)
-            knock.append(d)
+        enc = self.augmented.generation.prompt
         out: dict[str, Any] = {
-            "model": self.base.generation.model,
-            "base": self.base.summary(),
-            "augmented": self.augmented.summary(ref),
-            "added": {
-                "text": self.added_text,
-                "positions": self.added_positions,
-                "tokens": [self.augmented.generation.prompt.labels[p] for p in self.added_positions],
-            },
+            "model": self.model,
+            "base": self.base.summary().to_dict(),
+            "augmented": self.augmented.summary(ref).to_dict(),
+            "added": {"text": self.added_text, "positions": self.added_positions,
+                      "tokens": [enc.labels[p] for p in self.added_positions]},
             "topic_words": list(self.topic.used) if self.topic else [],
-            "share_by_layer": [round(float(x), 4) for x in self.share.mean(0)],
-            "share_mean": round(float(self.share.mean()), 4),
-            "uniform_share_mean": round(sum(self.uniform) / max(len(self.uniform), 1), 4),
-            "top_heads": self.top_heads(),
-            "knockout": knock,
+            "share_by_layer": self.share_by_layer,
+            "share_mean": self.share_mean,
+            "uniform_share_mean": self.uniform_mean,
+            "top_heads": [h.to_dict() for h in self.top_heads()],
+            "knockout": [k.to_dict() for k in self.knockout_summaries()],
         }
-        if self.steered is not None:
-            out["steering"] = (
-                self.steering
-                | self.steered.summary(ref)
-                | {"topic_shift": round(self.steered.topic_mean - self.base.topic_mean, 5)}
-            )
+        if self.steered is not None and self.steering is not None:
+            out["steering"] = (self.steering.to_dict() | self.steered.summary(ref).to_dict()
+                               | {"topic_shift": self.topic_shift})
         return out
+
+    def blocks(self, *, per_layer: bool = False) -> list[Block]:
+        """The answers side by side, the share of attention on the added words (``per_layer``:
+        with its table per layer, as result.md has it), the knockouts and PASTA: what the
+        terminal and result.md show."""
+        b, a = self.base.summary(), self.augmented.summary(self.base.generation.text)
+        answers = Table(f"{self.model}: adding {self.added_text!r}", ["base prompt", "+ added words"],
+                        [[b.answer, a.answer], [f"topic mass {r.topic_mean:.4f} / token" for r in (b, a)]],
+                        ruled=True)
+        share = (f"share of attention on the added words: {self.share_mean:.3f} (uniform attention would "
+                 f"give {self.uniform_mean:.3f}); heads giving most: "
+                 + ", ".join(f"L{h.layer}H{h.head} {h.share:.2f}" for h in self.top_heads()[:5]))
+        rows = [["base", f"{b.topic_mean:.4f}", "", "100"],
+                ["augmented", f"{a.topic_mean:.4f}", "", f"{a.chrf_to_base:.1f}"]]
+        for k in self.knockout_summaries():
+            moved = "" if k.moved_back is None else f"{100 * k.moved_back:.0f}%"
+            rows.append([k.label, f"{k.topic_mean:.4f}", moved, f"{k.chrf_to_base:.1f}"])
+        knock = Table("attention knockout of the added words",
+                      ["run", "topic mass / token", "moved back", "chrF to base answer"], rows)
+        out: list[Block] = [answers, share, knock]
+        if per_layer:
+            out.insert(2, Table("share of attention on the added words per layer", ["layer", "share"],
+                                [[str(i), f"{x:.4f}"] for i, x in enumerate(self.share_by_layer)],
+                                "Mean over the answer's tokens and the layer's heads."))
+        if self.steered is not None and self.steering is not None:
+            s, run = self.steering, self.steered.summary()
+            out.append(f"PASTA emphasize {s.emphasize!r} (alpha {s.alpha}) in {len(s.heads)} heads: topic "
+                       f"mass {run.topic_mean:.4f} ({self.topic_shift:+.4f}); answer: {run.answer!r}")
+        return out
+
+    def markdown(self) -> str:
+        return markdown(self.blocks(per_layer=True), title=f"Prompt effect on {self.model}")
+
+    def write(self, out: str | Path | None = None, *, png: str | Path | None = None,
+              html: str | Path | None = None) -> list[str]:
+        """The folder ``out`` (generation.html, share.png, share.html, result.json, result.md;
+        the JSON and markdown atomically) and/or the share picture ``png`` and page ``html``;
+        returns the paths written."""
+        from attnlab.data.io import atomic_write_text, write_json
+        from attnlab.inspect.llm.llm_views import generation_page, share_page, share_png
+
+        folder = None if out is None else Path(out)
+        files = []
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            png, html = png or folder / "share.png", html or folder / "share.html"
+            files.append(str(generation_page(self.augmented.generation, folder / "generation.html")))
+        for path, write in ((png, share_png), (html, share_page)):
+            if path is not None:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                files.append(str(write(self, path)))
+        if folder is not None:
+            write_json(folder / "result.json", self.to_dict() | {"files": files})
+            atomic_write_text(folder / "result.md", self.markdown())
+            files += [str(folder / "result.json"), str(folder / "result.md")]
+        return files
 
 
 def _run(lm: LoadedModel, label: str, prompt: str, topic: Topic, **kw: Any) -> ConditionRun:
@@ -209,6 +329,11 @@ def prompt_effect(
         raise ValueError(f"add: expected words to add to the prompt, got {shown(add)}")
     if not isinstance(base, str) or not base.strip():
         raise ValueError(f"prompt: expected some text, got {shown(base)}")
+    augmented = f"{base.rstrip()} {add.strip()}"
+    # The augmented run captures every head's attention while it generates: refuse first.
+    fitted = fit_prompt(lm, augmented, system=system, max_new_tokens=max_new_tokens,
+                        special_tokens=special_tokens)
+    check_capture(lm, len(fitted), max_new_tokens)
     if _word_at(base, add) >= 0:
         raise ValueError(f"add: {shown(add)} is already in the prompt {shown(base)}; add words it does "
                          f"not have")
@@ -224,7 +349,6 @@ def prompt_effect(
                   user_text=base, name="emphasize")
     check_alpha(alpha)
     topic = Topic.from_words(lm.tokenizer, topic_words)
-    augmented = f"{base.rstrip()} {add.strip()}"
     kw: dict[str, Any] = {"system": system, "max_new_tokens": max_new_tokens,
                           "special_tokens": special_tokens}
     b = _run(lm, "base", base, topic, **kw)
@@ -263,74 +387,13 @@ def _steer(
     base: str,
     words: str,
     alpha: float,
-    heads: list[dict[str, Any]],
+    heads: list[HeadShare],
     topic: Topic,
     kw: dict[str, Any],
-) -> tuple[ConditionRun, dict[str, Any]]:
+) -> tuple[ConditionRun, Steering]:
     enc = fit_prompt(lm, base, system=kw.get("system"), special_tokens=kw.get("special_tokens", False))
     span = find_span(enc, words, user_text=base, name="emphasize")
-    pairs = [(h["layer"], h["head"]) for h in heads]
+    pairs = [(h.layer, h.head) for h in heads]
     mods = per_head_layers(pairs, lambda hs: pasta(span, hs, alpha))
     run = _run(lm, f"PASTA emphasize {words!r}", base, topic, score_mods=mods, **kw)
-    return run, {"emphasize": words, "alpha": alpha, "span": span, "heads": pairs}
-
-
-def markdown_report(rep: dict[str, Any]) -> str:
-    """The experiment's JSON (``PromptEffect.to_dict``) as a markdown page."""
-    b, a = rep["base"], rep["augmented"]
-
-    def block(text: str) -> str:
-        return "\n".join("    " + line for line in text.splitlines()) or "    (empty)"
-
-    lines = [
-        f"# Prompt effect on {rep['model']}",
-        "",
-        f"Added words: `{rep['added']['text']}` (tokens {rep['added']['positions']})",
-        "",
-        "## Answers",
-        "",
-        "Base prompt:",
-        "",
-        block(b["answer"]),
-        "",
-        "With the added words:",
-        "",
-        block(a["answer"]),
-        "",
-        "## Topic mass (probability on the lexicon per answer token)",
-        "",
-        "| run | topic mass / token | total | moved back | chrF to base answer |",
-        "|---|---|---|---|---|",
-        f"| base | {b['topic_mean']:.5f} | {b['topic_total']:.3f} | | 100 |",
-        f"| augmented | {a['topic_mean']:.5f} | {a['topic_total']:.3f} | | {a['chrf_to_base']:.1f} |",
-    ]
-    for r in rep["knockout"]:
-        mb = "" if r["topic_moved_back"] is None else f"{100 * r['topic_moved_back']:.0f}%"
-        lines.append(
-            f"| {r['label']} | {r['topic_mean']:.5f} | {r['topic_total']:.3f} | {mb} | "
-            f"{r['chrf_to_base']:.1f} |"
-        )
-    if "steering" in rep:
-        s = rep["steering"]
-        lines.append(
-            f"| PASTA on `{s['emphasize']}` (alpha {s['alpha']}) | {s['topic_mean']:.5f} | "
-            f"{s['topic_total']:.3f} | | {s['chrf_to_base']:.1f} |"
-        )
-    lines += [
-        "",
-        "## Attention on the added words",
-        "",
-        f"Mean share over answer tokens, layers and heads: {rep['share_mean']:.4f} (uniform attention: "
-        f"{rep['uniform_share_mean']:.4f}).",
-        "",
-        "| layer | share |",
-        "|---|---|",
-    ]
-    lines += [f"| {i} | {s:.4f} |" for i, s in enumerate(rep["share_by_layer"])]
-    lines += [
-        "",
-        "Heads giving the added words most attention: "
-        + ", ".join(f"L{h['layer']}H{h['head']} ({h['share']:.3f})" for h in rep["top_heads"]),
-        "",
-    ]
-    return "\n".join(lines)
+    return run, Steering(words, alpha, span, pairs)
