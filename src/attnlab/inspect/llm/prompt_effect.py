@@ -68,6 +68,8 @@ class RunSummary:
 
 @dataclass(frozen=True)
 class KnockoutSummary(RunSummary):
+    """A knockout run as reported, with how far it moved the topic mass back to the base's."""
+
     moved_back: float | None = None  # 3 decimals; None when the topic gap is noise
 
     def to_dict(self) -> dict[str, Any]:
@@ -329,14 +331,14 @@ def prompt_effect(
         raise ValueError(f"add: expected words to add to the prompt, got {shown(add)}")
     if not isinstance(base, str) or not base.strip():
         raise ValueError(f"prompt: expected some text, got {shown(base)}")
+    if _word_at(base, add) >= 0:
+        raise ValueError(f"add: {shown(add)} is already in the prompt {shown(base)}; add words it does "
+                         f"not have")
     augmented = f"{base.rstrip()} {add.strip()}"
     # The augmented run captures every head's attention while it generates: refuse first.
     fitted = fit_prompt(lm, augmented, system=system, max_new_tokens=max_new_tokens,
                         special_tokens=special_tokens)
     check_capture(lm, len(fitted), max_new_tokens)
-    if _word_at(base, add) >= 0:
-        raise ValueError(f"add: {shown(add)} is already in the prompt {shown(base)}; add words it does "
-                         f"not have")
     bands = min(3, lm.num_layers) if bands is None else bands  # thirds: early, middle, late layers
     if isinstance(bands, bool) or not isinstance(bands, int) or not 1 <= bands <= lm.num_layers:
         raise ValueError(f"bands: expected an int in 1..{lm.num_layers} (the model's layers), got {bands!r}")

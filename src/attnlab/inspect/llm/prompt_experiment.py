@@ -178,6 +178,49 @@ def run_experiment(lm: LoadedModel, ps: PromptSet, cfg: ExperimentConfig, *,
     cfg.check()
     t_start = time.perf_counter()
     say = progress or (lambda stage, done, total: None)
+    d = _design(lm, ps, cfg, say, code_source, generate_code_tokens)
+    seconds: dict[str, float] = {"set_up": round(time.perf_counter() - t_start, 2)}
+    results = [TaskResult(p.task.id, {}, {}, {}, p.added["topic"],
+                          [p.random_positions(len(p.added["topic"]), cfg.seed * 7919 + 31 * i + n)
+                           for n in range(cfg.draws)],
+                          {k: list(v) for k, v in p.copyable.items()}, code=p.task.code)
+               for i, p in enumerate(d.plans)]
+    if cfg.dla:
+        seconds["attribution"] = _timed(_rank_heads, lm, cfg, d, results, say)
+    seconds["tasks"] = _timed(_run_tasks, lm, ps, cfg, d, results, say)
+    if cfg.head_sweep:
+        seconds["head_sweep"] = _timed(_sweep_tasks, lm, d, results, say)
+    seconds["total"] = round(time.perf_counter() - t_start, 2)
+    lexicons = {n: {"role": x.role, "words": list(x.words)} for n, x in ps.lexicons.items()}
+    return ExperimentResult(cfg, lm.name, ps.name, d.conds, _fixed_info(lm, cfg, d), lexicons, d.bands,
+                            d.against, d.code_source, results, lm.num_layers, lm.num_heads, seconds)
+
+
+def _timed(stage: Callable[..., None], *args: Any) -> float:
+    """Seconds ``stage(*args)`` took."""
+    t0 = time.perf_counter()
+    stage(*args)
+    return round(time.perf_counter() - t0, 2)
+
+
+@dataclass
+class _Design:
+    """What every task of a run shares: conditions, fixed answers, layer bands, and each task's plan."""
+
+    conds: dict[str, str]
+    against: str  # the condition the topic condition's attribution is compared with
+    ans_t: list[int]  # the fixed answers' token ids: topic, neutral
+    ans_n: list[int]
+    split: int  # where they part
+    bands: list[tuple[str, list[int]]]
+    plans: list[TaskPlan]
+    code_source: str
+
+
+def _design(lm: LoadedModel, ps: PromptSet, cfg: ExperimentConfig, say: Progress, code_source: str,
+            generate_code_tokens: int) -> _Design:
+    """Everything checked before any run (every task can give a matched random knockout), step 1
+    when asked, and each task's plan."""
     tasks = list(ps.tasks[: cfg.tasks])
     if len(tasks) < 2 and cfg.samples < 2:
         raise ValueError(f"samples: expected >= 2 with a single task (its samples are then the units of "
@@ -195,57 +238,69 @@ def run_experiment(lm: LoadedModel, ps: PromptSet, cfg: ExperimentConfig, *,
         tasks, code_source = _generate_code(lm, tasks, cfg, generate_code_tokens), "generated"
         say("generating code (step 1)", 1, 1)
     plans = [plan_task(lm, t, conds, cfg, ps.lexicons, room) for t in tasks]
-    n_added = len(plans[0].added["topic"])
-    for p in plans:  # checked before any run: every task can give a matched random knockout
+    for p in plans:
         p.random_positions(len(p.added["topic"]), 0)
-    L, H = lm.num_layers, lm.num_heads
+    L = lm.num_layers
     per_band = [(f"layers {r.start}-{r.stop - 1}", list(r)) for r in layer_bands(L, min(cfg.bands, L))]
     bands = [("all layers", list(range(L))), *(per_band if cfg.bands > 1 else [])]
-    seconds: dict[str, float] = {"set_up": round(time.perf_counter() - t_start, 2)}
-    results = [TaskResult(p.task.id, {}, {}, {}, p.added["topic"],
-                          [p.random_positions(len(p.added["topic"]), cfg.seed * 7919 + 31 * i + d)
-                           for d in range(cfg.draws)],
-                          {k: list(v) for k, v in p.copyable.items()}, code=p.task.code)
-               for i, p in enumerate(plans)]
-    against = controls[0] if controls else "base"
-    if cfg.dla:
-        t0 = time.perf_counter()
-        for i, (p, res) in enumerate(zip(plans, results, strict=True)):
-            say("direct logit attribution", i, len(plans))
-            for cond in ("topic", against):
-                res.dla[cond], res.logit_diff[cond] = _dla(lm, p, cond, ans_t, ans_n, split)
-        say("direct logit attribution", len(plans), len(plans))
-        k = min(cfg.steer_heads, L * H // 2)
-        for i, res in enumerate(results):  # heads ranked on the other half of the tasks (held out)
-            others = [r for j, r in enumerate(results) if j % 2 != i % 2] or results
-            diff = [(torch.tensor(r.dla["topic"]) - torch.tensor(r.dla[against])).tolist() for r in others]
-            res.heads = _top_heads(diff, k)
-            pool = [(a, b) for a in range(L) for b in range(H) if (a, b) not in res.heads]
-            res.random_heads = sorted(random.Random(cfg.seed * 7919 + i).sample(pool, k))
-        seconds["attribution"] = round(time.perf_counter() - t0, 2)
-    t0 = time.perf_counter()
+    return _Design(conds, controls[0] if controls else "base", ans_t, ans_n, split, bands, plans, code_source)
+
+
+def _rank_heads(lm: LoadedModel, cfg: ExperimentConfig, d: _Design, results: list[TaskResult],
+                say: Progress) -> None:
+    """Direct logit attribution per head under the topic condition and its control; then, per
+    task, the top heads ranked on the other half of the tasks (held out) and as many random ones."""
+    for i, (p, res) in enumerate(zip(d.plans, results, strict=True)):
+        say("direct logit attribution", i, len(d.plans))
+        for cond in ("topic", d.against):
+            res.dla[cond], res.logit_diff[cond] = _dla(lm, p, cond, d.ans_t, d.ans_n, d.split)
+    say("direct logit attribution", len(d.plans), len(d.plans))
+    L, H = lm.num_layers, lm.num_heads
+    k = min(cfg.steer_heads, L * H // 2)
+    for i, res in enumerate(results):
+        others = [r for j, r in enumerate(results) if j % 2 != i % 2] or results
+        diff = [(torch.tensor(r.dla["topic"]) - torch.tensor(r.dla[d.against])).tolist() for r in others]
+        res.heads = _top_heads(diff, k)
+        pool = [(a, b) for a in range(L) for b in range(H) if (a, b) not in res.heads]
+        res.random_heads = sorted(random.Random(cfg.seed * 7919 + i).sample(pool, k))
+
+
+def _arms(cfg: ExperimentConfig, d: _Design, p: TaskPlan,
+          res: TaskResult) -> tuple[dict[str, Row], dict[str, Row]]:
+    """One task's rows: the arms whose answers are sampled, and those the fixed answers are scored
+    under. The fixed answer takes every band's knockout and every random draw by name; the
+    sampled answers take the all-layer knockout and the first draw (as KNOCK and RANDOM) and the
+    other bands; head knockouts and PASTA are in both."""
+    topic, added = tuple(p.ids["topic"]), tuple(res.added)
+    arms = {c: Row(tuple(p.ids[c])) for c in d.conds}
+    arms[KNOCK] = Row(topic, knock=added)
+    arms[RANDOM] = Row(topic, knock=tuple(res.random[0]))
+    fixed = dict(arms)
+    del fixed[KNOCK], fixed[RANDOM]
+    for label, layers in d.bands:
+        fixed[f"{KNOCK} ({label})"] = Row(topic, knock=added, layers=tuple(layers))
+        if label != "all layers":
+            arms[f"{KNOCK} ({label})"] = fixed[f"{KNOCK} ({label})"]
+    for n, pos in enumerate(res.random):
+        fixed[f"{RANDOM} {n + 1}"] = Row(topic, knock=tuple(pos))
+    if res.heads:
+        for name, heads in ((HEADS, res.heads), (RANDOM_HEADS, res.random_heads)):
+            arms[name] = fixed[name] = Row(topic, knock=added, heads=tuple(heads))
+        for name, heads in ((PASTA, res.heads), (RANDOM_PASTA, res.random_heads)):
+            arms[name] = fixed[name] = Row(topic, steer=added, heads=tuple(heads), alpha=cfg.pasta_alpha)
+    return arms, fixed
+
+
+def _run_tasks(lm: LoadedModel, ps: PromptSet, cfg: ExperimentConfig, d: _Design, results: list[TaskResult],
+               say: Progress) -> None:
+    """Per task, in one batch: the greedy answer and the samples of every arm, the fixed answers
+    scored under every arm, and the lexicons' words found in each answer."""
     samplings = [Sampling()] + [Sampling(greedy=False, temperature=cfg.temperature, seed=cfg.seed + s + 1)
                                 for s in range(cfg.samples)]
     stops = eos_ids(lm)
-    for i, (p, res) in enumerate(zip(plans, results, strict=True)):
-        say("tasks", i, len(plans))
-        topic, added = tuple(p.ids["topic"]), tuple(res.added)
-        arms = {c: Row(tuple(p.ids[c])) for c in conds}
-        arms[KNOCK] = Row(topic, knock=added)
-        arms[RANDOM] = Row(topic, knock=tuple(res.random[0]))
-        fixed = dict(arms)
-        del fixed[KNOCK], fixed[RANDOM]
-        for label, layers in bands:
-            fixed[f"{KNOCK} ({label})"] = Row(topic, knock=added, layers=tuple(layers))
-            if label != "all layers":
-                arms[f"{KNOCK} ({label})"] = fixed[f"{KNOCK} ({label})"]
-        for d, pos in enumerate(res.random):
-            fixed[f"{RANDOM} {d + 1}"] = Row(topic, knock=tuple(pos))
-        if res.heads:
-            for name, heads in ((HEADS, res.heads), (RANDOM_HEADS, res.random_heads)):
-                arms[name] = fixed[name] = Row(topic, knock=added, heads=tuple(heads))
-            for name, heads in ((PASTA, res.heads), (RANDOM_PASTA, res.random_heads)):
-                arms[name] = fixed[name] = Row(topic, steer=added, heads=tuple(heads), alpha=cfg.pasta_alpha)
+    for i, (p, res) in enumerate(zip(d.plans, results, strict=True)):
+        say("tasks", i, len(d.plans))
+        arms, fixed = _arms(cfg, d, p, res)
         rows = [replace(r, sampling=s) for r in arms.values() for s in samplings]
         # Every call shares the prompt up to the added words: prefilled once per task (and once
         # per random knockout), whatever each call's rows have in common beyond it.
@@ -255,30 +310,30 @@ def run_experiment(lm: LoadedModel, ps: PromptSet, cfg: ExperimentConfig, *,
             part = out[j * len(samplings) : (j + 1) * len(samplings)]
             res.answers[arm] = [lm.tokenizer.decode([t for t in ids if t not in stops]) for ids, _ in part]
             res.stops[arm] = [why for _, why in part]
-        batch = [replace(r, answer=tuple(x)) for r in fixed.values() for x in (ans_t, ans_n)]
+        batch = [replace(r, answer=tuple(x)) for r in fixed.values() for x in (d.ans_t, d.ans_n)]
         scores = score_rows(lm, batch, **share)
         for j, arm in enumerate(fixed):
             res.fixed[arm] = {"topic": scores[2 * j], "neutral": scores[2 * j + 1]}
         for name, lex in ps.lexicons.items():
             res.mentions[name] = {arm: [mentions(a, lex) for a in texts]
                                   for arm, texts in res.answers.items()}
-    say("tasks", len(plans), len(plans))
-    seconds["tasks"] = round(time.perf_counter() - t0, 2)
-    if cfg.head_sweep:
-        t0 = time.perf_counter()
-        for i, (p, res) in enumerate(zip(plans, results, strict=True)):
-            say("head sweep", i, len(plans))
-            res.sweep = _sweep(lm, p, res, ans_t, ans_n, split)
-        say("head sweep", len(plans), len(plans))
-        seconds["head_sweep"] = round(time.perf_counter() - t0, 2)
-    seconds["total"] = round(time.perf_counter() - t_start, 2)
+    say("tasks", len(d.plans), len(d.plans))
+
+
+def _sweep_tasks(lm: LoadedModel, d: _Design, results: list[TaskResult], say: Progress) -> None:
+    for i, (p, res) in enumerate(zip(d.plans, results, strict=True)):
+        say("head sweep", i, len(d.plans))
+        res.sweep = _sweep(lm, p, res, d.ans_t, d.ans_n, d.split)
+    say("head sweep", len(d.plans), len(d.plans))
+
+
+def _fixed_info(lm: LoadedModel, cfg: ExperimentConfig, d: _Design) -> dict[str, Any]:
+    """The fixed answers as the report reads them: text, ids, labels; where they part; how many
+    tokens the topic condition added."""
     labels = {k: [lm.tokenizer.label(lm.tokenizer.id_to_token(i)) for i in ids]
-              for k, ids in (("topic", ans_t), ("neutral", ans_n))}
-    fixed_info: dict[str, Any] = {
-        "topic": {"text": cfg.answers.topic, "ids": ans_t, "labels": labels["topic"]},
-        "neutral": {"text": cfg.answers.neutral, "ids": ans_n, "labels": labels["neutral"]},
-        "split": split, "added_tokens": n_added,
+              for k, ids in (("topic", d.ans_t), ("neutral", d.ans_n))}
+    return {
+        "topic": {"text": cfg.answers.topic, "ids": d.ans_t, "labels": labels["topic"]},
+        "neutral": {"text": cfg.answers.neutral, "ids": d.ans_n, "labels": labels["neutral"]},
+        "split": d.split, "added_tokens": len(d.plans[0].added["topic"]),
     }
-    lexicons = {n: {"role": x.role, "words": list(x.words)} for n, x in ps.lexicons.items()}
-    return ExperimentResult(cfg, lm.name, ps.name, conds, fixed_info, lexicons, bands, against, code_source,
-                            results, L, H, seconds)
