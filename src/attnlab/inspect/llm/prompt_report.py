@@ -55,7 +55,7 @@ class PromptReport:
     headlines: list[Headline]
     tables: list[Table]
     panels: list[dict[str, Any]] = field(default_factory=list)  # viz.effects.EffectPanel fields
-    result: dict[str, Any] = field(default_factory=dict)
+    result: ExperimentResult | None = None  # what the report was built from (JSON: its to_dict)
     token_panels: list[dict[str, Any]] = field(default_factory=list)  # the fixed answers per token
     sweep: list[list[float]] = field(default_factory=list)  # (L, H) mean effect of knocking each head
 
@@ -67,7 +67,8 @@ class PromptReport:
     def to_dict(self) -> dict[str, Any]:
         return {"title": self.title, "summary": self.summary,
                 "headlines": [h.to_dict() for h in self.headlines],
-                "tables": json_tables(self.tables), "result": self.result}
+                "tables": json_tables(self.tables),
+                "result": {} if self.result is None else self.result.to_dict()}
 
     def markdown(self) -> str:
         return markdown(self.blocks(), title=self.title)
@@ -196,8 +197,8 @@ def build_report(res: ExperimentResult) -> PromptReport:
     summary = [h.verdict.sentence for h in head + ko_all + steer] + negative
     title = (f"Prompt experiment on {res.model}: {res.config.flow} flow, {res.prompt_set} "
              f"({st.n_tasks} tasks, code {res.code_source})")
-    return PromptReport(title, summary, h_s + h_f + h_i + h_k + h_p, tables, _panels(st, h_i, h_p),
-                        res.to_dict(), token_panels, grid)
+    return PromptReport(title, summary, h_s + h_f + h_i + h_k + h_p, tables, _panels(st, h_i, h_p), res,
+                        token_panels, grid)
 
 
 def _headline_tables(st: _Stats, h_s: list[Headline], h_f: list[Headline], h_i: list[Headline],
