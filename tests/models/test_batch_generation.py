@@ -104,3 +104,29 @@ def test_bad_batches_are_refused_with_the_argument_named(lm, monkeypatch):
     monkeypatch.setattr(bg, "MAX_PAD_TOKENS", 2)
     with pytest.raises(ValueError, match="prompts: expected lengths within 2 tokens"):
         bg.generate_batch(lm, PROMPTS, chat=False)
+
+
+def test_generate_command_batches_prompts_and_samples(tiny_llama):
+    import json
+
+    from typer.testing import CliRunner
+
+    from attnlab.cli.main import app
+
+    run = CliRunner().invoke
+    base = ["--model", str(tiny_llama), "--raw", "--max-new-tokens", "3", "--json"]
+    r = run(app, ["generate", PROMPTS[0], PROMPTS[2], *base, "--layers", "0"])
+    assert r.exit_code == 0, r.output
+    got = json.loads(r.stdout)
+    assert got["rows"] == 2 and got["generations"][1]["prompt_index"] == 1
+    assert got["generations"][0]["capture"]["layers"] == [0]
+    for i, p in enumerate((PROMPTS[0], PROMPTS[2])):
+        one = json.loads(run(app, ["generate", p, *base]).stdout)
+        assert got["generations"][i]["new_ids"] == one["new_ids"]
+    r = run(app, ["generate", PROMPTS[0], *base, "--samples", "3", "--temperature", "1.2", "--seed", "4"])
+    assert r.exit_code == 0, r.output
+    assert [g["sample"] for g in json.loads(r.stdout)["generations"]] == [0, 1, 2]
+    r = run(app, ["generate", PROMPTS[0], *base, "--samples", "2"])
+    assert r.exit_code == 2 and "--samples: expected 1 with greedy decoding" in r.stdout
+    r = run(app, ["generate", PROMPTS[0], PROMPTS[1], *base, "--png", "x.png"])
+    assert r.exit_code == 2 and "--png: expected one PROMPT and --samples 1" in r.stdout

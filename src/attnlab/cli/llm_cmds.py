@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -24,6 +24,9 @@ from attnlab.cli.common import (
     split_tokens,
     user_errors,
 )
+
+if TYPE_CHECKING:
+    from attnlab.inspect.llm.generation_report import GenerateFiles
 
 LLMOpt = Annotated[
     str,
@@ -41,7 +44,8 @@ SystemOpt = Annotated[
 
 
 # Library parameter names -> the options (and arguments) the user typed.
-GENERATE_NAMES = {"prompt": "PROMPT", "max_new_tokens": "--max-new-tokens", "temperature": "--temperature",
+GENERATE_NAMES = {"prompt": "PROMPT", "prompts": "PROMPT", "samples": "--samples",
+                  "max_new_tokens": "--max-new-tokens", "temperature": "--temperature",
                   "top_p": "--top-p", "seed": "--seed", "layers": "--layers", "heads": "--heads",
                   "path": "--save-capture"}
 EFFECT_NAMES = {"prompt": "BASE", "add": "--add", "topic": "--topic", "bands": "--bands",
@@ -62,7 +66,7 @@ def _check_outputs(png: Path | None = None, html: Path | None = None, out: Path 
 
 
 def generate_command(
-    prompt: Annotated[str, typer.Argument(help="the user message")],
+    prompt: Annotated[list[str], typer.Argument(help="the user message (several: one batch)")],
     model: LLMOpt = "smollm2",
     system: SystemOpt = None,
     max_new_tokens: MaxNewOpt = 64,
@@ -78,6 +82,8 @@ def generate_command(
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="random seed for sampling")] = 0,
+    samples: Annotated[int, typer.Option(help="answers per prompt, sampled with seeds seed, seed+1, ... "
+                                               "and decoded in one batch (needs --temperature/--top-p)")] = 1,
     raw: Annotated[
         bool, typer.Option("--raw", help="feed the prompt as is, without the chat template")
     ] = False,
@@ -114,7 +120,13 @@ def generate_command(
     """Generate an answer, streaming it, with every generated token's attention captured."""
     with user_errors(as_json, GENERATE_NAMES):
         from attnlab.inspect.llm.generation import Sampling
-        from attnlab.inspect.llm.generation_report import GenerateFiles, generate_report
+        from attnlab.inspect.llm.generation_report import (
+            BatchReport,
+            GenerateFiles,
+            GenerationReport,
+            batch_report,
+            generate_report,
+        )
         from attnlab.models.quantized import check_format
 
         check_format(weights, "--weights")
@@ -128,29 +140,44 @@ def generate_command(
             top_p=1.0 if top_p is None else top_p,
             seed=seed,
         )
+        layer_ids = None if layers is None else split_ints("--layers", layers)
+        head_ids = None if heads is None else split_ints("--heads", heads)
+        files = GenerateFiles(png, html, save_capture, layer, head)
+        if len(prompt) > 1 or samples != 1:
+            _check_batch(files, samples)
         lm = load_lm(model, threads=threads, weights=weights)
-        rep = generate_report(
-            lm,
-            prompt,
-            system=system,
-            chat=not raw,
-            max_new_tokens=max_new_tokens,
-            sampling=sampling,
-            layers=None if layers is None else split_ints("--layers", layers),
-            heads=None if heads is None else split_ints("--heads", heads),
-            truncate=truncate,
-            special_tokens=special_tokens,
-            weights=weights,
-            files=GenerateFiles(png, html, save_capture, layer, head),
-            stream=None if as_json else _write_now,
-        )
+        rep: GenerationReport | BatchReport
+        if len(prompt) > 1 or samples != 1:
+            rep = batch_report(lm, prompt, samples=samples, system=system, chat=not raw,
+                               max_new_tokens=max_new_tokens, sampling=sampling, layers=layer_ids,
+                               heads=head_ids, truncate=truncate, special_tokens=special_tokens,
+                               weights=weights)
+        else:
+            rep = generate_report(lm, prompt[0], system=system, chat=not raw, max_new_tokens=max_new_tokens,
+                                  sampling=sampling, layers=layer_ids, heads=head_ids, truncate=truncate,
+                                  special_tokens=special_tokens, weights=weights, files=files,
+                                  stream=None if as_json else _write_now)
     if as_json:
         print_json(rep.to_dict())
         return
     from attnlab.viz.tables import print_blocks
 
+    if isinstance(rep, BatchReport):
+        print_blocks(console, rep.blocks())
+        return
     print_blocks(console, rep.blocks(), style="dim")
     print_blocks(console, [f"wrote {f}" for f in rep.files.values()])
+
+
+def _check_batch(files: GenerateFiles, samples: int) -> None:
+    """A batch has no single generation to draw or save: refused before loading the model."""
+    for name, v in (("--png", files.png), ("--html", files.html), ("--save-capture", files.save_capture),
+                    ("--layer", files.layer), ("--head", files.head)):
+        if v is not None:
+            raise ValueError(f"{name}: expected one PROMPT and --samples 1 (it draws or saves one "
+                             f"generation), got a batch; run the answer you want to look at alone")
+    if isinstance(samples, bool) or samples < 1:
+        raise ValueError(f"--samples: expected a positive int, got {samples}")
 
 
 def prompt_effect_command(

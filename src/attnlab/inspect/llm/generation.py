@@ -178,25 +178,29 @@ def fit_prompt(lm: LoadedModel, prompt: str, *, system: str | None = None, chat:
 MAX_CAPTURE_BYTES = 2_000_000_000
 
 
-def capture_limit(n_prompt: int, max_new: int, context: int, n_layers: int, n_heads: int) -> str | None:
-    """Why capturing attention while generating this much cannot be held, or None."""
+def capture_limit(n_prompt: int, max_new: int, context: int, n_layers: int, n_heads: int,
+                  rows: int = 1) -> str | None:
+    """Why capturing attention while generating this much (``rows`` sequences of it, batched)
+    cannot be held, or None."""
     n = min(n_prompt + max_new - 1, context)  # positions recorded: generation stops at the context
-    need = n * (n + 1) // 2 * n_layers * n_heads * 2
+    need = n * (n + 1) // 2 * n_layers * n_heads * 2 * rows
     if need <= MAX_CAPTURE_BYTES:
         return None
+    per = f" x {rows} rows" if rows > 1 else ""
     return (f"--max-new-tokens: capturing attention over up to {n:,} positions (prompt {n_prompt} + "
-            f"{max_new:,} new) x {n_layers} layers x {n_heads} heads needs {need / 1e9:.1f} GB (fp16); "
+            f"{max_new:,} new) x {n_layers} layers x {n_heads} heads{per} needs {need / 1e9:.1f} GB (fp16); "
             f"expected at most {MAX_CAPTURE_BYTES / 1e9:.0f} GB: lower --max-new-tokens, or capture "
             f"fewer --layers/--heads (e.g. --layers 0,15,29)")
 
 
 def check_capture(lm: LoadedModel, n_prompt: int, max_new_tokens: int, n_layers: int | None = None,
-                  n_heads: int | None = None) -> None:
+                  n_heads: int | None = None, rows: int = 1) -> None:
     """Refuse, before generating, to capture what cannot be held: a prompt of ``n_prompt`` tokens
-    and ``max_new_tokens`` more, in ``n_layers`` x ``n_heads`` heads (default: all of them)."""
+    and ``max_new_tokens`` more, in ``n_layers`` x ``n_heads`` heads (default: all of them), for
+    ``rows`` sequences."""
     n_layers = lm.num_layers if n_layers is None else n_layers
     n_heads = lm.num_heads if n_heads is None else n_heads
-    why = capture_limit(n_prompt, max_new_tokens, lm.max_tokens, n_layers, n_heads)
+    why = capture_limit(n_prompt, max_new_tokens, lm.max_tokens, n_layers, n_heads, rows)
     if why:
         raise ValueError(why)
 

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from attnlab.inspect.llm.batch_generation import BatchGeneration, generate_batch
 from attnlab.inspect.llm.generation import (
     Generation,
     OnToken,
@@ -22,6 +23,7 @@ from attnlab.inspect.llm.generation import (
     generate_text,
 )
 from attnlab.models.loading import LoadedModel
+from attnlab.viz.tables import Block, Table
 
 
 @dataclass(frozen=True)
@@ -126,3 +128,66 @@ def generate_report(
     report = GenerationReport(g, sampling, weights)
     report.write(files)
     return report
+
+
+@dataclass
+class BatchReport:
+    """Several prompts, or several samples of one, decoded in one batch (``attnlab generate A B``
+    or ``--samples N``): the answers and the batch's speed."""
+
+    batch: BatchGeneration
+    prompts: list[str]
+    samples: int
+    sampling: Sampling
+    weights: str
+
+    def to_dict(self) -> dict[str, Any]:
+        gens = [g.to_dict() | {"prompt_index": i // self.samples, "sample": i % self.samples}
+                for i, g in enumerate(self.batch.generations)]
+        return {"rows": len(gens), "samples": self.samples, "timings": self.batch.timings,
+                "sampling": asdict(self.sampling), "weights": self.weights, "generations": gens}
+
+    def blocks(self) -> list[Block]:
+        rows = [[str(i // self.samples), str(i % self.samples), g.text, f"{len(g.new_ids)} ({g.stop_reason})"]
+                for i, g in enumerate(self.batch.generations)]
+        t = self.batch.timings
+        table = Table(f"{len(rows)} answers decoded in one batch", ["prompt", "sample", "answer", "tokens"],
+                      rows, ruled=True)
+        speed = (f"{t['new_tokens']} tokens in {t['seconds']:.2f} s: {t['tokens_per_s']:.1f} tokens/s "
+                 f"over all rows (prefill included)")
+        out: list[Block] = [table, speed]
+        rec = self.batch.generations[0].recorder
+        if rec is not None:
+            mb = sum(g.recorder.nbytes for g in self.batch.generations if g.recorder is not None) / 1e6
+            out.append(f"captured {len(rec.layers)} layers x {len(rec.heads)} heads per row, "
+                       f"{mb:.1f} MB in all (fp16)")
+        return out
+
+
+def batch_report(
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    *,
+    samples: int = 1,
+    system: str | None = None,
+    chat: bool = True,
+    max_new_tokens: int = 64,
+    sampling: Sampling = Sampling(),
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    truncate: bool = False,
+    special_tokens: bool = False,
+    weights: str = "float32",
+) -> BatchReport:
+    """Every prompt ``samples`` times in one batch, capturing attention per row when
+    ``layers``/``heads`` ask for it (its size checked for every row before decoding)."""
+    capture = layers is not None or heads is not None
+    if capture:
+        n_l, n_h = len(layers or range(lm.num_layers)), len(heads or range(lm.num_heads))
+        longest = max(len(fit_prompt(lm, p, system=system, chat=chat, max_new_tokens=max_new_tokens,
+                                     truncate=truncate, special_tokens=special_tokens)) for p in prompts)
+        check_capture(lm, longest, max_new_tokens, n_l, n_h, rows=len(prompts) * samples)
+    got = generate_batch(lm, list(prompts), samples=samples, system=system, chat=chat,
+                         max_new_tokens=max_new_tokens, sampling=sampling, capture=capture, layers=layers,
+                         heads=heads, truncate=truncate, special_tokens=special_tokens)
+    return BatchReport(got, list(prompts), samples, sampling, weights)
