@@ -177,3 +177,15 @@ def targets_markdown(res: list[dict[str, object]]) -> str:
         detail = f" ({t['detail']})" if t["detail"] else ""
         out.append(f"| {t['target']} | {val}{detail} | {t['goal']} | {met} |")
     return "\n".join(out)
+
+
+def write_all(rows: Sequence[Row], meta: dict, out: Path) -> tuple[str, bool]:
+    """``out``/bench.csv, .json (rows and ``meta``, its targets included), .md and, where
+    matplotlib draws, .png; returns the markdown and whether the picture was written."""
+    write_csv(rows, out / "bench.csv")
+    write_json(rows, meta, out / "bench.json")
+    plotted = plot(rows, out / "bench.png")
+    md = (f"{table(rows)}\n\nSkipped / failed:\n{notes(rows) or '- none'}\n\n"
+          f"Targets:\n\n{targets_markdown(meta['targets'])}\n")
+    (out / "bench.md").write_text(md)
+    return md, plotted

@@ -88,12 +88,7 @@ def bench_command(
                 "load_average_after": machine_info()["load_average"],
                 "cases": {c: CASES[c].title for c in {r.case for r in rows}}}
         tg = report.targets(rows, s.shape.name)
-        report.write_csv(rows, out / "bench.csv")
-        report.write_json(rows, {**meta, "targets": tg}, out / "bench.json")
-        plotted = report.plot(rows, out / "bench.png")
-        md = (f"{report.table(rows)}\n\nSkipped / failed:\n{report.notes(rows) or '- none'}\n\n"
-              f"Targets:\n\n{report.targets_markdown(tg)}\n")
-        (out / "bench.md").write_text(md)
+        md, plotted = report.write_all(rows, {**meta, "targets": tg}, out)
     if as_json:
         print_json({**meta, "targets": tg, "rows": [r.as_dict() for r in rows],
                     "files": sorted(p.name for p in out.iterdir() if p.name.startswith("bench."))})

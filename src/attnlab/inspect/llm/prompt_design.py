@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from attnlab.arguments import expect_int
 from attnlab.data.prompt_sets import Lexicon, PromptSet, Task
 from attnlab.inspect.llm.generation import fit_prompt
 from attnlab.inspect.llm.prompt_effect import span_positions, user_span
@@ -86,13 +87,12 @@ class ExperimentConfig:
                 "seed": (self.seed, 0), "bands": (self.bands, 1), "draws": (self.draws, 1),
                 "steer_heads": (self.steer_heads, 1), "n_boot": (self.n_boot, 100)}
         for name, (v, lo) in ints.items():
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ValueError(f"{name}: expected an integer >= {lo}, got {v!r}")
+            expect_int(name, v, lo, expected=f"an integer >= {lo}")
         optional = (("tasks", self.tasks), ("paraphrases", self.paraphrases), ("controls", self.controls))
         for name, opt in optional:
             least = 1 if name == "tasks" else 0
-            if opt is not None and (isinstance(opt, bool) or not isinstance(opt, int) or opt < least):
-                raise ValueError(f"{name}: expected an integer >= {least} or None (all), got {opt!r}")
+            if opt is not None:
+                expect_int(name, opt, least, expected=f"an integer >= {least} or None (all)")
         a = self.pasta_alpha
         if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 < a <= 1:
             raise ValueError(f"pasta_alpha: expected a number in (0, 1], got {a!r}")

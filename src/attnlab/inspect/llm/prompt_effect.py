@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from attnlab.arguments import expect_int
 from attnlab.echo import shown
 from attnlab.inspect.llm.generation import Generation, check_capture, fit_prompt, generate_text
 from attnlab.inspect.llm.steering import (
@@ -197,7 +198,7 @@ class PromptEffect:
 
     def top_heads(self, n: int = 8) -> list[HeadShare]:
         H = self.share_heads.shape[1]
-        order = self.share_heads.flatten().argsort(descending=True)[:n].tolist()
+        order = self.share_heads.flatten().argsort(descending=True)[:n].tolist()  # (L, H) -> (L*H,)
         return [HeadShare(i // H, i % H, round(float(self.share_heads.flatten()[i]), 4)) for i in order]
 
     def moved_back(self, run: ConditionRun) -> float | None:
@@ -340,12 +341,10 @@ def prompt_effect(
                         special_tokens=special_tokens)
     check_capture(lm, len(fitted), max_new_tokens)
     bands = min(3, lm.num_layers) if bands is None else bands  # thirds: early, middle, late layers
-    if isinstance(bands, bool) or not isinstance(bands, int) or not 1 <= bands <= lm.num_layers:
-        raise ValueError(f"bands: expected an int in 1..{lm.num_layers} (the model's layers), got {bands!r}")
+    expect_int("bands", bands, 1, lm.num_layers,
+               expected=f"an int in 1..{lm.num_layers} (the model's layers)")
     n_heads = lm.num_layers * lm.num_heads
-    if type(steer_heads) is not int or not 0 < steer_heads <= n_heads:
-        raise ValueError(f"steer_heads: expected an int in 1..{n_heads} (layers x heads), "
-                         f"got {steer_heads!r}")
+    expect_int("steer_heads", steer_heads, 1, n_heads, expected=f"an int in 1..{n_heads} (layers x heads)")
     if emphasize is not None and _word_at(base, emphasize) < 0:
         find_span(fit_prompt(lm, base, system=system, special_tokens=special_tokens), emphasize,
                   user_text=base, name="emphasize")

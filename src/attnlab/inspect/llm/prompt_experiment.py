@@ -147,7 +147,7 @@ def _dla(lm: LoadedModel, plan: TaskPlan, cond: str, ans: list[int], other: list
 def _top_heads(grids: list[list[list[float]]], k: int) -> list[tuple[int, int]]:
     g = torch.tensor(grids, dtype=torch.float64).mean(0)  # (tasks, L, H) -> (L, H)
     H = g.shape[1]
-    return [(i // H, i % H) for i in g.flatten().argsort(descending=True)[:k].tolist()]
+    return [(i // H, i % H) for i in g.flatten().argsort(descending=True)[:k].tolist()]  # (L, H) -> (L*H,)
 
 
 SWEEP_CHUNK = 64  # rows per batch: each holds its own copy of the ~300-token KV cache

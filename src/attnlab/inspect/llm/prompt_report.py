@@ -133,7 +133,7 @@ class _Stats:
     # -- effects -------------------------------------------------------------------------------
     def effect(self, a: Arr, b: Arr, m: int) -> Effect | None:
         if a.shape[0] == 1:  # one task: its samples are the units
-            a, b = a.T, b.T
+            a, b = a.T, b.T  # (1, S) -> (S, 1)
             if a.shape[0] < 2:
                 return None
         return effect(a, b, level=bonferroni_level(0.95, m), n_boot=self.cfg.n_boot, seed=self.cfg.seed,
@@ -406,7 +406,7 @@ def _heads_table(st: _Stats) -> Table:
     rows = []
     for idx in order:
         layer, head = divmod(int(idx), res.heads)
-        e = st.effect(np.zeros((st.n_tasks, 1)), diff[:, layer, head][:, None], 1)
+        e = st.effect(np.zeros((st.n_tasks, 1)), diff[:, layer, head][:, None], 1)  # (tasks,) -> (tasks, 1)
         rows.append([f"L{layer}H{head}", f"{float(top[:, layer, head].mean()):+.3f}", _ci(e, 3)])
     ld = np.asarray([[t.logit_diff["topic"], t.logit_diff[res.dla_against]] for t in res.tasks])
     e = st.effect(ld[:, 1:], ld[:, :1], 1)
@@ -433,7 +433,7 @@ def _sweep_table(st: _Stats) -> tuple[Table, list[list[float]]]:
     against = [i for i in flat[::-1][:3] if i not in flat[:10] and mean.flat[i] > 0]
     for idx in [*flat[:10], *against]:  # the 10 that carry most, up to 3 that work against it
         layer, head = divmod(int(idx), res.heads)
-        e = st.effect(np.zeros((st.n_tasks, 1)), sweep[:, layer, head][:, None], m)
+        e = st.effect(np.zeros((st.n_tasks, 1)), sweep[:, layer, head][:, None], m)  # (tasks,) -> (tasks, 1)
         v = verdict(e, direction="decrease", condition=f"L{layer}H{head}", quantity="the logit difference") \
             if e is not None else None
         rows.append([f"L{layer}H{head}", _ci(e, 3), v.status if v else "n/a",
