@@ -45,6 +45,8 @@ def test_outputs_respect_the_length_limit_and_source_length(s2s):
             assert len(h.tokens) + h.finished <= n
             assert h.weights is not None and h.weights.shape[1] == src_n
             assert h.centres is not None and h.centres.shape[0] == h.weights.shape[0]
+            # decoding builds no autograd graph (a search under grad keeps every step's activations)
+            assert not h.weights.requires_grad and not h.centres.requires_grad
 
 
 class _Scripted(torch.nn.Module):

@@ -92,7 +92,6 @@ def _hypothesis(toks: Tensor, score: float, w: Tensor | None, c: Tensor | None, 
                       None if c is None else c[b, :n].clone())
 
 
-@torch.no_grad()
 def _extend(past: Tensor | None, parents: Tensor, new: Tensor) -> Tensor:
     """Each hypothesis's history ``past`` (B, K, T, ...) taken from its parent beam ``parents``
     (B, K), with ``new`` (B, K, 1, ...) appended along time."""
@@ -102,6 +101,7 @@ def _extend(past: Tensor | None, parents: Tensor, new: Tensor) -> Tensor:
     return torch.cat([past.gather(1, idx), new], 2)
 
 
+@torch.no_grad()
 def beam_search(model: TranslationModel, src: Tensor, src_lengths: Tensor, max_len: Tensor,
                 beam: int = 5, alpha: float = 1.0, *, cache: bool = True) -> list[Hypothesis]:
     """Batched beam search: (B sentences × ``beam`` hypotheses) decoded together."""
