@@ -1,0 +1,97 @@
+"""Decode speed of SmolLM2-135M-Instruct at batch 1 (issue 23, item 2): this checkout against
+another one (``--baseline``: the ``src`` folder of a checkout of an earlier commit), in
+alternating child processes A B A B ..., each ratio taken pair by pair so that a machine shared
+with other work drifts out of it:
+
+    .venv/bin/python benchmarks/llm/decode.py --baseline ../attnlab-main/src --weights int8 --threads 1
+
+A child loads the model, decodes 16 tokens (warm-up), then ``--tokens`` new tokens greedily after
+a chat prompt (KV cache, no stop token) and prints its tokens/s; the load average is read before
+every pair. ``--check`` instead runs each side once on four prompts and compares the greedy
+tokens (64 each): they must be identical.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+PROMPTS = [
+    "create a python post request handler of a login form",
+    "Explain what a hash table is in two sentences.",
+    "Write a haiku about the sea.",
+    "What is the capital of France, and why is it famous?",
+]
+HERE = Path(__file__).resolve()
+SRC = HERE.parents[2] / "src"
+
+
+def child(weights: str, threads: int, tokens: int, check: bool) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    from attnlab.inspect.generation import generate_ids, render_prompt
+    from attnlab.models import load_model
+
+    lm = load_model("smollm2", weights=weights)
+    if check:
+        out = [generate_ids(lm, lm.encode(render_prompt(lm, p)).ids, max_new_tokens=64, stop_ids=set())[0]
+               for p in PROMPTS]
+        print(json.dumps({"tokens": out}))
+        return
+    ids = lm.encode(render_prompt(lm, PROMPTS[0])).ids
+    generate_ids(lm, ids, max_new_tokens=16, stop_ids=set())  # warm-up
+    _, _, t = generate_ids(lm, ids, max_new_tokens=tokens + 1, stop_ids=set())
+    print(json.dumps({"tokens_per_s": tokens / t["decode_s"]}))
+
+
+def run(src: Path, args: argparse.Namespace, check: bool = False) -> dict:
+    cmd = [sys.executable, str(HERE), "--child", "--weights", args.weights, "--threads", str(args.threads),
+           "--tokens", str(args.tokens)] + (["--check"] if check else [])
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--baseline", type=Path, help="src folder of the checkout to compare against")
+    ap.add_argument("--weights", choices=("float32", "int8"), default="float32")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--pairs", type=int, default=5)
+    ap.add_argument("--check", action="store_true", help="compare greedy tokens instead of timing")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(args.weights, args.threads, args.tokens, args.check)
+        return
+    if args.baseline is None:
+        ap.error("--baseline: expected the src folder of another checkout")
+    if args.check:
+        a, b = run(SRC, args, check=True)["tokens"], run(args.baseline, args, check=True)["tokens"]
+        for p, x, y in zip(PROMPTS, a, b, strict=True):
+            print(f"{'identical' if x == y else 'DIFFERENT'}: {p!r} ({len(x)} tokens)")
+        sys.exit(0 if a == b else 1)
+    rows = []
+    for i in range(args.pairs):
+        load = os.getloadavg()[0]
+        new, old = run(SRC, args)["tokens_per_s"], run(args.baseline, args)["tokens_per_s"]
+        rows.append((load, new, old, new / old))
+        print(f"pair {i + 1}: load {load:.2f}  this {new:.2f}  baseline {old:.2f} tokens/s  "
+              f"ratio {new / old:.3f}", flush=True)
+    ratios = sorted(r[3] for r in rows)
+    print(f"{args.weights}, {args.threads} thread(s), {args.tokens} tokens: median ratio "
+          f"{statistics.median(ratios):.3f} (min {ratios[0]:.3f}, max {ratios[-1]:.3f}); medians "
+          f"this {statistics.median(r[1] for r in rows):.2f}, baseline "
+          f"{statistics.median(r[2] for r in rows):.2f} tokens/s; load average "
+          f"{min(r[0] for r in rows):.2f}-{max(r[0] for r in rows):.2f}")
+
+
+if __name__ == "__main__":
+    main()
