@@ -18,6 +18,7 @@ of the tensors it re-pointed (``Int8Linear``: int8 rows with their per-row scale
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -102,9 +103,11 @@ class FusedRows:
         """May the stack stand in for the layers now? Builds (or rebuilds) it if need be."""
         if torch.is_grad_enabled() and any(p.requires_grad for m in self.layers for p in m.parameters()):
             return False  # gradients must reach each layer's own parameters
-        if any(m._forward_hooks or m._forward_pre_hooks for m in self.layers) or \
-                _module._global_forward_hooks or _module._global_forward_pre_hooks:
-            return False  # a module hook on a layer must see that layer's call
+        if _module._global_forward_hooks or _module._global_forward_pre_hooks:
+            return False  # a module hook must see each layer's call
+        for m in self.layers:
+            if m._forward_hooks or m._forward_pre_hooks:
+                return False
         return (self._run is not None and self._pointers() == self._ptrs) or self._build()
 
     def __call__(self, x: Tensor) -> Tensor:
@@ -118,6 +121,6 @@ def fused_call(owner: nn.Module, attr: str, layers: Sequence[nn.Module], x: Tens
     (a plain attribute: not a parameter, a buffer or a submodule); None when the layers must run
     one by one (gradients to their weights, a module hook, layers that cannot stack)."""
     fused: FusedRows | None = owner.__dict__.get(attr)
-    if fused is None or any(a is not b for a, b in zip(layers, fused.layers, strict=True)):
+    if fused is None or not all(map(operator.is_, layers, fused.layers)):
         fused = owner.__dict__[attr] = FusedRows(layers)  # new, or a layer was replaced (quantized)
     return fused(x) if fused.usable() else None

@@ -167,8 +167,10 @@ class KVCache:
             room = (self.k.new_empty(B, H, cap, D), self.v.new_empty(B, H, cap, self.v.shape[-1]))
             room[0][:, :, :old], room[1][:, :, :old] = self.k, self.v  # (B, Hkv, L_old, Dh)
             self._room = room
-        room[0][:, :, old:n], room[1][:, :, old:n] = k, v  # (B, Hkv, L_new, Dh) written in place
-        self.k, self.v = room[0][:, :, :n], room[1][:, :, :n]  # (B, Hkv, L_old + L_new, Dh)
+        # narrow, not [:, :, a:b]: the same views without Python's indexing machinery (per layer, per step)
+        room[0].narrow(2, old, n - old).copy_(k)  # (B, Hkv, L_new, Dh) written in place
+        room[1].narrow(2, old, n - old).copy_(v)
+        self.k, self.v = room[0].narrow(2, 0, n), room[1].narrow(2, 0, n)  # (B, Hkv, L_old + L_new, Dh)
         self._views = (self.k, self.v)
         return self.k, self.v
 
