@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 from torch import Tensor
 
@@ -33,6 +31,7 @@ def attention(
     training: bool = False,
     return_weights: bool = False,
     backend: str = "auto",
+    v_finite: bool | None = None,
 ) -> AttentionOutput:
     """Scaled dot-product attention: softmax(score_mod(q·kᵀ·scale) + mask) · v.
 
@@ -48,6 +47,8 @@ def attention(
     ``dropout_p`` applies only when ``training=True``; returned weights are pre-dropout.
     ``backend``: "auto", or a name from ``attnlab.backends.backend_names()``; also settable
     with ``attnlab.use_backend(name)``.
+    ``v_finite``: True when the caller knows ``v`` holds no NaN/inf (a KV cache that checked
+    each value as it came): the pass over the whole of ``v`` that looks for them is skipped.
     """
     qkv = validate_qkv(q, k, v)
     s = resolve_scale(scale, qkv.q.shape[-1])
@@ -73,8 +74,9 @@ def attention(
                 f"backends whose capabilities fit (attnlab backends)"
             )
     # NaN/inf values must not reach rows that may not see their key (nonfinite.py).
-    if values_finite(call.v):
-        out = chosen.run(replace(call, v_finite=True))
+    if v_finite or (v_finite is None and values_finite(call.v)):
+        call.v_finite = True
+        out = chosen.run(call)
     else:
         out = run_with_nonfinite_values(chosen, call)
     return AttentionOutput(

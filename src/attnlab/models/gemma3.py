@@ -41,6 +41,7 @@ from attnlab.models.common import (
     key_padding_mask,
     layer_score_mod,
 )
+from attnlab.modules.fused import fused_call
 from attnlab.modules.hooks import HookPoint
 from attnlab.modules.multihead import KVCache, MultiHeadAttention
 from attnlab.modules.norms import RMSNorm
@@ -140,10 +141,12 @@ class GeGLU(nn.Module):
         self.hook_post = HookPoint()  # (B, L, I): act(gate(x)) * up(x), the hidden activation
 
     def forward(self, x: Tensor) -> Tensor:
-        g = self.act(self.gate(x))  # (B, L, E) -> (B, L, I)
+        gu = fused_call(self, "_gate_up", (self.gate, self.up), x)  # (B, L, 2·I): one matmul, no autograd
+        g, u = (self.gate(x), None) if gu is None else gu.chunk(2, dim=-1)  # (B, L, E) -> (B, L, I)
+        g = self.act(g)
         if g.requires_grad:
             return self.down(self.hook_post(g * self.up(x)))  # (B, L, E)
-        return self.down(self.hook_post(g.mul_(self.up(x))))  # inference: reuse g's buffer
+        return self.down(self.hook_post(g.mul_(self.up(x) if u is None else u)))  # inference: g's buffer
 
 
 class Gemma3Block(nn.Module):

@@ -38,6 +38,7 @@ from attnlab.models.common import (
     key_padding_mask,
     layer_score_mod,
 )
+from attnlab.modules.fused import fused_call
 from attnlab.modules.hooks import HookPoint
 from attnlab.modules.multihead import KVCache, MultiHeadAttention
 from attnlab.modules.norms import RMSNorm
@@ -108,12 +109,13 @@ class SwiGLU(nn.Module):
         self.hook_post = HookPoint()  # (B, L, I): silu(gate(x)) * up(x), the hidden activation
 
     def forward(self, x: Tensor) -> Tensor:
-        g = self.gate(x)  # (B, L, E) -> (B, L, I)
+        gu = fused_call(self, "_gate_up", (self.gate, self.up), x)  # (B, L, 2·I): one matmul, no autograd
+        g, u = (self.gate(x), None) if gu is None else gu.chunk(2, dim=-1)  # (B, L, E) -> (B, L, I)
         if g.requires_grad:
             return self.down(self.hook_post(F.silu(g) * self.up(x)))  # (B, L, E)
         # Inference: act in gate's buffer instead of two new (B, L, I) temporaries (~10% of the
         # MLP's time in a 1,000-token prefill, measured).
-        return self.down(self.hook_post(F.silu(g, inplace=True).mul_(self.up(x))))
+        return self.down(self.hook_post(F.silu(g, inplace=True).mul_(self.up(x) if u is None else u)))
 
 
 class LlamaBlock(nn.Module):

@@ -18,7 +18,7 @@ stream, every hook) stay float32.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
@@ -71,6 +71,30 @@ class Int8Linear(nn.Module):
     def from_linear(cls, m: nn.Linear) -> Int8Linear:
         return cls(m.weight, m.bias)
 
+    @classmethod
+    def stack_rows(cls, layers: Sequence[Int8Linear]) -> tuple[Int8Linear, tuple[str, ...]]:
+        """One Int8Linear computing all of ``layers`` (same input) at once: their int8 rows and
+        per-row scales stacked, each layer's buffers re-pointed to its slice of the stack (no
+        second copy; :mod:`attnlab.modules.fused`). Per-row scales make the stack exact: row n
+        is still ``scale_n · q_n``."""
+        if len({m.in_features for m in layers}) != 1 or len({m.bias is None for m in layers}) != 1:
+            raise ValueError(f"layers: expected Int8Linears with one in_features and all or no biases, got "
+                             f"{[(m.in_features, m.bias is not None) for m in layers]}")
+        names = ("qweight", "scale", "scale_bf16") + (() if layers[0].bias is None else ("bias",))
+        stack = cls.__new__(cls)
+        nn.Module.__init__(stack)
+        for name in names:
+            stack.register_buffer(name, torch.cat([getattr(m, name) for m in layers]))  # (ΣN, ...)
+        if layers[0].bias is None:
+            stack.register_buffer("bias", None)
+        stack.out_features, stack.in_features = stack.qweight.shape
+        start = 0
+        for m in layers:
+            for name in names:
+                setattr(m, name, getattr(stack, name)[start : start + m.out_features])
+            start += m.out_features
+        return stack, names
+
     def dequantized(self) -> Tensor:
         return self.qweight.float() * self.scale[:, None]  # (N, K)
 
@@ -80,16 +104,19 @@ class Int8Linear(nn.Module):
         return self.dequantized()
 
     def forward(self, x: Tensor) -> Tensor:
-        # A decode step calls this 210 times per token (SmolLM2): kept to the kernel and two casts.
+        # A decode step calls this ~120 times per token (SmolLM2): kept to the kernel and two
+        # casts; buffers read from the module's dict (nn.Module.__getattr__ costs ~1 us a name).
         rows = x.numel() // self.in_features
         mm = _int8_mm() if rows <= INT8_ROWS else None
+        buf = self._buffers
+        bias = buf["bias"]
         if mm is not None:
-            y = mm(x.reshape(rows, self.in_features).to(torch.bfloat16), self.qweight,
-                         self.scale_bf16).float()  # (M, N)
-            if self.bias is not None:
-                y.add_(self.bias)
+            y = mm(x.reshape(rows, self.in_features).to(torch.bfloat16), buf["qweight"],
+                   buf["scale_bf16"]).float()  # (M, N)
+            if bias is not None:
+                y.add_(bias)
             return y.view(*x.shape[:-1], self.out_features)
-        return F.linear(x.float(), self.dequantized(), self.bias)  # (..., N)
+        return F.linear(x.float(), self.dequantized(), bias)  # (..., N)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 rows"

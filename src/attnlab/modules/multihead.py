@@ -16,10 +16,12 @@ import torch
 from torch import Tensor, nn
 
 from attnlab.backends.dispatch import attention
+from attnlab.backends.nonfinite import values_finite
 from attnlab.functional.attention import ScoreMod
 from attnlab.functional.checks import expect_positive_int, expect_probability, expect_tensor
 from attnlab.functional.masks import Mask
 from attnlab.functional.positional import apply_rotary
+from attnlab.modules.fused import fused_call
 from attnlab.modules.hooks import HookPoint
 
 
@@ -102,30 +104,94 @@ class KVCache:
     Pass the same cache to successive calls for incremental decoding; each call appends its
     new keys/values. Use a bottom-right aligned causal mask (``causal("bottom-right")``) so
     the new queries see every cached key and the new ones up to themselves.
+
+    Appending writes into room allocated ahead (at least doubling the positions each time it
+    runs out, so a decode of n tokens copies the cache O(log n) times, not at every step as
+    ``torch.cat`` did); ``k``/``v`` are views of the filled part. Views handed out earlier stay
+    valid: only positions after them are ever written. Where an in-place write could break
+    autograd (keys that require grad) or touch an inference tensor outside inference mode,
+    appending concatenates instead. ``k``/``v`` may be assigned (a fork sharing another
+    cache's tensors): the next append then copies them into room of its own.
     """
+
+    MIN_ROOM = 16  # positions allocated at least when growing
 
     def __init__(self) -> None:
         self.k: Tensor | None = None
         self.v: Tensor | None = None
+        self._room: tuple[Tensor, Tensor] | None = None  # (B, Hkv, capacity, Dh) each
+        self._views: tuple[Tensor, Tensor] | None = None  # what self.k, self.v were set to here
+        self._finite: tuple[Tensor, bool] | None = None  # (a v, whether it holds no NaN/inf)
 
     def __len__(self) -> int:
         return 0 if self.k is None else self.k.shape[2]
 
+    @property
+    def v_finite(self) -> bool | None:
+        """Whether ``v`` holds no NaN/inf, from checking each value once as it was appended (so
+        attention need not read the whole cache again at every step); None when unknown (``v``
+        was assigned). Values changed in place afterwards are not seen."""
+        f = self._finite
+        return f[1] if f is not None and f[0] is self.v else None
+
     def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Append new keys and values (B, Hkv, L_new, Dh); all of them so far: (B, Hkv, L, Dh)."""
+        before = True if self.v is None else self.v_finite
+        if before is None and self.v is not None:
+            before = values_finite(self.v)
+        finite = bool(before) and values_finite(v)  # only the new values are read
+        k, v = self._append(k, v)
+        self._finite = (v, finite)
+        return k, v
+
+    def _append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         if self.k is None or self.v is None:
             self.k, self.v = k, v
-        else:
-            if k.shape[:2] != self.k.shape[:2] or k.shape[-1] != self.k.shape[-1]:
-                raise ValueError(
-                    f"cache: expected new keys shaped (B, Hkv, *, Dh) = "
-                    f"({self.k.shape[0]}, {self.k.shape[1]}, *, {self.k.shape[-1]}), got {tuple(k.shape)}"
-                )
+            self._room = self._views = None
+            return k, v
+        if k.shape[:2] != self.k.shape[:2] or k.shape[-1] != self.k.shape[-1]:
+            raise ValueError(
+                f"cache: expected new keys shaped (B, Hkv, *, Dh) = "
+                f"({self.k.shape[0]}, {self.k.shape[1]}, *, {self.k.shape[-1]}), got {tuple(k.shape)}"
+            )
+        if not self._in_place_ok(k, v):
             self.k = torch.cat([self.k, k], dim=2)  # (B, Hkv, L_old + L_new, Dh)
             self.v = torch.cat([self.v, v], dim=2)
+            self._room = self._views = None
+            return self.k, self.v
+        old, n = self.k.shape[2], self.k.shape[2] + k.shape[2]
+        room = self._room
+        if room is None or not self._room_usable(room, n):
+            cap = max(2 * n, n + self.MIN_ROOM)
+            B, H, _, D = self.k.shape
+            room = (self.k.new_empty(B, H, cap, D), self.v.new_empty(B, H, cap, self.v.shape[-1]))
+            room[0][:, :, :old], room[1][:, :, :old] = self.k, self.v  # (B, Hkv, L_old, Dh)
+            self._room = room
+        # narrow, not [:, :, a:b]: the same views without Python's indexing machinery (per layer, per step)
+        room[0].narrow(2, old, n - old).copy_(k)  # (B, Hkv, L_new, Dh) written in place
+        room[1].narrow(2, old, n - old).copy_(v)
+        self.k, self.v = room[0].narrow(2, 0, n), room[1].narrow(2, 0, n)  # (B, Hkv, L_old + L_new, Dh)
+        self._views = (self.k, self.v)
         return self.k, self.v
+
+    def _in_place_ok(self, k: Tensor, v: Tensor) -> bool:
+        assert self.k is not None and self.v is not None
+        if torch.is_grad_enabled() and (k.requires_grad or v.requires_grad or self.k.requires_grad
+                                        or self.v.requires_grad):
+            return False  # a write into a tensor autograd saved would fail its backward
+        # torch.cat promotes mixed dtypes; a write would cast silently
+        return k.dtype == self.k.dtype and v.dtype == self.v.dtype and k.device == self.k.device
+
+    def _room_usable(self, room: tuple[Tensor, Tensor], n: int) -> bool:
+        """Does ``room`` hold n positions, and are k/v still the views written there (not
+        tensors assigned since), writable in this mode?"""
+        return (n <= room[0].shape[2] and self._views is not None and self._views[0] is self.k
+                and self._views[1] is self.v
+                and (torch.is_inference_mode_enabled() or not room[0].is_inference()))
 
     def reset(self) -> None:
         self.k = self.v = None
+        self._room = self._views = self._finite = None
 
 
 class MultiHeadAttention(nn.Module):
@@ -243,18 +309,32 @@ class MultiHeadAttention(nn.Module):
                 f"key/value: expected (B, Lk, *) with B={query.shape[0]} and equal Lk, "
                 f"got {tuple(key.shape)} and {tuple(value.shape)}"
             )
-        q = self._heads(self.q_proj(query), self.num_heads)  # (B, H, Lq, Dh)
-        k = self._heads(self.k_proj(key), self.n_kv_heads)  # (B, Hkv, Lk, Dh)
-        if self.q_norm is not None and self.k_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)  # over Dh, per head
-        if rotary is not None:
-            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        H, Hkv, Dh = self.num_heads, self.n_kv_heads, self.head_dim
+        # Self-attention without autograd: x [W^Q W^K W^V] in one matmul (modules/fused.py).
+        qkv = None if key is not query or value is not query else \
+            fused_call(self, "_qkv", (self.q_proj, self.k_proj, self.v_proj), query)  # (B, L, (H + 2·Hkv)·Dh)
+        if qkv is not None and rotary is not None and self.q_norm is None:
+            B, L, _ = qkv.shape
+            qk = qkv[..., : (H + Hkv) * Dh].view(B, L, H + Hkv, Dh).transpose(1, 2)  # (B, H + Hkv, L, Dh)
+            q, k = apply_rotary(qk, *rotary).split((H, Hkv), dim=1)  # one rotation for q's and k's heads
+            v = qkv[..., (H + Hkv) * Dh :]  # (B, L, Hkv·Dh)
+        else:
+            if qkv is None:
+                q, k, v = self.q_proj(query), self.k_proj(key), self.v_proj(value)
+            else:
+                q, k, v = qkv.split((H * Dh, Hkv * Dh, Hkv * Dh), dim=-1)
+            q, k = self._heads(q, H), self._heads(k, Hkv)  # (B, H, Lq, Dh), (B, Hkv, Lk, Dh)
+            if self.q_norm is not None and self.k_norm is not None:
+                q, k = self.q_norm(q), self.k_norm(k)  # over Dh, per head
+            if rotary is not None:
+                q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         # q and k as the scores see them (after QK-norm and RoPE)
         q, k = self.hook_q(q), self.hook_k(k)
-        v = self.hook_v(self._heads(self.v_proj(value), self.n_kv_heads))  # (B, Hkv, Lk, Dh)
+        v = self.hook_v(self._heads(v, Hkv))  # (B, Hkv, Lk, Dh)
         if cache is not None:
             _check_cache_mask(mask, len(cache), q.shape[2], q.device)  # before the cache changes
             k, v = cache.update(k, v)  # (B, Hkv, L_past + Lk, Dh)
+            return self._attend(q, k, v, mask, score_mod, need_weights, backend, cache.v_finite)
         return self._attend(q, k, v, mask, score_mod, need_weights, backend)
 
     def _attend_projected(self, query: Tensor, kv: tuple[Tensor, Tensor], *, mask: object,
@@ -281,13 +361,14 @@ class MultiHeadAttention(nn.Module):
         return self._attend(self.hook_q(q), k, v, mask, score_mod, need_weights, backend)
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: object, score_mod: ScoreMod | None,
-                need_weights: bool, backend: str) -> MultiHeadOutput:
-        """Attention over projected heads, then Concat(head_1..head_h) W^O (§3.2.2)."""
+                need_weights: bool, backend: str, v_finite: bool | None = None) -> MultiHeadOutput:
+        """Attention over projected heads, then Concat(head_1..head_h) W^O (§3.2.2). ``v_finite``:
+        True when ``v`` is known to hold no NaN/inf (a cache's check of each value as it came)."""
         if self.hook_scores.active:
             score_mod, backend = self._scores_through_hook(score_mod), "eager"
         weigh = need_weights or self.hook_pattern.active
         out = attention(q, k, v, mask=mask, score_mod=score_mod, scale=self.scale, dropout_p=self.dropout,
-                        training=self.training, return_weights=weigh, backend=backend)
+                        training=self.training, return_weights=weigh, backend=backend, v_finite=v_finite)
         weights = None if out.weights is None else self.hook_pattern(out.weights)  # (B, H, Lq, Lk)
         z = self.hook_z(out.context)  # (B, H, Lq, Dh)
         B, H, Lq, Dh = z.shape
