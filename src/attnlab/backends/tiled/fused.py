@@ -148,15 +148,37 @@ def _shaped(qc: Tensor, kb: Tensor, vb: Tensor, seg: Segment, add: Tensor | None
 
 def _call(op, tensors: tuple[Tensor, ...], add: Tensor | None, heads: int, **kw) -> tuple[Tensor, ...]:
     """op on (B, H, nb, L, D) tensors as (B·H, nb, L, D) views, or one call per batch element
-    where B and H do not merge; results come back as (B, H, nb, L, ...)."""
-    flat = [_rows4(t) for t in tensors]
+    where B and H do not merge; results come back as (B, H, nb, L, ...). Keys and values may
+    have fewer heads (GQA, not expanded): see :func:`_call_groups`."""
     B = tensors[0].shape[0]
+    if any(t.shape[1] != heads for t in tensors):
+        return _call_groups(op, tensors, add, heads, **kw)
+    flat = [_rows4(t) for t in tensors]
     if all(t is not None for t in flat):
         res = op(*flat, attn_mask=add, **kw)
         return tuple(r.view(B, heads, *r.shape[1:]) for r in res)  # (B·H, ...) -> (B, H, ...)
     per = [op(*(t[b] for t in tensors), attn_mask=add if add is None or add.shape[0] == 1
               else add[b * heads: (b + 1) * heads], **kw) for b in range(B)]
     return tuple(torch.stack(rs) for rs in zip(*per, strict=True))
+
+
+def _call_groups(op, tensors: tuple[Tensor, ...], add: Tensor | None, heads: int, **kw) -> tuple[Tensor, ...]:
+    """GQA without copies: one call per (batch element, K/V head) with the ``g = H / Hkv`` query
+    heads that share it as the op's batch, the K/V band a stride-0 view over them (query head h
+    reads K/V head h // g, so no single stride spans every head)."""
+    B = tensors[0].shape[0]
+    hkv = min(t.shape[1] for t in tensors)
+    g = heads // hkv
+    per = []
+    for b in range(B):
+        for h in range(hkv):
+            args = [t[b, h * g: (h + 1) * g] if t.shape[1] == heads
+                    else t[b, h: h + 1].expand(g, *t.shape[2:]) for t in tensors]  # (g, nb, L, D)
+            m = add if add is None or add.shape[0] == 1 else add[b * heads + h * g: b * heads + (h + 1) * g]
+            per.append(op(*args, attn_mask=m, **kw))
+    # (g, nb, ...) per group -> (B, H, nb, ...); one group (MQA, B = 1) needs no copy
+    return tuple((rs[0] if len(rs) == 1 else torch.cat(rs)).view(B, heads, *rs[0].shape[1:])
+                 for rs in zip(*per, strict=True))
 
 
 def _empty_rows(seg: Segment, oks: list[Tensor]) -> Tensor | None:
