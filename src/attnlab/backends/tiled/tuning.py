@@ -35,6 +35,7 @@ GROUPS_PER_THREAD = 2
 # --- block maps (blockmap.py) -------------------------------------------------------------------
 CHUNK_TILES = 1 << 22  # tiles classified per step when the predicate is evaluated
 BLOCK_MAP_CACHE = 16  # block maps kept (per mask object and shape)
+PLAN_CACHE = 16  # plans kept (per block map, heads, budget and chunk count)
 
 # --- auto rule (backend.prefers_tiled) ----------------------------------------------------------
 AUTO_MIN_PAIRS = 1 << 20  # Lq·Lk from which tiling pays off (about 1024 x 1024)
