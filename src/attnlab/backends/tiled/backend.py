@@ -43,8 +43,12 @@ def _run_one(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None, dense: Tensor |
     Lk = k.shape[2]
     budget = current_options().budget
 
+    # GQA heads packed into one fused problem when the tiles run fused (fused._call_groups)
+    packed = H // k.shape[1] if tiled_fused.fused_ok(q, v, score_mod is not None or bias is not None,
+                                                      not finite) else 1
+
     def setup(backward: bool) -> tuple[TileContext, Plan]:
-        bq, bk = choose_blocks(mask, Lq, Lk, backward=backward)
+        bq, bk = choose_blocks(mask, Lq, Lk, backward=backward, packed_heads=packed)
         bm = block_map(mask, Lq, Lk, bq, bk, batch=B, heads=H, dense=dense)
         plan = build_plan(bm, B * H, budget, min_chunks=CHUNKS_PER_THREAD * workers())
         tc = TileContext(B, H, Lq, Lk, mask=mask, dense=dense, bias=bias, score_mod=score_mod,
@@ -80,11 +84,12 @@ def attention_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor
     return backward_at(q, k, v, out, lse, dout, dlse, tc, plan, scale, not finite)
 
 
-def computed_pairs(mask: Mask | None, q_len: int, kv_len: int) -> int:
+def computed_pairs(mask: Mask | None, q_len: int, kv_len: int, *, packed_heads: int = 1) -> int:
     """(query, key) pairs the forward computes for one (batch, head): the touched tiles of every
     part the mask is run as (the decomposition and tile shapes of :func:`run_tiled`). The
     allowed pairs over this is the share of the arithmetic that is useful: what tiling, and
-    not the kernel, costs a pattern (benchmarks report it)."""
+    not the kernel, costs a pattern (benchmarks report it). ``packed_heads``: query heads per
+    K/V head (GQA) when the tiles run fused (their tile shape depends on it)."""
     parts: Sequence[Part | None] = decompose(mask, q_len, kv_len) or [None]
     total = 0
     for p in parts:
@@ -95,7 +100,7 @@ def computed_pairs(mask: Mask | None, q_len: int, kv_len: int) -> int:
                 lq, lk, mult = q_len // p.residue, kv_len // p.residue, p.residue
             elif p.k_index is not None:
                 lk = p.k_index.numel()
-        bq, bk = choose_blocks(m, lq, lk)
+        bq, bk = choose_blocks(m, lq, lk, packed_heads=packed_heads if p is None or p.residue is None else 1)
         total += mult * block_map(m, lq, lk, bq, bk).cols.numel() * bq * bk
     return total
 

@@ -149,10 +149,12 @@ def _shaped(qc: Tensor, kb: Tensor, vb: Tensor, seg: Segment, add: Tensor | None
 def _call(op, tensors: tuple[Tensor, ...], add: Tensor | None, heads: int, **kw) -> tuple[Tensor, ...]:
     """op on (B, H, nb, L, D) tensors as (B·H, nb, L, D) views, or one call per batch element
     where B and H do not merge; results come back as (B, H, nb, L, ...). Keys and values may
-    have fewer heads (GQA, not expanded): see :func:`_call_groups`."""
+    have fewer heads (GQA, not copied out to the query heads): :func:`_call_groups`."""
     B = tensors[0].shape[0]
-    if any(t.shape[1] != heads for t in tensors):
-        return _call_groups(op, tensors, add, heads, **kw)
+    if any(t.shape[1] != heads for t in tensors):  # K/V shared by query heads (GQA)
+        if (add is None or add.shape[0] == 1) and len(tensors) == 3:  # the forward, one mask
+            return _call_groups(op, tensors, add, heads, **kw)
+        return _call_grouped(op, tensors, add, heads, **kw)
     flat = [_rows4(t) for t in tensors]
     if all(t is not None for t in flat):
         res = op(*flat, attn_mask=add, **kw)
@@ -163,9 +165,39 @@ def _call(op, tensors: tuple[Tensor, ...], add: Tensor | None, heads: int, **kw)
 
 
 def _call_groups(op, tensors: tuple[Tensor, ...], add: Tensor | None, heads: int, **kw) -> tuple[Tensor, ...]:
-    """GQA without copies: one call per (batch element, K/V head) with the ``g = H / Hkv`` query
-    heads that share it as the op's batch, the K/V band a stride-0 view over them (query head h
-    reads K/V head h // g, so no single stride spans every head)."""
+    """GQA packed (FlashAttention-2's "pack GQA"): the ``g = H / Hkv`` query heads that share a
+    K/V head are stacked into the rows of one problem per (batch element, K/V head), q as
+    (nb, g·bq, D) against the shared band, which is read once for all g heads and never copied
+    out to them. ``add`` is the same for every head, (1, nb, bq, w·bk); where every query block
+    has the same mask (a sliding window's steady state) one (g·bq, w·bk) mask serves them all.
+    Context (B, H, nb, bq, Dv) and lse (B, H, nb, bq) come back as views where B·Hkv = 1."""
+    q, k, v = tensors
+    B, H, nb, bq, D = q.shape
+    hkv = k.shape[1]
+    g = heads // hkv
+    mask = None
+    if add is not None:
+        if torch.equal(add[:, :1].expand_as(add), add):  # every query block's mask alike
+            add = add[:, :1]
+        mask = add.repeat(1, 1, g, 1)  # (1, nb|1, g·bq, w·bk): packed row j·bq + i is row i of head j
+    outs, lses = [], []
+    for b in range(B):
+        for h in range(hkv):
+            qh = q[b, h * g: (h + 1) * g]  # (g, nb, bq, D)
+            qp = qh.transpose(0, 1).reshape(1, nb, g * bq, D)  # (g, nb, bq, D) -> (1, nb, g·bq, D)
+            o, lse = op(qp, k[b, h: h + 1], v[b, h: h + 1], attn_mask=mask, **kw)[:2]
+            outs.append(o.view(nb, g, bq, -1).transpose(0, 1))  # (1, nb, g·bq, Dv) -> (g, nb, bq, Dv)
+            lses.append(lse.view(nb, g, bq).transpose(0, 1))  # (1, nb, g·bq) -> (g, nb, bq)
+    if len(outs) == 1:
+        return outs[0].view(B, H, nb, bq, -1), lses[0].view(B, H, nb, bq)
+    return torch.cat(outs).view(B, H, nb, bq, -1), torch.cat(lses).view(B, H, nb, bq)
+
+
+def _call_grouped(op, tensors: tuple[Tensor, ...], add: Tensor | None, heads: int,
+                  **kw) -> tuple[Tensor, ...]:
+    """GQA with a mask that depends on the batch element or head: one call per (batch element,
+    K/V head) with its ``g`` query heads as the op's batch over a stride-0 view of the K/V band
+    (query head h reads K/V head h // g, so no single stride spans every head)."""
     B = tensors[0].shape[0]
     hkv = min(t.shape[1] for t in tensors)
     g = heads // hkv
@@ -174,11 +206,11 @@ def _call_groups(op, tensors: tuple[Tensor, ...], add: Tensor | None, heads: int
         for h in range(hkv):
             args = [t[b, h * g: (h + 1) * g] if t.shape[1] == heads
                     else t[b, h: h + 1].expand(g, *t.shape[2:]) for t in tensors]  # (g, nb, L, D)
-            m = add if add is None or add.shape[0] == 1 else add[b * heads + h * g: b * heads + (h + 1) * g]
+            r0 = b * heads + h * g
+            m = add if add is None or add.shape[0] == 1 else add[r0: r0 + g]
             per.append(op(*args, attn_mask=m, **kw))
-    # (g, nb, ...) per group -> (B, H, nb, ...); one group (MQA, B = 1) needs no copy
-    return tuple((rs[0] if len(rs) == 1 else torch.cat(rs)).view(B, heads, *rs[0].shape[1:])
-                 for rs in zip(*per, strict=True))
+    # (g, nb, ...) per group -> (B, H, nb, ...)
+    return tuple(torch.cat(rs).view(B, heads, *rs[0].shape[1:]) for rs in zip(*per, strict=True))
 
 
 def _empty_rows(seg: Segment, oks: list[Tensor]) -> Tensor | None:
