@@ -117,12 +117,15 @@ def _rows4(x: Tensor) -> Tensor | None:
 
 def additive_mask(seg: Segment, oks: list[Tensor], batch: int, heads: int, bq: int, bk: int,
                   dtype: torch.dtype, buf: Tensor | None = None) -> Tensor | None:
-    """The band's mask as the additive float mask the op takes, (B·H|1, nb, bq, w·bk), or None
+    """The band's mask as the additive float mask the op takes, (B·H|1, nb|1, bq, w·bk), or None
     for a band of full tiles. The op broadcasts a leading 1 only: a mask that depends on the
-    batch or the head is spread over all B·H."""
+    batch or the head is spread over all B·H. Where every query block of the tile has the same
+    mask (a sliding window's blocks all see their band alike), one block's mask serves all."""
     if not seg.masked:
         return None
     nb, w = seg.k_blocks.shape
+    if nb > 1 and all(torch.equal(ok[:, :, :1].expand_as(ok), ok) for ok in oks):
+        oks, nb = [ok[:, :, :1] for ok in oks], 1  # (B|1, H|1, 1, bq, run·bk)
     mb = max(ok.shape[0] for ok in oks)
     mh = max(ok.shape[1] for ok in oks)
     size = mb * mh * nb * bq * w * bk
@@ -168,18 +171,14 @@ def _call_groups(op, tensors: tuple[Tensor, ...], add: Tensor | None, heads: int
     """GQA packed (FlashAttention-2's "pack GQA"): the ``g = H / Hkv`` query heads that share a
     K/V head are stacked into the rows of one problem per (batch element, K/V head), q as
     (nb, g·bq, D) against the shared band, which is read once for all g heads and never copied
-    out to them. ``add`` is the same for every head, (1, nb, bq, w·bk); where every query block
-    has the same mask (a sliding window's steady state) one (g·bq, w·bk) mask serves them all.
+    out to them. ``add`` is the same for every head, (1, nb|1, bq, w·bk) (additive_mask).
     Context (B, H, nb, bq, Dv) and lse (B, H, nb, bq) come back as views where B·Hkv = 1."""
     q, k, v = tensors
     B, H, nb, bq, D = q.shape
     hkv = k.shape[1]
     g = heads // hkv
-    mask = None
-    if add is not None:
-        if torch.equal(add[:, :1].expand_as(add), add):  # every query block's mask alike
-            add = add[:, :1]
-        mask = add.repeat(1, 1, g, 1)  # (1, nb|1, g·bq, w·bk): packed row j·bq + i is row i of head j
+    # (1, nb|1, bq, w·bk) -> (1, nb|1, g·bq, w·bk): packed row j·bq + i is row i of head j
+    mask = None if add is None else add.repeat(1, 1, g, 1)
     outs, lses = [], []
     for b in range(B):
         for h in range(hkv):
