@@ -83,3 +83,22 @@ def test_a_second_thread_runs_serially_while_one_owns_the_setting(two_threads):
         t.start()
         t.join()
     assert res == {"n": 1, "ran": 1}
+
+
+def test_a_forked_child_makes_its_own_helpers(two_threads):
+    """A forked child has no running copy of its parent's helper threads: its calls still finish."""
+    import multiprocessing
+
+    parallel.run_parallel(lambda items, i: list(items), list(range(8)), cost=lambda x: x)  # parent's pool
+
+    def child():
+        done = []
+        parallel.run_parallel(lambda items, i: done.extend(items), list(range(8)), cost=lambda x: x)
+        raise SystemExit(0 if sorted(done) == list(range(8)) else 3)
+
+    p = multiprocessing.get_context("fork").Process(target=child)
+    p.start()
+    p.join(60)
+    if p.is_alive():
+        p.kill()
+    assert p.exitcode == 0

@@ -121,17 +121,18 @@ def owned_threads() -> Iterator[int]:
         _LOCK.release()
 
 
-_POOL: tuple[int, ThreadPoolExecutor] | None = None  # (pid, helpers): a forked child makes its own
+# (pid, size, helpers), kept between calls; a forked child (no threads of its parent) makes its own
+_POOL: tuple[int, int, ThreadPoolExecutor] | None = None
 
 
 def _helpers(n: int) -> ThreadPoolExecutor:
     global _POOL
     pid = os.getpid()
-    if _POOL is None or _POOL[0] != pid or _POOL[1]._max_workers < n:
+    if _POOL is None or _POOL[0] != pid or _POOL[1] < n:
         if _POOL is not None and _POOL[0] == pid:
-            _POOL[1].shutdown(wait=False)
-        _POOL = (pid, ThreadPoolExecutor(n, thread_name_prefix="attnlab-tiled"))
-    return _POOL[1]
+            _POOL[2].shutdown(wait=False)  # idle: its threads exit
+        _POOL = (pid, n, ThreadPoolExecutor(n, thread_name_prefix="attnlab-tiled"))
+    return _POOL[2]
 
 
 def run_parallel(work: Callable[[Iterable[T], int], None], items: Sequence[T],
