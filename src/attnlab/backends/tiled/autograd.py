@@ -17,6 +17,7 @@ from torch import Tensor
 
 from attnlab.backends.tiled.backward import backward_pass
 from attnlab.backends.tiled.forward import forward_pass
+from attnlab.backends.tiled.fused import fused_ok
 from attnlab.backends.tiled.plan import Plan
 from attnlab.backends.tiled.tile_ops import Padded, pad_rows
 from attnlab.backends.tiled.tiles import TileContext
@@ -35,12 +36,15 @@ class TiledConfig:
     backward_setup: Callable[[], tuple[TileContext, Plan]] | None = None
 
 
-def _padded(q: Tensor, k: Tensor, v: Tensor, p: Plan) -> Padded:
+def _padded(q: Tensor, k: Tensor, v: Tensor, p: Plan, expand: bool = True) -> Padded:
+    """``expand``: K/V copied out to the query heads (GQA); the fused forward reads the shared
+    heads in place instead (fused._call_groups), so it passes False."""
     hq = q.shape[1]
+    kp, vp = pad_rows(k, p.n_kv_blocks * p.bk), pad_rows(v, p.n_kv_blocks * p.bk)  # (B, Hkv, nKB·bk, D|Dv)
     return Padded(
         pad_rows(q, p.n_q_blocks * p.bq),  # (B, H, nQB·bq, D)
-        pad_rows(expand_kv(k, hq), p.n_kv_blocks * p.bk),  # (B, H, nKB·bk, D)
-        pad_rows(expand_kv(v, hq), p.n_kv_blocks * p.bk),  # (B, H, nKB·bk, Dv)
+        expand_kv(kp, hq) if expand else kp,  # (B, H|Hkv, nKB·bk, D)
+        expand_kv(vp, hq) if expand else vp,  # (B, H|Hkv, nKB·bk, Dv)
     )
 
 
@@ -56,7 +60,8 @@ class TiledAttentionFunction(torch.autograd.Function):
                 cfg: TiledConfig) -> tuple[Tensor, Tensor]:
         # ``anchor``: a tensor that wants gradients through the bias / score_mod, passed in only
         # so that autograd calls backward when q, k and v themselves do not need gradients.
-        x = _padded(q, k, v, cfg.plan)
+        fused = fused_ok(q, v, cfg.tc.modifies, cfg.sanitize)
+        x = _padded(q, k, v, cfg.plan, expand=not fused)
         out, lse = forward_pass(cfg.tc, x, cfg.plan, cfg.scale, sanitize=cfg.sanitize)
         lq = q.shape[2]
         out, lse = out[:, :, :lq].contiguous(), lse[:, :, :lq].contiguous()

@@ -25,6 +25,7 @@ from attnlab.backends.tiled import fused as tiled_fused
 from attnlab.backends.tiled.autograd import TiledConfig, backward_at, tiled_function
 from attnlab.backends.tiled.blockmap import block_map
 from attnlab.backends.tiled.options import choose_blocks, current_options, tiled_options
+from attnlab.backends.tiled.parallel import owned_threads, workers
 from attnlab.backends.tiled.plan import Plan, build_plan
 from attnlab.backends.tiled.sparse import decompose, gather_rows, residue_unview, residue_view
 from attnlab.backends.tiled.tiles import TileContext
@@ -42,19 +43,25 @@ def _run_one(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None, dense: Tensor |
     Lk = k.shape[2]
     budget = current_options().budget
 
+    # GQA heads packed into one fused problem when the tiles run fused (fused._call_groups)
+    packed = H // k.shape[1] if tiled_fused.fused_ok(q, v, score_mod is not None or bias is not None,
+                                                      not finite) else 1
+
     def setup(backward: bool) -> tuple[TileContext, Plan]:
-        bq, bk = choose_blocks(mask, Lq, Lk, backward=backward)
+        bq, bk = choose_blocks(mask, Lq, Lk, backward=backward, packed_heads=packed)
         bm = block_map(mask, Lq, Lk, bq, bk, batch=B, heads=H, dense=dense)
-        plan = build_plan(bm, B * H, budget, min_chunks=CHUNKS_PER_THREAD * torch.get_num_threads())
+        plan = build_plan(bm, B * H, budget, min_chunks=CHUNKS_PER_THREAD * workers())
         tc = TileContext(B, H, Lq, Lk, mask=mask, dense=dense, bias=bias, score_mod=score_mod,
                          bq=bq, bk=bk)
         return tc, plan
 
-    tc, plan = setup(False)
-    cfg = TiledConfig(tc, plan, scale, sanitize=not finite,
-                      capture=torch.is_grad_enabled() and tc.captures_grad(),
-                      backward_setup=lambda: setup(True))
-    return tiled_function(q, k, v, cfg)
+    # The call's own small ops (setup, padding) run single-threaded, its tiles on the workers.
+    with owned_threads():
+        tc, plan = setup(False)
+        cfg = TiledConfig(tc, plan, scale, sanitize=not finite,
+                          capture=torch.is_grad_enabled() and tc.captures_grad(),
+                          backward_setup=lambda: setup(True))
+        return tiled_function(q, k, v, cfg)
 
 
 def attention_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dout: Tensor,
@@ -71,17 +78,18 @@ def attention_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor
     bq, bk = choose_blocks(mask, Lq, Lk, backward=True)
     bm = block_map(mask, Lq, Lk, bq, bk, batch=B, heads=H)
     plan = build_plan(bm, B * H, current_options().budget,
-                      min_chunks=CHUNKS_PER_THREAD * torch.get_num_threads())
+                      min_chunks=CHUNKS_PER_THREAD * workers())
     tc = TileContext(B, H, Lq, Lk, mask=mask, score_mod=score_mod, bq=bq, bk=bk)
     finite = values_finite(k) and values_finite(v)
     return backward_at(q, k, v, out, lse, dout, dlse, tc, plan, scale, not finite)
 
 
-def computed_pairs(mask: Mask | None, q_len: int, kv_len: int) -> int:
+def computed_pairs(mask: Mask | None, q_len: int, kv_len: int, *, packed_heads: int = 1) -> int:
     """(query, key) pairs the forward computes for one (batch, head): the touched tiles of every
     part the mask is run as (the decomposition and tile shapes of :func:`run_tiled`). The
     allowed pairs over this is the share of the arithmetic that is useful: what tiling, and
-    not the kernel, costs a pattern (benchmarks report it)."""
+    not the kernel, costs a pattern (benchmarks report it). ``packed_heads``: query heads per
+    K/V head (GQA) when the tiles run fused (their tile shape depends on it)."""
     parts: Sequence[Part | None] = decompose(mask, q_len, kv_len) or [None]
     total = 0
     for p in parts:
@@ -92,7 +100,7 @@ def computed_pairs(mask: Mask | None, q_len: int, kv_len: int) -> int:
                 lq, lk, mult = q_len // p.residue, kv_len // p.residue, p.residue
             elif p.k_index is not None:
                 lk = p.k_index.numel()
-        bq, bk = choose_blocks(m, lq, lk)
+        bq, bk = choose_blocks(m, lq, lk, packed_heads=packed_heads if p is None or p.residue is None else 1)
         total += mult * block_map(m, lq, lk, bq, bk).cols.numel() * bq * bk
     return total
 
@@ -112,7 +120,8 @@ def run_tiled(call: AttentionCall) -> AttentionOutput:
     _, _, Lq, Lk = call.shape
     # Non-finite k or v take the kernel's sanitising path; one pass per call, and v only when
     # dispatch has not checked it already (values_finite: a sum, ~30x cheaper than isfinite().all()).
-    finite = values_finite(call.k) and (call.v_finite or values_finite(call.v))
+    with owned_threads():  # one small sum: no OpenMP region (parallel.owned_threads)
+        finite = values_finite(call.k) and (call.v_finite or values_finite(call.v))
     nm = call.mask
     dense = nm.dense.expand(-1, -1, Lq, Lk) if nm.dense is not None else None  # (B|1, H|1, Lq, Lk)
     bias = nm.bias.expand(-1, -1, Lq, Lk) if nm.bias is not None else None  # (B|1, H|1, Lq, Lk)

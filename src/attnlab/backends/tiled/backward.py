@@ -15,7 +15,7 @@ from torch import Tensor
 
 from attnlab.backends.tiled.fused import fused_backward_ok, fused_tile_backward
 from attnlab.backends.tiled.gemm import band, head_loop, pv, qk, scatter_band, tn
-from attnlab.backends.tiled.parallel import Group, fixed_groups, run_parallel
+from attnlab.backends.tiled.parallel import Group, fixed_groups, run_parallel, workers
 from attnlab.backends.tiled.plan import Plan, QueryChunk
 from attnlab.backends.tiled.tile_ops import (
     NEG_INF,
@@ -116,7 +116,7 @@ def backward_pass(tc: TileContext, x: Padded, plan: Plan, scale: float, out: Ten
     idle = (plan.counts == 0).nonzero().flatten()  # (n_idle,) query blocks without tiles
     if idle.numel():
         dq.view(B, H, -1, plan.bq, dq.shape[-1])[:, :, idle] = 0.0  # (B, H, nQB, bq, D)
-    n = 1 if capture else (torch.get_num_threads() if threads is None else threads)
+    n = 1 if capture else (workers() if threads is None else threads)
     fused = plan.bq >= FUSED_BWD_MIN_ROWS and fused_backward_ok(x.q, x.v, tc.modifies, sanitize, dlse,
                                                                 capture)
     dk, dv = torch.zeros_like(x.k), torch.zeros_like(x.v)

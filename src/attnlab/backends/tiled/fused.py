@@ -117,12 +117,15 @@ def _rows4(x: Tensor) -> Tensor | None:
 
 def additive_mask(seg: Segment, oks: list[Tensor], batch: int, heads: int, bq: int, bk: int,
                   dtype: torch.dtype, buf: Tensor | None = None) -> Tensor | None:
-    """The band's mask as the additive float mask the op takes, (B·H|1, nb, bq, w·bk), or None
+    """The band's mask as the additive float mask the op takes, (B·H|1, nb|1, bq, w·bk), or None
     for a band of full tiles. The op broadcasts a leading 1 only: a mask that depends on the
-    batch or the head is spread over all B·H."""
+    batch or the head is spread over all B·H. Where every query block of the tile has the same
+    mask (a sliding window's blocks all see their band alike), one block's mask serves all."""
     if not seg.masked:
         return None
     nb, w = seg.k_blocks.shape
+    if nb > 1 and all(torch.equal(ok[:, :, :1].expand_as(ok), ok) for ok in oks):
+        oks, nb = [ok[:, :, :1] for ok in oks], 1  # (B|1, H|1, 1, bq, run·bk)
     mb = max(ok.shape[0] for ok in oks)
     mh = max(ok.shape[1] for ok in oks)
     size = mb * mh * nb * bq * w * bk
@@ -148,15 +151,65 @@ def _shaped(qc: Tensor, kb: Tensor, vb: Tensor, seg: Segment, add: Tensor | None
 
 def _call(op, tensors: tuple[Tensor, ...], add: Tensor | None, heads: int, **kw) -> tuple[Tensor, ...]:
     """op on (B, H, nb, L, D) tensors as (B·H, nb, L, D) views, or one call per batch element
-    where B and H do not merge; results come back as (B, H, nb, L, ...)."""
-    flat = [_rows4(t) for t in tensors]
+    where B and H do not merge; results come back as (B, H, nb, L, ...). Keys and values may
+    have fewer heads (GQA, not copied out to the query heads): :func:`_call_groups`."""
     B = tensors[0].shape[0]
+    if any(t.shape[1] != heads for t in tensors):  # K/V shared by query heads (GQA)
+        if (add is None or add.shape[0] == 1) and len(tensors) == 3:  # the forward, one mask
+            return _call_groups(op, tensors, add, heads, **kw)
+        return _call_grouped(op, tensors, add, heads, **kw)
+    flat = [_rows4(t) for t in tensors]
     if all(t is not None for t in flat):
         res = op(*flat, attn_mask=add, **kw)
         return tuple(r.view(B, heads, *r.shape[1:]) for r in res)  # (B·H, ...) -> (B, H, ...)
     per = [op(*(t[b] for t in tensors), attn_mask=add if add is None or add.shape[0] == 1
               else add[b * heads: (b + 1) * heads], **kw) for b in range(B)]
     return tuple(torch.stack(rs) for rs in zip(*per, strict=True))
+
+
+def _call_groups(op, tensors: tuple[Tensor, ...], add: Tensor | None, heads: int, **kw) -> tuple[Tensor, ...]:
+    """GQA packed (FlashAttention-2's "pack GQA"): the ``g = H / Hkv`` query heads that share a
+    K/V head are stacked into the rows of one problem per (batch element, K/V head), q as
+    (nb, g·bq, D) against the shared band, which is read once for all g heads and never copied
+    out to them. ``add`` is the same for every head, (1, nb|1, bq, w·bk) (additive_mask).
+    Context (B, H, nb, bq, Dv) and lse (B, H, nb, bq) come back as views where B·Hkv = 1."""
+    q, k, v = tensors
+    B, H, nb, bq, D = q.shape
+    hkv = k.shape[1]
+    g = heads // hkv
+    # (1, nb|1, bq, w·bk) -> (1, nb|1, g·bq, w·bk): packed row j·bq + i is row i of head j
+    mask = None if add is None else add.repeat(1, 1, g, 1)
+    outs, lses = [], []
+    for b in range(B):
+        for h in range(hkv):
+            qh = q[b, h * g: (h + 1) * g]  # (g, nb, bq, D)
+            qp = qh.transpose(0, 1).reshape(1, nb, g * bq, D)  # (g, nb, bq, D) -> (1, nb, g·bq, D)
+            o, lse = op(qp, k[b, h: h + 1], v[b, h: h + 1], attn_mask=mask, **kw)[:2]
+            outs.append(o.view(nb, g, bq, -1).transpose(0, 1))  # (1, nb, g·bq, Dv) -> (g, nb, bq, Dv)
+            lses.append(lse.view(nb, g, bq).transpose(0, 1))  # (1, nb, g·bq) -> (g, nb, bq)
+    if len(outs) == 1:
+        return outs[0].view(B, H, nb, bq, -1), lses[0].view(B, H, nb, bq)
+    return torch.cat(outs).view(B, H, nb, bq, -1), torch.cat(lses).view(B, H, nb, bq)
+
+
+def _call_grouped(op, tensors: tuple[Tensor, ...], add: Tensor | None, heads: int,
+                  **kw) -> tuple[Tensor, ...]:
+    """GQA with a mask that depends on the batch element or head: one call per (batch element,
+    K/V head) with its ``g`` query heads as the op's batch over a stride-0 view of the K/V band
+    (query head h reads K/V head h // g, so no single stride spans every head)."""
+    B = tensors[0].shape[0]
+    hkv = min(t.shape[1] for t in tensors)
+    g = heads // hkv
+    per = []
+    for b in range(B):
+        for h in range(hkv):
+            args = [t[b, h * g: (h + 1) * g] if t.shape[1] == heads
+                    else t[b, h: h + 1].expand(g, *t.shape[2:]) for t in tensors]  # (g, nb, L, D)
+            r0 = b * heads + h * g
+            m = add if add is None or add.shape[0] == 1 else add[r0: r0 + g]
+            per.append(op(*args, attn_mask=m, **kw))
+    # (g, nb, ...) per group -> (B, H, nb, ...)
+    return tuple(torch.cat(rs).view(B, heads, *rs[0].shape[1:]) for rs in zip(*per, strict=True))
 
 
 def _empty_rows(seg: Segment, oks: list[Tensor]) -> Tensor | None:

@@ -14,6 +14,7 @@ from attnlab.backends.tiled.tuning import (
     LAYOUT_TILE_MIN,
     MEDIUM_SPAN,
     MEDIUM_TILE,
+    PACKED_MIN_ROWS,
     SMALL_SPAN,
     SMALL_TILE,
 )
@@ -53,13 +54,16 @@ def tiled_options(*, block_size: int | None = None, block_q: int | None = None,
         _OPTIONS.reset(token)
 
 
-def choose_blocks(mask: Mask | None, q_len: int, kv_len: int, *, backward: bool = False) -> tuple[int, int]:
+def choose_blocks(mask: Mask | None, q_len: int, kv_len: int, *, backward: bool = False,
+                  packed_heads: int = 1) -> tuple[int, int]:
     """Tile shape (bq, bk) for a mask; options from :func:`tiled_options` take precedence.
 
     Tiles should be small next to the keys a row attends (the pattern's ``span``: waste at a
     band's edges is about bq / span) but big enough for efficient matmuls; block layouts get
     tiles aligned with their blocks. The backward's dK = dSᵀ·Q and dV = Pᵀ·dO products have bq
-    as inner dimension: it never gets the small tile."""
+    as inner dimension: it never gets the small tile. ``packed_heads``: query heads stacked
+    into one fused problem (GQA, fused._call_groups); the small tile grows until they fill
+    PACKED_MIN_ROWS rows, from which ATen's loop runs taller GEMMs."""
     opt = _OPTIONS.get()
     layout = mask.pattern.layout_block if mask is not None else None
     if layout is not None:
@@ -67,6 +71,9 @@ def choose_blocks(mask: Mask | None, q_len: int, kv_len: int, *, backward: bool 
     else:
         span = kv_len if mask is None else mask.pattern.span(kv_len)
         small = SMALL_TILE if span < SMALL_SPAN and not backward else None
+        while small is not None and packed_heads > 1 and small * packed_heads < PACKED_MIN_ROWS \
+                and small < MEDIUM_TILE:
+            small *= 2
         bq = bk = small or (MEDIUM_TILE if span < MEDIUM_SPAN else LARGE_TILE)
     bq, bk = opt.block_q or bq, opt.block_k or bk
     return max(1, min(bq, q_len)), max(1, min(bk, kv_len))

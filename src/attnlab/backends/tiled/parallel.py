@@ -9,7 +9,14 @@ Python threads (torch releases the GIL inside ops), each running its ops single-
 
 ``torch.set_num_threads`` is process-wide for MKL, so it is set to 1 for the duration of the
 call and restored afterwards; torch work that other threads run concurrently meanwhile is
-single-threaded.
+single-threaded. A whole tiled call can hold that setting (:func:`owned_threads`): its small
+serial ops (a finiteness check, the setup) then run without an OpenMP region each, which on a
+busy machine waits for a descheduled thread (a 1M-element sum: 0.05 ms on one thread, ~16 ms on
+two under load).
+
+The helper threads are kept between calls, and the calling thread is a worker too: starting a
+thread, or waking one, waits for the OS to schedule it (~9 ms per thread measured under load),
+and the caller never waits for a helper that has not started by the time the queue is empty.
 
 Which worker runs which chunk depends on the scheduler, so nothing a worker computes may depend
 on it: the forward writes disjoint rows, and the backward sums its overlapping dK/dV bands per
@@ -20,6 +27,8 @@ with the same number of threads, whatever the scheduling (tests/tiled/test_tiled
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -79,23 +88,90 @@ def fixed_groups(chunks: Sequence[QueryChunk], n: int) -> list[Group]:
     return out
 
 
+_OWNER = threading.local()  # .workers: set while this thread holds the thread setting
+
+
+def workers() -> int:
+    """Worker threads a tiled call in this thread gets: the thread count from before
+    :func:`owned_threads` inside one, else ``torch.get_num_threads()``."""
+    return getattr(_OWNER, "workers", None) or torch.get_num_threads()
+
+
+@contextlib.contextmanager
+def owned_threads() -> Iterator[int]:
+    """Hold the thread setting for a whole tiled call: torch ops run single-threaded inside
+    (``torch.set_num_threads(1)``, restored on exit) and :func:`run_parallel` gets the thread
+    count from before as its workers. Yields that count. Nested scopes share the outer one; when
+    another thread holds the setting, the call runs serially without touching it (yields 1)."""
+    held = getattr(_OWNER, "workers", None)
+    if held is not None:
+        yield held
+        return
+    n = torch.get_num_threads()
+    if n <= 1 or not _LOCK.acquire(blocking=False):
+        yield 1
+        return
+    try:
+        torch.set_num_threads(1)
+        _OWNER.workers = n
+        yield n
+    finally:
+        _OWNER.workers = None
+        torch.set_num_threads(n)
+        _LOCK.release()
+
+
+# (pid, size, helpers), kept between calls; a forked child (no threads of its parent) makes its own
+_POOL: tuple[int, int, ThreadPoolExecutor] | None = None
+
+
+def _helpers(n: int) -> ThreadPoolExecutor:
+    global _POOL
+    pid = os.getpid()
+    if _POOL is None or _POOL[0] != pid or _POOL[1] < n:
+        if _POOL is not None and _POOL[0] == pid:
+            _POOL[2].shutdown(wait=False)  # idle: its threads exit
+        _POOL = (pid, n, ThreadPoolExecutor(n, thread_name_prefix="attnlab-tiled"))
+    return _POOL[2]
+
+
 def run_parallel(work: Callable[[Iterable[T], int], None], items: Sequence[T],
                  threads: int | None = None, cost: Callable[[T], int] | None = None) -> int:
-    """Call ``work(items, worker_index)`` in up to ``threads`` workers that pull items (query
-    chunks, or groups of them) from a shared queue, biggest ``cost`` first (default: a chunk's
-    tiles; dynamic scheduling: a worker that the OS descheduled simply takes fewer). Returns
-    the number of workers used.
+    """Call ``work(items, worker_index)`` in up to ``threads`` workers (default: :func:`workers`)
+    that pull items (query chunks, or groups of them) from a shared queue, biggest ``cost``
+    first (default: a chunk's tiles; dynamic scheduling: a worker that the OS descheduled simply
+    takes fewer). The calling thread is worker 0; helpers that start after the queue ran dry
+    return at once and are not waited for. Returns the number of workers allowed.
 
     Work runs under no_grad in the workers (grad mode is thread-local; new threads start
     with it on), and under inference_mode when the caller is in it: tensors the caller made
     there (the output buffers) may only be written inside it."""
-    n = torch.get_num_threads() if threads is None else threads
+    n = workers() if threads is None else threads
     n = min(n, len(items))
-    if n <= 1 or not _LOCK.acquire(blocking=False):
+    if n <= 1:
         work(items, 0)
         return 1
+    if getattr(_OWNER, "workers", None) is not None:  # this call holds the setting already
+        return _run_workers(work, items, n, cost)
+    if not _LOCK.acquire(blocking=False):  # another thread holds it: run serially, leave it alone
+        work(items, 0)
+        return 1
+    prev = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        return _run_workers(work, items, n, cost)
+    finally:
+        torch.set_num_threads(prev)
+        _LOCK.release()
+
+
+def _run_workers(work: Callable[[Iterable[T], int], None], items: Sequence[T], n: int,
+                 cost: Callable[[T], int] | None) -> int:
     queue = iter(sorted(items, key=cost or chunk_cost, reverse=True))  # type: ignore[arg-type]
     take = threading.Lock()
+    closed = False  # the queue ran dry in the caller: late helpers do nothing
+    running: list[threading.Event] = []  # one per helper that started work, set when it ends
+    errors: list[BaseException] = []
 
     def pull() -> Iterator[T]:
         while True:
@@ -108,17 +184,37 @@ def run_parallel(work: Callable[[Iterable[T], int], None], items: Sequence[T],
     inference = torch.is_inference_mode_enabled()
 
     def body(i: int) -> None:
-        torch.set_num_threads(1)
-        with torch.inference_mode(inference), torch.no_grad():
-            work(pull(), i)
+        with take:
+            if closed:
+                return
+            done = threading.Event()
+            running.append(done)
+        try:
+            torch.set_num_threads(1)  # this thread's OpenMP setting; MKL's is process-wide
+            with torch.inference_mode(inference), torch.no_grad():
+                work(pull(), i)
+        except BaseException as e:  # re-raised in the caller
+            errors.append(e)
+            with take:  # stop the others early
+                for _ in queue:
+                    pass
+        finally:
+            done.set()
 
-    prev = torch.get_num_threads()
+    pool = _helpers(n - 1)
+    for i in range(1, n):
+        pool.submit(body, i)
     try:
-        torch.set_num_threads(1)
-        with ThreadPoolExecutor(n, thread_name_prefix="attnlab-tiled") as pool:
-            for f in [pool.submit(body, i) for i in range(n)]:
-                f.result()
+        with torch.inference_mode(inference), torch.no_grad():
+            work(pull(), 0)
     finally:
-        torch.set_num_threads(prev)
-        _LOCK.release()
+        with take:
+            closed = True
+            for _ in queue:  # the caller failed: leave nothing for the helpers
+                pass
+            started = list(running)
+        for done in started:
+            done.wait()
+    if errors:
+        raise errors[0]
     return n

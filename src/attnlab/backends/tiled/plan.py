@@ -11,6 +11,7 @@ The budget bounds the score tile, so memory stays O(Lq·Dh + budget).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -18,6 +19,7 @@ import torch
 from torch import Tensor
 
 from attnlab.backends.tiled.blockmap import BlockMap
+from attnlab.backends.tiled.tuning import PLAN_CACHE
 
 
 @dataclass(frozen=True)
@@ -111,12 +113,30 @@ def _runs_of_bands(qb: Tensor, first: Tensor) -> list[Tensor]:
     return [t for t in torch.tensor_split(qb, idx) if t.numel()]
 
 
+_CACHE: OrderedDict[tuple[int, int, int, int], tuple[BlockMap, Plan]] = OrderedDict()
+
+
 def build_plan(bm: BlockMap, heads_total: int, budget: int, min_chunks: int = 1) -> Plan:
     """Group query blocks by tile count, stack up to ``budget`` score elements per matmul.
 
     heads_total: B·H (every tile is computed for all of them at once). ``min_chunks``: make at
     least this many chunks when there are enough query blocks (work for parallel workers).
+    Cached per block map (itself cached per mask and shape): a plan costs ~10 ms of Python for
+    a few hundred chunks, every call.
     """
+    key = (id(bm), heads_total, budget, min_chunks)
+    hit = _CACHE.get(key)
+    if hit is not None and hit[0] is bm:
+        _CACHE.move_to_end(key)
+        return hit[1]
+    plan = _build(bm, heads_total, budget, min_chunks)
+    _CACHE[key] = (bm, plan)  # the strong ref keeps id(bm) from being reused
+    while len(_CACHE) > PLAN_CACHE:
+        _CACHE.popitem(last=False)
+    return plan
+
+
+def _build(bm: BlockMap, heads_total: int, budget: int, min_chunks: int) -> Plan:
     counts, starts = bm.counts, bm.row_ptr[:-1]
     tile = heads_total * bm.bq * bm.bk  # score elements of one tile, all heads
     chunks: list[QueryChunk] = []

@@ -26,11 +26,12 @@ NEG_INF = float("-inf")
 
 @dataclass
 class Padded:
-    """q, k, v padded to whole blocks; k/v expanded to the query heads (GQA)."""
+    """q, k, v padded to whole blocks; k/v expanded to the query heads (GQA), except for the
+    fused forward, which reads the Hkv shared heads in place."""
 
     q: Tensor  # (B, H, nQB·bq, D)
-    k: Tensor  # (B, H, nKB·bk, D)
-    v: Tensor  # (B, H, nKB·bk, Dv)
+    k: Tensor  # (B, H|Hkv, nKB·bk, D)
+    v: Tensor  # (B, H|Hkv, nKB·bk, Dv)
 
 
 def pad_rows(x: Tensor, rows: int) -> Tensor:
