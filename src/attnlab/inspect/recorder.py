@@ -66,8 +66,12 @@ class AttentionRecorder:
         if first != self._n:
             raise ValueError(f"recorder: expected a pass starting at position {self._n} (use a KV cache "
                              f"and one recorder per generation), got one starting at {first}")
-        keep = torch.ones(Lq, Lk, dtype=torch.bool).tril(first)  # row r: keys 0..first + r
-        self._chunks[layer].append((first, Lq, w[:, keep].to(self.dtype)))  # (Hs, T) row-major
+        if Lq == 1:  # a decode step: its one row sees every key
+            flat = w[:, 0].to(self.dtype, copy=True)  # (Hs, 1, Lk) -> (Hs, Lk), its own memory
+        else:
+            keep = torch.ones(Lq, Lk, dtype=torch.bool).tril(first)  # row r: keys 0..first + r
+            flat = w[:, keep].to(self.dtype)  # (Hs, T) row-major
+        self._chunks[layer].append((first, Lq, flat))
         if layer == self.layers[-1]:
             self._n += Lq
 

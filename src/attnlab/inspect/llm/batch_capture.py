@@ -36,6 +36,7 @@ class BatchRecorder:
         self._index = list(range(n_rows))  # batch row -> recorder, while a subset decodes
         self._targets: list[list[int]] = []  # per batch row of the running pass: recorders fed
         self._pads: list[tuple[int, int]] = []  # per batch row: (first pad key, pads)
+        self._index_cache: dict[tuple[int, int, int], tuple[Tensor, Tensor]] = {}
         self._handles = [h for i in self.layers
                          for h in lm.add_hook(lm.hook_name(i, "attn.pattern"), self._hook(i))]
 
@@ -53,22 +54,33 @@ class BatchRecorder:
         a row that has stopped); its keys ``pads[b] = (start, n)`` are padding, not positions."""
         self._targets = [[self._index[r] for r in t] for t in targets]
         self._pads = list(pads)
+        self._index_cache.clear()
 
     def _hook(self, layer: int):
         def hook(output: Tensor, _hook: HookPoint) -> None:
             Lq, Lk = output.shape[-2:]  # (B, H, Lq, Lk)
+            w = output.index_select(1, self.rows[0].head_index)  # (B, H, Lq, Lk) -> (B, Hs, Lq, Lk)
             for b, feed in enumerate(self._targets):
                 if not feed:
                     continue
-                start, n = self._pads[b]
-                keys = torch.cat([torch.arange(start), torch.arange(start + n, Lk)])  # real keys
-                queries = keys[keys >= Lk - Lq] - (Lk - Lq)  # real queries, as rows of the pass
-                w = output[b].index_select(0, self.rows[feed[0]].head_index)  # (H, Lq, Lk) -> (Hs, Lq, Lk)
-                w = w[:, queries][:, :, keys]  # (Hs, Lq', Lk'): this row's own positions
+                keys, queries = self._index_of(b, Lq, Lk)
+                wb = w[b] if keys is None else w[b][:, queries][:, :, keys]  # (Hs, Lq', Lk'): own positions
                 for r in feed:
-                    self.rows[r].add(layer, w)
+                    self.rows[r].add(layer, wb)
 
         return hook
+
+    def _index_of(self, b: int, Lq: int, Lk: int) -> tuple[Tensor | None, Tensor | None]:
+        """Row b's real keys and its real queries (as rows of the pass); None: no padding. Made
+        once per pass shape and row, not once per layer."""
+        start, n = self._pads[b]
+        if n == 0:
+            return None, None
+        key = (b, Lq, Lk)
+        if key not in self._index_cache:
+            keys = torch.cat([torch.arange(start), torch.arange(start + n, Lk)])  # real keys
+            self._index_cache[key] = (keys, keys[keys >= Lk - Lq] - (Lk - Lq))
+        return self._index_cache[key]
 
     def remove(self) -> None:
         for h in self._handles:
