@@ -121,7 +121,9 @@ def run_one(case_name: str, n: int, mode: str, peer: str, qkvd: tuple[Tensor, ..
     if peer == "flex":
         row.compile_s = round(max(0.0, first - med), 3)
     if peer == "tiled":
-        row.useful_pct = round(100.0 * nnz(case, n) / computed_pairs(case.make(n), n, n), 1)
+        packed = shape.hq // shape.hkv  # GQA: the query heads on one K/V head share (taller) tiles
+        computed = computed_pairs(case.make(n), n, n, packed_heads=packed)
+        row.useful_pct = round(100.0 * nnz(case, n) / computed, 1)
     return row
 
 
