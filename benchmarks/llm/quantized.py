@@ -1,11 +1,11 @@
-"""SmolLM2-135M-Instruct with weight-only int8 (``DecoderLM.quantize_weights("int8")``) against
+"""SmolLM2-135M-Instruct with weight-only int8 and int4 (``DecoderLM.quantize_weights``) against
 float32, same GGUF, same process, same threads (issue 23, item 1):
 
     .venv/bin/python benchmarks/llm/quantized.py --threads 1 --write benchmarks/llm/quantized-1t.md
     .venv/bin/python benchmarks/llm/quantized.py --threads 2 --write benchmarks/llm/quantized-2t.md
 
 Speed: decode 128 new tokens (greedy, batch 1, KV cache) and prefill 512 tokens, alternating
-float32 / int8 runs, medians. Quality: greedy 64 tokens on four prompts (identical or not, and
+float32 / int8 / int4 runs, medians. Quality: greedy 64 tokens on four prompts (identical or not, and
 where they part), the largest and mean logit difference on the first prompt's prefill, and the
 perplexity of 1,024 tokens of CPython's reference manual (``attnlab streaming``'s text).
 """
@@ -56,10 +56,39 @@ def prefill_s(lm, ids) -> float:
         return time.perf_counter() - t0
 
 
+def float32_margin(ref, ids: list[int], mine: int, theirs: int) -> float:
+    """float32's logit of its own greedy token minus that of the token the quantized model took,
+    where they part: a near-tie (small against the logit differences above) parts on any
+    perturbation, a large margin would be the format's doing."""
+    import torch
+
+    with torch.no_grad():
+        logits = ref.model(torch.tensor([ids]), logits_to_keep=1).logits[0, -1]  # (V,)
+    return float(logits[mine] - logits[theirs])
+
+
+def weight_error(ref, lm) -> dict[str, float]:
+    """Largest and mean |w - w_file| over the blocks' projection weights, relative to the mean
+    |w_file|: what the format itself costs, before any activation."""
+    import torch
+
+    worst, total, n, scale = 0.0, 0.0, 0, 0.0
+    with torch.no_grad():
+        for a, b in zip((m for m in ref.model.layers.modules() if isinstance(m, torch.nn.Linear)),
+                                (m for m in lm.model.layers.modules() if hasattr(m, "dequantized")),
+                                strict=True):
+            d = (b.dequantized() - a.weight).abs()
+            worst, total, n = max(worst, float(d.max())), total + float(d.sum()), n + d.numel()
+            scale += float(a.weight.abs().sum())
+    return {"max": worst / (scale / n), "mean": total / scale}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--weights", nargs="+", choices=("int8", "int4"), default=["int8", "int4"],
+                    help="formats to compare with float32")
     ap.add_argument("--write", type=Path, default=None, help="markdown result (a .json beside it)")
     args = ap.parse_args()
     import torch
@@ -69,9 +98,11 @@ def main() -> None:
     from attnlab.inspect.llm.streaming import default_text, token_nll
     from attnlab.models import load_model
 
-    ref, q = load_model("smollm2"), load_model("smollm2")
-    q.model.quantize_weights("int8")
-    models = {"float32": ref, "int8": q}
+    ref = load_model("smollm2")
+    models = {"float32": ref}
+    for fmt in args.weights:
+        models[fmt] = load_model("smollm2", weights=fmt)
+    formats = list(args.weights)
 
     long_ids = prefill_ids(512)
 
@@ -98,45 +129,75 @@ def main() -> None:
             ids = lm.encode(render_prompt(lm, p)).ids
             new, _, _ = generate_ids(lm, ids, max_new_tokens=64, stop_ids=set())
             outs[name] = new
-        a, b = outs["float32"], outs["int8"]
-        part = next((i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), None)
-        greedy.append({"prompt": p, "identical": part is None, "parts_at": part,
-                       "float32": ref.tokenizer.decode(a), "int8": ref.tokenizer.decode(b)})
+        row: dict = {"prompt": p, "float32": ref.tokenizer.decode(outs["float32"])}
+        prompt_ids = ref.encode(render_prompt(ref, p)).ids
+        for fmt in formats:
+            a, b = outs["float32"], outs[fmt]
+            part = next((i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), None)
+            row[fmt] = {"identical": part is None, "parts_at": part, "text": ref.tokenizer.decode(b),
+                        "margin": None if part is None
+                        else float32_margin(ref, prompt_ids + a[:part], a[part], b[part])}
+        greedy.append(row)
     ids = torch.tensor([ref.encode(render_prompt(ref, PROMPTS[0])).ids])
-    with torch.no_grad():
-        la, lb = ref.model(ids).logits, q.model(ids).logits
     text_ids = torch.tensor([ref.tokenizer.piece_ids(default_text())[:1024]])
     with torch.no_grad():
+        logits = {name: lm.model(ids).logits for name, lm in models.items()}
         ppl = {name: float(token_nll(lm.model, text_ids).double().mean().exp())
                for name, lm in models.items()}
-    command = f"benchmarks/llm/quantized.py --threads {args.threads}"
+    la = logits["float32"]
+    per_format = {
+        fmt: {"decode_ratio": med[f"{fmt} decode"] / med["float32 decode"],
+              "prefill_ratio": med["float32 prefill"] / med[f"{fmt} prefill"],
+              "logit_diff_max": float((la - logits[fmt]).abs().max()),
+              "logit_diff_mean": float((la - logits[fmt]).abs().mean()),
+              "perplexity_ratio": ppl[fmt] / ppl["float32"],
+              "greedy_identical": sum(g[fmt]["identical"] for g in greedy),
+              "weight_error": weight_error(ref, models[fmt])}
+        for fmt in formats}
+    command = f"benchmarks/llm/quantized.py --threads {args.threads} --weights {' '.join(formats)}"
     result = {
         "command": command + (f" --write {args.write}" if args.write else ""),
         "machine": f"{os.cpu_count()} CPUs, torch threads {args.threads}, load average after "
                    f"{os.getloadavg()[0]:.2f}, {platform.python_version()}, torch {torch.__version__}",
-        "runs": args.runs, "speed": speed, "median": med,
-        "decode_ratio": med["int8 decode"] / med["float32 decode"],
-        "prefill_ratio": med["float32 prefill"] / med["int8 prefill"],
-        "greedy": greedy, "logit_diff_max": float((la - lb).abs().max()),
-        "logit_diff_mean": float((la - lb).abs().mean()), "logit_abs_mean": float(la.abs().mean()),
-        "perplexity": ppl, "perplexity_ratio": ppl["int8"] / ppl["float32"],
+        "runs": args.runs, "speed": speed, "median": med, "formats": per_format,
+        "greedy": greedy, "logit_abs_mean": float(la.abs().mean()), "perplexity": ppl,
     }
-    md = [f"# SmolLM2-135M-Instruct: weight-only int8 against float32 ({args.threads} thread(s))", "",
+    names = ["float32", *formats]
+    md = [f"# SmolLM2-135M-Instruct: weight-only {', '.join(formats)} against float32 "
+          f"({args.threads} thread(s))", "",
           f"Command: `.venv/bin/python {result['command']}`", "", f"Machine: {result['machine']}.", "",
-          f"Medians of {args.runs} alternating rounds:", "",
-          "| measure | float32 | int8 | int8 / float32 |", "|---|---|---|---|",
-          f"| decode, 128 new tokens (tokens/s) | {med['float32 decode']:.1f} | {med['int8 decode']:.1f} | "
-          f"**{result['decode_ratio']:.2f}x** speed |",
-          f"| prefill, 512 tokens (s) | {med['float32 prefill']:.3f} | {med['int8 prefill']:.3f} | "
-          f"**{result['prefill_ratio']:.2f}x** speed |",
-          f"| perplexity, 1,024 tokens of the CPython reference manual | {ppl['float32']:.3f} | "
-          f"{ppl['int8']:.3f} | {result['perplexity_ratio']:.4f}x |", "",
-          f"Logits on the first prompt's prefill: largest difference {result['logit_diff_max']:.3f}, mean "
-          f"{result['logit_diff_mean']:.4f} (mean |logit| {result['logit_abs_mean']:.2f}).", "",
-          "| prompt | greedy 64 tokens | float32 | int8 |", "|---|---|---|---|"]
+          f"Medians of {args.runs} alternating rounds (float32 is the file's Q4_1/Q8_0 blocks read as "
+          f"float32, the reference):", "",
+          "| measure | " + " | ".join(names) + " | " + " | ".join(f"{f} / float32" for f in formats) + " |",
+          "|---|" + "---|" * (len(names) + len(formats)),
+          "| decode, 128 new tokens (tokens/s) | " + " | ".join(f"{med[f'{n} decode']:.1f}" for n in names)
+          + " | " + " | ".join(f"**{per_format[f]['decode_ratio']:.2f}x** speed" for f in formats) + " |",
+          "| prefill, 512 tokens (s) | " + " | ".join(f"{med[f'{n} prefill']:.3f}" for n in names)
+          + " | " + " | ".join(f"**{per_format[f]['prefill_ratio']:.2f}x** speed" for f in formats) + " |",
+          "| perplexity, 1,024 tokens of the CPython reference manual | "
+          + " | ".join(f"{ppl[n]:.3f}" for n in names) + " | "
+          + " | ".join(f"{per_format[f]['perplexity_ratio']:.4f}x" for f in formats) + " |",
+          "| greedy 64 tokens identical to float32 (of 4 prompts) | - | "
+          + " | ".join(str(per_format[f]["greedy_identical"]) for f in formats) + " | |", ""]
+    for f in formats:
+        pf = per_format[f]
+        md.append(f"- {f}: logits on the first prompt's prefill differ from float32 by at most "
+                  f"{pf['logit_diff_max']:.3f}, {pf['logit_diff_mean']:.4f} on average (mean |logit| "
+                  f"{result['logit_abs_mean']:.2f}); block weights differ from the file's by at most "
+                  f"{pf['weight_error']['max']:.3f} and on average {pf['weight_error']['mean']:.5f} of "
+                  f"their mean magnitude.")
+    md += ["", "Where greedy text parts from float32, the margin is float32's logit of its own token minus "
+           "that of the token the quantized model took: a margin below the mean logit difference is a "
+           "near-tie that any perturbation (even a different summation order) may flip.", "",
+           "| prompt | float32 | " + " | ".join(names[1:]) + " |", "|---|" + "---|" * len(names)]
     for g in greedy:
-        same = "identical" if g["identical"] else f"part at token {g['parts_at']}"
-        md.append(f"| {g['prompt']} | {same} | {g['float32'][:90]!r} | {g['int8'][:90]!r} |")
+        cells = []
+        for f in formats:
+            same = "identical" if g[f]["identical"] else (
+                f"part at token {g[f]['parts_at']} (float32 margin {g[f]['margin']:.3f}): "
+                f"{g[f]['text'][:70]!r}")
+            cells.append(same)
+        md.append(f"| {g['prompt']} | {g['float32'][:70]!r} | " + " | ".join(cells) + " |")
     text = "\n".join(md) + "\n"
     print(text)
     if args.write:

@@ -51,8 +51,9 @@ def test_a_quantized_llm_stays_close_to_float32(tmp_path):
     assert float((a - b).abs().mean()) < 0.03 * scale
     assert float((a[:, :1] - c).abs().mean()) < 0.03 * scale
     assert lm.model.quantize_weights("float32").weights_format == "int8"  # no way back; no-op
-    with pytest.raises(ValueError, match=r"weights: expected one of \['float32', 'int8'\], got 'int4'"):
-        check_format("int4")
+    with pytest.raises(ValueError,
+                       match=r"weights: expected one of \['float32', 'int8', 'int4'\], got 'int2'"):
+        check_format("int2")
 
 
 def test_load_model_and_generate_take_int8_and_refuse_what_cannot(tmp_path):
@@ -70,5 +71,6 @@ def test_load_model_and_generate_take_int8_and_refuse_what_cannot(tmp_path):
                                  "--max-new-tokens", "3", "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["weights"] == "int8"
-    r = CliRunner().invoke(app, ["generate", "hi", "--model", str(folder), "--weights", "int4"])
-    assert r.exit_code == 2 and "--weights: expected one of ['float32', 'int8'], got 'int4'" in r.output
+    r = CliRunner().invoke(app, ["generate", "hi", "--model", str(folder), "--weights", "fp8"])
+    assert r.exit_code == 2
+    assert "--weights: expected one of ['float32', 'int8', 'int4'], got 'fp8'" in r.output

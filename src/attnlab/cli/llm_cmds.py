@@ -111,8 +111,9 @@ def generate_command(
                            "<|im_end|>) act as the special token, on purpose (default: plain text)")
     ] = False,
     weights: Annotated[
-        str, typer.Option("--weights", help="float32 (exact), or int8: projection and unembedding weights "
-                          "kept as int8 rows (faster decoding; see benchmarks/llm/quantized.py)")
+        str, typer.Option("--weights", help="float32 (exact); int8: projection and unembedding weights "
+                          "kept as int8 rows; int4: projections as 4-bit groups of 32, unembedding "
+                          "int8 (faster decoding; see benchmarks/llm/quantized.py)")
     ] = "float32",
     as_json: JsonOpt = False,
     threads: ThreadsOpt = None,

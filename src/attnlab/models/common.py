@@ -145,7 +145,7 @@ class DecoderLM(HookedModel):
     token_embedding: nn.Embedding
     lm_head: nn.Linear | None  # None = tied to token_embedding
     layers: nn.ModuleList
-    unembed_int8: nn.Module | None  # set by quantize_weights("int8"); absent before
+    unembed_int8: nn.Module | None  # set by quantize_weights("int8" or "int4"); absent before
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
@@ -175,20 +175,31 @@ class DecoderLM(HookedModel):
 
     @property
     def weights_format(self) -> str:
-        """"float32", or "int8" after :meth:`quantize_weights`."""
-        return "int8" if getattr(self, "unembed_int8", None) is not None else "float32"
+        """"float32", or the format :meth:`quantize_weights` kept the weights in."""
+        return str(self.__dict__.get("_weights_format", "float32"))
 
     def quantize_weights(self, weights: str = "int8") -> DecoderLM:
-        """Keep the blocks' projection weights and the unembedding as int8 rows with per-row
-        scales (:mod:`attnlab.models.quantized`), in place: a decode step reads a quarter of the
-        bytes. Embedding lookups, norms and :meth:`output_embedding` stay float32. Inference
-        only; "float32" leaves the model as it is."""
+        """Keep the blocks' projection weights as int8 rows with per-row scales ("int8") or as
+        4-bit groups of 32 inputs with a scale and zero each ("int4"), and the unembedding as
+        int8 rows in both (:mod:`attnlab.models.quantized`, :mod:`~attnlab.models.quantized_int4`),
+        in place: a decode step reads a quarter (an eighth) of the bytes. The unembedding stays
+        8-bit: GGUF files keep it at 8 bits or more (SmolLM2's is Q8_0) where their blocks are
+        4-bit. Embedding lookups, norms and :meth:`output_embedding` stay float32. Inference
+        only; "float32", or a model already quantized, is left as it is."""
         from attnlab.models.quantized import Int8Linear, check_format, quantize_linears
 
-        if check_format(weights) == "float32" or self.weights_format == "int8":
+        fmt = check_format(weights)
+        if fmt == "float32" or self.weights_format != "float32":
             return self
-        quantize_linears(self.layers)
+        if fmt == "int4":
+            from attnlab.models.quantized_int4 import int4_available
+
+            why = int4_available()
+            if why is not None:
+                raise ValueError(f"weights: 'int4' is not available here: {why}; 'int8' is")
+        quantize_linears(self.layers, fmt)
         self.unembed_int8 = Int8Linear(self._head())  # (V, E) as int8 rows
+        self._weights_format = fmt
         return self
 
     def output_embedding(self, ids: Tensor) -> Tensor:

@@ -259,8 +259,9 @@ def load_model(path: str | Path | None = None, *, dtype: torch.dtype = torch.flo
 
     ``fallback=False`` refuses architectures attnlab does not implement instead of handing
     them to ``transformers``. ``weights="int8"`` keeps an attnlab decoder LLM's projection and
-    unembedding weights as int8 rows (:mod:`attnlab.models.quantized`; faster decoding, not
-    exact: see ``benchmarks/llm/quantized.py``).
+    unembedding weights as int8 rows (:mod:`attnlab.models.quantized`), ``"int4"`` its
+    projections as 4-bit groups (:mod:`attnlab.models.quantized_int4`): faster decoding, not
+    exact (see ``benchmarks/llm/quantized.py``).
     """
     from attnlab.models.quantized import check_format
 

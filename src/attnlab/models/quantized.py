@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-WeightFormat = Literal["float32", "int8"]
-FORMATS: tuple[str, ...] = ("float32", "int8")
+WeightFormat = Literal["float32", "int8", "int4"]
+FORMATS: tuple[str, ...] = ("float32", "int8", "int4")
 INT8_ROWS = 4  # at most this many rows: the int8 kernel; more: dequantized float32 GEMM
 
 
@@ -122,13 +122,17 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 rows"
 
 
-def quantize_linears(model: nn.Module) -> int:
-    """Replace every ``nn.Linear`` under ``model`` by an :class:`Int8Linear`, in place; the
-    number replaced."""
+def quantize_linears(model: nn.Module, weights: WeightFormat = "int8") -> int:
+    """Replace every ``nn.Linear`` under ``model`` by an :class:`Int8Linear` (``"int8"``) or an
+    :class:`~attnlab.models.quantized_int4.Int4Linear` (``"int4"``, where the shape allows it;
+    int8 elsewhere), in place; the number replaced."""
+    from attnlab.models.quantized_int4 import Int4Linear, can_hold
+
     n = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is nn.Linear:
-                setattr(parent, name, Int8Linear.from_linear(child))
+                four = weights == "int4" and can_hold(child.out_features, child.in_features)
+                setattr(parent, name, (Int4Linear if four else Int8Linear).from_linear(child))
                 n += 1
     return n
