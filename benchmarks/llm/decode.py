@@ -52,8 +52,7 @@ def tiny_child(weights: str, tokens: int) -> None:
         for p in m.parameters():
             if p.ndim == 2:
                 p.normal_(0, 0.02)  # keeps 30 layers' activations finite
-    if weights == "int8":
-        m.quantize_weights("int8")
+    m.quantize_weights(weights)  # "float32": as it is
     with torch.inference_mode():
         for _ in range(2):  # the first is the warm-up
             cache = m.new_cache()
@@ -72,7 +71,7 @@ def child(weights: str, threads: int, tokens: int, check: bool, tiny: bool = Fal
     if tiny:
         tiny_child(weights, tokens)
         return
-    from attnlab.inspect.generation import generate_ids, render_prompt
+    from attnlab.inspect.llm.generation import generate_ids, render_prompt
     from attnlab.models import load_model
 
     lm = load_model("smollm2", weights=weights)
@@ -101,7 +100,7 @@ def run(src: Path, args: argparse.Namespace, check: bool = False) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--baseline", type=Path, help="src folder of the checkout to compare against")
-    ap.add_argument("--weights", choices=("float32", "int8"), default="float32")
+    ap.add_argument("--weights", choices=("float32", "int8", "int4"), default="float32")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--pairs", type=int, default=5)

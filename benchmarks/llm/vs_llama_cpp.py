@@ -1,4 +1,4 @@
-"""SmolLM2-135M-Instruct: attnlab (float32 and int8 weights) against llama.cpp's ``llama-bench``,
+"""SmolLM2-135M-Instruct: attnlab (float32, int8 and int4 weights) against llama.cpp's ``llama-bench``,
 same GGUF file, same threads, alternating runs in one process's session (issue 23, item 5):
 
     .venv/bin/python benchmarks/llm/vs_llama_cpp.py --rounds 3    # writes RESULTS-llama-cpp.md/.json
@@ -43,7 +43,7 @@ from llama_cpp_build import (  # noqa: E402
 )
 
 TARGETS = {"decode": 1.0, "prefill": 2.0}  # attnlab tokens/s over llama.cpp tokens/s, at least
-MODES = ("float32", "int8")
+MODES = ("float32", "int8", "int4")
 DEFAULT_WRITE = HERE / "RESULTS-llama-cpp.md"
 
 
@@ -102,6 +102,12 @@ def load_note(load: float, cpus: int) -> str:
     return "."
 
 
+def modes_of(result: dict) -> list[str]:
+    """The weight formats a result measured (older results: float32 and int8)."""
+    first = next(iter(result["threads"].values()))["median"]
+    return [m for m in MODES if f"attnlab {m} decode" in first]
+
+
 def render_markdown(result: dict) -> str:
     peer = result["llama_cpp"]
     lb, la = result["load_before"], result["load_after"]
@@ -118,14 +124,15 @@ def render_markdown(result: dict) -> str:
                f"`{peer['command']}`.", ""]
     md += [f"Medians of {result['rounds']} alternating rounds, tokens/s (decode: {result['n_gen']} new "
            f"tokens, batch 1; prefill: {result['n_prompt']} tokens):", "",
-           "| threads | measure | llama.cpp | attnlab float32 | float32 / llama.cpp | attnlab int8 | "
-           "int8 / llama.cpp | target |", "|---|---|---|---|---|---|---|---|"]
+           "| threads | measure | llama.cpp | "
+           + " | ".join(f"attnlab {m} | {m} / llama.cpp" for m in modes_of(result)) + " | target |",
+           "|---|---|---|" + "---|---|" * len(modes_of(result)) + "---|"]
     for t, r in result["threads"].items():
         med, ratios = r["median"], r["ratios"]
         for measure, target in TARGETS.items():
             peer_v = med.get(f"llama.cpp {measure}")
             cells = [f"{peer_v:.1f}" if peer_v else "skipped"]
-            for mode in MODES:
+            for mode in modes_of(result):
                 cells.append(f"{med[f'attnlab {mode} {measure}']:.1f}")
                 ratio = ratios.get(f"{mode} {measure}")
                 cells.append(f"**{ratio:.2f}x**" if ratio is not None else "—")
@@ -135,7 +142,8 @@ def render_markdown(result: dict) -> str:
            "sampling; attnlab's decode starts after a ~40-token chat prompt and takes a greedy argmax each "
            "step. llama-bench's pp runs random tokens in one batch; attnlab's prefill one forward pass over "
            "fixed random tokens. Both read the same GGUF; llama.cpp computes on its Q4_1 blocks, attnlab on "
-           "float32 (or int8-row) weights dequantized from them."]
+           "float32 weights dequantized from them, int8 rows requantized from those, or int4 groups of 32 "
+           "that hold the Q4_1 blocks again (scales rounded to bfloat16)."]
     return "\n".join(md) + "\n"
 
 

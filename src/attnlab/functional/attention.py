@@ -75,8 +75,11 @@ def validate_qkv(q: object, k: object, v: object) -> QKV:
             raise ValueError(
                 f"{name}: expected {q.ndim} dims like q {tuple(q.shape)}, got shape {tuple(t.shape)}")
         expect_same(name, t, "q", q)
-    pad = (1,) * (4 - q.ndim)
-    q4, k4, v4 = (t.reshape(pad + tuple(t.shape)) for t in (q, k, v))  # (B, H, L, D)
+    if q.ndim == 4:  # the common case (every module's call): no reshape to make
+        q4, k4, v4 = q, k, v
+    else:
+        pad = (1,) * (4 - q.ndim)
+        q4, k4, v4 = (t.reshape(pad + tuple(t.shape)) for t in (q, k, v))  # (B, H, L, D)
     if k4.shape[-1] != q4.shape[-1]:
         raise ValueError(f"k: expected head dim {q4.shape[-1]} (as q), got shape {tuple(k.shape)}")
     if v4.shape[:3] != k4.shape[:3]:
