@@ -13,7 +13,8 @@ module hook on a layer; otherwise the layers run one by one, as before.
 
 ``nn.Linear`` stacks ``weight`` and ``bias``; another layer type takes part by a classmethod
 ``stack_rows(layers) -> (module, names)``: the module computing all layers' rows, and the names
-of the tensors it re-pointed (``Int8Linear``: int8 rows with their per-row scales).
+of the tensors it re-pointed (``Int8Linear``: int8 rows with their per-row scales;
+``Int4Linear``: packed 4-bit rows, with a copy of the scales kept per layer).
 """
 
 from __future__ import annotations
