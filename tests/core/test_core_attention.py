@@ -230,3 +230,24 @@ def test_nonfinite_value_reaches_only_rows_that_see_its_key(backend):
     assert torch.isinf(out.context[1, :2, 3:, 2]).all() and torch.isfinite(out.context[1, :2, 3:, :2]).all()
     out.context[:, :, :3].sum().backward()
     assert torch.isfinite(q.grad[:, :, :3]).all()  # rows >= 3 touched NaN: 0·NaN, as in torch
+
+
+def test_reference_gqa_grouped_equals_heads_expanded():
+    # GQA runs as one matmul per K/V head over its query heads (no copies of K and V), and
+    # v_finite (dispatch's check) skips zeroing the unused keys: the same as MHA on copied heads.
+    from attnlab.functional.attention import expand_kv, reference_attention
+
+    q, k, v = rand_qkv(H=6, Hkv=2, seed=3)
+    allowed = torch.rand(2, 6, 5, 7, generator=torch.Generator().manual_seed(4)) > 0.4  # per head
+    allowed[0, 1, 2] = False  # a row that sees nothing
+    got = {}
+    for name, kv, finite in (("heads", 6, False), ("grouped", 2, False), ("grouped, finite", 2, True)):
+        ts = [t.clone().requires_grad_(True) for t in (q, k, v)]
+        kk, vv = (ts[1], ts[2]) if kv == 2 else (expand_kv(ts[1], 6), expand_kv(ts[2], 6))
+        out = reference_attention(ts[0], kk, vv, allowed=allowed, v_finite=finite)
+        out.context.pow(2).sum().backward()
+        got[name] = [out.context, out.weights, out.lse, *(t.grad for t in ts)]
+    for name in ("grouped", "grouped, finite"):
+        for a, b in zip(got[name], got["heads"], strict=True):
+            torch.testing.assert_close(a, b)
+    assert torch.all(got["grouped"][1][0, 1, 2] == 0) and torch.all(got["grouped"][0][0, 1, 2] == 0)

@@ -55,6 +55,30 @@ def test_samples_are_seeded_rows_of_one_prompt(lm):
     assert len({tuple(a) for a in answers}) > 1  # seeded apart, not one answer three times
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_samples_of_one_prompt_record_what_the_one_row_loop_records(lm, dtype):
+    # every row fed at every step and none padded: each step is recorded for the whole batch at
+    # once, every row a view of one buffer (in float32 too, where no conversion copies)
+    ids = tuple(lm.encode(PROMPTS[1]).ids)
+    plans = bg.row_samplings(Sampling(greedy=False, temperature=1.3, seed=3), 3)
+    rec = BatchRecorder(lm.model, 3, heads=[1, 3], dtype=dtype)
+    try:
+        got = generate_rows(lm, [Row(ids, sampling=s) for s in plans], max_new_tokens=6, stop_ids=set(),
+                            recorder=rec)
+    finally:
+        rec.remove()
+    assert len({tuple(new) for new, _ in got}) > 1  # rows that differ, recorded apart
+    for (new, _), s, batched in zip(got, plans, rec.rows, strict=True):
+        one = AttentionRecorder(lm.model, heads=[1, 3], dtype=dtype)
+        try:
+            want, _, _ = generate_ids(lm, list(ids), max_new_tokens=6, stop_ids=set(), sampling=s,
+                                      recorder=one)
+        finally:
+            one.remove()
+        assert new == want and batched.dtype == dtype and batched.packed().dtype == dtype
+        _same_rows(batched, one)
+
+
 def test_a_row_that_stops_early_records_what_the_one_row_loop_records(lm):
     ids = [tuple(lm.encode(p).ids) for p in PROMPTS[:2]]
     free = generate_rows(lm, [Row(i) for i in ids], max_new_tokens=6, stop_ids=set())

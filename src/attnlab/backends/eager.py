@@ -89,7 +89,7 @@ def run_eager(call: AttentionCall) -> AttentionOutput:
     allowed = allowed_dense(call.mask, call.shape, call.q.device)
     return reference_attention(
         call.q, call.k, call.v, allowed=allowed, bias=call.mask.bias, score_mod=call.score_mod,
-        scale=call.scale, dropout_p=call.dropout_p, training=call.training,
+        scale=call.scale, dropout_p=call.dropout_p, training=call.training, v_finite=call.v_finite,
     )
 
 

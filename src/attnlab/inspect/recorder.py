@@ -61,19 +61,34 @@ class AttentionRecorder:
     def add(self, layer: int, w: Tensor) -> None:
         """Record one pass of ``layer``: the recorded heads' weights (Hs, Lq, Lk) of the newest
         Lq of Lk positions (the passes of every layer in order, the last layer's closes a pass)."""
+        self.add_packed(layer, *self.pack(w))
+
+    def pack(self, w: Tensor) -> tuple[int, int, Tensor]:
+        """(first position, rows, (Hs, T) ``dtype`` rows in their own memory) of the weights
+        (Hs, Lq, Lk) of one pass, as :meth:`add_packed` takes them."""
         Lq, Lk = w.shape[-2:]
         first = Lk - Lq  # the queries are the newest Lq of Lk positions
-        if first != self._n:
-            raise ValueError(f"recorder: expected a pass starting at position {self._n} (use a KV cache "
-                             f"and one recorder per generation), got one starting at {first}")
+        self._expect(first)
         if Lq == 1:  # a decode step: its one row sees every key
             flat = w[:, 0].to(self.dtype, copy=True)  # (Hs, 1, Lk) -> (Hs, Lk), its own memory
         else:
             keep = torch.ones(Lq, Lk, dtype=torch.bool).tril(first)  # row r: keys 0..first + r
             flat = w[:, keep].to(self.dtype)  # (Hs, T) row-major
-        self._chunks[layer].append((first, Lq, flat))
+        return first, Lq, flat
+
+    def add_packed(self, layer: int, first: int, rows: int, flat: Tensor) -> None:
+        """Record one pass of ``layer`` packed already: ``flat`` (Hs, T) in ``self.dtype``, the
+        rows of positions first..first + rows - 1 concatenated, each p + 1 long. Kept as given
+        (not copied): a batch hands each row a view of one packed buffer."""
+        self._expect(first)
+        self._chunks[layer].append((first, rows, flat))
         if layer == self.layers[-1]:
-            self._n += Lq
+            self._n += rows
+
+    def _expect(self, first: int) -> None:
+        if first != self._n:
+            raise ValueError(f"recorder: expected a pass starting at position {self._n} (use a KV cache "
+                             f"and one recorder per generation), got one starting at {first}")
 
     def remove(self) -> None:
         for h in self._handles:

@@ -5,7 +5,10 @@ the rows share once (batch 1), then runs the left-padded suffixes and every deco
 batch. A :class:`BatchRecorder` hooks ``attn.pattern`` once and hands each row's share of a
 pass to that row's own :class:`~attnlab.inspect.recorder.AttentionRecorder`: the prefix pass
 to every row, a batched pass row by row with the padding keys and queries dropped, nothing for
-a row that has already stopped. Each row's recorder then holds exactly what a one-row decode
+a row that has already stopped. A decode step (one query per row, the hot path) is packed for
+the whole batch at once — one head selection, one dtype conversion, one masked_select of the
+real keys — and each row keeps a view of that buffer; rows fed the same pass share its packed
+rows. Each row's recorder then holds exactly what a one-row decode
 (:func:`~attnlab.inspect.llm.generation.generate_ids` with a recorder) records: the rows of
 every position the model was fed, over that row's own keys.
 """
@@ -37,6 +40,7 @@ class BatchRecorder:
         self._targets: list[list[int]] = []  # per batch row of the running pass: recorders fed
         self._pads: list[tuple[int, int]] = []  # per batch row: (first pad key, pads)
         self._index_cache: dict[tuple[int, int, int], tuple[Tensor, Tensor]] = {}
+        self._real_cache: dict[int, tuple[Tensor | None, list[int]]] = {}
         self._handles = [h for i in self.layers
                          for h in lm.add_hook(lm.hook_name(i, "attn.pattern"), self._hook(i))]
 
@@ -55,9 +59,13 @@ class BatchRecorder:
         self._targets = [[self._index[r] for r in t] for t in targets]
         self._pads = list(pads)
         self._index_cache.clear()
+        self._real_cache.clear()
 
     def _hook(self, layer: int):
         def hook(output: Tensor, _hook: HookPoint) -> None:
+            if output.shape[-2] == 1:  # (B, H, Lq=1, Lk): a decode step, every row at once
+                self._add_step(layer, output)
+                return
             Lq, Lk = output.shape[-2:]  # (B, H, Lq, Lk)
             w = output.index_select(1, self.rows[0].head_index)  # (B, H, Lq, Lk) -> (B, Hs, Lq, Lk)
             for b, feed in enumerate(self._targets):
@@ -65,10 +73,43 @@ class BatchRecorder:
                     continue
                 keys, queries = self._index_of(b, Lq, Lk)
                 wb = w[b] if keys is None else w[b][:, queries][:, :, keys]  # (Hs, Lq', Lk'): own positions
+                packed = self.rows[feed[0]].pack(wb)  # packed once: the rows fed the shared prefix share it
                 for r in feed:
-                    self.rows[r].add(layer, wb)
+                    self.rows[r].add_packed(layer, *packed)
 
         return hook
+
+    def _add_step(self, layer: int, output: Tensor) -> None:
+        """A decode step: one head selection and one dtype conversion for the whole batch (and one
+        masked_select where a row has padding or has stopped); each row gets a view of it."""
+        real, keys = self._real_keys(output.shape[-1])
+        x = output[:, :, 0].index_select(1, self.rows[0].head_index)  # (B, H, 1, Lk) -> (B, Hs, Lk), a copy
+        Hs = x.shape[1]
+        if real is None:  # every row fed, none padded
+            per_row = x.to(self.rows[0].dtype).unbind(0)  # B x (Hs, Lk)
+        else:  # the fed rows' real keys, row by row, head by head: (sum of Hs·keys,)
+            flat = x.masked_select(real[:, None]).to(self.rows[0].dtype)
+            parts = flat.split([Hs * n for n in keys])
+            per_row = tuple(t.view(Hs, n) for t, n in zip(parts, keys, strict=True))  # fed rows x (Hs, keys)
+        for feed, n, wb in zip([t for t in self._targets if t], keys, per_row, strict=True):
+            for r in feed:
+                self.rows[r].add_packed(layer, n - 1, 1, wb)  # its query is its own position n - 1
+
+    def _real_keys(self, Lk: int) -> tuple[Tensor | None, list[int]]:
+        """(B, Lk) bool: the keys each batch row records (none for a row that has stopped), or
+        None when that is every key of every row; and each fed row's number of keys. Made once
+        per pass, not once per layer."""
+        if Lk not in self._real_cache:
+            keys = [Lk - n for (_, n), t in zip(self._pads, self._targets, strict=True) if t]
+            if len(keys) == len(self._targets) and all(n == 0 for _, n in self._pads):
+                self._real_cache[Lk] = (None, keys)
+            else:
+                start, n = torch.tensor(self._pads).unbind(1)  # (B,) each
+                at = torch.arange(Lk)  # (Lk,)
+                pad = (at >= start[:, None]) & (at < (start + n)[:, None])  # (B, Lk)
+                fed = torch.tensor([bool(t) for t in self._targets])  # (B,)
+                self._real_cache[Lk] = (~pad & fed[:, None], keys)
+        return self._real_cache[Lk]
 
     def _index_of(self, b: int, Lq: int, Lk: int) -> tuple[Tensor | None, Tensor | None]:
         """Row b's real keys and its real queries (as rows of the pass); None: no padding. Made
