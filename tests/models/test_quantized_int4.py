@@ -142,3 +142,16 @@ def test_load_model_takes_int4_and_keeps_int8_where_the_shape_does_not_pack(tmp_
                                  "--max-new-tokens", "3", "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["weights"] == "int4"
+
+
+@pytest.mark.parametrize(("qtype", "bits", "gate_kind"), [("Q4_1", 4, Int4Linear), ("Q5_0", 5, Int8Linear),
+                                                        ("Q8_0", 8, Int8Linear)])
+def test_int4_never_goes_below_the_bits_a_gguf_stored(tmp_path, qtype, bits, gate_kind):
+    from .conftest import write_llama_gguf
+
+    folder = make_llama(tmp_path / "hf", seed=4)  # gate and up: 64 rows, 32 inputs (int4 shapes)
+    lm = load_model(write_llama_gguf(folder, tmp_path / "m.gguf", qtype=qtype), weights="int4")
+    bits_of = lm.model.file_bits
+    assert bits_of["layers.0.mlp.gate.weight"] == bits and bits_of["layers.1.attention_norm.weight"] == 32
+    assert type(lm.model.layers[1].mlp.gate) is type(lm.model.layers[1].mlp.up) is gate_kind
+    assert type(lm.model.layers[1].mlp.down) is Int8Linear  # 32 rows: no 64-row block

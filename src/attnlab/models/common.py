@@ -180,7 +180,8 @@ class DecoderLM(HookedModel):
 
     def quantize_weights(self, weights: str = "int8") -> DecoderLM:
         """Keep the blocks' projection weights as int8 rows with per-row scales ("int8") or as
-        4-bit groups of 32 inputs with a scale and zero each ("int4"), and the unembedding as
+        4-bit groups of 32 inputs with a scale and zero each ("int4"; weights a GGUF stores in
+        more than 4 bits, listed in ``file_bits``, stay int8 rows), and the unembedding as
         int8 rows in both (:mod:`attnlab.models.quantized`, :mod:`~attnlab.models.quantized_int4`),
         in place: a decode step reads a quarter (an eighth) of the bytes. The unembedding stays
         8-bit: GGUF files keep it at 8 bits or more (SmolLM2's is Q8_0) where their blocks are
@@ -197,7 +198,12 @@ class DecoderLM(HookedModel):
             why = int4_available()
             if why is not None:
                 raise ValueError(f"weights: 'int4' is not available here: {why}; 'int8' is")
-        quantize_linears(self.layers, fmt)
+        # Never below the file: a weight a GGUF stores in more than 4 bits (Q5_0, Q6_K, Q8_0...)
+        # stays 8-bit; float checkpoints carry no such limit.
+        bits: dict[str, int] = self.__dict__.get("file_bits", {})
+        keep = {n.removeprefix("layers.").removesuffix(".weight") for n, b in bits.items()
+                if b > 4 and n.startswith("layers.")}
+        quantize_linears(self.layers, fmt, keep_8bit=keep)
         self.unembed_int8 = Int8Linear(self._head())  # (V, E) as int8 rows
         self._weights_format = fmt
         return self

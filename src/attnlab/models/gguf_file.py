@@ -209,15 +209,41 @@ def hf_tensors(contents: GGUFContents, cfg: dict[str, Any], names: Mapping[str, 
     architecture's converter did to a tensor (llama's q/k permutation), given the HF config."""
     out: dict[str, Tensor] = {}
     for t in contents.reader.tensors:
-        m = LAYER.match(t.name)
-        key = t.name if m is None else LAYER.sub("blk.{i}.", t.name)
-        if key not in names:
-            # rope_freqs and other extras have no HF counterpart: keep the name so the weight
-            # map reports it as unexpected instead of silently dropping it.
-            out[t.name] = _dequantize(contents, t)
-            continue
+        key, hf = _renamed(t.name, names)
         w = _dequantize(contents, t)
         if key in transforms:
             w = transforms[key](w, cfg)
-        out[names[key].format(i=m.group(1)) if m else names[key]] = w
+        out[hf] = w
+    return out
+
+
+def _renamed(name: str, names: Mapping[str, str]) -> tuple[str, str]:
+    """(the GGUF name pattern, the Hugging Face name) of a tensor. rope_freqs and other extras
+    have no HF counterpart: they keep their name, so the weight map reports them as unexpected
+    instead of dropping them silently."""
+    m = LAYER.match(name)
+    key = name if m is None else LAYER.sub("blk.{i}.", name)
+    if key not in names:
+        return key, name
+    return key, names[key].format(i=m.group(1)) if m else names[key]
+
+
+_BITS = re.compile(r"^(?:I?Q|TQ)(\d)|^B?F(\d+)$")
+
+
+def weight_bits(type_name: str) -> int | None:
+    """Bits per weight a GGUF quantization type stores, scales aside: Q4_1, Q4_K, IQ4_XS -> 4,
+    Q5_0 -> 5, Q6_K -> 6, Q8_0 -> 8, F16/BF16 -> 16, F32 -> 32; None for a type not named so."""
+    m = _BITS.match(type_name)
+    return None if m is None else int(m.group(1) or m.group(2))
+
+
+def hf_tensor_bits(contents: GGUFContents, names: Mapping[str, str]) -> dict[str, int]:
+    """Hugging Face name -> the bits per weight the file stores it in (:func:`weight_bits`), for
+    the tensors whose type says so: quantizing a model further must not go below them."""
+    out: dict[str, int] = {}
+    for t in contents.reader.tensors:
+        bits = weight_bits(t.tensor_type.name)
+        if bits is not None:
+            out[_renamed(t.name, names)[1]] = bits
     return out

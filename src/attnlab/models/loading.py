@@ -23,7 +23,7 @@ from attnlab.backends.registry import current_backend, get_backend
 from attnlab.models.arch import Architecture, for_gguf, for_model_type, native_model_types
 from attnlab.models.common import TransformerOutput
 from attnlab.models.tokenizer import Encoded, TextTokenizer
-from attnlab.models.weights import apply_map, contained, read_safetensors, safetensors_files
+from attnlab.models.weights import apply_map, contained, map_bits, read_safetensors, safetensors_files
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 _M = TypeVar("_M", bound=nn.Module)
@@ -208,7 +208,14 @@ def load_gguf(path: str | Path | None = None, *, dtype: torch.dtype = torch.floa
     the default: SmolLM2-135M-Instruct; "gemma3": Gemma 3 270M, a base model without a chat
     template), its weights dequantized to ``dtype``, with the tokenizer and chat template of its
     metadata."""
-    from attnlab.models.gguf_file import EMBEDDED_LLM, EMBEDDED_LLMS, embedded_gguf, hf_tensors, open_gguf
+    from attnlab.models.gguf_file import (
+        EMBEDDED_LLM,
+        EMBEDDED_LLMS,
+        embedded_gguf,
+        hf_tensor_bits,
+        hf_tensors,
+        open_gguf,
+    )
     from attnlab.models.gguf_tokenizer import tokenizer_from_gguf
 
     embedded = EMBEDDED_LLM if path is None else (str(path) if str(path) in EMBEDDED_LLMS else None)
@@ -220,6 +227,10 @@ def load_gguf(path: str | Path | None = None, *, dtype: torch.dtype = torch.floa
     typed = arch.read_config(cfg)
     tensors = hf_tensors(contents, cfg, arch.gguf.tensors, arch.gguf.transforms)
     net = _build_loaded(arch, typed, tensors, dtype, file)
+    # What the file stored each weight in: quantize_weights never goes below it (a Q5_0 or Q6_K
+    # matrix stays 8-bit under "int4").
+    wmap = arch.weight_map(typed, set(tensors))[0]
+    net.file_bits = map_bits(wmap, hf_tensor_bits(contents, arch.gguf.tensors))
     tok = TextTokenizer(tokenizer_from_gguf(contents.metadata, source=str(file)), arch.max_tokens(typed),
                         source=str(file))
     name = EMBEDDED_LLMS[embedded] if embedded else file.stem

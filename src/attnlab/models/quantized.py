@@ -18,7 +18,7 @@ stream, every hook) stay float32.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Literal
 
 import torch
@@ -122,17 +122,21 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 rows"
 
 
-def quantize_linears(model: nn.Module, weights: WeightFormat = "int8") -> int:
+def quantize_linears(model: nn.Module, weights: WeightFormat = "int8",
+                     keep_8bit: Collection[str] = ()) -> int:
     """Replace every ``nn.Linear`` under ``model`` by an :class:`Int8Linear` (``"int8"``) or an
-    :class:`~attnlab.models.quantized_int4.Int4Linear` (``"int4"``, where the shape allows it;
-    int8 elsewhere), in place; the number replaced."""
+    :class:`~attnlab.models.quantized_int4.Int4Linear` (``"int4"``, where the shape allows it
+    and the layer's name, relative to ``model``, is not in ``keep_8bit``; int8 elsewhere), in
+    place; the number replaced."""
     from attnlab.models.quantized_int4 import Int4Linear, can_hold
 
     n = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear:
-                four = weights == "int4" and can_hold(child.out_features, child.in_features)
-                setattr(parent, name, (Int4Linear if four else Int8Linear).from_linear(child))
-                n += 1
+    for path, child in list(model.named_modules()):
+        if type(child) is not nn.Linear:
+            continue
+        four = weights == "int4" and path not in keep_8bit and can_hold(child.out_features, child.in_features)
+        parent_path, _, name = path.rpartition(".")
+        kind = Int4Linear if four else Int8Linear
+        setattr(model.get_submodule(parent_path), name, kind.from_linear(child))
+        n += 1
     return n

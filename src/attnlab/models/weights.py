@@ -276,6 +276,13 @@ def gemma3_map(cfg: Gemma3Config, keys: set[str]) -> tuple[WeightMap, bool]:
 # --------------------------------------------------------------------------------- applying
 
 
+def map_bits(wmap: WeightMap, bits: dict[str, int]) -> dict[str, int]:
+    """Our parameter name -> the bits its checkpoint tensors were stored in (the most of them,
+    when a rule merges several), for the rules whose every tensor has an entry in ``bits``."""
+    return {ours: max(bits[t] for t in r.theirs) for r in wmap.rules
+            if r.theirs and all(t in bits for t in r.theirs) for ours in r.ours}
+
+
 def apply_map(wmap: WeightMap, tensors: dict[str, Tensor], *, dtype: torch.dtype,
               source: str) -> tuple[dict[str, Tensor], list[str]]:
     """Our state dict from the checkpoint ``tensors``; returns it and the ignored names.
