@@ -146,6 +146,9 @@ class DecoderLM(HookedModel):
     lm_head: nn.Linear | None  # None = tied to token_embedding
     layers: nn.ModuleList
     unembed_int8: nn.Module | None  # set by quantize_weights("int8" or "int4"); absent before
+    # parameter name -> bits per weight its file stored it in (set by load_gguf; absent for
+    # float checkpoints): quantize_weights never goes below it
+    file_bits: dict[str, int]
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:

@@ -230,7 +230,7 @@ def load_gguf(path: str | Path | None = None, *, dtype: torch.dtype = torch.floa
     # What the file stored each weight in: quantize_weights never goes below it (a Q5_0 or Q6_K
     # matrix stays 8-bit under "int4").
     wmap = arch.weight_map(typed, set(tensors))[0]
-    net.file_bits = map_bits(wmap, hf_tensor_bits(contents, arch.gguf.tensors))
+    vars(net)["file_bits"] = map_bits(wmap, hf_tensor_bits(contents, arch.gguf.tensors))  # a plain dict
     tok = TextTokenizer(tokenizer_from_gguf(contents.metadata, source=str(file)), arch.max_tokens(typed),
                         source=str(file))
     name = EMBEDDED_LLMS[embedded] if embedded else file.stem
