@@ -8,11 +8,11 @@ here, so the error against the file's float32 reading is measured, not assumed
 (``benchmarks/llm/quantized.py``).
 
 The kernel is torch's ``_weight_int8pack_mm``, fast only with bfloat16 activations: a decode
-step's few rows are rounded to bfloat16 on the way in (float32 out). Prefill and batched decode
-(more than :data:`INT8_ROWS` rows) dequantize the weight and run float32 GEMM: in a one-off
-microbenchmark (not kept) the int8 kernel lost to float32 from 16 rows on; prefill speed with
-this split is in the benchmark. Activations outside the linear layers (norms, attention, residual
-stream, every hook) stay float32.
+step's rows (one per sequence, up to :data:`INT8_ROWS`) are rounded to bfloat16 on the way in
+(float32 out). A prompt's prefill (more rows) dequantizes the weight and runs float32 GEMM
+(``benchmarks/llm/kernel_rows.py`` times both paths by rows; prefill speed with this split is in
+``benchmarks/llm/quantized.py``). Activations outside the linear layers (norms, attention,
+residual stream, every hook) stay float32.
 """
 
 from __future__ import annotations
@@ -27,7 +27,10 @@ from torch import Tensor, nn
 
 WeightFormat = Literal["float32", "int8", "int4"]
 FORMATS: tuple[str, ...] = ("float32", "int8", "int4")
-INT8_ROWS = 4  # at most this many rows: the int8 kernel; more: dequantized float32 GEMM
+# At most this many rows (a decode step of up to 32 sequences): the int8 kernel; more (a prompt's
+# prefill): dequantized float32 GEMM, which overtakes the kernel between 16 and 64 rows
+# (benchmarks/llm/kernel_rows.py).
+INT8_ROWS = 32
 
 
 def check_format(weights: object, name: str = "weights") -> WeightFormat:
@@ -96,7 +99,10 @@ class Int8Linear(nn.Module):
         return stack, names
 
     def dequantized(self) -> Tensor:
-        return self.qweight.float() * self.scale[:, None]  # (N, K)
+        # into one new buffer in place: `q.float() * scale` made a second (N, K) temporary, 30x
+        # slower on a 3072 x 576 weight (benchmarks/llm/kernel_rows.py, "int8 dequantized")
+        w = torch.empty(self.qweight.shape, device=self.qweight.device).copy_(self.qweight)  # (N, K)
+        return w.mul_(self.scale[:, None])
 
     @property
     def weight(self) -> Tensor:

@@ -10,8 +10,9 @@ literature calls this "group-wise" quantization (Frantar et al. 2023, Lin et al.
 rounding here is plain round-to-nearest.
 
 The kernel is torch's ``_weight_int4pack_mm_for_cpu`` with bfloat16 activations, for a decode
-step's few rows; more rows (prefill) unpack the weight to float32 and run float32 GEMM, the
-same split as :mod:`attnlab.models.quantized`'s int8. torch packs the 4-bit values in an order
+step's rows (one per sequence, :data:`INT4_ROWS` at most); more rows (a prompt's prefill) unpack
+the weight to float32 and run float32 GEMM, the same split as :mod:`attnlab.models.quantized`'s
+int8. torch packs the 4-bit values in an order
 that depends on the machine's vector width; :func:`packing_block` finds it once by packing a
 probe, so that :meth:`Int4Linear.dequantized` reads back exactly what the kernel computes with.
 """
@@ -27,7 +28,10 @@ from torch import Tensor, nn
 
 GROUP = 32  # inputs per scale/offset: Q4_1's block, Q4_K's sub-block
 ROW_BLOCK = 64  # out_features must be a multiple of this (torch's packing interleaves row blocks)
-INT4_ROWS = 4  # at most this many rows: the int4 kernel; more: unpacked float32 GEMM
+# At most this many rows (a decode step of up to 64 sequences): the int4 kernel; more (a prompt's
+# prefill): unpacked float32 GEMM, which the kernel beats at every row count up to 64
+# (benchmarks/llm/kernel_rows.py).
+INT4_ROWS = 64
 
 
 @functools.cache
