@@ -3,9 +3,11 @@
 The same prompt sampled ``--rows`` times in one batch (``generate_batch``) against one row,
 alternating, same threads; tokens/s counts every generated token of every row over the whole
 call (prefill included, as a user waits for it). No stop token: every row makes exactly
-``--new-tokens`` tokens. Writes RESULTS-batched.{md,json} beside this file with ``--write``.
+``--new-tokens`` tokens. Writes RESULTS-batched-{threads}t[-{weights}].{md,json} beside this
+file with ``--write``.
 
-    .venv/bin/python benchmarks/llm/batched_generation.py --threads 2 --rounds 3 --write
+    .venv/bin/python benchmarks/llm/batched_generation.py --threads 1 --rounds 3 --write
+    .venv/bin/python benchmarks/llm/batched_generation.py --threads 1 --rounds 3 --weights int4 --write
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=16)
     ap.add_argument("--new-tokens", type=int, default=48)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--weights", choices=("float32", "int8", "int4"), default="float32")
     ap.add_argument("--write", action="store_true")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -60,7 +63,7 @@ def main() -> None:
     from attnlab.threads import apply_threads
 
     apply_threads(args.threads)
-    lm = load_model("smollm2")
+    lm = load_model("smollm2", weights=args.weights)
     load = [os.getloadavg()]
     modes = [(1, False), (1, True), (args.rows, False), (args.rows, True)]
     run(lm, 2, 4, True)  # warm-up
@@ -73,7 +76,7 @@ def main() -> None:
     one, many = med["1xcapture"], med[f"{args.rows}xcapture"]
     res = {
         "command": "python " + " ".join([f"benchmarks/llm/{Path(sys.argv[0]).name}", *sys.argv[1:]]),
-        "threads": args.threads, "torch_threads": torch.get_num_threads(), "rows": args.rows,
+        "threads": args.threads, "weights": args.weights, "torch_threads": torch.get_num_threads(), "rows": args.rows,
         "new_tokens": args.new_tokens, "rounds": args.rounds, "load_average": load,
         "tokens_per_s_median": med, "samples": samples,
         "batched_over_one_capture_on": round(many / one, 2),
@@ -83,7 +86,7 @@ def main() -> None:
     res["met"] = {"batched >= 4x one row (capture on)": res["batched_over_one_capture_on"] >= TARGETS["batched"],
                   "capture cost <= 1.3x (one row)": res["capture_cost_one"] <= TARGETS["capture"],
                   "capture cost <= 1.3x (batched)": res["capture_cost_batched"] <= TARGETS["capture"]}
-    md = [f"# Batched decode, SmolLM2-135M-Instruct, {args.threads} thread(s)", "",
+    md = [f"# Batched decode, SmolLM2-135M-Instruct, {args.weights} weights, {args.threads} thread(s)", "",
           f"`{res['command']}` — {args.rows} sampled rows of one prompt vs one row, {args.new_tokens} new tokens "
           f"each, medians of {args.rounds} alternating rounds; load average before/after {load[0]} / {load[-1]}.", "",
           "| rows | capture | tokens/s (all rows) |", "|---|---|---|"]
@@ -92,7 +95,7 @@ def main() -> None:
            f"- capture cost, 1 row: {res['capture_cost_one']}x; {args.rows} rows: {res['capture_cost_batched']}x "
            "(target <= 1.3x)", ""] + [f"- {k}: {'met' if v else '**not met**'}" for k, v in res["met"].items()]
     if args.write:
-        stem = HERE / f"RESULTS-batched-{args.threads}t"
+        stem = HERE / f"RESULTS-batched-{args.threads}t{'' if args.weights == 'float32' else '-' + args.weights}"
         stem.with_suffix(".json").write_text(json.dumps(res, indent=1) + "\n")
         stem.with_suffix(".md").write_text("\n".join(md) + "\n")
     print(json.dumps(res, indent=1) if args.json else "\n".join(md))
