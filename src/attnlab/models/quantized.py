@@ -8,8 +8,9 @@ here, so the error against the file's float32 reading is measured, not assumed
 (``benchmarks/llm/quantized.py``).
 
 The kernel is torch's ``_weight_int8pack_mm``, fast only with bfloat16 activations: a decode
-step's rows (one per sequence, up to :data:`INT8_ROWS`) are rounded to bfloat16 on the way in
-(float32 out). A prompt's prefill (more rows) dequantizes the weight and runs float32 GEMM
+step's rows (one per sequence), or a short prompt's, up to :data:`INT8_ROWS`, are rounded to
+bfloat16 on the way in (float32 out). A longer prompt's prefill dequantizes the weight and runs
+float32 GEMM
 (``benchmarks/llm/kernel_rows.py`` times both paths by rows; prefill speed with this split is in
 ``benchmarks/llm/quantized.py``). Activations outside the linear layers (norms, attention,
 residual stream, every hook) stay float32.
@@ -27,8 +28,8 @@ from torch import Tensor, nn
 
 WeightFormat = Literal["float32", "int8", "int4"]
 FORMATS: tuple[str, ...] = ("float32", "int8", "int4")
-# At most this many rows (a decode step of up to 32 sequences): the int8 kernel; more (a prompt's
-# prefill): dequantized float32 GEMM, which overtakes the kernel between 16 and 64 rows
+# At most this many rows (a decode step of up to 32 sequences, a short prompt): the int8 kernel;
+# more (a long prompt's prefill): dequantized float32 GEMM, which overtakes the kernel between 16 and 64 rows
 # (benchmarks/llm/kernel_rows.py).
 INT8_ROWS = 32
 

@@ -9,10 +9,10 @@ beyond rounding the scales to bfloat16, the dtype torch's kernel takes them in. 
 literature calls this "group-wise" quantization (Frantar et al. 2023, Lin et al. 2024); the
 rounding here is plain round-to-nearest.
 
-The kernel is torch's ``_weight_int4pack_mm_for_cpu`` with bfloat16 activations, for a decode
-step's rows (one per sequence, :data:`INT4_ROWS` at most); more rows (a prompt's prefill) unpack
-the weight to float32 and run float32 GEMM, the same split as :mod:`attnlab.models.quantized`'s
-int8. torch packs the 4-bit values in an order
+The kernel is torch's ``_weight_int4pack_mm_for_cpu`` with bfloat16 activations, for passes of
+up to :data:`INT4_ROWS` rows (decode steps, one row per sequence, and short prompts); more rows
+(a long prompt's prefill) unpack the weight to float32 and run float32 GEMM, the same split as
+:mod:`attnlab.models.quantized`'s int8. torch packs the 4-bit values in an order
 that depends on the machine's vector width; :func:`packing_block` finds it once by packing a
 probe, so that :meth:`Int4Linear.dequantized` reads back exactly what the kernel computes with.
 """
@@ -28,8 +28,8 @@ from torch import Tensor, nn
 
 GROUP = 32  # inputs per scale/offset: Q4_1's block, Q4_K's sub-block
 ROW_BLOCK = 64  # out_features must be a multiple of this (torch's packing interleaves row blocks)
-# At most this many rows (a decode step of up to 64 sequences): the int4 kernel; more (a prompt's
-# prefill): unpacked float32 GEMM, which the kernel beats at every row count up to 64
+# At most this many rows (a decode step of up to 64 sequences, a short prompt): the int4 kernel;
+# more (a long prompt's prefill): unpacked float32 GEMM, which the kernel beats at every row count up to 64
 # (benchmarks/llm/kernel_rows.py).
 INT4_ROWS = 64
 
