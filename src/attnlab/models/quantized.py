@@ -10,9 +10,8 @@ here, so the error against the file's float32 reading is measured, not assumed
 The kernel is torch's ``_weight_int8pack_mm``, fast only with bfloat16 activations: a decode
 step's rows (one per sequence), or a short prompt's, up to :data:`INT8_ROWS`, are rounded to
 bfloat16 on the way in (float32 out). A longer prompt's prefill dequantizes the weight and runs
-float32 GEMM
-(``benchmarks/llm/kernel_rows.py`` times both paths by rows; prefill speed with this split is in
-``benchmarks/llm/quantized.py``). Activations outside the linear layers (norms, attention,
+float32 GEMM (``benchmarks/llm/kernel_rows.py`` times both paths by rows; prefill speed with this
+split is in ``benchmarks/llm/quantized.py``). Activations outside the linear layers (norms, attention,
 residual stream, every hook) stay float32.
 """
 
