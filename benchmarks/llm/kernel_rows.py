@@ -2,7 +2,7 @@
 (bfloat16 activations) against dequantizing the weight and running float32 GEMM, on SmolLM2's
 largest projection (gate and up stacked: 3072 x 576), with plain float32 ``F.linear`` beside:
 
-    .venv/bin/python benchmarks/llm/kernel_rows.py --threads 1
+    .venv/bin/python benchmarks/llm/kernel_rows.py --threads 1 --write benchmarks/llm/kernel-rows-1t.md
 
 Milliseconds per call, best of 5 after a warm-up (one weight, so it stays in cache: a decode
 step reading 30 layers' weights favours the kernels more). It chose INT8_ROWS and INT4_ROWS.
@@ -11,7 +11,10 @@ step reading 30 layers' weights favours the kernels more). It chose INT8_ROWS an
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
+from pathlib import Path
 
 
 def best_ms(f, n: int = 5) -> float:
@@ -28,6 +31,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rows", default="1,4,16,64,256", help="comma-separated row counts")
+    ap.add_argument("--write", type=Path, default=None, help="markdown result")
     args = ap.parse_args()
     import torch
     import torch.nn.functional as F
@@ -41,11 +45,17 @@ def main() -> None:
     lin = torch.nn.Linear(576, 3072, bias=False).requires_grad_(False)
     layers = {"int8": (Int8Linear.from_linear(lin), quantized, "INT8_ROWS"),
               "int4": (Int4Linear.from_linear(lin), quantized_int4, "INT4_ROWS")}
-    print("| rows | float32 | int8 kernel | int8 dequantized | int4 kernel | int4 unpacked |")
-    print("|---|---|---|---|---|---|")
+    lines = [f"# int8 / int4 layers: kernel against dequantized float32 GEMM, by rows "
+             f"({args.threads} thread(s))", "",
+             f"Command: `.venv/bin/python benchmarks/llm/kernel_rows.py {' '.join(sys.argv[1:])}`", "",
+             f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; "
+             f"a 3072 x 576 weight, milliseconds per call, best of 5. INT8_ROWS = {quantized.INT8_ROWS}, "
+             f"INT4_ROWS = {quantized_int4.INT4_ROWS}.", "",
+             "| rows | float32 | int8 kernel | int8 dequantized | int4 kernel | int4 unpacked |",
+             "|---|---|---|---|---|---|"]
     for m in (int(r) for r in args.rows.split(",")):
         x = torch.randn(m, 576)
-        cells = [best_ms(lambda: F.linear(x, lin.weight))]
+        cells = [best_ms(lambda: F.linear(x, lin.weight))]  # noqa: B023 (called at once)
         for layer, module, limit in layers.values():
             saved = getattr(module, limit)
             try:
@@ -54,7 +64,11 @@ def main() -> None:
                     cells.append(best_ms(lambda: layer(x)))  # noqa: B023 (called at once)
             finally:
                 setattr(module, limit, saved)
-        print(f"| {m} | " + " | ".join(f"{c:.3f} ms" for c in cells) + " |")
+        lines.append(f"| {m} | " + " | ".join(f"{c:.3f} ms" for c in cells) + " |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.write:
+        args.write.write_text(text, encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -149,8 +149,43 @@ def test_generate_command_batches_prompts_and_samples(tiny_llama):
         assert got["generations"][i]["new_ids"] == one["new_ids"]
     r = run(app, ["generate", PROMPTS[0], *base, "--samples", "3", "--temperature", "1.2", "--seed", "4"])
     assert r.exit_code == 0, r.output
-    assert [g["sample"] for g in json.loads(r.stdout)["generations"]] == [0, 1, 2]
+    rows = json.loads(r.stdout)["generations"]
+    assert [g["sample"] for g in rows] == [0, 1, 2]
+    for s, g in enumerate(rows):  # sample s is the one-row generation with seed 4 + s
+        one = json.loads(run(app, ["generate", PROMPTS[0], *base, "--temperature", "1.2",
+                                   "--seed", str(4 + s)]).stdout)
+        assert g["new_ids"] == one["new_ids"]
     r = run(app, ["generate", PROMPTS[0], *base, "--samples", "2"])
     assert r.exit_code == 2 and "--samples: expected 1 with greedy decoding" in r.stdout
     r = run(app, ["generate", PROMPTS[0], PROMPTS[1], *base, "--png", "x.png"])
     assert r.exit_code == 2 and "--png: expected one PROMPT and --samples 1" in r.stdout
+
+
+def test_batches_refuse_a_lone_string_and_one_token_prompts(tmp_path):
+    from attnlab.inspect.llm.batch_generation import generate_batch
+    from attnlab.inspect.llm.generation import Sampling
+    from attnlab.inspect.llm.generation_report import batch_report
+
+    lm = load_model(make_llama(tmp_path, seed=5))
+    for call in (generate_batch, batch_report):  # a string would be decoded letter by letter
+        with pytest.raises(ValueError, match=r"prompts: expected a non-empty list of prompts, got 'hey'"):
+            call(lm, "hey", chat=False, max_new_tokens=2)
+        with pytest.raises(ValueError, match=r"prompts: expected a non-empty list of prompts, got \[\]"):
+            call(lm, [], chat=False, max_new_tokens=2, layers=[0])
+    one = lm.tokenizer.decode(lm.encode("cat", name="prompt").ids[:1])
+    assert len(lm.encode(one, name="prompt").ids) == 1
+    with pytest.raises(ValueError, match=r"prompts\[0\]: expected at least 2 tokens to decode in a batch"):
+        generate_batch(lm, [one], samples=2, chat=False, max_new_tokens=2,
+                       sampling=Sampling(greedy=False, temperature=1.0, seed=0))
+
+
+def test_generate_refuses_greedy_samples_before_loading_the_model(tmp_path):
+    from typer.testing import CliRunner
+
+    from attnlab.cli.main import app
+
+    missing = str(tmp_path / "no-such-model")  # loading it would fail: the refusal must come first
+    r = CliRunner().invoke(app, ["generate", "hi", "--model", missing, "--samples", "3"])
+    assert r.exit_code == 2 and "--samples: expected 1 with greedy decoding" in r.output, r.output
+    r = CliRunner().invoke(app, ["generate", "hi", "--model", missing, "--samples", "0"])
+    assert r.exit_code == 2 and "--samples: expected" in r.output, r.output

@@ -120,6 +120,7 @@ def generate_command(
 ) -> None:
     """Generate an answer, streaming it, with every generated token's attention captured."""
     with user_errors(as_json, GENERATE_NAMES):
+        from attnlab.inspect.llm.batch_generation import row_samplings
         from attnlab.inspect.llm.generation import Sampling
         from attnlab.inspect.llm.generation_report import (
             BatchReport,
@@ -144,11 +145,13 @@ def generate_command(
         layer_ids = None if layers is None else split_ints("--layers", layers)
         head_ids = None if heads is None else split_ints("--heads", heads)
         files = GenerateFiles(png, html, save_capture, layer, head)
-        if len(prompt) > 1 or samples != 1:
-            _check_batch(files, samples)
+        batch = len(prompt) > 1 or samples != 1
+        if batch:
+            _check_batch(files)
+            row_samplings(sampling, samples)  # --samples, greedy with samples: refused before loading
         lm = load_lm(model, threads=threads, weights=weights)
         rep: GenerationReport | BatchReport
-        if len(prompt) > 1 or samples != 1:
+        if batch:
             rep = batch_report(lm, prompt, samples=samples, system=system, chat=not raw,
                                max_new_tokens=max_new_tokens, sampling=sampling, layers=layer_ids,
                                heads=head_ids, truncate=truncate, special_tokens=special_tokens,
@@ -170,15 +173,13 @@ def generate_command(
     print_blocks(console, [f"wrote {f}" for f in rep.files.values()])
 
 
-def _check_batch(files: GenerateFiles, samples: int) -> None:
+def _check_batch(files: GenerateFiles) -> None:
     """A batch has no single generation to draw or save: refused before loading the model."""
     for name, v in (("--png", files.png), ("--html", files.html), ("--save-capture", files.save_capture),
                     ("--layer", files.layer), ("--head", files.head)):
         if v is not None:
             raise ValueError(f"{name}: expected one PROMPT and --samples 1 (it draws or saves one "
                              f"generation), got a batch; run the answer you want to look at alone")
-    if isinstance(samples, bool) or samples < 1:
-        raise ValueError(f"--samples: expected a positive int, got {samples}")
 
 
 def prompt_effect_command(

@@ -101,7 +101,8 @@ class Int8Linear(nn.Module):
     def dequantized(self) -> Tensor:
         # into one new buffer in place: `q.float() * scale` made a second (N, K) temporary, 30x
         # slower on a 3072 x 576 weight (benchmarks/llm/kernel_rows.py, "int8 dequantized")
-        w = torch.empty(self.qweight.shape, device=self.qweight.device).copy_(self.qweight)  # (N, K)
+        w = torch.empty(self.qweight.shape, dtype=torch.float32, device=self.qweight.device)  # (N, K)
+        w.copy_(self.qweight)
         return w.mul_(self.scale[:, None])
 
     @property

@@ -178,7 +178,8 @@ class Int4Linear(nn.Module):
         base = sz[..., 1].T[..., None] - 8 * scale  # (N, G, 1): the value of q = 0
         b = self.packed.view(N // block, K, block // 2)  # see _unpack
         q = torch.cat([b & 0xF, b >> 4], dim=2).transpose(1, 2)  # (N/blk, blk, K) uint8, a view
-        w = torch.empty(N // block, block, K, device=q.device).copy_(q)  # (N/blk, blk, K) float32
+        w = torch.empty(N // block, block, K, dtype=torch.float32, device=q.device)  # (N/blk, blk, K)
+        w.copy_(q)
         return w.view(N, K // GROUP, GROUP).mul_(scale).add_(base).view(N, K)
 
     @property

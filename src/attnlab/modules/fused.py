@@ -54,6 +54,11 @@ def _stack_linears(layers: Sequence[nn.Linear]) -> tuple[nn.Module, tuple[str, .
     return _StackedLinear(w, b), ("weight",) if b is None else ("weight", "bias")
 
 
+def _memory(t: Tensor) -> tuple[int, int]:
+    """(address, version) of a tensor; inference tensors keep no version (0)."""
+    return t.data_ptr(), (0 if t.is_inference() else t._version)
+
+
 def _stackable(layers: Sequence[nn.Module]) -> bool:
     first = layers[0]
     if any(type(m) is not type(first) for m in layers):
@@ -72,19 +77,20 @@ class FusedRows:
 
     def __init__(self, layers: Sequence[nn.Module]) -> None:
         self.layers = list(layers)
-        self.sizes = [int(m.out_features) for m in layers]  # type: ignore[arg-type]
         self._run: nn.Module | None = None
         self._names: tuple[str, ...] = ()
-        self._ptrs: list[int] = []
+        self._ptrs: list[tuple[int, int]] = []
 
     def __getstate__(self) -> dict:
         # A copy or a pickle drops the stack (its layers get weights of their own): rebuilt on use.
         return {**self.__dict__, "_run": None, "_ptrs": []}
 
-    def _pointers(self) -> list[int]:
-        # The modules' own dicts, not getattr: nn.Module.__getattr__ costs ~1 us a name, and this
-        # runs at every call.
-        return [(m._parameters[n] if n in m._parameters else m._buffers[n]).data_ptr()  # type: ignore[union-attr]
+    def _pointers(self) -> list[tuple[int, int]]:
+        # Each tensor's memory and version: a tensor re-assigned, or written in place where the
+        # stack holds a copy of it (Int4Linear's scales; load_state_dict writes in place), makes
+        # the stack rebuild. The modules' own dicts, not getattr: nn.Module.__getattr__ costs
+        # ~1 us a name, and this runs at every call.
+        return [_memory(m._parameters[n] if n in m._parameters else m._buffers[n])  # type: ignore[arg-type]
                 for m in self.layers for n in self._names]
 
     def _build(self) -> bool:

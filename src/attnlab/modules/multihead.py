@@ -123,6 +123,19 @@ class KVCache:
         self._views: tuple[Tensor, Tensor] | None = None  # what self.k, self.v were set to here
         self._finite: tuple[Tensor, bool] | None = None  # (a v, whether it holds no NaN/inf)
 
+    @classmethod
+    def holding(cls, k: Tensor, v: Tensor, room: int) -> KVCache:
+        """A cache holding ``k``, ``v`` (B, Hkv, L, Dh) with room for ``room`` more positions
+        allocated now (a batch that knows how long it decodes: no regrowth, no doubling)."""
+        c = cls()
+        B, H, L, D = k.shape
+        c._room = (k.new_empty(B, H, L + room, D), v.new_empty(B, H, L + room, v.shape[-1]))
+        c._room[0][:, :, :L], c._room[1][:, :, :L] = k, v
+        c.k, c.v = c._room[0].narrow(2, 0, L), c._room[1].narrow(2, 0, L)
+        c._views = (c.k, c.v)
+        c._finite = (c.v, values_finite(v))
+        return c
+
     def __len__(self) -> int:
         return 0 if self.k is None else self.k.shape[2]
 

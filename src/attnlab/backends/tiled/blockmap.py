@@ -18,6 +18,7 @@ window needs no Lq x Lk anything.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -115,6 +116,7 @@ def _from_chunks(mask: Mask | None, dense: Tensor | None, grid: TileGrid) -> Blo
 
 
 _CACHE: OrderedDict[tuple, tuple[object, object, BlockMap]] = OrderedDict()
+_LOCK = threading.Lock()
 
 
 def block_map(mask: Mask | None, q_len: int, kv_len: int, bq: int, bk: int, *,
@@ -127,10 +129,11 @@ def block_map(mask: Mask | None, q_len: int, kv_len: int, bq: int, bk: int, *,
     reduced each call and never cached).
     """
     key = (id(mask), id(dense), q_len, kv_len, bq, bk, batch, heads)
-    hit = _CACHE.get(key)
-    if hit is not None and hit[0] is mask and hit[1] is dense:
-        _CACHE.move_to_end(key)
-        return hit[2]
+    with _LOCK:  # tiled calls may run on several threads: get + move_to_end must not interleave
+        hit = _CACHE.get(key)
+        if hit is not None and hit[0] is mask and hit[1] is dense:
+            _CACHE.move_to_end(key)
+            return hit[2]
     grid = TileGrid(q_len, kv_len, bq, bk, batch, heads)
     if mask is not None:  # one evaluation at the last pair: length checks of the mask fire here
         last = torch.zeros(1, 1, 1, 1, dtype=torch.long)
@@ -140,9 +143,10 @@ def block_map(mask: Mask | None, q_len: int, kv_len: int, bq: int, bk: int, *,
         bm = _from_chunks(mask, dense, grid)
     if dense is not None:  # a dense mask is O(Lq·Lk) memory: never keep one alive in a cache
         return bm
-    _CACHE[key] = (mask, dense, bm)  # the strong refs keep id() from being reused
-    while len(_CACHE) > BLOCK_MAP_CACHE:
-        _CACHE.popitem(last=False)
+    with _LOCK:
+        _CACHE[key] = (mask, dense, bm)  # the strong refs keep id() from being reused
+        while len(_CACHE) > BLOCK_MAP_CACHE:
+            _CACHE.popitem(last=False)
     return bm
 
 

@@ -11,6 +11,7 @@ The budget bounds the score tile, so memory stays O(Lq·Dh + budget).
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from itertools import pairwise
@@ -114,6 +115,7 @@ def _runs_of_bands(qb: Tensor, first: Tensor) -> list[Tensor]:
 
 
 _CACHE: OrderedDict[tuple[int, int, int, int], tuple[BlockMap, Plan]] = OrderedDict()
+_LOCK = threading.Lock()
 
 
 def build_plan(bm: BlockMap, heads_total: int, budget: int, min_chunks: int = 1) -> Plan:
@@ -125,14 +127,16 @@ def build_plan(bm: BlockMap, heads_total: int, budget: int, min_chunks: int = 1)
     a few hundred chunks, every call.
     """
     key = (id(bm), heads_total, budget, min_chunks)
-    hit = _CACHE.get(key)
-    if hit is not None and hit[0] is bm:
-        _CACHE.move_to_end(key)
-        return hit[1]
+    with _LOCK:  # tiled calls may run on several threads: get + move_to_end must not interleave
+        hit = _CACHE.get(key)
+        if hit is not None and hit[0] is bm:
+            _CACHE.move_to_end(key)
+            return hit[1]
     plan = _build(bm, heads_total, budget, min_chunks)
-    _CACHE[key] = (bm, plan)  # the strong ref keeps id(bm) from being reused
-    while len(_CACHE) > PLAN_CACHE:
-        _CACHE.popitem(last=False)
+    with _LOCK:
+        _CACHE[key] = (bm, plan)  # the strong ref keeps id(bm) from being reused
+        while len(_CACHE) > PLAN_CACHE:
+            _CACHE.popitem(last=False)
     return plan
 
 

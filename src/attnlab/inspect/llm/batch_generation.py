@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from attnlab.functional.checks import expect_positive_int
+from attnlab.arguments import expect_positive_int
 from attnlab.inspect.llm.batch_capture import BatchRecorder
 from attnlab.inspect.llm.batch_rows import Row, generate_rows
 from attnlab.inspect.llm.generation import Generation, Sampling, eos_ids, fit_prompt
@@ -36,6 +36,12 @@ class BatchGeneration:
     def to_dict(self) -> dict[str, Any]:
         return {"rows": len(self.generations), "timings": self.timings,
                 "generations": [g.to_dict() for g in self.generations]}
+
+
+def check_prompts(prompts: object) -> None:
+    """A non-empty list of prompts: a lone string would be taken letter by letter."""
+    if isinstance(prompts, str) or not isinstance(prompts, Sequence) or not prompts:
+        raise ValueError(f"prompts: expected a non-empty list of prompts, got {prompts!r}")
 
 
 def row_samplings(sampling: Sampling, samples: int) -> list[Sampling]:
@@ -65,13 +71,16 @@ def generate_batch(
     special_tokens: bool = False,
 ) -> BatchGeneration:
     """Every prompt ``samples`` times (seeds ``sampling.seed + s``), decoded in one batch."""
-    if isinstance(prompts, str) or not prompts:
-        raise ValueError(f"prompts: expected a non-empty list of prompts, got {prompts!r}")
+    check_prompts(prompts)
     expect_positive_int("max_new_tokens", max_new_tokens)
     plans = row_samplings(sampling, samples)
     encs = [fit_prompt(lm, p, system=system, chat=chat, max_new_tokens=max_new_tokens, truncate=truncate,
                        special_tokens=special_tokens) for p in prompts]
     lengths = [len(e) for e in encs]
+    short = [i for i, n in enumerate(lengths) if n < 2]
+    if short:  # generate_rows prefills the rows' shared first token(s) once, and each keeps one of its own
+        raise ValueError(f"prompts[{short[0]}]: expected at least 2 tokens to decode in a batch (with "
+                         f"the chat template every prompt has them), got {lengths[short[0]]}")
     if max(lengths) - min(lengths) > MAX_PAD_TOKENS:
         raise ValueError(f"prompts: expected lengths within {MAX_PAD_TOKENS} tokens of each other (the short "
                          f"ones are padded to the longest at every step), got {min(lengths)} to "

@@ -93,29 +93,6 @@ class Row:
         return tuple(k for k in (self.knock or self.steer) if k < prefix)
 
 
-class _StaticCache(KVCache):
-    """A KV cache with room allocated once: appending writes in place instead of ``torch.cat``
-    copying the whole cache every step (at 50 rows that copy was 60 % of a decode step)."""
-
-    def __init__(self, k: Tensor, v: Tensor, room: int) -> None:
-        super().__init__()
-        B, H, L, D = k.shape  # (B, Hkv, L, Dh)
-        self._k = k.new_empty(B, H, L + room, D)
-        self._v = v.new_empty(B, H, L + room, v.shape[-1])
-        self._k[:, :, :L], self._v[:, :, :L] = k, v
-        self.n = L
-        self.k, self.v = self._k[:, :, :L], self._v[:, :, :L]
-
-    def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        n = k.shape[2]
-        if self.n + n > self._k.shape[2]:
-            raise ValueError(f"cache: expected at most {self._k.shape[2]} positions, got {self.n + n}")
-        self._k[:, :, self.n : self.n + n], self._v[:, :, self.n : self.n + n] = k, v
-        self.n += n
-        self.k, self.v = self._k[:, :, : self.n], self._v[:, :, : self.n]
-        return self.k, self.v
-
-
 @dataclass
 class _Layout:
     rows: list[Row]
@@ -166,6 +143,10 @@ def _layout(rows: Sequence[Row], limit: int | None = None) -> _Layout:
     if limit is not None:  # e.g. where the added words start: knockouts of them then stay out of it
         p = min(p, limit)
     if p < 1:
+        one = [i for i, r in enumerate(rows) if len(r.ids) == 1]
+        if one:  # the prefix must leave every row one token of its own
+            raise ValueError(f"rows[{one[0]}]: expected at least 2 ids (the first shared by every row and "
+                             f"prefilled once, the last the row's own), got 1")
         raise ValueError("rows: expected prompts that share at least their first token (a chat header), "
                          "got prompts that differ from the start")
     width = max(len(r.ids) - p for r in rows)
@@ -245,7 +226,7 @@ def _prefill(model: CausalLM, lay: _Layout, n_heads: int, room: int,
     for i in range(model.num_layers):
         k = torch.cat([per_row[r][2 * i] for r in range(len(lay.rows))])  # (B, Hkv, P, Dh)
         v = torch.cat([per_row[r][2 * i + 1] for r in range(len(lay.rows))])
-        out.append(_StaticCache(k, v, room))
+        out.append(KVCache.holding(k, v, room))  # room for the suffix and every new token, allocated once
     return out
 
 

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from attnlab.inspect.llm.batch_generation import BatchGeneration, generate_batch
+from attnlab.inspect.llm.batch_generation import BatchGeneration, check_prompts, generate_batch
 from attnlab.inspect.llm.generation import (
     Generation,
     OnToken,
@@ -45,7 +45,7 @@ class GenerateFiles:
 class GenerationReport:
     generation: Generation
     sampling: Sampling
-    weights: str  # "float32" or "int8"
+    weights: str  # "float32", "int8" or "int4"
     files: dict[str, str] = field(default_factory=dict)  # "save_capture" / "png" / "html" -> path
 
     def to_dict(self) -> dict[str, Any]:
@@ -136,16 +136,15 @@ class BatchReport:
     or ``--samples N``): the answers and the batch's speed."""
 
     batch: BatchGeneration
-    prompts: list[str]
     samples: int
     sampling: Sampling
     weights: str
 
     def to_dict(self) -> dict[str, Any]:
-        gens = [g.to_dict() | {"prompt_index": i // self.samples, "sample": i % self.samples}
-                for i, g in enumerate(self.batch.generations)]
-        return {"rows": len(gens), "samples": self.samples, "timings": self.batch.timings,
-                "sampling": asdict(self.sampling), "weights": self.weights, "generations": gens}
+        out = self.batch.to_dict()
+        for i, g in enumerate(out["generations"]):
+            g.update(prompt_index=i // self.samples, sample=i % self.samples)
+        return out | {"samples": self.samples, "sampling": asdict(self.sampling), "weights": self.weights}
 
     def blocks(self) -> list[Block]:
         rows = [[str(i // self.samples), str(i % self.samples), g.text, f"{len(g.new_ids)} ({g.stop_reason})"]
@@ -181,13 +180,14 @@ def batch_report(
 ) -> BatchReport:
     """Every prompt ``samples`` times in one batch, capturing attention per row when
     ``layers``/``heads`` ask for it (its size checked for every row before decoding)."""
+    check_prompts(prompts)
     capture = layers is not None or heads is not None
     if capture:
         n_l, n_h = len(layers or range(lm.num_layers)), len(heads or range(lm.num_heads))
         longest = max(len(fit_prompt(lm, p, system=system, chat=chat, max_new_tokens=max_new_tokens,
                                      truncate=truncate, special_tokens=special_tokens)) for p in prompts)
         check_capture(lm, longest, max_new_tokens, n_l, n_h, rows=len(prompts) * samples)
-    got = generate_batch(lm, list(prompts), samples=samples, system=system, chat=chat,
+    got = generate_batch(lm, prompts, samples=samples, system=system, chat=chat,
                          max_new_tokens=max_new_tokens, sampling=sampling, capture=capture, layers=layers,
                          heads=heads, truncate=truncate, special_tokens=special_tokens)
-    return BatchReport(got, list(prompts), samples, sampling, weights)
+    return BatchReport(got, samples, sampling, weights)
