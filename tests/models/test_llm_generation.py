@@ -134,6 +134,11 @@ def test_prompt_effect_on_a_tiny_model(lm):
     with pytest.raises(ValueError, match=r"emphasize: expected whole words of the prompt.*tokens are"):
         prompt_effect(lm, PROMPT, "tired", emphasize="zebra", max_new_tokens=2)
     assert find_span(enc, "street", user_text="The animal didn't cross the street because it was too tired")
+    # result.md keeps each answer as it was generated, line breaks and all, in a block of its own
+    eff.augmented.generation.text = "def f():\n    return 1  # ``` inside"
+    md = eff.markdown()
+    assert "````text\ndef f():\n    return 1  # ``` inside\n````" in md
+    assert "## share of attention on the added words per layer" in md
 
 
 def test_moved_back_is_the_fraction_of_the_topic_gap_and_none_on_noise():

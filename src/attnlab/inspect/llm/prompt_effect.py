@@ -263,7 +263,10 @@ class PromptEffect:
         knock = Table("attention knockout of the added words",
                       ["run", "topic mass / token", "moved back", "chrF to base answer"], rows)
         out: list[Block] = [answers, share, knock]
-        if per_layer:
+        if per_layer:  # result.md: a table cell would fold the answers (code, mostly) onto one line
+            shown = [f"**{name}** (topic mass {r.topic_mean:.4f} / token):\n\n{_fenced(r.answer)}"
+                     for name, r in (("base prompt", b), ("+ added words", a))]
+            out[0] = f"## {self.model}: adding {self.added_text!r}\n\n" + "\n\n".join(shown)
             out.insert(2, Table("share of attention on the added words per layer", ["layer", "share"],
                                 [[str(i), f"{x:.4f}"] for i, x in enumerate(self.share_by_layer)],
                                 "Mean over the answer's tokens and the layer's heads."))
@@ -275,6 +278,7 @@ class PromptEffect:
 
     def markdown(self) -> str:
         return markdown(self.blocks(per_layer=True), title=f"Prompt effect on {self.model}")
+
 
     def write(self, out: str | Path | None = None, *, png: str | Path | None = None,
               html: str | Path | None = None) -> list[str]:
@@ -398,3 +402,9 @@ def _steer(
     mods = per_head_layers(pairs, lambda hs: pasta(span, hs, alpha))
     run = _run(lm, f"PASTA emphasize {words!r}", base, topic, score_mods=mods, **kw)
     return run, Steering(words, alpha, span, pairs)
+
+
+def _fenced(text: str) -> str:
+    """``text`` as a fenced block that no run of backticks inside it can close."""
+    fence = "`" * max(3, 1 + max((len(r) for r in re.findall(r"`+", text)), default=0))
+    return f"{fence}text\n{text}\n{fence}"
