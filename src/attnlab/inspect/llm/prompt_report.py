@@ -100,6 +100,16 @@ class _Stats:
                               next(iter(res.lexicons)))
         self.arms = [c for c in self.conds if c != "base"]  # each compared with base
         self.q_sampled = f"the share of sampled answers mentioning {self.topic_lex} (words not in the prompt)"
+        self._vs_base: dict[str | None, list[Effect | None]] = {}
+
+    def vs_base(self, lexicon: str | None) -> list[Effect | None]:
+        """Each arm against base on a lexicon (the share of sampled answers mentioning it,
+        copyable words left out) or, for None, on the fixed answer's preference; bootstrapped
+        once per report (seeded: the same numbers), for the table and the pictures alike."""
+        if lexicon not in self._vs_base:
+            get = self.pref if lexicon is None else (lambda arm: self.sampled(arm, lexicon))
+            self._vs_base[lexicon] = _per_arm(self, get, self.arms, "base")
+        return self._vs_base[lexicon]
 
     # -- arrays (tasks, samples) ---------------------------------------------------------------
     def sampled(self, arm: str, lex: str, copyable: bool = False, greedy: bool = False) -> Arr:
@@ -296,7 +306,7 @@ def _lexicon_table(st: _Stats) -> tuple[Table, list[str]]:
     negative: list[str] = []
     for name, info in res.lexicons.items():
         cols.append(f"{name} ({info['role']})")
-        per = _per_arm(st, _lexicon_measure(st, name), arms, "base")
+        per = st.vs_base(name)
         for r, e in zip(rows, per, strict=True):
             r.append(_ci(e, 2))
         found = [(e, a) for e, a in zip(per, arms, strict=True) if e is not None]
@@ -309,7 +319,7 @@ def _lexicon_table(st: _Stats) -> tuple[Table, list[str]]:
                     strict=True):
         r.append(_ci(e, 2))
     cols.append("fixed-answer preference")
-    for r, e in zip(rows, _per_arm(st, st.pref, arms, "base"), strict=True):
+    for r, e in zip(rows, st.vs_base(None), strict=True):
         r.append(_ci(e, 3))
     table = Table("Each condition vs base, on every lexicon (share of sampled answers) and the fixed "
                   "answer", cols, rows, f"Bonferroni over {len(arms)} conditions per column.")
@@ -322,11 +332,11 @@ def _panels(st: _Stats, h_i: list[Headline], h_p: list[Headline]) -> list[dict[s
     arms, lex = st.arms, st.topic_lex
     negative = [name for name, info in st.res.lexicons.items() if info["role"] != "topic"][:1]
     panels = [_panel(f"Share of sampled answers mentioning {lex} (not copyable), vs base", arms,
-                     _per_arm(st, st.topic, arms, "base"), "difference of shares"),
-              _panel("Fixed answer: topic preference vs base (nats/token)", arms,
-                     _per_arm(st, st.pref, arms, "base"), "difference"),
+                     st.vs_base(lex), "difference of shares"),
+              _panel("Fixed answer: topic preference vs base (nats/token)", arms, st.vs_base(None),
+                     "difference"),
               *[_panel(f"Share of sampled answers mentioning {name} (negative control), vs base", arms,
-                       _per_arm(st, _lexicon_measure(st, name), arms, "base"), "difference of shares")
+                       st.vs_base(name), "difference of shares")
                 for name in negative],
               _panel("Interventions on the topic condition (fixed answer)",
                      [h.key.split(": ", 1)[1] for h in h_i], [h.effect for h in h_i],
@@ -335,10 +345,6 @@ def _panels(st: _Stats, h_i: list[Headline], h_p: list[Headline]) -> list[dict[s
         panels.append(_panel("PASTA on the topic condition", [h.key.split(": ", 1)[1] for h in h_p],
                              [h.effect for h in h_p], "difference"))
     return [p for p in panels if p["labels"]]
-
-
-def _lexicon_measure(st: _Stats, name: str) -> Callable[[str], Arr]:
-    return lambda arm: st.sampled(arm, name)
 
 
 def _panel(title: str, labels: list[str], effects: list[Effect | None], xlabel: str) -> dict[str, Any]:
