@@ -91,7 +91,7 @@ def test_cache_views_stay_valid_forks_copy_and_autograd_concatenates():
     c.update(k0, v0)
     ks, vs = [k0], [v0]
     held = []
-    for _ in range(40):  # grows past MIN_ROOM and doubles several times
+    for _ in range(40):  # grows past MIN_ROOM and then by a quarter several times
         k, v = torch.randn(1, 2, 1, 4), torch.randn(1, 2, 1, 4)
         ks.append(k)
         vs.append(v)
