@@ -47,7 +47,7 @@ SystemOpt = Annotated[
 GENERATE_NAMES = {"prompt": "PROMPT", "prompts": "PROMPT", "samples": "--samples",
                   "max_new_tokens": "--max-new-tokens", "temperature": "--temperature",
                   "top_p": "--top-p", "seed": "--seed", "layers": "--layers", "heads": "--heads",
-                  "path": "--save-capture"}
+                  "path": "--save-capture", "decode_kernel": "--decode-kernel"}
 EFFECT_NAMES = {"prompt": "BASE", "add": "--add", "topic": "--topic", "bands": "--bands",
                 "alpha": "--alpha", "steer_heads": "--steer-heads", "pasta": "--emphasize",
                 "max_new_tokens": "--max-new-tokens"}
@@ -115,6 +115,11 @@ def generate_command(
                           "kept as int8 rows; int4: projections as 4-bit groups of 32, unembedding "
                           "int8 (faster decoding; see benchmarks/llm/quantized.py)")
     ] = "float32",
+    decode_kernel: Annotated[
+        str, typer.Option("--decode-kernel", help="auto: an int8/int4 Llama-family model decodes one "
+                          "answer without capture in one native call per token (attnlab.models.fast_decode); "
+                          "native: insist (an error says why not); torch: PyTorch operators")
+    ] = "auto",
     as_json: JsonOpt = False,
     threads: ThreadsOpt = None,
 ) -> None:
@@ -129,9 +134,11 @@ def generate_command(
             batch_report,
             generate_report,
         )
+        from attnlab.models.fast_decode import check_decode_kernel
         from attnlab.models.quantized import check_format
 
         check_format(weights, "--weights")
+        check_decode_kernel(decode_kernel, "--decode-kernel")
         _check_outputs(png, html, save_capture=save_capture)
         sampled = temperature is not None or top_p is not None
         if greedy and sampled:
@@ -148,6 +155,9 @@ def generate_command(
         batch = len(prompt) > 1 or samples != 1
         if batch:
             _check_batch(files)
+            if decode_kernel == "native":
+                raise ValueError("--decode-kernel: 'native' decodes one answer at a time; a batch (several "
+                                 "prompts or --samples) decodes through PyTorch: use auto or torch")
             row_samplings(sampling, samples)  # --samples, greedy with samples: refused before loading
         lm = load_lm(model, threads=threads, weights=weights)
         rep: GenerationReport | BatchReport
@@ -160,7 +170,7 @@ def generate_command(
             rep = generate_report(lm, prompt[0], system=system, chat=not raw, max_new_tokens=max_new_tokens,
                                   sampling=sampling, layers=layer_ids, heads=head_ids, truncate=truncate,
                                   special_tokens=special_tokens, weights=weights, files=files,
-                                  stream=None if as_json else _write_now)
+                                  stream=None if as_json else _write_now, decode_kernel=decode_kernel)
     if as_json:
         print_json(rep.to_dict())
         return

@@ -174,21 +174,59 @@ class KVCache:
             self._room = self._views = None
             return self.k, self.v
         old, n = self.k.shape[2], self.k.shape[2] + k.shape[2]
-        room = self._room
-        if room is None or not self._room_usable(room, n):
-            # a quarter more: copies stay O(1) per position amortised (at most 5n in all), and the
-            # first step after a 32k-token prompt reserves 40k positions per layer, not 64k
-            cap = n + max(n // 4, self.MIN_ROOM)
-            B, H, _, D = self.k.shape
-            room = (self.k.new_empty(B, H, cap, D), self.v.new_empty(B, H, cap, self.v.shape[-1]))
-            room[0][:, :, :old], room[1][:, :, :old] = self.k, self.v  # (B, Hkv, L_old, Dh)
-            self._room = room
+        room = self._grow(n)
         # narrow, not [:, :, a:b]: the same views without Python's indexing machinery (per layer, per step)
         room[0].narrow(2, old, n - old).copy_(k)  # (B, Hkv, L_new, Dh) written in place
         room[1].narrow(2, old, n - old).copy_(v)
         self.k, self.v = room[0].narrow(2, 0, n), room[1].narrow(2, 0, n)  # (B, Hkv, L_old + L_new, Dh)
         self._views = (self.k, self.v)
         return self.k, self.v
+
+    def _grow(self, n: int) -> tuple[Tensor, Tensor]:
+        """Room for n positions holding k/v in its first positions (allocated when short)."""
+        assert self.k is not None and self.v is not None
+        room = self._room
+        if room is None or not self._room_usable(room, n):
+            # a quarter more: copies stay O(1) per position amortised (at most 5n in all), and the
+            # first step after a 32k-token prompt reserves 40k positions per layer, not 64k
+            cap = n + max(n // 4, self.MIN_ROOM)
+            B, H, old, D = self.k.shape
+            room = (self.k.new_empty(B, H, cap, D), self.v.new_empty(B, H, cap, self.v.shape[-1]))
+            room[0][:, :, :old], room[1][:, :, :old] = self.k, self.v  # (B, Hkv, L_old, Dh)
+            finite = self.v_finite
+            self._room = room
+            self.k, self.v = room[0].narrow(2, 0, old), room[1].narrow(2, 0, old)  # the same values
+            self._views = (self.k, self.v)
+            if finite is not None:
+                self._finite = (self.v, finite)
+        return room
+
+    def reserve(self, n: int) -> tuple[Tensor, Tensor]:
+        """Room for ``n`` more positions that the caller writes in place (a fused decode step):
+        the (B, Hkv, capacity, Dh) buffers whose first ``len(self)`` positions are the cache;
+        positions ``len(self)`` to ``len(self) + n - 1`` are the caller's to fill before
+        :meth:`advance`. Only in inference mode or without autograd on the cache."""
+        if self.k is None or self.v is None:
+            raise ValueError("cache: expected keys and values already cached (run the prompt first), "
+                             "got none")
+        if torch.is_grad_enabled() and (self.k.requires_grad or self.v.requires_grad):
+            raise ValueError("cache: expected a cache without autograd to write in place, got one that "
+                             "requires grad (run under torch.inference_mode())")
+        return self._grow(len(self) + n)
+
+    def advance(self, n: int, finite: bool) -> None:
+        """Take in the ``n`` positions written after :meth:`reserve`; ``finite``: whether the
+        written values hold no NaN/inf."""
+        room, old = self._room, len(self)
+        if room is None or old + n > room[0].shape[2] or self._views is None or self._views[0] is not self.k:
+            raise ValueError(f"cache: expected advance({n}) after reserve({n}), got a cache of {old} "
+                             "positions without that room")
+        before = self.v_finite
+        if before is None:
+            before = values_finite(self.v) if self.v is not None else True
+        self.k, self.v = room[0].narrow(2, 0, old + n), room[1].narrow(2, 0, old + n)
+        self._views = (self.k, self.v)
+        self._finite = (self.v, bool(before) and finite)
 
     def _in_place_ok(self, k: Tensor, v: Tensor) -> bool:
         assert self.k is not None and self.v is not None

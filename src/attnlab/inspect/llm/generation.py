@@ -25,6 +25,7 @@ from torch import Tensor
 from attnlab.arguments import expect_int, expect_positive_int
 from attnlab.inspect.recorder import AttentionRecorder
 from attnlab.models.contract import as_causal_lm
+from attnlab.models.fast_decode import choose_decoder
 from attnlab.models.loading import LoadedModel
 from attnlab.models.tokenizer import Encoded
 
@@ -73,7 +74,7 @@ class Generation:
     text: str  # decoded answer (without the end-of-turn token)
     stop_reason: str  # "eos" | "max_new_tokens" | "context"
     recorder: AttentionRecorder | None = None
-    timings: dict[str, float] = field(default_factory=dict)  # prefill_s, decode_s, tokens_per_s
+    timings: dict[str, Any] = field(default_factory=dict)  # prefill_s, decode_s, tokens_per_s, decode_kernel
     model: str = ""
 
     @property
@@ -231,14 +232,24 @@ def generate_ids(
     on_token: Callable[[int], None] | None = None,
     on_logits: Callable[[Tensor], None] | None = None,
     backend: str = "auto",
-) -> tuple[list[int], str, dict[str, float]]:
-    """The decode loop: returns new ids, the stop reason and timings.
+    decode_kernel: str = "auto",
+) -> tuple[list[int], str, dict[str, Any]]:
+    """The decode loop: returns new ids, the stop reason and timings (with ``decode_kernel``:
+    which path decoded, and why not the native one where it did not).
 
     ``use_cache=False`` re-runs the whole sequence every step (the check that the KV cache
     changes nothing). ``recorder`` turns on weights in the forward passes it hooks.
+    ``decode_kernel``: "auto" decodes an int8/int4 Llama-family model through the native kernel
+    (:mod:`attnlab.models.fast_decode`) where nothing needs the PyTorch path (no hook, mask,
+    score_mods or recorder), "native" insists (an error says why it cannot), "torch" never.
     """
     expect_positive_int("max_new_tokens", max_new_tokens)
     model = as_causal_lm(lm.model, "--model")
+    blocker = ("a recorder" if recorder is not None else "a mask" if mask is not None
+               else "score_mods" if score_mods is not None else "use_cache=False" if not use_cache
+               else f"backend={backend!r}" if backend != "auto" else None)
+    native, kernel = choose_decoder(lm.model, decode_kernel,
+                                    None if blocker is None else f"{blocker} is given")
     stop_ids = eos_ids(lm) if stop_ids is None else stop_ids
     room = lm.max_tokens - len(prompt_ids)
     if room < 1:
@@ -260,13 +271,17 @@ def generate_ids(
     t_prefill = 0.0
     reason = "max_new_tokens"
     for step in range(min(max_new_tokens, room)):
-        logits = model(ids, cache=cache, need_weights=need, **kw).logits
-        assert logits is not None  # a CausalLM always has its language-model head
+        if step and native is not None and cache is not None:
+            last = native.step(new[-1], cache)  # (V,): the whole step in one native call
+        else:
+            logits = model(ids, cache=cache, need_weights=need, **kw).logits
+            assert logits is not None  # a CausalLM always has its language-model head
+            last = logits[0, -1]  # (V,)
         if step == 0:
             t_prefill = time.perf_counter() - t0
         if on_logits is not None:
-            on_logits(logits[0, -1])  # (V,) the distribution this token is drawn from
-        nxt = next_token(logits[0, -1], sampling, gen)
+            on_logits(last)  # (V,) the distribution this token is drawn from
+        nxt = next_token(last, sampling, gen)
         new.append(nxt)
         seq.append(nxt)
         if on_token is not None:
@@ -291,6 +306,7 @@ def generate_ids(
             "prefill_s": round(t_prefill, 4),
             "decode_s": round(decode_s, 4),
             "tokens_per_s": round(steps / decode_s, 2) if decode_s > 0 else 0.0,
+            "decode_kernel": kernel,
         },
     )
 
@@ -333,8 +349,10 @@ def generate_text(
     on_logits: Callable[[Tensor], None] | None = None,
     truncate: bool = False,
     special_tokens: bool = False,
+    decode_kernel: str = "auto",
 ) -> Generation:
-    """Chat-format ``prompt``, generate, and (``capture``) record attention while generating."""
+    """Chat-format ``prompt``, generate, and (``capture``) record attention while generating.
+    ``decode_kernel``: see :func:`generate_ids`."""
     if lm.kind != "decoder" or not lm.native:
         raise ValueError(
             f"--model: expected a decoder LLM loaded by attnlab (smollm2, gemma3, a llama GGUF or "
@@ -358,6 +376,7 @@ def generate_text(
             recorder=recorder,
             on_token=streamer,
             on_logits=on_logits,
+            decode_kernel=decode_kernel,
         )
     finally:
         if recorder is not None:

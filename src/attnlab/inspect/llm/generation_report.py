@@ -56,7 +56,8 @@ class GenerationReport:
         """After the streamed answer: tokens, stop reason and speed; the capture's size."""
         g, t = self.generation, self.generation.timings
         out = [f"\n{len(g.new_ids)} tokens ({g.stop_reason}); prompt {len(g.prompt)} tokens in "
-               f"{t['prefill_s']:.2f} s, {t['tokens_per_s']:.1f} tokens/s"]
+               f"{t['prefill_s']:.2f} s, {t['tokens_per_s']:.1f} tokens/s, decoded by "
+               f"{t.get('decode_kernel', 'torch')}"]
         if g.recorder is not None:
             r = g.recorder
             out.append(f"captured {len(r)} rows x {len(r.layers)} layers x {len(r.heads)} heads "
@@ -106,9 +107,11 @@ def generate_report(
     weights: str = "float32",
     files: GenerateFiles = GenerateFiles(),
     stream: OnToken | None = None,
+    decode_kernel: str = "auto",
 ) -> GenerationReport:
     """Generate from ``prompt``, capturing attention when ``files`` or ``layers``/``heads`` ask
-    for it, and write ``files``. What cannot be held or drawn is refused before generating."""
+    for it, and write ``files``. What cannot be held or drawn is refused before generating.
+    ``decode_kernel``: see :func:`attnlab.inspect.llm.generation.generate_ids`."""
     capture = files.wanted or layers is not None or heads is not None
     check_view(lm, files, layers, heads)
     if capture:
@@ -124,7 +127,7 @@ def generate_report(
                 raise ValueError(why.replace(" positions", " positions (prompt + --max-new-tokens)", 1))
     g = generate_text(lm, prompt, system=system, chat=chat, max_new_tokens=max_new_tokens, sampling=sampling,
                       capture=capture, layers=layers, heads=heads, stream=stream, truncate=truncate,
-                      special_tokens=special_tokens)
+                      special_tokens=special_tokens, decode_kernel=decode_kernel)
     report = GenerationReport(g, sampling, weights)
     report.write(files)
     return report
