@@ -43,7 +43,11 @@ from llama_cpp_build import (  # noqa: E402
 )
 
 TARGETS = {"decode": 1.0, "prefill": 2.0}  # attnlab tokens/s over llama.cpp tokens/s, at least
-MODES = ("float32", "int8", "int4")
+MODES = ("float32", "int8", "int4", "int4-torch")
+# int8 and int4 decode through the native kernel (generate_ids' decode_kernel="auto");
+# int4-torch is int4 decoded through torch's operators (its prefill is int4's: not run twice)
+SETUP = {"float32": ("float32", "auto"), "int8": ("int8", "auto"), "int4": ("int4", "auto"),
+         "int4-torch": ("int4", "torch")}
 DEFAULT_WRITE = HERE / "RESULTS-llama-cpp.md"
 
 
@@ -133,7 +137,8 @@ def render_markdown(result: dict) -> str:
             peer_v = med.get(f"llama.cpp {measure}")
             cells = [f"{peer_v:.1f}" if peer_v else "skipped"]
             for mode in modes_of(result):
-                cells.append(f"{med[f'attnlab {mode} {measure}']:.1f}")
+                ours = med.get(f"attnlab {mode} {measure}")
+                cells.append("—" if ours is None else f"{ours:.1f}")
                 ratio = ratios.get(f"{mode} {measure}")
                 cells.append(f"**{ratio:.2f}x**" if ratio is not None else "—")
             md.append(f"| {t} | {measure} | " + " | ".join(cells) + f" | >= {target:g}x |")
@@ -143,7 +148,10 @@ def render_markdown(result: dict) -> str:
            "step. llama-bench's pp runs random tokens in one batch; attnlab's prefill one forward pass over "
            "fixed random tokens. Both read the same GGUF; llama.cpp computes on its Q4_1 blocks, attnlab on "
            "float32 weights dequantized from them, int8 rows requantized from those, or int4 groups of 32 "
-           "that hold the Q4_1 blocks again (scales rounded to bfloat16)."]
+           "that hold the Q4_1 blocks again (scales rounded to bfloat16). attnlab int8 and int4 decode "
+           "through its native kernel (one call per token, 16-bit activations; "
+           "`attnlab.models.fast_decode`), int4-torch through torch's operators and int4 kernel "
+           "(bfloat16 activations); llama.cpp rounds activations to 8 bits (its q8 blocks)."]
     return "\n".join(md) + "\n"
 
 
@@ -156,7 +164,8 @@ def measure(args: argparse.Namespace, peer: Path | None, model_file: Path, threa
 
     from attnlab.models import load_model
 
-    models = {mode: load_model("smollm2", weights=mode) for mode in MODES}
+    loaded = {w: load_model("smollm2", weights=w) for w in dict.fromkeys(w for w, _ in SETUP.values())}
+    models = {mode: loaded[SETUP[mode][0]] for mode in MODES}
     ids = prefill_ids(args.n_prompt)
     engines = ["llama.cpp", *MODES] if peer is not None else list(MODES)
     per_threads: dict[str, dict] = {}
@@ -178,7 +187,7 @@ def measure(args: argparse.Namespace, peer: Path | None, model_file: Path, threa
             raw: list[dict] = []
             for mode, lm in models.items():  # warm-up at this thread count (llama-bench warms up itself)
                 step(f"{t} thread(s): warm-up attnlab {mode}")
-                decode_tokens_per_s(lm, args.n_gen), prefill_s(lm, ids)
+                decode_tokens_per_s(lm, args.n_gen, kernel=SETUP[mode][1]), prefill_s(lm, ids)
                 bar.advance(task)
             for r in range(args.rounds):
                 order = engines if r % 2 == 0 else engines[::-1]
@@ -195,9 +204,11 @@ def measure(args: argparse.Namespace, peer: Path | None, model_file: Path, threa
                                     "build_commit": tg.build_commit, "cpu_info": tg.cpu_info,
                                     "model_type": tg.model_type})
                     else:
-                        lm = models[e]
-                        samples[f"attnlab {e} decode"].append(decode_tokens_per_s(lm, args.n_gen))
-                        samples[f"attnlab {e} prefill"].append(args.n_prompt / prefill_s(lm, ids))
+                        lm, kernel = models[e], SETUP[e][1]
+                        tps = decode_tokens_per_s(lm, args.n_gen, kernel=kernel)
+                        samples[f"attnlab {e} decode"].append(tps)
+                        if kernel == "auto":  # the decode path changes nothing in a prefill
+                            samples[f"attnlab {e} prefill"].append(args.n_prompt / prefill_s(lm, ids))
                     bar.advance(task)
             med, ratios = summarize(samples)
             per_threads[str(t)] = {"samples": samples, "median": med, "ratios": ratios,
