@@ -12,7 +12,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+import attnlab
+from attnlab import masks
 from attnlab.arguments import ArgumentError
+from attnlab.backends.registry import AttentionCall, choose_backend, get_backend
+from attnlab.backends.tiled.backend import attention_backward, run_tiled
+from attnlab.functional.mask_input import normalize_mask
 from attnlab.models import load_model
 from attnlab.models.device import resolve_device
 
@@ -84,3 +89,28 @@ def test_device_cpu_is_the_default(tiny_llama):
     assert b.describe()["device"] == "cpu"
     ids = torch.tensor([[1, 5, 9, 3]])
     assert torch.equal(a.model(ids).logits, b.model(ids).logits)
+
+
+def _call(dev: str, L: int = 1024) -> tuple[torch.Tensor, AttentionCall]:
+    q = torch.zeros(1, 2, L, 16, device=dev)  # (B, H, L, Dh)
+    m = masks.sliding_window(63, 0)  # a pattern auto gives tiled on the CPU at this length
+    nm = normalize_mask(m, (1, 2, L, L), dtype=q.dtype, device=q.device)
+    return q, AttentionCall(q, q, q, nm, None, 0.25, 0.0, False, False)
+
+
+def test_tiled_is_cpu_only_and_auto_never_picks_it_off_the_cpu():
+    """The meta device stands in for a GPU: tensors that are not on the CPU."""
+    assert choose_backend(_call("cpu")[1])[0].name == "tiled"
+    q, call = _call("meta")
+    assert choose_backend(call)[0].name != "tiled"
+    assert not get_backend("tiled").capabilities.non_cpu
+    assert get_backend("sdpa").capabilities.non_cpu and get_backend("eager").capabilities.non_cpu
+    with pytest.raises(ValueError, match=r"^backend: 'tiled' is CPU-only \(got tensors on meta\); use "
+                                         r"backend='auto'"):
+        attnlab.attention(q, q, q, mask=masks.sliding_window(63, 0), backend="tiled")
+    said = (r"^backend: 'tiled' is CPU-only \(got tensors on meta\); use backend='auto' \(SDPA there\) "
+            r"or 'sdpa' / 'eager'$")
+    with pytest.raises(ValueError, match=said):
+        run_tiled(call)
+    with pytest.raises(ValueError, match=said):
+        attention_backward(q, q, q, q, q[..., 0], q, scale=0.25)
