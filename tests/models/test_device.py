@@ -114,3 +114,83 @@ def test_tiled_is_cpu_only_and_auto_never_picks_it_off_the_cpu():
         run_tiled(call)
     with pytest.raises(ValueError, match=said):
         attention_backward(q, q, q, q, q[..., 0], q, scale=0.25)
+
+
+@pytest.fixture(scope="module")
+def tiny_gemma(tmp_path_factory):
+    from .gemma3_builders import make_gemma3
+
+    return make_gemma3(tmp_path_factory.mktemp("gemma3-device"), seed=1)  # local and global layers
+
+
+def _runs(lm) -> dict[str, object]:
+    """Each generation / capture / intervention path once, as plain Python values."""
+    from attnlab.inspect.llm.activation_patching import activation_patching, logit_diff
+    from attnlab.inspect.llm.batch_generation import generate_batch
+    from attnlab.inspect.llm.batch_rows import Row, generate_rows, logit_diff_rows, score_rows
+    from attnlab.inspect.llm.generation import Sampling, generate_text
+    from attnlab.inspect.llm.generation_capture import generate
+    from attnlab.inspect.llm.lens import logit_lens
+    from attnlab.inspect.llm.local_global import local_global_experiment
+    from attnlab.inspect.llm.prompt_effect import prompt_effect
+    from attnlab.inspect.llm.steering import knockout, pasta, per_layer
+    from attnlab.inspect.llm.streaming import streaming_experiment
+
+    text = " ".join(["The animal didn't cross the street because it was too tired."] * 5)
+    ids = lm.tokenizer.piece_ids(text)[:48]
+    a, b = torch.tensor(ids[:6], device="cpu"), torch.tensor(ids[1:7], device="cpu")
+    rows = [Row(tuple(ids[:8])), Row(tuple(ids[:10]), knock=(2, 3), layers=(0,)),
+            Row(tuple(ids[:9]), steer=(1, 2), alpha=0.1, heads=((0, 1),)), Row(tuple(ids[:9]), knock=(4,))]
+    sampled = Sampling(greedy=False, temperature=0.8, seed=3)
+    out: dict[str, object] = {
+        "sampled+capture": (g := generate_text(lm, "the cat sat", max_new_tokens=4, capture=True,
+                                               sampling=sampled)).new_ids + g.recorder.packed().tolist(),
+        "knockout": generate_text(lm, "the cat sat", max_new_tokens=4,
+                                  score_mods=per_layer(knockout([1, 2]), [0, 1])).new_ids,
+        "pasta": generate_text(lm, "the cat sat", max_new_tokens=4,
+                               score_mods={0: pasta([1, 2], [0, 1], 0.1)}).new_ids,
+        "capture": generate(lm, "the cat sat", max_new_tokens=3).as_cache(lm).weights.tolist(),
+        "batch+capture": [(g.new_ids, g.recorder.packed().tolist()) for g in generate_batch(
+            lm, ["the cat sat on the mat", "the dog", "a bird"], samples=2, max_new_tokens=3, capture=True,
+            sampling=sampled).generations],
+        "rows": generate_rows(lm, rows, max_new_tokens=3),
+        "score": score_rows(lm, [Row(tuple(ids[:8]), answer=(5, 6)), Row(tuple(ids[:9]), answer=(7,))]),
+        "logit diff": logit_diff_rows(lm, [Row(tuple(ids[:8]), answer=(5,)), Row(tuple(ids[:9]), knock=(2,),
+                                                                                  answer=(7,))], 3, 4),
+        "lens": logit_lens(lm, "the cat sat on").log_probs.tolist(),
+        "patching": [activation_patching(lm, a, b, logit_diff(5, 6), site=s).raw.tolist()
+                     for s in ("resid_pre", "head", "head_position")],
+        "streaming": streaming_experiment(lm, ids, tokens=None, windows=(8,), sinks=(0, 2), recompute=4,
+                                          backend="sdpa").to_dict(per_token=True)["rows"],
+        "prompt effect": prompt_effect(lm, "write a function that adds numbers", "Make it secure.",
+                                       max_new_tokens=3, emphasize="adds", steer_heads=2,
+                                       topic_words=("the", "a")).to_dict(),
+    }
+    if lm.model_type == "gemma3_text":  # local layers (tiled, the CPU default, is not what this checks)
+        out["local-global"] = local_global_experiment(lm, ids, tokens=48, block=8, backend="sdpa").to_dict()
+    else:  # Gemma 3's heads do not add into the residual stream (a norm after attention)
+        from attnlab.inspect.llm.lens import direct_logit_attribution
+
+        out["attribution"] = direct_logit_attribution(lm, "the cat sat on", 5, 6).to_dict()
+    return out
+
+
+def _no_seconds(x: object) -> object:
+    if isinstance(x, dict):
+        return {k: _no_seconds(v) for k, v in x.items() if k not in ("seconds", "timings", "profile_seconds")}
+    if isinstance(x, (list, tuple)):
+        return [_no_seconds(v) for v in x]
+    return x
+
+
+@pytest.mark.parametrize("which", ["tiny_llama", "tiny_gpt2", "tiny_gemma"])
+def test_every_path_makes_its_tensors_on_the_model_device(which, request):
+    """With meta as torch's default device, a tensor made without ``device=`` lands on meta and
+    the first op that meets the model's CPU tensors (or reads a value) fails: every path runs,
+    and gives what it gives without the trap."""
+    lm = load_model(request.getfixturevalue(which))
+    plain = _runs(lm)
+    with torch.device("meta"):
+        trapped = _runs(lm)
+    assert _no_seconds(trapped) == _no_seconds(plain)
+    assert set(plain) >= {"sampled+capture", "batch+capture", "rows", "patching", "streaming"}
