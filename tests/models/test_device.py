@@ -9,6 +9,8 @@ op mixing it with the model's CPU tensors fails. The CUDA path itself has not ru
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -194,3 +196,60 @@ def test_every_path_makes_its_tensors_on_the_model_device(which, request):
         trapped = _runs(lm)
     assert _no_seconds(trapped) == _no_seconds(plain)
     assert set(plain) >= {"sampled+capture", "batch+capture", "rows", "patching", "streaming"}
+
+
+@pytest.mark.parametrize("args", [
+    ["generate", "hi"],
+    ["prompt-effect", "The animal", "--add", "tired"],
+    ["prompt-experiment", "--quick"],
+    ["streaming"],
+    ["local-global"],
+])
+@pytest.mark.parametrize("device, message", [
+    ("tpu", "--device: expected 'cpu', 'cuda' or 'cuda:N' (or a torch.device of those: attnlab runs "
+            "models on the CPU or an NVIDIA GPU), got 'tpu'"),
+    ("cuda", "--device: 'cuda' requested but torch.cuda.is_available() is False (this torch is a CPU "
+             "build); use --device cpu"),
+])
+def test_the_cli_names_device_and_refuses_before_loading(args, device, message, monkeypatch):
+    from typer.testing import CliRunner
+
+    import attnlab.models.loading as loading
+    from attnlab.cli.main import app
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("loaded before refusing"))
+    r = CliRunner().invoke(app, [*args, "--model", "/no/such/model", "--device", device, "--json"])
+    assert r.exit_code == 2, r.output
+    assert json.loads(r.output) == {"error": message}
+
+
+def test_the_cli_refuses_int8_on_cuda_naming_both_options(tiny_llama, monkeypatch):
+    from typer.testing import CliRunner
+
+    from attnlab.cli.main import app
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    r = CliRunner().invoke(app, ["generate", "hi", "--model", str(tiny_llama), "--weights", "int8",
+                                 "--device", "cuda:0"])
+    assert r.exit_code == 2
+    assert r.output.strip().replace("\n", " ") == (
+        "error: --device: expected 'cpu' with --weights 'int8' (int8/int4 weights run on torch's CPU "
+        "kernels), got 'cuda:0'; use --device cpu or --weights float32")
+
+
+def test_the_cli_json_says_where_the_model_ran(tiny_llama):
+    from typer.testing import CliRunner
+
+    from attnlab.cli.main import app
+
+    r = CliRunner().invoke(app, ["generate", "the cat", "--model", str(tiny_llama), "--max-new-tokens", "2",
+                                 "--device", "cpu", "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert d["device"] == "cpu" and d["new_tokens"] == 2
+    default = CliRunner().invoke(app, ["generate", "the cat", "--model", str(tiny_llama), "--max-new-tokens",
+                                       "2", "--json"])
+    assert json.loads(default.output)["new_ids"] == d["new_ids"]

@@ -15,6 +15,7 @@ import typer
 from attnlab.cli.common import (
     FIGURE,
     PAGE,
+    DeviceOpt,
     ThreadsOpt,
     check_output,
     console,
@@ -115,6 +116,7 @@ def generate_command(
                           "kept as int8 rows; int4: projections as 4-bit groups of 32, unembedding "
                           "int8 (faster decoding; see benchmarks/llm/quantized.py)")
     ] = "float32",
+    device: DeviceOpt = "cpu",
     as_json: JsonOpt = False,
     threads: ThreadsOpt = None,
 ) -> None:
@@ -149,7 +151,7 @@ def generate_command(
         if batch:
             _check_batch(files)
             row_samplings(sampling, samples)  # --samples, greedy with samples: refused before loading
-        lm = load_lm(model, threads=threads, weights=weights)
+        lm = load_lm(model, threads=threads, weights=weights, device=device)
         rep: GenerationReport | BatchReport
         if batch:
             rep = batch_report(lm, prompt, samples=samples, system=system, chat=not raw,
@@ -162,7 +164,7 @@ def generate_command(
                                   special_tokens=special_tokens, weights=weights, files=files,
                                   stream=None if as_json else _write_now)
     if as_json:
-        print_json(rep.to_dict())
+        print_json(rep.to_dict() | {"device": str(lm.device)})
         return
     from attnlab.viz.tables import print_blocks
 
@@ -223,6 +225,7 @@ def prompt_effect_command(
                            "--add (e.g. <|im_end|>) act as the special token, on purpose "
                            "(default: plain text)")
     ] = False,
+    device: DeviceOpt = "cpu",
     as_json: JsonOpt = False,
     threads: ThreadsOpt = None,
 ) -> None:
@@ -234,7 +237,7 @@ def prompt_effect_command(
         _check_outputs(png, html, out)
         check_alpha(alpha)
         words = SECURITY_LEXICON if topic is None else tuple(split_tokens(topic) or ())
-        lm = load_lm(model, threads=threads)
+        lm = load_lm(model, threads=threads, device=device)
         eff = pe.prompt_effect(
             lm,
             pe.DEFAULT_BASE if base is None else base,
@@ -250,7 +253,7 @@ def prompt_effect_command(
         )
         files = eff.write(out, png=png, html=html)
     if as_json:
-        print_json(eff.to_dict() | {"files": files})
+        print_json(eff.to_dict() | {"device": str(lm.device), "files": files})
         return
     from attnlab.viz.tables import print_blocks
 
