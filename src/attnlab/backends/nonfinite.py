@@ -50,16 +50,18 @@ def run_with_nonfinite_values(backend: Backend, call: AttentionCall) -> Attentio
     cols = bad.any(0).any(0).nonzero().flatten()  # (J,) keys bad in some batch/head
     v_bad = expand_kv(call.v, H)[:, :, cols]  # (B, H, J, Dv)
     bad_h = expand_kv(bad.unsqueeze(-1), H)[:, :, cols]  # (B, H, J, 1)
-    v_bad = torch.where(bad_h, v_bad, torch.zeros((), dtype=v_bad.dtype))  # finite there: counted already
-    heads = torch.arange(H)
+    dev = call.q.device
+    zero = torch.zeros((), dtype=v_bad.dtype, device=dev)
+    v_bad = torch.where(bad_h, v_bad, zero)  # finite there: counted already
+    heads = torch.arange(H, device=dev)
     step = max(1, ROW_CHUNK_ELEMS // max(1, H * Lk))
     parts = []
     for r0 in range(0, Lq, step):
-        rows = torch.arange(r0, min(Lq, r0 + step))
+        rows = torch.arange(r0, min(Lq, r0 + step), device=dev)
         w = weights_rows(call.q, call.k, lse, call.mask, call.score_mod, call.scale, rows, heads)
         w = w[..., cols].unsqueeze(-1)  # (B, H, r, J, 1)
         # where inside the product, not around it: 0·NaN would poison the gradient of w.
-        term = w * torch.where(w != 0, v_bad.unsqueeze(2), torch.zeros((), dtype=w.dtype))  # (B,H,r,J,Dv)
+        term = w * torch.where(w != 0, v_bad.unsqueeze(2), zero.to(w.dtype))  # (B,H,r,J,Dv)
         parts.append(term.sum(-2))  # (B, H, r, Dv)
     # The correction comes from the float32 lse of half inputs: back to the context's dtype.
     return AttentionOutput(out.context + torch.cat(parts, dim=2).to(out.context.dtype), out.weights, out.lse)

@@ -31,6 +31,7 @@ class Capabilities:
     dropout: bool = False
     backward: bool = True
     gqa: bool = True
+    non_cpu: bool = True  # runs on tensors off the CPU (CUDA); False: CPU-only, never auto's choice there
 
 
 @dataclass
@@ -91,6 +92,8 @@ class Backend:
             why.append("does not do dropout")
         if call.q.shape[1] != call.k.shape[1] and not c.gqa:
             why.append("does not share K/V heads (GQA)")
+        if call.q.device.type != "cpu" and not c.non_cpu:
+            why.append(f"is CPU-only (got tensors on {call.q.device})")
         return why
 
 

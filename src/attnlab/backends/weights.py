@@ -101,6 +101,8 @@ def weights_rows(q: Tensor, k: Tensor, lse: Tensor, nm: NormalizedMask, score_mo
     lse (B, H, Lq), row and head indices -> weights (B, h, r, Lk)."""
     B, H, Lq, _ = q.shape
     Lk = k.shape[2]
+    dev = q.device  # the index grids meet the scores there (a mask_mod compares them)
+    r, h = r.to(dev), h.to(dev)
     dense = None if nm.dense is None else nm.dense.expand(-1, -1, Lq, Lk)
     bias = None if nm.bias is None else nm.bias.expand(-1, -1, Lq, Lk)
     tc = Evaluator(B, H, Lq, Lk, nm.mod, dense, bias, score_mod)
@@ -108,8 +110,8 @@ def weights_rows(q: Tensor, k: Tensor, lse: Tensor, nm: NormalizedMask, score_mo
     qs = q[:, h][:, :, r].to(ct)  # (B, h, r, D)
     ks = expand_kv(k, H)[:, h].to(ct)  # (B, h, Lk, D)
     scores = (qs @ ks.transpose(-1, -2)) * scale  # (B, h, r, Lk)
-    bi, hi = torch.arange(B).view(-1, 1, 1, 1), h.view(1, -1, 1, 1)
-    qi, ki = r.view(1, 1, -1, 1), torch.arange(Lk).view(1, 1, 1, -1)
+    bi, hi = torch.arange(B, device=dev).view(-1, 1, 1, 1), h.view(1, -1, 1, 1)
+    qi, ki = r.view(1, 1, -1, 1), torch.arange(Lk, device=dev).view(1, 1, 1, -1)
     if tc.modifies:
         scores = tc.modify(scores, bi, hi, qi, ki)
     lse4 = lse[:, h][:, :, r].unsqueeze(-1)  # (B, h, r, 1)

@@ -22,6 +22,10 @@ ThreadsOpt = Annotated[int | None, typer.Option(
     "--threads", help="torch threads (default: the cores this process may use, or OMP_NUM_THREADS "
                       "if fewer)")]
 
+DeviceOpt = Annotated[str, typer.Option(
+    "--device", help="where the model runs: cpu (default), cuda or cuda:N (an NVIDIA GPU: attention through "
+                     "torch SDPA; float32 weights only; not yet run on a GPU by attnlab's tests)")]
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -211,15 +215,20 @@ def use_threads(threads: int | None) -> int:
     return set_threads(threads, "--threads")
 
 
-def load_lm(model: str | Path | None, *, threads: int | None = None, weights: str = "float32"):
-    """Set ``--threads`` (default: the available cores), then load a model for a CLI command."""
+def load_lm(model: str | Path | None, *, threads: int | None = None, weights: str = "float32",
+            device: str = "cpu"):
+    """Set ``--threads`` (default: the available cores), check ``--device`` (with ``--weights``),
+    then load a model for a CLI command."""
+    from attnlab.models.device import resolve_device
     from attnlab.models.loading import load_model
+    from attnlab.models.quantized import check_format
 
     use_threads(threads)
+    resolve_device(device, check_format(weights, "--weights"), name="--device", weights_name="--weights")
     try:
-        return load_model(model, weights=weights)
+        return load_model(model, weights=weights, device=device)
     except (OSError, ValueError) as e:  # the library says model:, the user typed --model
-        msg = as_option(e, {"model": "--model", "weights": "--weights"})
+        msg = as_option(e, {"model": "--model", "weights": "--weights", "device": "--device"})
         if msg != str(e):  # an OSError with an errno keeps its own "[Errno n] ..." form
             e.args = (msg,)
         raise

@@ -15,6 +15,7 @@ import typer
 from attnlab.cli.common import (
     FIGURE,
     PAGE,
+    DeviceOpt,
     ThreadsOpt,
     check_output,
     console,
@@ -120,6 +121,7 @@ def generate_command(
                           "answer without capture in one native call per token (attnlab.models.fast_decode); "
                           "native: insist (an error says why not); torch: PyTorch operators")
     ] = "auto",
+    device: DeviceOpt = "cpu",
     as_json: JsonOpt = False,
     threads: ThreadsOpt = None,
 ) -> None:
@@ -159,7 +161,7 @@ def generate_command(
                 raise ValueError("--decode-kernel: 'native' decodes one answer at a time; a batch (several "
                                  "prompts or --samples) decodes through PyTorch: use auto or torch")
             row_samplings(sampling, samples)  # --samples, greedy with samples: refused before loading
-        lm = load_lm(model, threads=threads, weights=weights)
+        lm = load_lm(model, threads=threads, weights=weights, device=device)
         rep: GenerationReport | BatchReport
         if batch:
             rep = batch_report(lm, prompt, samples=samples, system=system, chat=not raw,
@@ -172,7 +174,7 @@ def generate_command(
                                   special_tokens=special_tokens, weights=weights, files=files,
                                   stream=None if as_json else _write_now, decode_kernel=decode_kernel)
     if as_json:
-        print_json(rep.to_dict())
+        print_json(rep.to_dict() | {"device": str(lm.device)})
         return
     from attnlab.viz.tables import print_blocks
 
@@ -233,6 +235,7 @@ def prompt_effect_command(
                            "--add (e.g. <|im_end|>) act as the special token, on purpose "
                            "(default: plain text)")
     ] = False,
+    device: DeviceOpt = "cpu",
     as_json: JsonOpt = False,
     threads: ThreadsOpt = None,
 ) -> None:
@@ -244,7 +247,7 @@ def prompt_effect_command(
         _check_outputs(png, html, out)
         check_alpha(alpha)
         words = SECURITY_LEXICON if topic is None else tuple(split_tokens(topic) or ())
-        lm = load_lm(model, threads=threads)
+        lm = load_lm(model, threads=threads, device=device)
         eff = pe.prompt_effect(
             lm,
             pe.DEFAULT_BASE if base is None else base,
@@ -260,7 +263,7 @@ def prompt_effect_command(
         )
         files = eff.write(out, png=png, html=html)
     if as_json:
-        print_json(eff.to_dict() | {"files": files})
+        print_json(eff.to_dict() | {"device": str(lm.device), "files": files})
         return
     from attnlab.viz.tables import print_blocks
 

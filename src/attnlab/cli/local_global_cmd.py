@@ -15,6 +15,7 @@ from rich.table import Table
 
 from attnlab.cli.common import (
     FIGURE,
+    DeviceOpt,
     ThreadsOpt,
     check_output,
     console,
@@ -36,6 +37,7 @@ def local_global_command(
     block: Annotated[int, typer.Option("--block", help="tokens per bootstrap block (the interval's unit)")
                      ] = 64,
     png: Annotated[Path | None, typer.Option("--png", help="perplexity per layout with intervals")] = None,
+    device: DeviceOpt = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     threads: ThreadsOpt = None,
 ) -> None:
@@ -53,9 +55,9 @@ def local_global_command(
             text = text_file.read_text(encoding="utf-8", errors="strict")
         from attnlab.inspect.llm.local_global import local_global_experiment, local_global_png
 
-        lm = load_lm(model, threads=threads)
+        lm = load_lm(model, threads=threads, device=device)
         res = local_global_experiment(lm, text, tokens=tokens, block=block)
-        rep: dict[str, Any] = res.to_dict()
+        rep: dict[str, Any] = res.to_dict() | {"device": str(lm.device)}
         if png is not None:
             rep["png"] = str(local_global_png(res, parent_made(png)))
     if as_json:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from attnlab.cli.common import (
+    DeviceOpt,
     ThreadsOpt,
     check_output,
     console,
@@ -62,6 +63,7 @@ def prompt_experiment_command(
     neutral_answer: Annotated[str | None, typer.Option("--neutral-answer", help="the neutral sentence "
                                                        "beside it")] = None,
     model: Annotated[str, typer.Option("--model", help="smollm2 or a llama .gguf/folder")] = "smollm2",
+    device: DeviceOpt = "cpu",
     out: Annotated[Path | None, typer.Option(help="write result.md, result.json, effects.png here "
                                              "(atomically)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
@@ -79,7 +81,7 @@ def prompt_experiment_command(
             from attnlab.inspect.llm.prompt_files import load_report
 
             report = load_report(report_file)
-            _finish(report, report.write(out) if out is not None else [], as_json)
+            _finish(report, report.write(out) if out is not None else [], as_json, None)
             return
         if (fixed_answer is None) != (neutral_answer is None):
             raise ValueError("--fixed-answer: expected it together with --neutral-answer, got only one")
@@ -102,7 +104,7 @@ def prompt_experiment_command(
             ps = replace(ps, tasks=(Task(id=code.stem or "code", task=first.task, code=text,
                                          language=code.suffix.lstrip(".") or "python"),))
             source = code.name
-        lm = load_lm(model, threads=threads)
+        lm = load_lm(model, threads=threads, device=device)
         from attnlab.inspect.llm.prompt_experiment import run_experiment
         from attnlab.inspect.llm.prompt_report import build_report
 
@@ -110,12 +112,13 @@ def prompt_experiment_command(
                              generate_code_tokens=CODE_TOKENS if generate_code else 0)
         report = build_report(res)
         files = report.write(out) if out is not None else []
-    _finish(report, files, as_json)
+    _finish(report, files, as_json, str(lm.device))
 
 
-def _finish(report: PromptReport, files: list[str], as_json: bool) -> None:
+def _finish(report: PromptReport, files: list[str], as_json: bool, device: str | None) -> None:
+    """``device``: where the model ran (None: a report re-rendered from its file, no model run)."""
     if as_json:
-        print_json(report.to_dict() | {"files": files})
+        print_json(report.to_dict() | ({"device": device} if device else {}) | {"files": files})
         return
     from attnlab.viz.tables import print_blocks
 

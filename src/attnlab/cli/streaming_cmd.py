@@ -15,6 +15,7 @@ from rich.table import Table
 
 from attnlab.cli.common import (
     FIGURE,
+    DeviceOpt,
     ThreadsOpt,
     check_output,
     console,
@@ -59,6 +60,7 @@ def streaming_command(
         typer.Option("--model", help="smollm2 (embedded SmolLM2-135M-Instruct), gemma3 (Gemma 3 270M), "
                                 "a .gguf or folder"),
     ] = "smollm2",
+    device: DeviceOpt = "cpu",
     png: Annotated[
         Path | None, typer.Option("--png", help="per-position NLL curves + sink profile (.png/.svg)")
     ] = None,
@@ -85,7 +87,7 @@ def streaming_command(
         text = None if text_file is None else _read_text(text_file)
         from attnlab.inspect.llm.streaming import default_text, streaming_experiment, streaming_png
 
-        lm = load_lm(model, threads=threads)
+        lm = load_lm(model, threads=threads, device=device)
         ids = lm.tokenizer.piece_ids(default_text() if text is None else text)[:tokens]
         if len(ids) > lm.max_tokens:  # name the number asked for (the library sees only len(ids))
             raise ValueError(f"--tokens: expected at most {lm.max_tokens} (the model's context), "
@@ -96,7 +98,7 @@ def streaming_command(
                              f"beyond the window), got {len(ids)}")
         res = streaming_experiment(lm, ids, tokens=None, windows=wins, sinks=ks,
                                    recompute=recompute, profile=profile)
-        rep: dict[str, Any] = {"model": lm.name} | res.to_dict()
+        rep: dict[str, Any] = {"model": lm.name, "device": str(lm.device)} | res.to_dict()
         if png is not None:
             rep["png"] = str(streaming_png(res, parent_made(png), smooth=smooth))
     if as_json:

@@ -23,21 +23,24 @@ def sinusoidal(length: int, dim: int, *, base: float = 10000.0,
 
 
 def rotary_cos_sin(length: int, dim: int, *, base: float = 10000.0, offset: int = 0,
-                   dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+                   dtype: torch.dtype = torch.float32,
+                   device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
     """cos and sin tables (length, dim) for RoPE in the "rotate half" layout (GPT-NeoX, HF).
 
     Frequencies θ_i = base^(-2i/d) (Su et al. 2021, eq. 15); ``offset`` starts the positions
-    later, for decoding with a KV cache.
+    later, for decoding with a KV cache. Computed in float64 on the CPU whatever ``device``
+    (the same tables on every device), then moved there.
     """
     expect_positive_int("length", length)
     expect_positive_int("dim", dim)
     if dim % 2:
         raise ValueError(f"dim: expected an even head dim for rotary embeddings, got {dim}")
-    inv = base ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)  # (d/2,)
-    pos = torch.arange(offset, offset + length, dtype=torch.float64)  # (L,)
+    cpu = torch.device("cpu")
+    inv = base ** (-torch.arange(0, dim, 2, dtype=torch.float64, device=cpu) / dim)  # (d/2,)
+    pos = torch.arange(offset, offset + length, dtype=torch.float64, device=cpu)  # (L,)
     freqs = torch.outer(pos, inv)  # (L, d/2)
     emb = torch.cat([freqs, freqs], dim=-1)  # (L, d)
-    return emb.cos().to(dtype), emb.sin().to(dtype)
+    return emb.cos().to(device, dtype), emb.sin().to(device, dtype)
 
 
 def _rotate_half(x: Tensor) -> Tensor:

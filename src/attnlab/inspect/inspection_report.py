@@ -23,6 +23,7 @@ class ModelInfo:
     heads: int
     max_tokens: int | None
     ignored_tensors: list[str]
+    device: str = "cpu"  # where the model ran (reports written before it was recorded: the CPU)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelInfo:

@@ -8,6 +8,9 @@ the causal triangle — for each query position p the row over keys 0..p — of 
 into one flat ``dtype`` (fp16 by default) buffer. Nothing is recomputed afterwards, and no
 layer's full matrix outlives its own hook.
 
+The rows are kept on the CPU whatever the model's device (they go to files and pictures): each
+pass's packed rows are copied there once, inside the hook.
+
 Memory: sum over positions of (p + 1) · layers · heads · bytes = N(N+1)/2 · L · H · 2 bytes in
 fp16 — a 1,000-token conversation on all 270 heads of SmolLM2 is 270 MB (:meth:`nbytes`). The
 peak adds one layer's (H, N, N) weights of the forward pass that is running (the prefill's).
@@ -47,7 +50,7 @@ class AttentionRecorder:
         # the rows p = first .. first + rows - 1 concatenated, each p + 1 long.
         self._chunks: dict[int, list[tuple[int, int, Tensor]]] = {i: [] for i in self.layers}
         self._n = 0  # positions recorded (by every layer)
-        self.head_index = torch.tensor(self.heads)
+        self.head_index = torch.tensor(self.heads, device=lm.device)  # selects from the model's weights
         # hooked=False: filled by add() from elsewhere (one recorder per row of a batch)
         self._handles = [h for i in self.layers if hooked
                          for h in lm.add_hook(lm.hook_name(i, "attn.pattern"), self._hook(i))]
@@ -64,16 +67,17 @@ class AttentionRecorder:
         self.add_packed(layer, *self.pack(w))
 
     def pack(self, w: Tensor) -> tuple[int, int, Tensor]:
-        """(first position, rows, (Hs, T) ``dtype`` rows in their own memory) of the weights
+        """(first position, rows, (Hs, T) ``dtype`` rows in their own CPU memory) of the weights
         (Hs, Lq, Lk) of one pass, as :meth:`add_packed` takes them."""
         Lq, Lk = w.shape[-2:]
         first = Lk - Lq  # the queries are the newest Lq of Lk positions
         self._expect(first)
+        cpu = torch.device("cpu")
         if Lq == 1:  # a decode step: its one row sees every key
-            flat = w[:, 0].to(self.dtype, copy=True)  # (Hs, 1, Lk) -> (Hs, Lk), its own memory
+            flat = w[:, 0].to(cpu, self.dtype, copy=True)  # (Hs, 1, Lk) -> (Hs, Lk), its own memory
         else:
-            keep = torch.ones(Lq, Lk, dtype=torch.bool).tril(first)  # row r: keys 0..first + r
-            flat = w[:, keep].to(self.dtype)  # (Hs, T) row-major
+            keep = torch.ones(Lq, Lk, dtype=torch.bool, device=w.device).tril(first)  # row r: keys ..first+r
+            flat = w[:, keep].to(cpu, self.dtype)  # (Hs, T) row-major
         return first, Lq, flat
 
     def add_packed(self, layer: int, first: int, rows: int, flat: Tensor) -> None:
@@ -131,7 +135,7 @@ class AttentionRecorder:
     def packed(self) -> Tensor:
         """Every recorded row in one tensor (layers, heads, N(N+1)/2): row p at p(p+1)/2."""
         n = self._n
-        out = torch.empty(len(self.layers), len(self.heads), n * (n + 1) // 2, dtype=self.dtype)
+        out = torch.empty(len(self.layers), len(self.heads), n * (n + 1) // 2, dtype=self.dtype, device="cpu")
         for li, i in enumerate(self.layers):
             at = 0
             for _, _, flat in self._chunks[i]:  # chunks are consecutive positions, in order
@@ -143,7 +147,7 @@ class AttentionRecorder:
         """Rows start..stop as one causal (layers, heads, n, stop) float32 tensor (zeros above)."""
         stop = self._n if stop is None else stop
         Ls, Hs = len(self.layers), len(self.heads)
-        out = torch.zeros(Ls, Hs, stop - start, stop)
+        out = torch.zeros(Ls, Hs, stop - start, stop, device="cpu")
         for i, p in enumerate(range(start, stop)):
             out[:, :, i, : p + 1] = self.row(p).float()
         return out

@@ -4,9 +4,9 @@ Generation, the attention recorder, streaming, head detection and the prompt exp
 :class:`CausalLM`: a model that makes its own KV cache, says how many K/V heads its queries
 share (GQA), which ids end a sequence, which layers attend and how far back each one sees
 (Gemma 3 alternates 512-key windows with global layers), turns final-norm outputs into logits,
-and names its hook points (:class:`attnlab.modules.hooks.HookedModel`). ``forward`` takes the
-same keywords everywhere. Llama, GPT-2 and Gemma 3 implement it; :func:`as_causal_lm` checks it
-and says what is missing.
+says which device its weights are on (tools make their tensors there) and names its hook points
+(:class:`attnlab.modules.hooks.HookedModel`). ``forward`` takes the same keywords everywhere.
+Llama, GPT-2 and Gemma 3 implement it; :func:`as_causal_lm` checks it and says what is missing.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol, runtime_checkable
 
+import torch
 from torch import Tensor
 from torch.utils.hooks import RemovableHandle
 
@@ -44,6 +45,11 @@ class CausalLM(Protocol):
 
     @property
     def vocab_size(self) -> int: ...
+
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are: every tensor a tool feeds the model is made there."""
+        ...
 
     def output_embedding(self, ids: Tensor) -> Tensor:
         """Rows of the unembedding matrix for token ids (n,): (n, E)."""
@@ -92,7 +98,7 @@ class CausalLM(Protocol):
 
 
 _MEMBERS = ("kind", "num_layers", "num_heads", "num_kv_heads", "max_positions", "eos_token_ids",
-            "vocab_size", "output_embedding", "attention_module",
+            "vocab_size", "device", "output_embedding", "attention_module",
             "layer_window", "new_cache", "unembed", "hook_points", "hook_name", "add_hook", "hooks",
             "run_with_cache")
 

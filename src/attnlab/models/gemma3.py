@@ -231,16 +231,18 @@ class Gemma3(DecoderLM):
         """Token embeddings times sqrt(E), the scale rounded to the weights' dtype as Gemma does
         (sqrt(640) = 25.30 is 25.25 in bfloat16).  (B, L) -> (B, L, E)"""
         w = self.token_embedding.weight
-        return self.token_embedding(input_ids) * torch.tensor(self.cfg.hidden_size ** 0.5, dtype=w.dtype)
+        return self.token_embedding(input_ids) * torch.tensor(self.cfg.hidden_size ** 0.5, dtype=w.dtype,
+                                                              device=w.device)
 
     def rope(self, position_ids: Tensor, base: float) -> tuple[Tensor, Tensor]:
         """cos/sin of the given positions for RoPE base ``base``: (L, Dh) for shared positions (L,),
         (B, 1, L, Dh) for (B, L)."""
         need = int(position_ids.max()) + 1
+        dev = position_ids.device  # the model's (a table built before a move is rebuilt there)
         table = self._rope.get(base)
-        if table is None or table[0].shape[0] < need:
+        if table is None or table[0].shape[0] < need or table[0].device != dev:
             n = min(max(256, 1 << (need - 1).bit_length()), max(need, self.cfg.max_positions))
-            table = self._rope[base] = rotary_cos_sin(n, self.cfg.head_dim, base=base)  # (n, Dh)
+            table = self._rope[base] = rotary_cos_sin(n, self.cfg.head_dim, base=base, device=dev)  # (n, Dh)
         cos, sin = (t[position_ids] for t in table)
         if position_ids.ndim == 2:
             cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, L, Dh) -> (B, 1, L, Dh)

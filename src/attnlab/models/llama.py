@@ -171,9 +171,11 @@ class Llama(DecoderLM):
     def rope(self, position_ids: Tensor) -> tuple[Tensor, Tensor]:
         """cos/sin of the given positions: (L, Dh) for shared positions (L,), (B, 1, L, Dh) for (B, L)."""
         need = int(position_ids.max()) + 1
-        if self._rope is None or self._rope[0].shape[0] < need:
+        dev = position_ids.device  # the model's (a table built before a move is rebuilt there)
+        if self._rope is None or self._rope[0].shape[0] < need or self._rope[0].device != dev:
             n = min(max(256, 1 << (need - 1).bit_length()), max(need, self.cfg.max_positions))
-            self._rope = rotary_cos_sin(n, self.cfg.head_dim, base=self.cfg.rope_theta)  # (n, Dh) float32
+            self._rope = rotary_cos_sin(n, self.cfg.head_dim, base=self.cfg.rope_theta,
+                                        device=dev)  # (n, Dh) float32
         cos, sin = (t[position_ids] for t in self._rope)
         if position_ids.ndim == 2:
             cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, L, Dh) -> (B, 1, L, Dh)

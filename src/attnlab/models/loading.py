@@ -22,6 +22,7 @@ from torch.overrides import TorchFunctionMode
 from attnlab.backends.registry import current_backend, get_backend
 from attnlab.models.arch import Architecture, for_gguf, for_model_type, native_model_types
 from attnlab.models.common import TransformerOutput
+from attnlab.models.device import DeviceLike, resolve_device
 from attnlab.models.tokenizer import Encoded, TextTokenizer
 from attnlab.models.weights import apply_map, contained, map_bits, read_safetensors, safetensors_files
 
@@ -62,6 +63,11 @@ class LoadedModel:
         return self.model.kind  # "encoder" | "decoder"
 
     @property
+    def device(self) -> torch.device:
+        """Where the model's weights are (``load_model(..., device=)``); inputs are made there."""
+        return self.model.device
+
+    @property
     def native(self) -> bool:
         return self.engine == "attnlab"
 
@@ -92,18 +98,21 @@ class LoadedModel:
         return int(getattr(cfg, "pad_token_id", 0) or 0)
 
     def batch(self, encs: Sequence[Encoded]) -> tuple[Tensor, Tensor, Tensor]:
-        """Right-padded ids, attention_mask (1 = token) and token_type_ids, each (B, L)."""
+        """Right-padded ids, attention_mask (1 = token) and token_type_ids, each (B, L), on the
+        model's device (filled on the CPU, moved once)."""
         if not encs:
             raise ValueError("texts: expected at least one text, got none")
         L = max(len(e) for e in encs)
-        ids = torch.full((len(encs), L), self.pad_id(), dtype=torch.long)
-        mask = torch.zeros((len(encs), L), dtype=torch.long)
-        types = torch.zeros((len(encs), L), dtype=torch.long)
+        cpu = torch.device("cpu")
+        ids = torch.full((len(encs), L), self.pad_id(), dtype=torch.long, device=cpu)
+        mask = torch.zeros((len(encs), L), dtype=torch.long, device=cpu)
+        types = torch.zeros((len(encs), L), dtype=torch.long, device=cpu)
         for i, e in enumerate(encs):
-            ids[i, : len(e)] = torch.tensor(e.ids)
+            ids[i, : len(e)] = torch.tensor(e.ids, device=cpu)
             mask[i, : len(e)] = 1
-            types[i, : len(e)] = torch.tensor(e.type_ids)
-        return ids, mask, types
+            types[i, : len(e)] = torch.tensor(e.type_ids, device=cpu)
+        dev = self.device
+        return ids.to(dev), mask.to(dev), types.to(dev)
 
     @torch.no_grad()
     def forward(self, encs: Encoded | Sequence[Encoded], *, need_weights: bool | None = None,
@@ -126,8 +135,8 @@ class LoadedModel:
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "path": str(self.path), "model_type": self.model_type,
-                "kind": self.kind, "engine": self.engine, "layers": self.num_layers,
-                "heads": self.num_heads, "max_tokens": self.max_tokens,
+                "kind": self.kind, "engine": self.engine, "device": str(self.device),
+                "layers": self.num_layers, "heads": self.num_heads, "max_tokens": self.max_tokens,
                 "ignored_tensors": self.ignored}
 
 
@@ -264,7 +273,7 @@ def _load_state(net: nn.Module, wmap: Any, tensors: dict[str, Tensor], dtype: to
 
 
 def load_model(path: str | Path | None = None, *, dtype: torch.dtype = torch.float32,
-               fallback: bool = True, weights: str = "float32") -> LoadedModel:
+               fallback: bool = True, weights: str = "float32", device: DeviceLike = "cpu") -> LoadedModel:
     """Load a local model folder (default: the embedded all-MiniLM-L6-v2), a ``.gguf`` file,
     or an embedded LLM: ``"smollm2"`` (SmolLM2-135M-Instruct) or ``"gemma3"`` (Gemma 3 270M).
 
@@ -273,10 +282,19 @@ def load_model(path: str | Path | None = None, *, dtype: torch.dtype = torch.flo
     unembedding weights as int8 rows (:mod:`attnlab.models.quantized`), ``"int4"`` its
     projections as 4-bit groups (:mod:`attnlab.models.quantized_int4`): faster decoding, not
     exact (see ``benchmarks/llm/quantized.py``).
+
+    ``device``: "cpu" (the default), "cuda", "cuda:N" or a torch.device; the model is loaded on
+    the CPU and then moved there (:mod:`attnlab.models.device`: int8/int4 weights are CPU-only;
+    the CUDA path has not been run on a GPU yet).
     """
     from attnlab.models.quantized import check_format
 
-    if check_format(weights) != "float32":
+    dev = resolve_device(device, check_format(weights))  # refused before anything loads
+    if dev.type != "cpu":
+        lm = load_model(path, dtype=dtype, fallback=fallback)
+        lm.model.to(dev)
+        return lm
+    if weights != "float32":
         lm = load_model(path, dtype=dtype, fallback=fallback)
         if lm.kind != "decoder" or not lm.native:
             raise ValueError(f"weights: expected an attnlab decoder LLM for {weights!r} (smollm2, gemma3, a "

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import itertools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torch.nn.modules import module as _module
 from torch.utils.hooks import RemovableHandle
@@ -141,6 +143,14 @@ class HookedModel(nn.Module):
             if isinstance(m, HookPoint):
                 m.name = name
                 self._hook_points[name] = m
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are (one device: a model is never split across devices);
+        tools make their tensors there (:mod:`attnlab.models.device`)."""
+        for t in itertools.chain(self.parameters(), self.buffers()):
+            return t.device
+        return torch.device("cpu")
 
     @property
     def hook_points(self) -> dict[str, HookPoint]:

@@ -8,6 +8,9 @@
   sliding-window, document and sparse masks cost in proportion to the tiles they touch.
 - No compile step: tiles are stacked into a few large batched matmuls (plan.py); sliding
   windows read their key bands as strided views, with no Python loop over blocks.
+- CPU-only: its tiles run on this process's CPU threads (parallel.py) and its fused tiles on
+  ATen's CPU kernels (fused.py). Tensors on another device are refused (``auto`` never picks it
+  for them; SDPA serves them there).
 """
 
 from __future__ import annotations
@@ -64,6 +67,14 @@ def _run_one(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None, dense: Tensor |
         return tiled_function(q, k, v, cfg)
 
 
+def check_cpu(*tensors: Tensor) -> None:
+    """Refuse tensors off the CPU: the tiled kernel is CPU-only (module docstring)."""
+    off = next((t.device for t in tensors if t.device.type != "cpu"), None)
+    if off is not None:
+        raise ValueError(f"backend: 'tiled' is CPU-only (got tensors on {off}); use backend='auto' (SDPA "
+                         f"there) or 'sdpa' / 'eager'")
+
+
 def attention_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dout: Tensor,
                        dlse: Tensor | None = None, *, mask: Mask | None = None,
                        score_mod: ScoreMod | None = None, scale: float) -> tuple[Tensor, Tensor, Tensor]:
@@ -73,6 +84,7 @@ def attention_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor
     softmax over more keys than ``k`` holds (merged by lse), the result is the share of dq that
     flows through these keys and their dk, dv: the backward of ring attention. Score_mods with
     learnable tensors get no gradient here."""
+    check_cpu(q, k, v)
     B, H, Lq, _ = q.shape
     Lk = k.shape[2]
     bq, bk = choose_blocks(mask, Lq, Lk, backward=True)
@@ -106,6 +118,7 @@ def computed_pairs(mask: Mask | None, q_len: int, kv_len: int, *, packed_heads: 
 
 
 def run_tiled(call: AttentionCall) -> AttentionOutput:
+    check_cpu(call.q, call.k, call.v)  # dispatch refuses them first (Capabilities.non_cpu)
     q = call.q
     grads = torch.is_grad_enabled() and any(t.requires_grad for t in (call.q, call.k, call.v))
     plain = call.mask.bias is not None or call.score_mod is not None or not tiled_fused.fused_available()
@@ -191,7 +204,8 @@ TILED = register_backend(Backend(
     description="flash-style online softmax over a block map; any mask_mod/score_mod; lse; "
                 "linear memory in fwd and bwd; no compile",
     capabilities=Capabilities(returns_weights=False, returns_lse=True, mask_mod=True,
-                              dense_mask=True, score_mod=True, dropout=False, backward=True),
+                              dense_mask=True, score_mod=True, dropout=False, backward=True,
+                              non_cpu=False),
     run=run_tiled,
     auto_rank=40,
     prefers=prefers_tiled,

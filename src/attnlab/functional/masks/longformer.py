@@ -15,15 +15,17 @@ from attnlab.functional.masks.grid import TileClasses, TileGrid
 
 
 def token_table(name: str, tokens: Sequence[int] | Tensor, seq_len: int | None) -> Tensor:
-    """A bool membership table over positions: table[i] is True when i is in ``tokens``."""
-    t = torch.as_tensor(tokens if not isinstance(tokens, Tensor) else tokens.tolist(), dtype=torch.long)
+    """A bool membership table over positions: table[i] is True when i is in ``tokens``. On the
+    CPU: a mask_mod moves it to its indices' device (:func:`_lookup`)."""
+    t = torch.as_tensor(tokens if not isinstance(tokens, Tensor) else tokens.tolist(), dtype=torch.long,
+                        device="cpu")
     if t.ndim != 1:
         raise ValueError(f"{name}: expected a 1-D list of token indices, got shape {tuple(t.shape)}")
     if t.numel() and int(t.min()) < 0:
         raise ValueError(f"{name}: expected indices >= 0, got {t.tolist()}")
     if seq_len is not None and t.numel() and int(t.max()) >= seq_len:
         raise ValueError(f"{name}: index {int(t.max())} out of range for seq_len={seq_len}")
-    table = torch.zeros(int(t.max()) + 1 if t.numel() else 0, dtype=torch.bool)
+    table = torch.zeros(int(t.max()) + 1 if t.numel() else 0, dtype=torch.bool, device="cpu")
     table[t] = True
     return table
 

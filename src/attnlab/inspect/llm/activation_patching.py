@@ -81,7 +81,7 @@ def _patcher(site: str, src: Tensor, n: int, H: int) -> tuple[Callable[[Tensor, 
     if site in POSITION_SITES:
         def patch(x: Tensor, _h: object) -> Tensor:
             x = x.clone()  # (n, L, E): row r patches position r
-            r = torch.arange(n)
+            r = torch.arange(n, device=x.device)
             x[r, r] = src[r].to(x.dtype)
             return x
 
@@ -89,7 +89,7 @@ def _patcher(site: str, src: Tensor, n: int, H: int) -> tuple[Callable[[Tensor, 
     if site == "head":
         def patch_head(x: Tensor, _h: object) -> Tensor:
             x = x.clone()  # (H, H, L, Dh): row r patches head r at every position
-            r = torch.arange(H)
+            r = torch.arange(H, device=x.device)
             x[r, r] = src.to(x.dtype)
             return x
 
@@ -97,8 +97,9 @@ def _patcher(site: str, src: Tensor, n: int, H: int) -> tuple[Callable[[Tensor, 
 
     def patch_head_position(x: Tensor, _h: object) -> Tensor:
         x = x.clone()  # (H·n, H, L, Dh): row h·n + p patches head h at position p
-        hh, pp = torch.arange(H).repeat_interleave(n), torch.arange(n).repeat(H)
-        x[torch.arange(H * n), hh, pp] = src[hh, pp].to(x.dtype)
+        at = torch.arange(H * n, device=x.device)  # (H·n,) the patched rows
+        hh, pp = at // n, at % n  # (H·n,) each: row h·n + p patches head h at position p
+        x[at, hh, pp] = src[hh, pp].to(x.dtype)
         return x
 
     return patch_head_position, H * n
@@ -139,7 +140,7 @@ def activation_patching(lm: LoadedModel, clean: str | Encoded | Tensor, corrupte
         patch, batch = _patcher(site, cache[name][0], n, H)
         vals = _read(model, b.expand(batch, n), metric, position, [(name, patch)])  # (batch,)
         rows.append(vals if site != "head_position" else vals.view(H, n))  # (H*n,) -> (H, n)
-    raw = torch.stack(rows)  # (layers, positions | heads) or (layers, heads, positions)
+    raw = torch.stack(rows).cpu()  # (layers, positions | heads) or (layers, heads, positions)
     span = m_clean - m_corr
     if abs(span) < 1e-9:
         raise ValueError(f"corrupted: the metric is the same on both prompts ({m_clean:.4g}); nothing to "

@@ -10,7 +10,8 @@ the whole batch at once — one head selection, one dtype conversion, one masked
 real keys — and each row keeps a view of that buffer; rows fed the same pass share its packed
 rows. Each row's recorder then holds exactly what a one-row decode
 (:func:`~attnlab.inspect.llm.generation.generate_ids` with a recorder) records: the rows of
-every position the model was fed, over that row's own keys.
+every position the model was fed, over that row's own keys, on the CPU (one copy per pass
+and layer, whatever the model's device).
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class BatchRecorder:
             for b, feed in enumerate(self._targets):
                 if not feed:
                     continue
-                keys, queries = self._index_of(b, Lq, Lk)
+                keys, queries = self._index_of(b, Lq, Lk, w.device)
                 wb = w[b] if keys is None else w[b][:, queries][:, :, keys]  # (Hs, Lq', Lk'): own positions
                 packed = self.rows[feed[0]].pack(wb)  # packed once: the rows fed the shared prefix share it
                 for r in feed:
@@ -82,44 +83,47 @@ class BatchRecorder:
     def _add_step(self, layer: int, output: Tensor) -> None:
         """A decode step: one head selection and one dtype conversion for the whole batch (and one
         masked_select where a row has padding or has stopped); each row gets a view of it."""
-        real, keys = self._real_keys(output.shape[-1])
+        real, keys = self._real_keys(output.shape[-1], output.device)
         x = output[:, :, 0].index_select(1, self.rows[0].head_index)  # (B, H, 1, Lk) -> (B, Hs, Lk), a copy
         Hs = x.shape[1]
+        cpu, dtype = torch.device("cpu"), self.rows[0].dtype
         if real is None:  # every row fed, none padded
-            per_row = x.to(self.rows[0].dtype).unbind(0)  # B x (Hs, Lk)
+            per_row = x.to(cpu, dtype).unbind(0)  # B x (Hs, Lk)
         else:  # the fed rows' real keys, row by row, head by head: (sum of Hs·keys,)
-            flat = x.masked_select(real[:, None]).to(self.rows[0].dtype)
+            flat = x.masked_select(real[:, None]).to(cpu, dtype)
             parts = flat.split([Hs * n for n in keys])
             per_row = tuple(t.view(Hs, n) for t, n in zip(parts, keys, strict=True))  # fed rows x (Hs, keys)
         for feed, n, wb in zip([t for t in self._targets if t], keys, per_row, strict=True):
             for r in feed:
                 self.rows[r].add_packed(layer, n - 1, 1, wb)  # its query is its own position n - 1
 
-    def _real_keys(self, Lk: int) -> tuple[Tensor | None, list[int]]:
-        """(B, Lk) bool: the keys each batch row records (none for a row that has stopped), or
-        None when that is every key of every row; and each fed row's number of keys. Made once
-        per pass, not once per layer."""
+    def _real_keys(self, Lk: int, device: torch.device) -> tuple[Tensor | None, list[int]]:
+        """(B, Lk) bool on ``device`` (the weights'): the keys each batch row records (none for a
+        row that has stopped), or None when that is every key of every row; and each fed row's
+        number of keys. Made once per pass, not once per layer."""
         if Lk not in self._real_cache:
             keys = [Lk - n for (_, n), t in zip(self._pads, self._targets, strict=True) if t]
             if len(keys) == len(self._targets) and all(n == 0 for _, n in self._pads):
                 self._real_cache[Lk] = (None, keys)
             else:
-                start, n = torch.tensor(self._pads).unbind(1)  # (B,) each
-                at = torch.arange(Lk)  # (Lk,)
+                start, n = torch.tensor(self._pads, device=device).unbind(1)  # (B,) each
+                at = torch.arange(Lk, device=device)  # (Lk,)
                 pad = (at >= start[:, None]) & (at < (start + n)[:, None])  # (B, Lk)
-                fed = torch.tensor([bool(t) for t in self._targets])  # (B,)
+                fed = torch.tensor([bool(t) for t in self._targets], device=device)  # (B,)
                 self._real_cache[Lk] = (~pad & fed[:, None], keys)
         return self._real_cache[Lk]
 
-    def _index_of(self, b: int, Lq: int, Lk: int) -> tuple[Tensor | None, Tensor | None]:
-        """Row b's real keys and its real queries (as rows of the pass); None: no padding. Made
-        once per pass shape and row, not once per layer."""
+    def _index_of(self, b: int, Lq: int, Lk: int,
+                  device: torch.device) -> tuple[Tensor | None, Tensor | None]:
+        """Row b's real keys and its real queries (as rows of the pass, on ``device``); None: no
+        padding. Made once per pass shape and row, not once per layer."""
         start, n = self._pads[b]
         if n == 0:
             return None, None
         key = (b, Lq, Lk)
         if key not in self._index_cache:
-            keys = torch.cat([torch.arange(start), torch.arange(start + n, Lk)])  # real keys
+            at = torch.arange(Lk, device=device)  # (Lk,)
+            keys = torch.cat([at[:start], at[start + n:]])  # real keys
             self._index_cache[key] = (keys, keys[keys >= Lk - Lq] - (Lk - Lq))
         return self._index_cache[key]
 

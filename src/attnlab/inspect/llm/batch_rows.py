@@ -14,6 +14,9 @@ in lockstep. A row may knock keys out of attention (Geva et al. 2023's attention
 score of a key becomes -inf) in chosen layers or (layer, head) pairs: each layer gets one
 score_mod reading a per-row table, so rows with and without interventions share the batch.
 
+The batch's tables are filled on the CPU and moved to the model's device once; ids, masks and
+positions are made there.
+
 Each row equals the one-row decode loop (:func:`~attnlab.inspect.llm.generation.generate_ids` with
 the same sampling and the knockout's score_mods) up to float rounding (tested).
 """
@@ -156,29 +159,31 @@ def _layout(rows: Sequence[Row], limit: int | None = None) -> _Layout:
 def _tables(lay: _Layout, n_layers: int, n_heads: int, total: int,
             rows: Sequence[int]) -> dict[int, Tensor]:
     """Per layer with an intervention, a (len(rows), H, total) float table added to the scores:
-    -inf at knocked-out keys, log(alpha) at the keys outside a PASTA span, else 0."""
+    -inf at knocked-out keys, log(alpha) at the keys outside a PASTA span, else 0. On the CPU
+    (filled entry by entry): :func:`_mods` moves them to the model's device."""
     out: dict[int, Tensor] = {}
+    cpu = torch.device("cpu")
     for b, r in enumerate(rows):
         row = lay.rows[r]
         sites = row.sites(n_layers, n_heads)
         if not sites:
             continue
         if row.steer:
-            inside = torch.zeros(total, dtype=torch.bool)
+            inside = torch.zeros(total, dtype=torch.bool, device=cpu)
             inside[[lay.slot(r, j) for j in row.steer]] = True
             entry = torch.where(inside, 0.0, math.log(row.alpha))  # (total,)
         else:
-            entry = torch.zeros(total)
+            entry = torch.zeros(total, device=cpu)
             entry[[lay.slot(r, j) for j in row.knock]] = float("-inf")
         for layer, heads in sites.items():
-            t = out.setdefault(layer, torch.zeros(len(rows), n_heads, total))
+            t = out.setdefault(layer, torch.zeros(len(rows), n_heads, total, device=cpu))
             t[b, heads] = entry  # (heads, total)
     return out
 
 
-def _mods(tables: dict[int, Tensor]) -> dict[int, ScoreMod]:
+def _mods(tables: dict[int, Tensor], device: torch.device) -> dict[int, ScoreMod]:
     # Query-free, so attention folds each into its mask and keeps its fused kernel.
-    return {layer: KeyBias(t, "intervention[per row]") for layer, t in tables.items()}
+    return {layer: KeyBias(t.to(device), "intervention[per row]") for layer, t in tables.items()}
 
 
 PrefixStore = dict[tuple, list[Tensor]]
@@ -194,7 +199,8 @@ def _prefill(model: CausalLM, lay: _Layout, n_heads: int, room: int,
         inside = row.touches(lay.prefix)
         key = (inside, bool(row.steer), row.alpha, row.layers, row.heads) if inside else ()
         groups.setdefault(key, []).append(r)
-    ids = torch.tensor([lay.rows[0].ids[: lay.prefix]])  # (1, P)
+    dev = model.device
+    ids = torch.tensor([lay.rows[0].ids[: lay.prefix]], device=dev)  # (1, P)
     per_row: list[list[Tensor]] = [[] for _ in lay.rows]  # per row: k0, v0, k1, v1, ...
     for gkey, members in groups.items():
         r0 = members[0]
@@ -206,13 +212,13 @@ def _prefill(model: CausalLM, lay: _Layout, n_heads: int, room: int,
         full = lay.prefix + lay.width
         tables = _tables(lay, model.num_layers, n_heads, full, [r0]) if gkey else {}
         tables = {k: t[:, :, : lay.prefix] for k, t in tables.items()}
-        keep = torch.ones(1, lay.prefix, dtype=torch.long)  # (1, P)
+        keep = torch.ones(1, lay.prefix, dtype=torch.long, device=dev)  # (1, P)
         if lay.rows[r0].everywhere:
             keep[0, [k for k in lay.rows[r0].knock if k < lay.prefix]] = 0
         cache = model.new_cache()
         if recorder is not None:
             recorder.before_pass([members], [(0, 0)])
-        model(ids, keep, cache=cache, score_mods=_mods(tables) or None, logits_to_keep=1,
+        model(ids, keep, cache=cache, score_mods=_mods(tables, dev) or None, logits_to_keep=1,
               need_weights=recorder.layers if recorder is not None else False, keep_weights=False)
         kv: list[Tensor] = []
         for c in cache:
@@ -230,24 +236,27 @@ def _prefill(model: CausalLM, lay: _Layout, n_heads: int, room: int,
     return out
 
 
-def _suffix(lay: _Layout, extra: Sequence[Sequence[int]] = ()) -> tuple[Tensor, Tensor, Tensor]:
+def _suffix(lay: _Layout, device: torch.device,
+            extra: Sequence[Sequence[int]] = ()) -> tuple[Tensor, Tensor, Tensor]:
     """(ids, attention_mask, position_ids) of the padded suffixes (+ ``extra`` tokens per row,
-    right-padded; their padding comes after every real token, so causality hides it)."""
+    right-padded; their padding comes after every real token, so causality hides it), filled on
+    the CPU row by row and moved to ``device`` once."""
     n_extra = max((len(e) for e in extra), default=0)
     B, W = len(lay.rows), lay.width + n_extra
-    ids = torch.zeros(B, W, dtype=torch.long)  # (B, W)
-    keep = torch.ones(B, lay.prefix + W, dtype=torch.long)  # (B, P + W) 1 = real token
-    pos = torch.zeros(B, W, dtype=torch.long)
+    cpu = torch.device("cpu")
+    ids = torch.zeros(B, W, dtype=torch.long, device=cpu)  # (B, W)
+    keep = torch.ones(B, lay.prefix + W, dtype=torch.long, device=cpu)  # (B, P + W) 1 = real token
+    pos = torch.zeros(B, W, dtype=torch.long, device=cpu)
     for r, row in enumerate(lay.rows):
         tail = list(row.ids[lay.prefix :]) + (list(extra[r]) if extra else [])
         pad = lay.pads[r]
-        ids[r, pad : pad + len(tail)] = torch.tensor(tail)
+        ids[r, pad : pad + len(tail)] = torch.tensor(tail, device=cpu)
         keep[r, lay.prefix : lay.prefix + pad] = 0
-        pos[r] = torch.arange(W) - pad + lay.prefix
+        pos[r] = torch.arange(W, device=cpu) - pad + lay.prefix
         pos[r, :pad] = lay.prefix  # pads: any position (masked as keys, ignored as queries)
         if row.everywhere:
             keep[r, [lay.slot(r, j) for j in row.knock]] = 0
-    return ids, keep, pos
+    return ids.to(device), keep.to(device), pos.to(device)
 
 
 def _check_room(model: CausalLM, rows: Sequence[Row], need: int, what: str) -> None:
@@ -282,14 +291,16 @@ def generate_rows(lm: LoadedModel, rows: Sequence[Row], *, max_new_tokens: int,
     _check_room(model, rows, max_new_tokens, "new tokens")
     stops = eos_ids(lm) if stop_ids is None else stop_ids
     total = lay.prefix + lay.width + max_new_tokens
-    mods = _mods(_tables(lay, model.num_layers, model.num_heads, total, range(len(rows))))
+    dev = model.device
+    mods = _mods(_tables(lay, model.num_layers, model.num_heads, total, range(len(rows))), dev)
     cache = _prefill(model, lay, model.num_heads, lay.width + max_new_tokens, prefix_store, recorder)
     need = recorder.layers if recorder is not None else False
     pads = [(lay.prefix, n) for n in lay.pads]
-    ids, keep, pos = _suffix(lay)
+    ids, keep, pos = _suffix(lay, dev)
     gens = [None if r.sampling.greedy else torch.Generator().manual_seed(r.sampling.seed) for r in rows]
     new: list[list[int]] = [[] for _ in rows]
     done = [False] * len(rows)
+    one = torch.ones(len(rows), 1, dtype=torch.long, device=dev)  # (B, 1): each step's new key is real
     for _ in range(max_new_tokens):
         if recorder is not None:  # a row that has stopped is fed its last token again: not recorded
             recorder.before_pass([[] if d else [r] for r, d in enumerate(done)], pads)
@@ -305,8 +316,8 @@ def generate_rows(lm: LoadedModel, rows: Sequence[Row], *, max_new_tokens: int,
             nxt.append(t)
         if all(done):
             break
-        ids = torch.tensor(nxt)[:, None]  # (B, 1)
-        keep = torch.cat([keep, torch.ones(len(rows), 1, dtype=torch.long)], dim=1)  # (B, past + 1)
+        ids = torch.tensor(nxt, device=dev)[:, None]  # (B, 1)
+        keep = torch.cat([keep, one], dim=1)  # (B, past + 1)
         pos = pos[:, -1:] + 1  # (B, 1)
     return [(n, "eos" if d else "max_new_tokens") for n, d in zip(new, done, strict=True)]
 
@@ -323,9 +334,10 @@ def _answer_logits(lm: LoadedModel, rows: Sequence[Row], prefix_limit: int | Non
     n_ans = max(len(r.answer) for r in rows)
     _check_room(model, rows, n_ans, "answer tokens")
     total = lay.prefix + lay.width + n_ans
-    mods = _mods(_tables(lay, model.num_layers, model.num_heads, total, range(len(rows))))
+    dev = model.device
+    mods = _mods(_tables(lay, model.num_layers, model.num_heads, total, range(len(rows))), dev)
     cache = _prefill(model, lay, model.num_heads, lay.width + n_ans, prefix_store)
-    ids, keep, pos = _suffix(lay, [r.answer for r in rows])
+    ids, keep, pos = _suffix(lay, dev, [r.answer for r in rows])
     logits = model(ids, keep, position_ids=pos, cache=cache, score_mods=mods or None,
                    logits_to_keep=n_ans + 1).logits
     assert logits is not None
@@ -356,8 +368,8 @@ def score_rows(lm: LoadedModel, rows: Sequence[Row], *, prefix_limit: int | None
     logp = logits[:, :n_ans].double().log_softmax(-1)  # (B, A, V): position t predicts answer[t]
     scores = []
     for b, row in enumerate(rows):
-        a = torch.tensor(row.answer)
-        scores.append(logp[b, torch.arange(len(a)), a].tolist())
+        a = torch.tensor(row.answer, device=logp.device)
+        scores.append(logp[b, torch.arange(len(a), device=logp.device), a].tolist())
     return scores
 
 
@@ -371,6 +383,6 @@ def logit_diff_rows(lm: LoadedModel, rows: Sequence[Row], a: int, b: int, *,
     if apart is not None:
         return apart
     logits = _answer_logits(lm, rows, prefix_limit, prefix_store)
-    at = torch.tensor([len(r.answer) for r in rows])
-    last = logits[torch.arange(len(rows)), at].double()  # (B, V)
+    at = torch.tensor([len(r.answer) for r in rows], device=logits.device)
+    last = logits[torch.arange(len(rows), device=logits.device), at].double()  # (B, V)
     return (last[:, a] - last[:, b]).tolist()

@@ -55,10 +55,11 @@ class Sampling:
 
 
 def next_token(logits: Tensor, sampling: Sampling, gen: torch.Generator | None) -> int:
-    """One id from (V,) logits."""
+    """One id from (V,) logits. Sampling runs on the CPU with a CPU generator, whatever the
+    model's device: the same seed draws the same tokens from the same logits everywhere."""
     if sampling.greedy:
         return int(logits.argmax())
-    probs = torch.softmax(logits.double() / sampling.temperature, dim=-1)  # (V,)
+    probs = torch.softmax(logits.double().cpu() / sampling.temperature, dim=-1)  # (V,)
     if sampling.top_p < 1:
         p, idx = probs.sort(descending=True)
         keep = (p.cumsum(0) - p) < sampling.top_p  # tokens before which mass < top_p: >= 1 kept
@@ -266,7 +267,8 @@ def generate_ids(
     cache = model.new_cache() if use_cache else None
     seq = list(prompt_ids)
     new: list[int] = []
-    ids = torch.tensor([seq])  # (1, P)
+    dev = model.device
+    ids = torch.tensor([seq], device=dev)  # (1, P)
     t0 = time.perf_counter()
     t_prefill = 0.0
     reason = "max_new_tokens"
@@ -290,7 +292,7 @@ def generate_ids(
             reason = "eos"
             break
         # Only the new token with a cache (the past lives there); everything without.
-        ids = torch.tensor([[nxt]]) if use_cache else torch.tensor([seq])
+        ids = torch.tensor([[nxt]] if use_cache else [seq], device=dev)  # (1, 1) or (1, P + t)
         if recorder is not None and not use_cache:
             raise ValueError("recorder: expected use_cache=True (without a cache rows would repeat)")
     else:

@@ -29,14 +29,15 @@ from attnlab.models.tokenizer import Encoded
 
 
 def input_ids(lm: LoadedModel, text: str | Encoded | Tensor, name: str = "text") -> Tensor:
-    """A text, an encoding or token ids (L,) as a (1, L) batch of ids (no chat template)."""
+    """A text, an encoding or token ids (L,) as a (1, L) batch of ids (no chat template), on the
+    model's device."""
     if isinstance(text, Tensor):
         if text.ndim != 1 or text.dtype not in (torch.int64, torch.int32) or text.numel() == 0:
             raise ValueError(f"{name}: expected token ids (L,) or a string, "
                              f"got {text.dtype} {tuple(text.shape)}")
-        return text.view(1, -1).long()  # (1, L)
+        return text.view(1, -1).long().to(lm.device)  # (1, L)
     enc = text if isinstance(text, Encoded) else lm.encode(text, name=name)
-    return torch.tensor([enc.ids])  # (1, L)
+    return torch.tensor([enc.ids], device=lm.device)  # (1, L)
 
 
 def _position(pos: int, n: int) -> int:
@@ -101,7 +102,7 @@ def logit_lens(lm: LoadedModel, text: str | Encoded | Tensor, *, position: int =
     logits = model.unembed(_final_norm(model)(stream)).float()  # (L + 1, V)
     labels = lm.tokenizer.encode_ids(ids[0].tolist(), "").labels
     layers = ["embed"] + [str(i) for i in range(model.num_layers)]
-    return LogitLens(layers, logits.log_softmax(-1), pos, labels)
+    return LogitLens(layers, logits.log_softmax(-1).cpu(), pos, labels)
 
 
 @dataclass
@@ -147,7 +148,7 @@ def direct_logit_attribution(lm: LoadedModel, text: str | Encoded | Tensor, answ
     pos = _position(position, ids.shape[1])
     a = _token(lm, "answer", answer)
     rows = [a] if wrong is None else [a, _token(lm, "wrong", wrong)]
-    w_u = model.output_embedding(torch.tensor(rows)).double()  # (1 or 2, E): rows of W_U
+    w_u = model.output_embedding(torch.tensor(rows, device=ids.device)).double()  # (1 or 2, E): rows of W_U
     direction = w_u[0] if wrong is None else w_u[0] - w_u[1]  # (E,)
     L = model.num_layers
     names = [model.hook_name(0, "resid_pre")] + [model.hook_name(i, s) for i in range(L)
@@ -157,13 +158,13 @@ def direct_logit_attribution(lm: LoadedModel, text: str | Encoded | Tensor, answ
     s, w, b, centre = _linearised_norm(_final_norm(model), final)
     readout = (w.double() * direction) * s.double()  # (E,): d logit / d part, norm frozen
 
-    def share(x: Tensor) -> Tensor:  # (..., E) -> (...)
+    def share(x: Tensor) -> Tensor:  # (..., E) -> (...), on the CPU (where the result is kept)
         x = x.double()
-        return ((x - x.mean(-1, keepdim=True)) if centre else x) @ readout
+        return (((x - x.mean(-1, keepdim=True)) if centre else x) @ readout).cpu()
 
     parts, values = ["embed"], [share(cache[names[0]][0, pos])]
-    heads = torch.zeros(L, model.num_heads, dtype=torch.float64)
-    mlp = torch.zeros(L, dtype=torch.float64)
+    heads = torch.zeros(L, model.num_heads, dtype=torch.float64, device="cpu")
+    mlp = torch.zeros(L, dtype=torch.float64, device="cpu")
     for i in range(L):
         attn = model.attention_module(i)
         z = cache.site(i, "attn.z")[0, :, pos]  # (H, Dh)
@@ -187,5 +188,6 @@ def direct_logit_attribution(lm: LoadedModel, text: str | Encoded | Tensor, answ
         values.append(mlp[i])
     logits = out.logits[0, pos].double()  # (V,)
     total = float(logits[rows[0]] - (logits[rows[1]] if len(rows) == 2 else 0.0))
-    return Attribution(parts, torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in values]),
+    kept = torch.stack([torch.as_tensor(v, dtype=torch.float64, device="cpu") for v in values])  # (n_parts,)
+    return Attribution(parts, kept,
                        heads, mlp, float(b.double() @ direction), total)

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from attnlab.inspect.llm.streaming import default_text, text_ids, token_nll
+from attnlab.inspect.llm.streaming import default_backend, default_text, text_ids, token_nll
 from attnlab.inspect.stats import Effect, effect
 from attnlab.models.contract import as_causal_lm
 from attnlab.models.loading import LoadedModel
@@ -81,11 +81,13 @@ def layouts(trained: Sequence[int | None]) -> dict[str, list[int | None]]:
 
 @torch.inference_mode()
 def local_global_experiment(lm: LoadedModel, source: str | Sequence[int] | Tensor | None = None, *,
-                            tokens: int = 2048, block: int = 64, backend: str = "tiled",
+                            tokens: int = 2048, block: int = 64, backend: str | None = None,
                             seed: int = 0) -> LocalGlobalResult:
     """Perplexity of ``lm`` (a model with local layers) on ``tokens`` tokens of ``source``
-    (default: CPython's reference manual, as ``attnlab streaming``) under each layout."""
+    (default: CPython's reference manual, as ``attnlab streaming``) under each layout.
+    ``backend`` None: tiled on the CPU, auto elsewhere (streaming.default_backend)."""
     model = as_causal_lm(lm.model, "--model")
+    backend = default_backend(model) if backend is None else backend
     ids = text_ids(lm, default_text() if source is None else source, tokens)  # (N,)
     variants = layouts([model.layer_window(i) for i in range(model.num_layers)])
     far = max(w for ws in variants.values() for w in ws if w is not None)
@@ -98,7 +100,8 @@ def local_global_experiment(lm: LoadedModel, source: str | Sequence[int] | Tenso
     base: Tensor | None = None
     for name, windows in variants.items():
         t0 = time.perf_counter()
-        nll = token_nll(model, ids.view(1, -1), layer_windows=windows, backend=backend)[0].double()  # (N-1,)
+        nll = token_nll(model, ids.view(1, -1), layer_windows=windows,
+                        backend=backend)[0].double().cpu()  # (N-1,)
         secs = time.perf_counter() - t0
         vs = None
         if base is not None:

@@ -380,7 +380,7 @@ def _added_share(g: Generation, added: list[int]) -> tuple[Tensor, Tensor, list[
     rec = g.recorder
     assert rec is not None
     P = len(g.prompt)
-    idx = torch.tensor(added)
+    idx = torch.tensor(added, device="cpu")  # the recorder's rows are on the CPU
     rows = [rec.row(P - 1 + t) for t in range(len(g.new_ids)) if P - 1 + t < len(rec)]
     per = torch.stack([r.float()[:, :, idx].sum(-1) for r in rows])  # (T, L, H)
     uniform = [len(added) / r.shape[-1] for r in rows]

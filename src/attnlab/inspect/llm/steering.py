@@ -66,7 +66,7 @@ SECURITY_LEXICON = (
 
 def knockout(positions: Collection[int]) -> ScoreMod:
     """Keys at ``positions`` (absolute, i.e. counting the KV cache) get score -inf."""
-    idx = torch.tensor(sorted(set(positions)), dtype=torch.long)
+    idx = torch.tensor(sorted(set(positions)), dtype=torch.long, device="cpu")  # moved to the scores' device
 
     def mod(score: Tensor, b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
         hit = torch.isin(kv, idx.to(kv.device))
@@ -90,8 +90,8 @@ def pasta(span: Collection[int], heads: Collection[int], alpha: float) -> ScoreM
     if not span or not heads:
         raise ValueError(f"pasta: expected a non-empty span and heads, got span={list(span)}, "
                          f"heads={list(heads)}")
-    keep = torch.tensor(sorted(set(span)), dtype=torch.long)
-    hs = torch.tensor(sorted(set(heads)), dtype=torch.long)
+    keep = torch.tensor(sorted(set(span)), dtype=torch.long, device="cpu")  # moved to the scores' device
+    hs = torch.tensor(sorted(set(heads)), dtype=torch.long, device="cpu")
     penalty = math.log(alpha)
 
     def mod(score: Tensor, b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
@@ -142,8 +142,8 @@ class Topic:
                 f"topic: none of {list(clean)!r} is a single token of this model's vocabulary; "
                 f"pass other words with --topic"
             )
-        return cls(clean, torch.tensor(sorted(ids)), sorted(ids.values()))
+        return cls(clean, torch.tensor(sorted(ids), device="cpu"), sorted(ids.values()))
 
     def mass(self, logits: Tensor) -> float:
         """Probability on the lexicon at one position: sum of softmax(logits)[ids]."""
-        return float(torch.softmax(logits.double(), dim=-1)[self.ids].sum())
+        return float(torch.softmax(logits.double(), dim=-1)[self.ids.to(logits.device)].sum())

@@ -6,7 +6,8 @@ say. Evicting them from a sliding window breaks the model (window-only perplexit
 the first token leaves the window); keeping K = 4 "sink" tokens next to the window repairs it.
 
 One teacher-forced forward pass per configuration over the whole text (N tokens), each a
-mask_mod on the ``tiled`` backend (the model ANDs it with its causal mask):
+mask_mod on the ``tiled`` backend (the model ANDs it with its causal mask; on a GPU, where tiled
+does not run, ``auto``: SDPA with the mask materialised):
 
 - ``full``             query i sees keys 0..i;
 - ``window W``         ``sliding_window(W - 1, 0)``: the W most recent keys i-W+1..i, the query's
@@ -83,7 +84,7 @@ def streaming_mask(window: int, sinks: int = 0, n_tokens: int | None = None) -> 
 
 def keys_per_query(n_tokens: int, window: int | None, sinks: int = 0) -> Tensor:
     """Keys each query i = 0..N-1 sees: i + 1 (full) or min(i+1, W) + sinks outside the window."""
-    i = torch.arange(n_tokens)  # (N,)
+    i = torch.arange(n_tokens, device="cpu")  # (N,)
     if window is None:
         return i + 1
     outside = (i + 1 - window).clamp(min=0).clamp(max=sinks)  # sinks j < i-W+1
@@ -170,10 +171,13 @@ class StreamingResult:
 
 
 def text_ids(lm: LoadedModel, source: str | Sequence[int] | Tensor, tokens: int | None) -> Tensor:
+    """The first ``tokens`` ids of ``source`` (N,), on the model's device."""
     if isinstance(source, str):
-        ids = torch.tensor(lm.tokenizer.piece_ids(source), dtype=torch.long)
+        ids = torch.tensor(lm.tokenizer.piece_ids(source), dtype=torch.long, device=lm.device)
+    elif isinstance(source, Tensor):
+        ids = source.to(lm.device, torch.long)
     else:
-        ids = torch.as_tensor(list(source) if not isinstance(source, Tensor) else source, dtype=torch.long)
+        ids = torch.tensor(list(source), dtype=torch.long, device=lm.device)
     ids = ids.flatten()  # (N,)
     if tokens is not None:
         expect_int("tokens", tokens, 2)
@@ -202,13 +206,20 @@ def _mean(x: Tensor) -> float | None:
     return float(x.double().mean()) if x.numel() else None
 
 
-def recompute_nll(model: CausalLM, ids: Tensor, window: int, last: int, *, backend: str = "tiled",
+def default_backend(model: CausalLM) -> str:
+    """"tiled" on the CPU (its block map skips a window's empty tiles), "auto" elsewhere (tiled
+    is CPU-only; auto gives those calls to SDPA)."""
+    return "tiled" if model.device.type == "cpu" else "auto"
+
+
+def recompute_nll(model: CausalLM, ids: Tensor, window: int, last: int, *, backend: str | None = None,
                   batch: int = 16) -> Tensor:
     """Sliding window with re-computation: NLL (last,) of tokens N-last..N-1, token t predicted
     from a fresh forward over ids[t-W:t] at positions 0..W-1."""
     n = ids.numel()
-    ts = torch.arange(n - last, n)  # (M,) targets
-    ctx = ts.view(-1, 1) - window + torch.arange(window)  # (M, W) context positions
+    backend = default_backend(model) if backend is None else backend
+    ts = torch.arange(n - last, n, device=ids.device)  # (M,) targets
+    ctx = ts.view(-1, 1) - window + torch.arange(window, device=ids.device)  # (M, W) context positions
     out = []
     for c in range(0, last, batch):
         x = ids[ctx[c: c + batch]]  # (b, W)
@@ -246,12 +257,14 @@ def _check_ints(name: str, values: Sequence[int], lo: int) -> tuple[int, ...]:
 def streaming_experiment(lm: LoadedModel, source: str | Sequence[int] | Tensor | None = None, *,
                          tokens: int | None = DEFAULT_TOKENS, windows: Sequence[int] = DEFAULT_WINDOWS,
                          sinks: Sequence[int] = DEFAULT_SINKS, recompute: int = 0,
-                         backend: str = "tiled", profile: bool = True) -> StreamingResult:
+                         backend: str | None = None, profile: bool = True) -> StreamingResult:
     """Perplexity under full / window W / window W + K sinks attention (StreamingLLM, Xiao et
     al. 2023), one teacher-forced pass each over the first ``tokens`` tokens of ``source`` (text
     or ids; default :func:`default_text`), plus the per-layer sink profile and, with
-    ``recompute=M``, the sliding-window-with-re-computation baseline on the last M tokens."""
+    ``recompute=M``, the sliding-window-with-re-computation baseline on the last M tokens.
+    ``backend`` None: :func:`default_backend` (tiled on the CPU). Per-token NLLs are kept on the CPU."""
     model = as_causal_lm(lm.model, "model")
+    backend = default_backend(model) if backend is None else backend
     wins = _check_ints("windows", windows, 1)
     ks = _check_ints("sinks", sinks, 0)
     if max(ks) >= min(wins):
@@ -264,7 +277,7 @@ def streaming_experiment(lm: LoadedModel, source: str | Sequence[int] | Tensor |
                          f"a full window before it), got {recompute}")
     x = ids.view(1, -1)  # (1, N)
     model(x[:, :8], backend=backend, logits_to_keep=1)  # warm-up: rope tables, first-call costs
-    q = torch.arange(n - 1)  # (N-1,) query of each target
+    q = torch.arange(n - 1, device="cpu")  # (N-1,) query of each target
 
     def row(name: str, w: int | None, k: int, nll: Tensor, secs: float, rec: bool = False) -> StreamingRow:
         keys = keys_per_query(n, w, k)[:-1]  # (N-1,) keys of the scoring queries
@@ -281,13 +294,14 @@ def streaming_experiment(lm: LoadedModel, source: str | Sequence[int] | Tensor |
     for name, w, k in configs:
         mask = None if w is None else streaming_mask(w, k, n)
         t0 = time.perf_counter()
-        nll = token_nll(model, x, mask=mask, backend=backend)[0]  # (N-1,)
+        nll = token_nll(model, x, mask=mask, backend=backend)[0].cpu()  # (N-1,)
         rows.append(row(name, w, k, nll, time.perf_counter() - t0))
     if recompute:
         for w in wins:
             t0 = time.perf_counter()
-            part = recompute_nll(model, ids, w, recompute, backend=backend)  # (M,)
-            nll = torch.full((n - 1,), math.nan).index_copy_(0, torch.arange(n - 1 - recompute, n - 1), part)
+            part = recompute_nll(model, ids, w, recompute, backend=backend).cpu()  # (M,)
+            at = torch.arange(n - 1 - recompute, n - 1, device="cpu")  # (M,) their targets
+            nll = torch.full((n - 1,), math.nan, device="cpu").index_copy_(0, at, part)  # (N-1,)
             rows.append(row(f"recompute {w}", w, 0, nll, time.perf_counter() - t0, rec=True))
     first: list[float] = []
     first_k: list[float] = []
