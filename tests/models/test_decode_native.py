@@ -16,10 +16,12 @@ from attnlab.models.fast_decode import (
     FastDecoder,
     choose_decoder,
     fast_decoder,
+    layout,
     pack_int4,
     pack_int8,
     why_not,
 )
+from attnlab.models.gemma3 import GLOBAL, LOCAL, Gemma3, Gemma3Config
 from attnlab.models.llama import Llama, LlamaConfig
 from attnlab.models.loading import LoadedModel
 from attnlab.models.native_build import FLAGS, KernelUnavailable, build, decode_library, load
@@ -44,7 +46,21 @@ def quantized_llama(weights: str, kv_heads: int = 4, seed: int = 0, bias: bool =
     return m
 
 
-def float_reference(m: Llama):
+def quantized_gemma3(weights: str = "int8", softcap: float | None = None) -> Gemma3:
+    """Local (window 6) and global layers, QK-norm, norms around each sublayer, GELU-tanh."""
+    torch.manual_seed(0)
+    cfg = Gemma3Config(vocab_size=256, hidden_size=64, intermediate_size=96, num_layers=3, num_heads=4,
+                       num_kv_heads=1, head_dim=32, max_positions=128, layer_types=(LOCAL, GLOBAL, LOCAL),
+                       sliding_window=6, final_logit_softcapping=softcap)
+    m = Gemma3(cfg).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.1 if p.ndim == 2 else 0.3)  # norm weights around 0: (1 + w) near 1
+    m.quantize_weights(weights)
+    return m
+
+
+def float_reference(m: nn.Module):
     """Hooks making every quantized layer compute in float32 from its dequantized weight (and
     keeping the decode loop off the native path, hooks being what it must see)."""
     def fwd(mod: nn.Module, inputs: tuple[torch.Tensor], out: torch.Tensor) -> torch.Tensor:
@@ -54,7 +70,7 @@ def float_reference(m: Llama):
     return [mod.register_forward_hook(fwd) for mod in quantized]
 
 
-def decode_both(m: Llama, tokens=(11, 12, 13, 14, 15), dec: FastDecoder | None = None):
+def decode_both(m: nn.Module, tokens=(11, 12, 13, 14, 15), dec: FastDecoder | None = None):
     """Logits of each token after IDS: the native step and the float reference, with their caches."""
     dec = dec or FastDecoder(m)
     with torch.inference_mode():
@@ -94,6 +110,32 @@ def test_native_step_equals_float32_math_on_the_same_weights_and_cache(weights, 
         torch.testing.assert_close(ln.k, lr.k, atol=2e-3, rtol=2e-3)
         torch.testing.assert_close(ln.v, lr.v, atol=2e-3, rtol=2e-3)
         assert ln.v_finite is True
+
+
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_gemma3_local_and_global_layers_equal_float32_math(softcap):
+    m = quantized_gemma3(softcap=softcap)
+    assert why_not(m) is None
+    lay = layout(m)
+    assert not isinstance(lay, str) and [ll.window for ll in lay.layers] == [6, 0, 6]
+    assert lay.norm_offset == 1.0 and lay.act == 1 and lay.embed_scale == pytest.approx(8.0)
+    nat, ref, c_nat, c_ref = decode_both(m)  # 10 + 5 positions: the local layers' window slides
+    for a, b in zip(nat, ref, strict=True):
+        assert float((a - b).abs().max()) < 2e-3 * float(b.abs().max())
+    if softcap is not None:
+        assert float(nat[0].abs().max()) < softcap
+    for ln, lr in zip(c_nat, c_ref, strict=True):
+        torch.testing.assert_close(ln.k, lr.k, atol=2e-3, rtol=2e-3)
+
+
+def test_a_window_left_out_would_fail_the_comparison():
+    # the same comparison with the kernel told every layer is global: the local layers part
+    m = quantized_gemma3()
+    dec = FastDecoder(m)
+    for i in range(len(dec.layers)):
+        dec.layers[i].window = 0
+    nat, ref, _, _ = decode_both(m, dec=dec)
+    assert float((nat[-1] - ref[-1]).abs().max()) > 2e-3 * float(ref[-1].abs().max())
 
 
 def test_a_wrong_kernel_would_fail_the_comparison():
@@ -172,6 +214,7 @@ def test_packed_weights_follow_in_place_changes():
 
 def test_what_keeps_a_model_on_the_pytorch_path_is_said():
     assert "int8 or int4" in str(why_not(quantized_llama("float32")))
+    assert "Llama-family or Gemma 3 model is needed, got Decoder" in str(why_not(gpt2_model()))
     m = quantized_llama("int8")
     assert why_not(m) is None
     handle = m.layers[1].hook_resid_mid.add_hook(lambda x, h: None)
@@ -188,6 +231,13 @@ def test_what_keeps_a_model_on_the_pytorch_path_is_said():
         choose_decoder(m, "fast")
     m.train()
     assert "training" in str(fast_decoder(m))
+
+
+def gpt2_model() -> nn.Module:
+    from attnlab.models.decoder import Decoder, DecoderConfig
+
+    return Decoder(DecoderConfig(vocab_size=256, hidden_size=64, num_layers=1, num_heads=4,
+                                 intermediate_size=128, max_positions=32)).eval()
 
 
 class _Tok:
@@ -244,7 +294,7 @@ def test_no_compiler_is_a_reason_not_a_crash(monkeypatch, tmp_path):
     with pytest.raises(KernelUnavailable, match=r"no C\+\+ compiler found"):
         build(FLAGS, tmp_path)
     monkeypatch.delenv("CXX")
-    with pytest.raises(KernelUnavailable, match=r"failed to build llama_decode\.cpp"):
+    with pytest.raises(KernelUnavailable, match=r"failed to build decode_step\.cpp"):
         build((*FLAGS, "-fno-such-flag"), tmp_path)
     assert list(tmp_path.iterdir()) == []  # no half-written library left behind
 

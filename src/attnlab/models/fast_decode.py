@@ -1,18 +1,21 @@
-"""A decode step of a quantized Llama-family model in one native call (issue 23).
+"""A decode step of a quantized decoder LLM in one native call (issue 23).
 
 ``model(ids, cache=...)`` runs a decode step as ~190 small PyTorch operators per layer and the
 Python that issues them: with int4 weights on SmolLM2-135M half the step's time
 (``benchmarks/llm/decode_profile.py``). :class:`FastDecoder` hands the whole token to
-``csrc/llama_decode.cpp``: every layer's norms, projections, RoPE, cache write, attention and
-MLP, then the unembedding, in one call, with weights repacked once into 16-row tiles the AVX-512
-VNNI instructions read directly (:func:`pack_int4`, :func:`pack_int8`).
+``csrc/decode_step.cpp``: the embedding, every layer's norms, projections, RoPE, cache write,
+attention and MLP, then the final norm and the unembedding, in one call, with the weights
+repacked once into 16-row tiles the AVX-512 VNNI instructions read directly (:func:`pack_int4`,
+:func:`pack_int8`). Llama-family models and Gemma 3 (norms around each sublayer, QK-norm,
+GELU-tanh, sliding-window local layers) are described to the kernel by :func:`layout`.
 
-What differs from ``model(...)``: the activations entering each projection are rounded to int8
-per block of 32 (scale max|x|/127, llama.cpp's q8 activations) where torch's kernels round them
-to bfloat16; the weights are exactly the model's. The decode loop uses it only where nothing can
-tell: an attnlab ``Llama`` whose projections are all int8/int4, no hook anywhere on the model, no
-mask, score_mods or recorder, one sequence, a CPU, and the kernel built
-(:mod:`attnlab.models.native_build`). :func:`fast_decoder` says why not otherwise.
+What differs from ``model(...)``: the activations entering each projection are rounded to 16 bits
+per block of 32 (1/32639 of the block's largest value) where torch's kernels round them to
+bfloat16; the weights are exactly the model's, and every other number is float32. The decode
+loop uses it only where nothing can tell: an attnlab Llama or Gemma 3 whose projections are all
+int8/int4, no hook anywhere on the model, no mask, score_mods or recorder, one sequence, a CPU,
+and the kernel built (:mod:`attnlab.models.native_build`). :func:`fast_decoder` says why not
+otherwise.
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ import ctypes
 import threading
 import weakref
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules import module as _module
 
+from attnlab.models.gemma3 import Gemma3
 from attnlab.models.llama import Llama
 from attnlab.models.native_build import decode_library
 from attnlab.models.quantized import Int8Linear
@@ -42,16 +47,20 @@ class QWeight(ctypes.Structure):
                 ("bias", ctypes.c_void_p)]
 
 
-class LlamaLayer(ctypes.Structure):
+class Layer(ctypes.Structure):  # csrc/decode_step.cpp's Layer
     # projections q, k, v, o, gate, up, down; stacked ones leave the later ones empty (N = 0)
-    _fields_ = [("attn_norm", ctypes.c_void_p), ("mlp_norm", ctypes.c_void_p), ("proj", QWeight * 7)]
+    _fields_ = [("attn_norm", ctypes.c_void_p), ("mlp_norm", ctypes.c_void_p),
+                ("post_attn_norm", ctypes.c_void_p), ("post_mlp_norm", ctypes.c_void_p),
+                ("q_norm", ctypes.c_void_p), ("k_norm", ctypes.c_void_p), ("scale", ctypes.c_float),
+                ("window", ctypes.c_int32), ("proj", QWeight * 7)]
 
 
-class LlamaModel(ctypes.Structure):
+class Model(ctypes.Structure):  # csrc/decode_step.cpp's Model
     _fields_ = [("E", ctypes.c_int32), ("H", ctypes.c_int32), ("Hkv", ctypes.c_int32),
                 ("Dh", ctypes.c_int32), ("I", ctypes.c_int32), ("n_layers", ctypes.c_int32),
-                ("V", ctypes.c_int32), ("eps", ctypes.c_float), ("scale", ctypes.c_float),
-                ("layers", ctypes.POINTER(LlamaLayer)), ("embedding", ctypes.c_void_p),
+                ("V", ctypes.c_int32), ("eps", ctypes.c_float), ("norm_offset", ctypes.c_float),
+                ("act", ctypes.c_int32), ("embed_scale", ctypes.c_float), ("softcap", ctypes.c_float),
+                ("layers", ctypes.POINTER(Layer)), ("embedding", ctypes.c_void_p),
                 ("final_norm", ctypes.c_void_p), ("unembed", QWeight)]
 
 
@@ -133,26 +142,82 @@ def _fingerprint(model: nn.Module) -> tuple[tuple[int, int], ...]:
 
 
 def _projections(block: Any) -> tuple[Any, ...]:
-    """A LlamaBlock's q, k, v, o, gate, up, down projections."""
+    """A block's q, k, v, o, gate, up, down projections (Llama and Gemma 3 name them alike)."""
     a, mlp = block.attention, block.mlp
     return a.q_proj, a.k_proj, a.v_proj, a.out_proj, mlp.gate, mlp.up, mlp.down
 
 
+GELU_TANH = ("gelu_pytorch_tanh", "gelu_new", "gelu_fast")  # 0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3)))
+
+
+@dataclass(frozen=True)
+class LayerLayout:
+    norms: tuple[Any, ...]  # attention, mlp, post-attention, post-mlp, q, k: RMSNorm modules or None
+    scale: float  # attention scale
+    window: int  # keys a query sees, itself included; 0: all
+    rope_base: float | None  # Gemma 3's per-layer RoPE base (its table key); None: Llama's one table
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What the kernel needs to know of a model beyond its weights."""
+
+    layers: tuple[LayerLayout, ...]
+    eps: float
+    norm_offset: float  # RMSNorm's (w + offset)
+    act: int  # 0 SiLU, 1 GELU-tanh
+    embed_scale: float
+    softcap: float  # 0: none
+
+
+def layout(model: nn.Module) -> Layout | str:
+    """The model described for the kernel, or why it cannot be."""
+    m: Any = cast(Any, model)
+    cfg = m.cfg
+    if type(model) is Llama:
+        act, embed_scale, softcap = 0, 1.0, 0.0
+        windows: list[int | None] = [None] * cfg.num_layers
+        bases: list[float | None] = [None] * cfg.num_layers
+    elif type(model) is Gemma3:
+        if cfg.hidden_act not in GELU_TANH:
+            return f"the kernel's GeGLU is GELU-tanh, the model's activation is {cfg.hidden_act!r}"
+        act, softcap = 1, float(cfg.final_logit_softcapping or 0.0)
+        embed_scale = float(torch.tensor(cfg.hidden_size ** 0.5, dtype=m.token_embedding.weight.dtype))
+        windows = [m.layer_window(i) for i in range(cfg.num_layers)]
+        bases = [cfg.rope_local_theta if m.is_local(i) else cfg.rope_theta for i in range(cfg.num_layers)]
+    else:
+        return f"an attnlab Llama-family or Gemma 3 model is needed, got {type(model).__name__}"
+    layers, norms_seen = [], [m.final_norm]
+    for block, window, base in zip(m.layers, windows, bases, strict=True):
+        a = block.attention
+        norms = (block.attention_norm, block.mlp_norm, getattr(block, "post_attention_norm", None),
+                 getattr(block, "post_mlp_norm", None), a.q_norm, a.k_norm)
+        norms_seen += [n for n in norms if n is not None]
+        layers.append(LayerLayout(norms, float(a.scale or cfg.head_dim ** -0.5), window or 0, base))
+    eps = {n.eps for n in norms_seen}
+    offsets = {float(getattr(n, "offset", 0.0)) for n in norms_seen}
+    if len(eps) != 1 or len(offsets) != 1 or None in eps:
+        return f"the kernel takes one RMSNorm epsilon and offset, the model has {sorted(map(str, eps))} " \
+               f"and {sorted(offsets)}"
+    if any(n.weight is None or n.weight.dtype != torch.float32 for n in norms_seen):
+        return "float32 norm weights are needed"
+    return Layout(tuple(layers), float(eps.pop()), offsets.pop(), act, embed_scale, softcap)
+
+
 def why_not(model: nn.Module) -> str | None:
     """Why ``model`` cannot decode through the kernel (None: it can)."""
-    if type(model) is not Llama:
-        return f"an attnlab Llama-family model is needed, got {type(model).__name__}"
-    cfg = model.cfg
+    lay = layout(model)
+    if isinstance(lay, str):
+        return lay
+    m: Any = cast(Any, model)
+    cfg = m.cfg
     quantized = (Int8Linear, Int4Linear)
-    blocks: Any = model.layers
-    for block in blocks:
-        a, linears = block.attention, _projections(block)
-        if not all(isinstance(m, quantized) for m in linears):
+    for block in m.layers:
+        linears = _projections(block)
+        if not all(isinstance(x, quantized) for x in linears):
             return "every projection must be int8 or int4 (--weights int8|int4)"
-        if any(m.out_features % TILE or m.in_features % BLOCK for m in linears):
+        if any(x.out_features % TILE or x.in_features % BLOCK for x in linears):
             return f"projection shapes must be multiples of {TILE} rows and {BLOCK} inputs"
-        if a.q_norm is not None or (a.scale is not None and a.scale != cfg.head_dim ** -0.5):
-            return "attention with q/k norms or its own scale is not in the kernel"
     head = getattr(model, "unembed_int8", None)
     if not isinstance(head, Int8Linear) or cfg.vocab_size % TILE or cfg.hidden_size % BLOCK:
         return "the unembedding must be int8 rows (--weights int8|int4)"
@@ -160,64 +225,75 @@ def why_not(model: nn.Module) -> str | None:
         return "query heads must be a multiple of key/value heads, and the head dimension even"
     if any(t.device.type != "cpu" for t in _sources(model)):
         return "the kernel runs on the CPU"
-    read = [model.token_embedding.weight, model.final_norm.weight]  # the kernel reads these in place
-    read += [n.weight for b in blocks for n in (b.attention_norm, b.mlp_norm)]
-    if any(t is None or t.dtype != torch.float32 for t in read):
-        return "float32 embeddings and norm weights are needed"
+    if m.token_embedding.weight.dtype != torch.float32:
+        return "float32 embeddings are needed"
     lib = decode_library()
     return lib if isinstance(lib, str) else None
 
 
-class FastDecoder:
-    """A Llama model's weights packed for the kernel; :meth:`step` decodes one token."""
+def _ptr(norm: Any) -> int | None:
+    return None if norm is None else norm.weight.data_ptr()
 
-    def __init__(self, model: Llama, lib: ctypes.CDLL | None = None) -> None:
+
+class FastDecoder:
+    """A model's weights packed for the kernel; :meth:`step` decodes one token."""
+
+    def __init__(self, model: nn.Module, lib: ctypes.CDLL | None = None) -> None:
         found = decode_library() if lib is None else lib
         if isinstance(found, str):
             raise ValueError(f"decode kernel: unavailable here: {found}")
-        self.lib = found
+        lay = layout(model)
+        if isinstance(lay, str):
+            raise ValueError(f"model: {lay}")
+        self.lib, self.layout = found, lay
         self._lock = threading.Lock()  # one scratch buffer: one step at a time
-        self.model = model
-        cfg = model.cfg
+        self.model: Any = cast(Any, model)  # Llama or Gemma3: attributes the layout checked
+        cfg = self.model.cfg
         self.fingerprint = _fingerprint(model)
         layers = []
         self._keep: list[object] = []  # everything the structures point into
-        blocks: Any = model.layers
-        for block in blocks:
+        for block, ll in zip(self.model.layers, lay.layers, strict=True):
             q, k, v, o, gate, up, down = _projections(block)
             proj = [*_stacked([q, k, v]), *_stacked([o]), *_stacked([gate, up]), *_stacked([down])]
             self._keep.append(proj)
-            layers.append(LlamaLayer(block.attention_norm.weight.data_ptr(), block.mlp_norm.weight.data_ptr(),
-                                     (QWeight * 7)(*(QWeight() if p is None else p.struct() for p in proj))))
-        self.layers = (LlamaLayer * len(layers))(*layers)
-        head = _Packed([cast(Int8Linear, model.unembed_int8)])
+            layers.append(Layer(*(_ptr(n) for n in ll.norms), ll.scale, ll.window,
+                                (QWeight * 7)(*(QWeight() if p is None else p.struct() for p in proj))))
+        self.layers = (Layer * len(layers))(*layers)
+        head = _Packed([self.model.unembed_int8])
         self._keep.append(head)
-        emb = model.token_embedding.weight
+        emb = self.model.token_embedding.weight
         if not emb.is_contiguous():
             raise ValueError("token_embedding: expected a contiguous (V, E) weight")
-        self.struct = LlamaModel(cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
-                                 cfg.intermediate_size, cfg.num_layers, cfg.vocab_size, cfg.rms_norm_eps,
-                                 cfg.head_dim ** -0.5, self.layers, emb.data_ptr(),
-                                 model.final_norm.weight.data_ptr(), head.struct())
+        self.struct = Model(cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+                            cfg.intermediate_size, cfg.num_layers, cfg.vocab_size, lay.eps, lay.norm_offset,
+                            lay.act, lay.embed_scale, lay.softcap, self.layers, emb.data_ptr(),
+                            self.model.final_norm.weight.data_ptr(), head.struct())
         self.ref = ctypes.byref(self.struct)
         self.max_positions = int(cfg.max_positions)
-        self.scratch = torch.empty(int(found.llama_decode_scratch(self.ref, self.max_positions)))
+        self.scratch = torch.empty(int(found.decode_scratch(self.ref, self.max_positions)))
         n = cfg.num_layers
-        # per step: each layer's cache addresses and capacity (positions), set in place
+        # per step, set in place: each layer's cache addresses and capacity, RoPE rows
         self._k, self._v = (ctypes.c_void_p * n)(), (ctypes.c_void_p * n)()
         self._caps = (ctypes.c_int64 * n)()
+        self._cos, self._sin = (ctypes.c_void_p * n)(), (ctypes.c_void_p * n)()
         self.vocab = int(cfg.vocab_size)
 
-    def _rope_row(self, pos: int) -> tuple[int, int]:
-        """Addresses of cos/sin (Dh,) at ``pos`` in the model's table (grown by the model)."""
-        if self.model._rope is None or self.model._rope[0].shape[0] <= pos:
-            self.model.rope(torch.tensor([pos]))
-        assert self.model._rope is not None
-        cos, sin = self.model._rope
-        if not (cos.is_contiguous() and sin.is_contiguous() and cos.dtype == torch.float32):
-            raise ValueError("rope: expected contiguous float32 cos/sin tables")
-        row = pos * cos.stride(0) * 4
-        return cos.data_ptr() + row, sin.data_ptr() + row
+    def _table(self, base: float | None, pos: int) -> tuple[Tensor, Tensor]:
+        """The model's cos/sin table (N, Dh) for ``base`` (None: Llama's one), grown past ``pos``."""
+        m, at = self.model, torch.tensor([pos])
+        if base is None:
+            if m._rope is None or m._rope[0].shape[0] <= pos:
+                m.rope(at)
+            table = m._rope
+        else:
+            if base not in m._rope or m._rope[base][0].shape[0] <= pos:
+                m.rope(at, base)
+            table = m._rope[base]
+        cos, sin = table
+        if not (cos.is_contiguous() and sin.is_contiguous() and cos.dtype == torch.float32
+                and cos.device.type == "cpu"):
+            raise ValueError("rope: expected contiguous float32 cos/sin tables on the CPU")
+        return cos, sin
 
     def step(self, token: int, cache: Sequence[KVCache]) -> Tensor:
         """Logits (V,) of the token after ``token``, whose keys/values are appended to ``cache``."""
@@ -234,12 +310,17 @@ class FastDecoder:
                 raise ValueError(f"cache[{i}]: expected one sequence of contiguous float32 keys/values, "
                                  f"got {tuple(k.shape)} {k.dtype}")
             self._k[i], self._v[i], self._caps[i] = k.data_ptr(), v.data_ptr(), k.shape[2]
-        cos, sin = self._rope_row(pos)
+        rows: dict[float | None, tuple[int, int]] = {}
+        for i, ll in enumerate(self.layout.layers):
+            if ll.rope_base not in rows:
+                cos, sin = self._table(ll.rope_base, pos)
+                rows[ll.rope_base] = (cos[pos].data_ptr(), sin[pos].data_ptr())
+            self._cos[i], self._sin[i] = rows[ll.rope_base]
         logits = torch.empty(self.vocab)  # (V,)
         with self._lock:
-            finite = self.lib.llama_decode_step(self.ref, token, pos, self._k, self._v, self._caps, cos, sin,
-                                                logits.data_ptr(), self.scratch.data_ptr(),
-                                                torch.get_num_threads())
+            finite = self.lib.decode_step(self.ref, token, pos, self._k, self._v, self._caps, self._cos,
+                                          self._sin, logits.data_ptr(), self.scratch.data_ptr(),
+                                          torch.get_num_threads())
         for c in cache:
             c.advance(1, bool(finite))
         return logits
@@ -269,7 +350,7 @@ def fast_decoder(model: nn.Module) -> FastDecoder | str:
         return why
     dec = _DECODERS.get(model)
     if dec is None or dec.fingerprint != _fingerprint(model):
-        dec = _DECODERS[model] = FastDecoder(cast(Llama, model))
+        dec = _DECODERS[model] = FastDecoder(model)
     return dec
 
 

@@ -1,4 +1,4 @@
-"""Builds attnlab's C++ decode kernel (``csrc/llama_decode.cpp``) on first use and loads it.
+"""Builds attnlab's C++ decode kernel (``csrc/decode_step.cpp``) on first use and loads it.
 
 The source has no torch headers: it compiles with the system's C++ compiler in about a second
 (``$CXX``, else ``c++``/``g++``), ``-O3 -march=native -fopenmp``, into
@@ -21,7 +21,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-SOURCE = Path(__file__).with_name("csrc") / "llama_decode.cpp"
+SOURCE = Path(__file__).with_name("csrc") / "decode_step.cpp"
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
 
 
@@ -71,7 +71,7 @@ def build(flags: tuple[str, ...] = FLAGS, folder: Path | None = None) -> Path:
         raise KernelUnavailable(f"{cxx} --version failed: {e}") from e
     key = hashlib.sha256("\0".join([SOURCE.read_text(), version, " ".join(flags), _cpu_flags()]).encode())
     folder = kernel_dir() if folder is None else folder
-    target = folder / f"llama_decode-{key.hexdigest()[:16]}.so"
+    target = folder / f"decode_step-{key.hexdigest()[:16]}.so"
     if target.is_file():
         return target
     folder.mkdir(parents=True, exist_ok=True)
@@ -99,10 +99,10 @@ def load(path: Path) -> ctypes.CDLL:
     p, i32, i64 = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64
     lib.attnlab_vnni.restype = ctypes.c_int
     lib.attnlab_vnni.argtypes = []
-    lib.llama_decode_scratch.restype = i64
-    lib.llama_decode_scratch.argtypes = [p, i64]
-    lib.llama_decode_step.restype = ctypes.c_int
-    lib.llama_decode_step.argtypes = [p, i32, i32, p, p, p, p, p, p, p, i32]
+    lib.decode_scratch.restype = i64
+    lib.decode_scratch.argtypes = [p, i64]
+    lib.decode_step.restype = ctypes.c_int
+    lib.decode_step.argtypes = [p, i32, i32, p, p, p, p, p, p, p, i32]
     return lib
 
 

@@ -1,7 +1,10 @@
-// One decode step of a Llama-family model with quantized weights, in one call: RMSNorm, q/k/v,
-// RoPE, the KV-cache write, attention over the cache, the output projection, SwiGLU, the final
-// norm and the unembedding. Built and loaded by attnlab/models/native_build.py (ctypes, no torch
-// headers); driven by attnlab/models/fast_decode.py, which packs the weights and keeps the caches.
+// One decode step of an attnlab decoder LLM with quantized weights, in one call: the Llama
+// family (RMSNorm, RoPE, grouped-query attention, SwiGLU) and Gemma 3 (the same with norms
+// around each sublayer, QK-norm, GELU-tanh, local layers with a sliding window): the embedding,
+// every layer's norms, projections, RoPE, cache write, attention over the cache and MLP, then the
+// final norm and the unembedding. Built and loaded by attnlab/models/native_build.py (ctypes, no
+// torch headers); driven by attnlab/models/fast_decode.py, which packs the weights and keeps
+// the caches.
 //
 // Why: a decode step in PyTorch is ~190 small operator calls per layer plus the Python issuing
 // them (benchmarks/llm/decode_profile.py); here it is one call per token.
@@ -48,19 +51,29 @@ typedef struct {
 enum { P_Q, P_K, P_V, P_O, P_GATE, P_UP, P_DOWN, N_PROJ };
 
 typedef struct {
-  const float* attn_norm;  // [E]
-  const float* mlp_norm;   // [E]
+  const float* attn_norm;       // [E]
+  const float* mlp_norm;        // [E]
+  const float* post_attn_norm;  // [E] Gemma 3: norm of the attention's output; NULL: none
+  const float* post_mlp_norm;   // [E] Gemma 3: norm of the MLP's output; NULL: none
+  const float* q_norm;          // [Dh] Gemma 3: RMSNorm of each query head before RoPE; NULL: none
+  const float* k_norm;          // [Dh] the same for each key head
+  float scale;                  // attention scale (1/sqrt(Dh); Gemma 3: query_pre_attn_scalar^-1/2)
+  int32_t window;               // keys a query sees, itself included; 0: the whole past
   QWeight proj[N_PROJ];
-} LlamaLayer;
+} Layer;
 
 typedef struct {
   int32_t E, H, Hkv, Dh, I, n_layers, V;
-  float eps, scale;         // RMSNorm epsilon; attention scale (1/sqrt(Dh))
-  const LlamaLayer* layers;
+  float eps;                // RMSNorm epsilon
+  float norm_offset;        // RMSNorm multiplies by (w + offset): 0 Llama, 1 Gemma (weights around 0)
+  int32_t act;              // the gated MLP's activation: 0 SiLU (SwiGLU), 1 GELU, tanh form (GeGLU)
+  float embed_scale;        // embeddings times this (Gemma: sqrt(E) rounded to float32; Llama: 1)
+  float softcap;            // logits = softcap·tanh(logits / softcap); 0: none
+  const Layer* layers;
   const float* embedding;   // [V][E]
   const float* final_norm;  // [E]
   QWeight unembed;          // (V, E)
-} LlamaModel;
+} Model;
 
 int attnlab_vnni(void) { return ATTNLAB_VNNI; }
 
@@ -220,11 +233,11 @@ static void gemv(const QWeight* W, const Act* A, float* y, int nt) {
   }
 }
 
-static void rmsnorm(const float* x, const float* w, int E, float eps, float* out) {
+static void rmsnorm(const float* x, const float* w, int E, float eps, float offset, float* out) {
   float ss = 0.f;
   for (int i = 0; i < E; i++) ss += x[i] * x[i];
   const float r = 1.f / sqrtf(ss / (float)E + eps);
-  for (int i = 0; i < E; i++) out[i] = x[i] * r * w[i];
+  for (int i = 0; i < E; i++) out[i] = x[i] * r * (w[i] + offset);
 }
 
 // RoPE, "rotate half" layout (GPT-NeoX, HF): pairs (i, i + Dh/2); cos/sin [Dh] of this position.
@@ -237,23 +250,50 @@ static void rope(float* v, int Dh, const float* cos, const float* sin) {
   }
 }
 
+// One query head over keys [t0, n) of its K/V head (Hkv's rows are (cap, Dh)): z [Dh].
+static void attend(const float* q, const float* K, const float* V, int t0, int n, int Dh, float scale,
+                   float* s, float* z) {
+  float mx = -INFINITY;
+  for (int t = t0; t < n; t++) {
+    float d = 0.f;
+    for (int j = 0; j < Dh; j++) d += q[j] * K[(size_t)t * Dh + j];
+    s[t] = d * scale;
+    mx = fmaxf(mx, s[t]);
+  }
+  float sum = 0.f;
+  for (int t = t0; t < n; t++) {
+    s[t] = expf(s[t] - mx);
+    sum += s[t];
+  }
+  for (int j = 0; j < Dh; j++) z[j] = 0.f;
+  for (int t = t0; t < n; t++) {
+    const float p = s[t] / sum;
+    for (int j = 0; j < Dh; j++) z[j] += p * V[(size_t)t * Dh + j];
+  }
+}
+
+static float gelu_tanh(float x) {  // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+  return 0.5f * x * (1.f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+}
+
 extern "C" {
 
 // Scratch sizes the caller allocates (floats; the int8 parts are carved from it too).
-int64_t llama_decode_scratch(const LlamaModel* M, int64_t max_positions) {
+int64_t decode_scratch(const Model* M, int64_t max_positions) {
   const int64_t Q = (int64_t)M->H * M->Dh, KV = (int64_t)M->Hkv * M->Dh;
   const int64_t K = M->I > Q ? (M->I > M->E ? M->I : M->E) : (Q > M->E ? Q : M->E);
   return 2 * M->E + Q + 2 * KV + Q + 2 * (int64_t)M->I + (int64_t)M->H * max_positions + K / 2 + K / 16 + 64;
 }
 
 // One token through every layer. pos = positions already cached (the new token's position);
-// kc/vc[l]: layer l's cache (Hkv, caps[l], Dh), row pos written here; cos/sin [Dh] of pos;
-// logits [V]. Returns 1 if every new value written to the caches is finite, else 0.
-int llama_decode_step(const LlamaModel* M, int32_t token, int32_t pos, float* const* kc,
-                      float* const* vc, const int64_t* caps, const float* cos, const float* sin,
-                      float* logits, float* scratch, int32_t nt) {
+// kc/vc[l]: layer l's cache (Hkv, caps[l], Dh), row pos written here; cos/sin[l]: [Dh] of pos
+// in layer l's RoPE table; logits [V]. Returns 1 if every value written to the caches is finite.
+int decode_step(const Model* M, int32_t token, int32_t pos, float* const* kc, float* const* vc,
+                const int64_t* caps, const float* const* cos, const float* const* sin, float* logits,
+                float* scratch, int32_t nt) {
   const int E = M->E, H = M->H, Hkv = M->Hkv, Dh = M->Dh, I = M->I;
   const int Q = H * Dh, KV = Hkv * Dh, group = H / Hkv, n = pos + 1;
+  const float eps = M->eps, off = M->norm_offset;
   float* x = scratch;                 // [E] the residual stream
   float* h = x + E;                   // [E] normed
   float* qkv = h + E;                 // [Q + 2 KV]
@@ -264,62 +304,52 @@ int llama_decode_step(const LlamaModel* M, int32_t token, int32_t pos, float* co
   int8_t* hi = (int8_t*)(scores + (size_t)H * n);  // [K]
   Act A = {hi, hi + K, (float*)(hi + 2 * K), (float*)(hi + 2 * K) + K / 32};
   int finite = 1;
-  memcpy(x, M->embedding + (size_t)token * E, sizeof(float) * E);
+  for (int i = 0; i < E; i++) x[i] = M->embedding[(size_t)token * E + i] * M->embed_scale;
   for (int l = 0; l < M->n_layers; l++) {
-    const LlamaLayer* L = M->layers + l;
+    const Layer* L = M->layers + l;
     const int64_t cap = caps[l];
-    rmsnorm(x, L->attn_norm, E, M->eps, h);
+    rmsnorm(x, L->attn_norm, E, eps, off, h);
     quantize_blocks(h, E, &A);
     for (int p = P_Q, row = 0; p <= P_V; row += L->proj[p].N, p++) gemv(&L->proj[p], &A, qkv + row, nt);
     float *q = qkv, *k = qkv + Q, *v = qkv + Q + KV;
-    for (int i = 0; i < H; i++) rope(q + i * Dh, Dh, cos, sin);
+    for (int i = 0; i < H; i++) {
+      if (L->q_norm) rmsnorm(q + i * Dh, L->q_norm, Dh, eps, off, q + i * Dh);
+      rope(q + i * Dh, Dh, cos[l], sin[l]);
+    }
     for (int g = 0; g < Hkv; g++) {
-      rope(k + g * Dh, Dh, cos, sin);
+      if (L->k_norm) rmsnorm(k + g * Dh, L->k_norm, Dh, eps, off, k + g * Dh);
+      rope(k + g * Dh, Dh, cos[l], sin[l]);
       memcpy(kc[l] + ((size_t)g * cap + pos) * Dh, k + g * Dh, sizeof(float) * Dh);
       memcpy(vc[l] + ((size_t)g * cap + pos) * Dh, v + g * Dh, sizeof(float) * Dh);
     }
     float vsum = 0.f;
     for (int i = 0; i < KV; i++) vsum += v[i];
     finite &= isfinite(vsum) ? 1 : 0;
-#pragma omp parallel for num_threads(nt) if (nt > 1 && n >= 256)
+    const int t0 = L->window > 0 && n > L->window ? n - L->window : 0;  // a local layer's first key
+#pragma omp parallel for num_threads(nt) if (nt > 1 && n - t0 >= 256)
     for (int i = 0; i < H; i++) {
-      const float* K_ = kc[l] + (size_t)(i / group) * cap * Dh;
-      const float* V_ = vc[l] + (size_t)(i / group) * cap * Dh;
-      const float* qi = q + i * Dh;
-      float* s = scores + (size_t)i * n;
-      float mx = -INFINITY;
-      for (int t = 0; t < n; t++) {
-        float d = 0.f;
-        for (int j = 0; j < Dh; j++) d += qi[j] * K_[(size_t)t * Dh + j];
-        s[t] = d * M->scale;
-        mx = fmaxf(mx, s[t]);
-      }
-      float sum = 0.f;
-      for (int t = 0; t < n; t++) {
-        s[t] = expf(s[t] - mx);
-        sum += s[t];
-      }
-      float* zi = z + i * Dh;
-      for (int j = 0; j < Dh; j++) zi[j] = 0.f;
-      for (int t = 0; t < n; t++) {
-        const float p = s[t] / sum;
-        for (int j = 0; j < Dh; j++) zi[j] += p * V_[(size_t)t * Dh + j];
-      }
+      const size_t g = (size_t)(i / group) * cap * Dh;
+      attend(q + i * Dh, kc[l] + g, vc[l] + g, t0, n, Dh, L->scale, scores + (size_t)i * n, z + i * Dh);
     }
     quantize_blocks(z, Q, &A);
     gemv(&L->proj[P_O], &A, h, nt);
+    if (L->post_attn_norm) rmsnorm(h, L->post_attn_norm, E, eps, off, h);
     for (int i = 0; i < E; i++) x[i] += h[i];
-    rmsnorm(x, L->mlp_norm, E, M->eps, h);
+    rmsnorm(x, L->mlp_norm, E, eps, off, h);
     quantize_blocks(h, E, &A);
     for (int p = P_GATE, row = 0; p <= P_UP; row += L->proj[p].N, p++) gemv(&L->proj[p], &A, gu + row, nt);
-    for (int i = 0; i < I; i++) gu[i] = gu[i] / (1.f + expf(-gu[i])) * gu[I + i];  // silu(g)·u
+    for (int i = 0; i < I; i++)  // act(gate) · up
+      gu[i] = (M->act ? gelu_tanh(gu[i]) : gu[i] / (1.f + expf(-gu[i]))) * gu[I + i];
     quantize_blocks(gu, I, &A);
     gemv(&L->proj[P_DOWN], &A, h, nt);
+    if (L->post_mlp_norm) rmsnorm(h, L->post_mlp_norm, E, eps, off, h);
     for (int i = 0; i < E; i++) x[i] += h[i];
   }
-  rmsnorm(x, M->final_norm, E, M->eps, h);
+  rmsnorm(x, M->final_norm, E, eps, off, h);
   quantize_blocks(h, E, &A);
   gemv(&M->unembed, &A, logits, nt);
+  if (M->softcap > 0.f)
+    for (int i = 0; i < M->V; i++) logits[i] = M->softcap * tanhf(logits[i] / M->softcap);
   return finite;
 }
 
