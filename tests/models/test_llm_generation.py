@@ -199,6 +199,8 @@ def test_generate_and_prompt_effect_cli(tiny_llama, tmp_path):
     (["generate", "word " * 70], "expected fewer than 64 tokens"),
     (["prompt-effect", "The animal", "--add", ""], "add: expected words"),
     (["prompt-effect", "The animal", "--add", "animal"], "already in the prompt"),
+    (["generate", "hi", "--decode-kernel", "native"],
+     "--decode-kernel: 'native' cannot decode this run: every projection must be int8 or int4"),
 ])
 def test_llm_cli_bad_input_is_one_line(tiny_llama, args, message):
     r = CliRunner().invoke(app, [*args, "--model", str(tiny_llama), "--json"])
@@ -231,6 +233,9 @@ def test_truncate_keeps_the_first_tokens_of_the_message_and_room_to_generate(lm)
     (["generate", "hi", "--png", "x.png", "--layers", "1", "--layer", "0"], "--layer: expected one of the "
                                                                             "captured layers [1], got 0"),
     (["generate", "hi", "--seed", "-1"], "seed: expected an int"),
+    (["generate", "hi", "--decode-kernel", "fast"], "--decode-kernel: expected one of auto, native, torch"),
+    (["generate", "hi", "--temperature", "1", "--samples", "2", "--decode-kernel", "native"],
+     "--decode-kernel: 'native' decodes one answer at a time"),
     (["prompt-effect", "The animal", "--add", "tired", "--alpha", "2"], "alpha: expected a number in (0, 1]"),
     (["prompt-effect", "The animal", "--add", "tired", "--steer-heads", "0"],
      "--steer-heads: expected an int"),

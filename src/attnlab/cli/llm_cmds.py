@@ -117,9 +117,10 @@ def generate_command(
                           "int8 (faster decoding; see benchmarks/llm/quantized.py)")
     ] = "float32",
     decode_kernel: Annotated[
-        str, typer.Option("--decode-kernel", help="auto: an int8/int4 Llama-family model decodes one "
-                          "answer without capture in one native call per token (attnlab.models.fast_decode); "
-                          "native: insist (an error says why not); torch: PyTorch operators")
+        str, typer.Option("--decode-kernel", help="auto: an int8/int4 Llama-family or Gemma 3 model decodes "
+                          "one answer without capture in one native call per token "
+                          "(attnlab.models.fast_decode); native: insist (an error says why not); "
+                          "torch: PyTorch operators")
     ] = "auto",
     device: DeviceOpt = "cpu",
     as_json: JsonOpt = False,

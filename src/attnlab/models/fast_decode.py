@@ -182,7 +182,9 @@ def layout(model: nn.Module) -> Layout | str:
         if cfg.hidden_act not in GELU_TANH:
             return f"the kernel's GeGLU is GELU-tanh, the model's activation is {cfg.hidden_act!r}"
         act, softcap = 1, float(cfg.final_logit_softcapping or 0.0)
-        embed_scale = float(torch.tensor(cfg.hidden_size ** 0.5, dtype=m.token_embedding.weight.dtype))
+        # sqrt(E) rounded to the embeddings' dtype, as Gemma3.embed does (a number: made on the CPU)
+        embed_scale = float(torch.tensor(cfg.hidden_size ** 0.5, dtype=m.token_embedding.weight.dtype,
+                                         device="cpu"))
         windows = [m.layer_window(i) for i in range(cfg.num_layers)]
         bases = [cfg.rope_local_theta if m.is_local(i) else cfg.rope_theta for i in range(cfg.num_layers)]
     else:

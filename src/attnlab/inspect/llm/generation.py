@@ -240,7 +240,7 @@ def generate_ids(
 
     ``use_cache=False`` re-runs the whole sequence every step (the check that the KV cache
     changes nothing). ``recorder`` turns on weights in the forward passes it hooks.
-    ``decode_kernel``: "auto" decodes an int8/int4 Llama-family model through the native kernel
+    ``decode_kernel``: "auto" decodes an int8/int4 Llama or Gemma 3 model through the native kernel
     (:mod:`attnlab.models.fast_decode`) where nothing needs the PyTorch path (no hook, mask,
     score_mods or recorder), "native" insists (an error says why it cannot), "torch" never.
     """
