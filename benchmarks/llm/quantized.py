@@ -1,8 +1,10 @@
-"""SmolLM2-135M-Instruct with weight-only int8 and int4 (``DecoderLM.quantize_weights``) against
-float32, same GGUF, same process, same threads (issue 23, item 1):
+"""SmolLM2-135M-Instruct (or Gemma 3 270M) with weight-only int8 and int4
+(``DecoderLM.quantize_weights``) against float32, same GGUF, same process, same threads (issue 23):
 
     .venv/bin/python benchmarks/llm/quantized.py --threads 1 --write benchmarks/llm/quantized-1t.md
     .venv/bin/python benchmarks/llm/quantized.py --threads 2 --write benchmarks/llm/quantized-2t.md
+    .venv/bin/python benchmarks/llm/quantized.py --model gemma3 --threads 1 --runs 3 \
+        --write benchmarks/llm/quantized-gemma3-1t.md
 
 Speed: decode 128 new tokens (greedy, batch 1, KV cache) and prefill 512 tokens, alternating
 float32 / int8 / int4 runs, medians; each format decodes through the native kernel
@@ -86,13 +88,23 @@ def weight_error(ref, lm) -> dict[str, float]:
     return {"max": worst / (scale / n), "mean": total / scale}
 
 
-def step_logits(lm, kernel: str, prompt_ids: list[int], forced: list[int]):
+def step_logits(lm, kernel: str, prompt_ids: list[int], forced: list[int], float_math: bool = False):
     """Logits (len(forced), V) of decode steps fed ``forced`` one by one after the prompt, through
-    the decode path ``kernel`` picks ("auto": the native kernel where it applies)."""
+    the decode path ``kernel`` picks ("auto": the native kernel where it applies). ``float_math``:
+    every quantized layer computes in float32 from its dequantized weight instead (hooks: the
+    PyTorch path), what either path would give without rounding its activations."""
     import torch
+    import torch.nn.functional as F
 
     from attnlab.models.fast_decode import choose_decoder
+    from attnlab.models.quantized import Int8Linear
+    from attnlab.models.quantized_int4 import Int4Linear
 
+    def dequantized(mod, inp, out):
+        return F.linear(inp[0].float(), mod.dequantized(), mod.bias)
+
+    hooks = [m.register_forward_hook(dequantized) for m in lm.model.modules()
+             if float_math and isinstance(m, (Int4Linear, Int8Linear))]
     native, _ = choose_decoder(lm.model, kernel)
     rows = []
     with torch.inference_mode():
@@ -101,11 +113,14 @@ def step_logits(lm, kernel: str, prompt_ids: list[int], forced: list[int]):
         for t in forced:
             rows.append(native.step(t, cache) if native is not None
                         else lm.model(torch.tensor([[t]]), cache=cache, logits_to_keep=1).logits[0, -1])
+    for h in hooks:
+        h.remove()
     return torch.stack(rows)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", choices=("smollm2", "gemma3"), default="smollm2")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--weights", nargs="+", choices=("int8", "int4"), default=["int8", "int4"],
@@ -119,10 +134,10 @@ def main() -> None:
     from attnlab.inspect.llm.streaming import default_text, token_nll
     from attnlab.models import load_model
 
-    ref = load_model("smollm2")
+    ref = load_model(args.model)
     models = {"float32": ref}
     for fmt in args.weights:
-        models[fmt] = load_model("smollm2", weights=fmt)
+        models[fmt] = load_model(args.model, weights=fmt)
     formats = list(args.weights)
     # each format decodes twice: through the native kernel ("auto" picks it) and through torch's
     # operators; prefill and perplexity do not depend on the decode path
@@ -178,6 +193,7 @@ def main() -> None:
     p0 = ref.encode(render_prompt(ref, PROMPTS[0])).ids
     forced, _, _ = generate_ids(ref, p0, max_new_tokens=64, stop_ids=set())
     steps = {e: step_logits(models[fmt], kernel, p0, forced) for e, (fmt, kernel) in engines.items()}
+    exact = {fmt: step_logits(models[fmt], "torch", p0, forced, float_math=True) for fmt in formats}
     ids = torch.tensor([p0])
     text_ids = torch.tensor([ref.tokenizer.piece_ids(default_text())[:1024]])
     with torch.no_grad():
@@ -196,9 +212,14 @@ def main() -> None:
         e: {"decode_kernel": kernels_used[e], "decode_ratio": med[f"{e} decode"] / med["float32 decode"],
             "greedy_identical": sum(g[e]["identical"] for g in greedy),
             "step_logit_diff_max": float((ls - steps[e]).abs().max()),
-            "step_logit_diff_mean": float((ls - steps[e]).abs().mean())}
+            "step_logit_diff_mean": float((ls - steps[e]).abs().mean()),
+            # against float32 arithmetic on the same quantized weights: what the path itself adds
+            "vs_float_math_max": float((exact[engines[e][0]] - steps[e]).abs().max()),
+            "vs_float_math_mean": float((exact[engines[e][0]] - steps[e]).abs().mean())}
         for e in quantized}
-    command = f"benchmarks/llm/quantized.py --threads {args.threads} --weights {' '.join(formats)}"
+    command = ("benchmarks/llm/quantized.py" + ("" if args.model == "smollm2" else f" --model {args.model}")
+               + f" --threads {args.threads}" + ("" if args.runs == 5 else f" --runs {args.runs}")
+               + f" --weights {' '.join(formats)}")
     result = {
         "command": command + (f" --write {args.write}" if args.write else ""),
         "machine": f"{os.cpu_count()} CPUs, torch threads {args.threads}, load average after "
@@ -207,22 +228,25 @@ def main() -> None:
         "greedy": greedy, "logit_abs_mean": float(la.abs().mean()), "perplexity": ppl,
     }
     names = ["float32", *formats]
-    md = [f"# SmolLM2-135M-Instruct: weight-only {', '.join(formats)} against float32 "
+    title = {"smollm2": "SmolLM2-135M-Instruct", "gemma3": "Gemma 3 270M"}[args.model]
+    md = [f"# {title}: weight-only {', '.join(formats)} against float32 "
           f"({args.threads} thread(s))", "",
           f"Command: `.venv/bin/python {result['command']}`", "", f"Machine: {result['machine']}.", "",
-          f"Medians of {args.runs} alternating rounds (float32 is the file's Q4_1/Q8_0 blocks read as "
+          f"Medians of {args.runs} alternating rounds (float32 is the GGUF's quantized blocks read as "
           f"float32, the reference). Each format decodes through the native kernel "
           f"(`attnlab.models.fast_decode`, `--decode-kernel auto`) and through torch's operators "
           f"(`torch`); prefill and perplexity do not depend on the decode path.", "",
           "| decode path | decode, 128 new tokens (tokens/s) | / float32 | greedy 64 tokens identical to "
-          "float32 (of 4) | decode-step logits against float32: max / mean |diff| |",
-          "|---|---|---|---|---|",
-          f"| float32 (torch) | {med['float32 decode']:.1f} | 1.00x | - | - |"]
+          "float32 (of 4) | decode-step logits against float32: max / mean \\|diff\\| | against float32 "
+          "arithmetic on the same quantized weights: max / mean |",
+          "|---|---|---|---|---|---|",
+          f"| float32 (torch) | {med['float32 decode']:.1f} | 1.00x | - | - | - |"]
     for e in quantized:
         pe = per_engine[e]
         md.append(f"| {e if e.endswith('torch') else e + ' native'} | {med[f'{e} decode']:.1f} | "
                   f"**{pe['decode_ratio']:.2f}x** | {pe['greedy_identical']} | "
-                  f"{pe['step_logit_diff_max']:.3f} / {pe['step_logit_diff_mean']:.4f} |")
+                  f"{pe['step_logit_diff_max']:.3f} / {pe['step_logit_diff_mean']:.4f} | "
+                  f"{pe['vs_float_math_max']:.4f} / {pe['vs_float_math_mean']:.5f} |")
     md += ["", f"Decode-step logits: 64 steps fed float32's own greedy answer to the first prompt (mean "
            f"|logit| {float(ls.abs().mean()):.2f}). Paths used: "
            + "; ".join(f"{e}: {k}" for e, k in kernels_used.items()) + ".", "",
