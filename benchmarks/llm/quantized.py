@@ -91,8 +91,9 @@ def weight_error(ref, lm) -> dict[str, float]:
 def step_logits(lm, kernel: str, prompt_ids: list[int], forced: list[int], float_math: bool = False):
     """Logits (len(forced), V) of decode steps fed ``forced`` one by one after the prompt, through
     the decode path ``kernel`` picks ("auto": the native kernel where it applies). ``float_math``:
-    every quantized layer computes in float32 from its dequantized weight instead (hooks: the
-    PyTorch path), what either path would give without rounding its activations."""
+    in the decode steps every quantized layer computes in float32 from its dequantized weight
+    instead (hooks: the PyTorch path), what either path would give without rounding its
+    activations."""
     import torch
     import torch.nn.functional as F
 
@@ -103,13 +104,15 @@ def step_logits(lm, kernel: str, prompt_ids: list[int], forced: list[int], float
     def dequantized(mod, inp, out):
         return F.linear(inp[0].float(), mod.dequantized(), mod.bias)
 
-    hooks = [m.register_forward_hook(dequantized) for m in lm.model.modules()
-             if float_math and isinstance(m, (Int4Linear, Int8Linear))]
     native, _ = choose_decoder(lm.model, kernel)
     rows = []
     with torch.inference_mode():
         cache = lm.model.new_cache()
         lm.model(torch.tensor([prompt_ids]), cache=cache, logits_to_keep=1)
+        # after the prefill: every path starts from the same cache (a short prompt prefills on
+        # torch's kernels, bfloat16 activations), so the decode steps alone are compared
+        hooks = [m.register_forward_hook(dequantized) for m in lm.model.modules()
+                 if float_math and isinstance(m, (Int4Linear, Int8Linear))]
         for t in forced:
             rows.append(native.step(t, cache) if native is not None
                         else lm.model(torch.tensor([[t]]), cache=cache, logits_to_keep=1).logits[0, -1])
