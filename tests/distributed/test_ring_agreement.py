@@ -96,3 +96,12 @@ def _worker(rank: int, world: int, store: str, out_dir: str) -> None:
 def test_ranks_that_disagree_all_get_one_clear_error():
     world = 2
     run_ranks(_worker, world, TIMEOUT)
+
+
+def test_tensors_off_the_cpu_are_refused_before_any_exchange():
+    # each rank computes on the CPU tiled kernel: a GPU tensor (meta stands in) is refused by name
+    from attnlab.distributed.attention import _check_local
+
+    q = torch.empty(1, 2, 8, 4, device="meta")
+    with pytest.raises(ValueError, match=r"^q: expected CPU tensors .* got tensors on meta"):
+        _check_local(q, q, q, None, None, None, "contiguous", "ring", 2)

@@ -171,6 +171,20 @@ def test_the_plain_loops_equal_the_vnni_instructions(tmp_path):
     torch.testing.assert_close(c1[1].v, c2[1].v, atol=1e-4, rtol=1e-4)
 
 
+def test_a_default_device_elsewhere_changes_nothing():
+    # the kernel reads addresses: its buffers are made on the CPU whatever torch's default device
+    m = quantized_llama("int8")
+    first, _, _, _ = decode_both(m)
+    dec = FastDecoder(m)
+    with torch.inference_mode():
+        cache = m.new_cache()
+        m(IDS, cache=cache)
+        with torch.device("meta"):
+            got = dec.step(11, cache)
+    assert got.device.type == "cpu"
+    torch.testing.assert_close(got, first[0])
+
+
 def test_two_threads_give_the_one_thread_answer():
     m = quantized_llama("int8")
     old = torch.get_num_threads()

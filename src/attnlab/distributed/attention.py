@@ -70,6 +70,9 @@ def _check_local(q: Tensor, k: Tensor, v: Tensor, mask: object, score_mod: Score
         raise ValueError("score_mod: it holds tensors that want gradients (a learned bias table?), which "
                          "mode='ring' does not differentiate; use mode='allgather' or 'ulysses'")
     qkv = validate_qkv(q, k, v)
+    if qkv.q.device.type != "cpu":  # each rank computes its chunk pairs with the CPU-only tiled kernel
+        raise ValueError(f"q: expected CPU tensors (ring_attention computes on attnlab's CPU tiled kernel), "
+                         f"got tensors on {qkv.q.device}")
     # Sent and received as flat buffers: dense layouts (a no-op for shards cut by shard()).
     q4, k4, v4 = qkv.q.contiguous(), qkv.k.contiguous(), qkv.v.contiguous()
     for nm, n in (("q", q4.shape[2]), ("k", k4.shape[2])):

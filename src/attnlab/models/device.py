@@ -17,7 +17,7 @@ import torch
 from attnlab.arguments import ArgumentError
 
 DeviceLike = str | torch.device
-_NAME = re.compile(r"(cpu|cuda)(:\d+)?")
+_NAME = re.compile(r"(cpu|cuda)(:(0|[1-9]\d{0,2}))?")  # torch refuses leading zeros ("cuda:01")
 EXPECTED = ("'cpu', 'cuda' or 'cuda:N' (or a torch.device of those: attnlab runs models on the CPU "
             "or an NVIDIA GPU)")
 
@@ -40,7 +40,10 @@ def resolve_device(device: object, weights: str = "float32", *, name: str = "dev
     else:
         got = repr(device) if isinstance(device, str) else f"{device!r} ({type(device).__name__})"
         raise ArgumentError(name, f"{name}: expected {EXPECTED}, got {got}")
-    dev = torch.device(given)
+    try:
+        dev = torch.device(given)
+    except RuntimeError as e:  # what torch's own parser refuses, said as this argument's error
+        raise ArgumentError(name, f"{name}: expected {EXPECTED}, got {given!r} ({e})") from e
     if dev.type not in ("cpu", "cuda"):
         raise ArgumentError(name, f"{name}: expected {EXPECTED}, got {given!r}")
     if dev.type == "cpu":
@@ -50,7 +53,8 @@ def resolve_device(device: object, weights: str = "float32", *, name: str = "dev
                                   f"weights run on torch's CPU kernels), got {given!r}; use "
                                   f"{_setting(name, 'cpu')} or {_setting(weights_name, 'float32')}")
     if not torch.cuda.is_available():
-        why = "this torch is a CPU build" if torch.version.cuda is None else "no GPU visible"
+        cpu_build = torch.version.cuda is None and getattr(torch.version, "hip", None) is None
+        why = "this torch is a CPU build" if cpu_build else "no GPU visible"
         raise ArgumentError(name, f"{name}: {given!r} requested but torch.cuda.is_available() is False "
                                   f"({why}); use {_setting(name, 'cpu')}")
     count = torch.cuda.device_count()

@@ -113,7 +113,7 @@ class _Packed:
                              f"{sorted(k.__name__ for k in kinds)}")
         biases = [m.bias for m in layers]
         self.bias = None if all(b is None for b in biases) else torch.cat(
-            [torch.zeros(m.out_features) if b is None else b.float()
+            [torch.zeros(m.out_features, device="cpu") if b is None else b.float()
              for m, b in zip(layers, biases, strict=True)])
         self.tensors = tensors
         self.N, self.K = sum(m.out_features for m in layers), layers[0].in_features
@@ -208,6 +208,8 @@ def layout(model: nn.Module) -> Layout | str:
 
 def why_not(model: nn.Module) -> str | None:
     """Why ``model`` cannot decode through the kernel (None: it can)."""
+    if any(t.device.type != "cpu" for t in _sources(model)):  # first: a GPU model needs no int8 advice
+        return "the kernel runs on the CPU, the model is not there"
     lay = layout(model)
     if isinstance(lay, str):
         return lay
@@ -225,8 +227,6 @@ def why_not(model: nn.Module) -> str | None:
         return "the unembedding must be int8 rows (--weights int8|int4)"
     if cfg.num_heads % cfg.num_kv_heads or cfg.head_dim % 2:
         return "query heads must be a multiple of key/value heads, and the head dimension even"
-    if any(t.device.type != "cpu" for t in _sources(model)):
-        return "the kernel runs on the CPU"
     if m.token_embedding.weight.dtype != torch.float32:
         return "float32 embeddings are needed"
     lib = decode_library()
@@ -272,7 +272,8 @@ class FastDecoder:
                             self.model.final_norm.weight.data_ptr(), head.struct())
         self.ref = ctypes.byref(self.struct)
         self.max_positions = int(cfg.max_positions)
-        self.scratch = torch.empty(int(found.decode_scratch(self.ref, self.max_positions)))
+        # device="cpu" throughout: the kernel reads these addresses whatever torch's default device
+        self.scratch = torch.empty(int(found.decode_scratch(self.ref, self.max_positions)), device="cpu")
         n = cfg.num_layers
         # per step, set in place: each layer's cache addresses and capacity, RoPE rows
         self._k, self._v = (ctypes.c_void_p * n)(), (ctypes.c_void_p * n)()
@@ -282,7 +283,7 @@ class FastDecoder:
 
     def _table(self, base: float | None, pos: int) -> tuple[Tensor, Tensor]:
         """The model's cos/sin table (N, Dh) for ``base`` (None: Llama's one), grown past ``pos``."""
-        m, at = self.model, torch.tensor([pos])
+        m, at = self.model, torch.tensor([pos], device="cpu")
         if base is None:
             if m._rope is None or m._rope[0].shape[0] <= pos:
                 m.rope(at)
@@ -318,7 +319,7 @@ class FastDecoder:
                 cos, sin = self._table(ll.rope_base, pos)
                 rows[ll.rope_base] = (cos[pos].data_ptr(), sin[pos].data_ptr())
             self._cos[i], self._sin[i] = rows[ll.rope_base]
-        logits = torch.empty(self.vocab)  # (V,)
+        logits = torch.empty(self.vocab, device="cpu")  # (V,)
         with self._lock:
             finite = self.lib.decode_step(self.ref, token, pos, self._k, self._v, self._caps, self._cos,
                                           self._sin, logits.data_ptr(), self.scratch.data_ptr(),
