@@ -4,6 +4,8 @@ same KV cache, is used by the decode loop only where nothing can tell, and says 
 
 from __future__ import annotations
 
+import platform
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -34,10 +36,11 @@ pytestmark = pytest.mark.skipif(isinstance(decode_library(), str),
 IDS = torch.tensor([[5, 17, 42, 99, 3, 250, 7, 8, 120, 33]])  # (1, 10)
 
 
-def quantized_llama(weights: str, kv_heads: int = 4, seed: int = 0, bias: bool = False) -> Llama:
+def quantized_llama(weights: str, kv_heads: int = 4, seed: int = 0, bias: bool = False,
+                    max_positions: int = 128) -> Llama:
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
-                      num_kv_heads=kv_heads, head_dim=16, max_positions=128, attention_bias=bias)
+                      num_kv_heads=kv_heads, head_dim=16, max_positions=max_positions, attention_bias=bias)
     m = Llama(cfg).eval()
     with torch.no_grad():
         for p in m.parameters():
@@ -70,13 +73,14 @@ def float_reference(m: nn.Module):
     return [mod.register_forward_hook(fwd) for mod in quantized]
 
 
-def decode_both(m: nn.Module, tokens=(11, 12, 13, 14, 15), dec: FastDecoder | None = None):
-    """Logits of each token after IDS: the native step and the float reference, with their caches."""
+def decode_both(m: nn.Module, tokens=(11, 12, 13, 14, 15), dec: FastDecoder | None = None,
+                prompt: torch.Tensor = IDS):
+    """Logits of each token after the prompt: the native step and the float reference, with their caches."""
     dec = dec or FastDecoder(m)
     with torch.inference_mode():
         c_nat, c_ref = m.new_cache(), m.new_cache()
-        m(IDS, cache=c_nat)
-        m(IDS, cache=c_ref)
+        m(prompt, cache=c_nat)
+        m(prompt, cache=c_ref)
         nat = [dec.step(t, c_nat) for t in tokens]
         handles = float_reference(m)
         try:
@@ -88,6 +92,7 @@ def decode_both(m: nn.Module, tokens=(11, 12, 13, 14, 15), dec: FastDecoder | No
 
 
 WEIGHTS = [pytest.param("int8", 4, id="int8"),
+           pytest.param("int8", 2, id="int8-gqa"),  # two query heads per K/V head
            pytest.param("int4", 4, id="int4-stacked"),
            pytest.param("int4", 2, id="int4-q-with-int8-kv")]  # 32-row k/v do not pack: int8, one by one
 
@@ -158,6 +163,7 @@ def test_biases_go_through_the_kernel():
     assert float((nat[-1] - ref[-1]).abs().max()) < 2e-3 * float(ref[-1].abs().max())
 
 
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="-march=x86-64-v2 is x86's")
 def test_the_plain_loops_equal_the_vnni_instructions(tmp_path):
     # machines without AVX-512 VNNI run the plain loops: built here without it, same sums
     flags = tuple("-march=x86-64-v2" if f == "-march=native" else f for f in FLAGS)
@@ -183,6 +189,35 @@ def test_a_default_device_elsewhere_changes_nothing():
             got = dec.step(11, cache)
     assert got.device.type == "cpu"
     torch.testing.assert_close(got, first[0])
+
+
+def test_a_long_cache_on_two_threads_equals_float32_math():
+    # past 256 keys the heads are split over the threads; the cache regrows on the way
+    m = quantized_llama("int8", kv_heads=2, max_positions=512)
+    ids = torch.randint(0, 256, (1, 300), generator=torch.Generator().manual_seed(1))
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        nat, ref, c_nat, _ = decode_both(m, tokens=tuple(range(20, 60)), prompt=ids)
+    finally:
+        torch.set_num_threads(old)
+    assert len(c_nat[0]) == 340
+    for a, b in zip(nat, ref, strict=True):
+        assert float((a - b).abs().max()) < 2e-3 * float(b.abs().max())
+
+
+def test_nan_goes_through_as_in_float32_and_a_cache_list_must_match_the_layers():
+    m = quantized_llama("int8")
+    with torch.no_grad():
+        m.token_embedding.weight[11, 3] = float("nan")
+    dec = FastDecoder(m)
+    with torch.inference_mode():
+        cache = m.new_cache()
+        m(IDS, cache=cache)
+        assert bool(dec.step(11, cache).isnan().all())
+        assert cache[0].v_finite is False
+        with pytest.raises(ValueError, match=r"cache: expected 2 KVCache \(one per layer\), got 1"):
+            dec.step(12, cache[:1])
 
 
 def test_two_threads_give_the_one_thread_answer():

@@ -209,7 +209,7 @@ class DecoderLM(HookedModel):
         quantize_linears(self.layers, fmt, keep_8bit=keep)
         self.unembed_int8 = Int8Linear(self._head())  # (V, E) as int8 rows
         self._weights_format = fmt
-        return self
+        return self.train(self.training)  # the new layers in the model's mode (new modules train)
 
     def output_embedding(self, ids: Tensor) -> Tensor:
         """Rows of the unembedding matrix W_U for token ``ids`` (n,): (n, E)."""

@@ -11,7 +11,8 @@ GELU-tanh, sliding-window local layers) are described to the kernel by :func:`la
 
 What differs from ``model(...)``: the activations entering each projection are rounded to 16 bits
 per block of 32 (1/32639 of the block's largest value) where torch's kernels round them to
-bfloat16; the weights are exactly the model's, and every other number is float32. The decode
+bfloat16; the weights are exactly the model's (int8 rows with their float32 scales, which torch's int8
+kernel takes rounded to bfloat16), and every other number is float32. The decode
 loop uses it only where nothing can tell: an attnlab Llama or Gemma 3 whose projections are all
 int8/int4, no hook anywhere on the model, no mask, score_mods or recorder, one sequence, a CPU,
 and the kernel built (:mod:`attnlab.models.native_build`). :func:`fast_decoder` says why not
@@ -138,7 +139,10 @@ def _sources(model: nn.Module) -> list[Tensor]:
 
 
 def _fingerprint(model: nn.Module) -> tuple[tuple[int, int], ...]:
-    return tuple((t.data_ptr(), t._version) for t in _sources(model))
+    """Address and version of every tensor: an in-place write or a new tensor changes it (an
+    inference tensor has no version: its address alone; writes through ``.data`` go unseen, as
+    for the fused stacks of modules/fused.py)."""
+    return tuple((t.data_ptr(), 0 if t.is_inference() else t._version) for t in _sources(model))
 
 
 def _projections(block: Any) -> tuple[Any, ...]:
@@ -223,12 +227,25 @@ def why_not(model: nn.Module) -> str | None:
         if any(x.out_features % TILE or x.in_features % BLOCK for x in linears):
             return f"projection shapes must be multiples of {TILE} rows and {BLOCK} inputs"
     head = getattr(model, "unembed_int8", None)
-    if not isinstance(head, Int8Linear) or cfg.vocab_size % TILE or cfg.hidden_size % BLOCK:
+    if not isinstance(head, Int8Linear):
         return "the unembedding must be int8 rows (--weights int8|int4)"
+    if cfg.vocab_size % TILE or cfg.hidden_size % BLOCK:
+        return f"the vocabulary must be a multiple of {TILE} and the width of {BLOCK}"
     if cfg.num_heads % cfg.num_kv_heads or cfg.head_dim % 2:
         return "query heads must be a multiple of key/value heads, and the head dimension even"
-    if m.token_embedding.weight.dtype != torch.float32:
-        return "float32 embeddings are needed"
+    emb = m.token_embedding.weight
+    if emb.dtype != torch.float32 or not emb.is_contiguous():
+        return "a contiguous float32 embedding is needed"
+    # the kernel sizes every buffer from the config: the modules must agree with it exactly
+    E, I, V, Q, KV = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.num_heads * cfg.head_dim,
+                      cfg.num_kv_heads * cfg.head_dim)
+    want = ((Q, E), (KV, E), (KV, E), (E, Q), (I, E), (I, E), (E, I))
+    for i, block in enumerate(m.layers):
+        got = tuple((x.out_features, x.in_features) for x in _projections(block))
+        if got != want:
+            return f"layer {i}'s projections are shaped {got}, the config says {want}"
+    if (head.out_features, head.in_features) != (V, E) or tuple(emb.shape) != (V, E):
+        return f"the embedding and unembedding must be ({V}, {E}) as the config says"
     lib = decode_library()
     return lib if isinstance(lib, str) else None
 
@@ -249,7 +266,8 @@ class FastDecoder:
             raise ValueError(f"model: {lay}")
         self.lib, self.layout = found, lay
         self._lock = threading.Lock()  # one scratch buffer: one step at a time
-        self.model: Any = cast(Any, model)  # Llama or Gemma3: attributes the layout checked
+        # a weak reference: the decoders cache (keyed weakly by the model) must not keep it alive
+        self._model = weakref.ref(model)
         cfg = self.model.cfg
         self.fingerprint = _fingerprint(model)
         layers = []
@@ -263,9 +281,7 @@ class FastDecoder:
         self.layers = (Layer * len(layers))(*layers)
         head = _Packed([self.model.unembed_int8])
         self._keep.append(head)
-        emb = self.model.token_embedding.weight
-        if not emb.is_contiguous():
-            raise ValueError("token_embedding: expected a contiguous (V, E) weight")
+        emb = self.model.token_embedding.weight  # contiguous: why_not checked it
         self.struct = Model(cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
                             cfg.intermediate_size, cfg.num_layers, cfg.vocab_size, lay.eps, lay.norm_offset,
                             lay.act, lay.embed_scale, lay.softcap, self.layers, emb.data_ptr(),
@@ -280,6 +296,13 @@ class FastDecoder:
         self._caps = (ctypes.c_int64 * n)()
         self._cos, self._sin = (ctypes.c_void_p * n)(), (ctypes.c_void_p * n)()
         self.vocab = int(cfg.vocab_size)
+
+    @property
+    def model(self) -> Any:  # Llama or Gemma3: the attributes the layout checked
+        m = self._model()
+        if m is None:
+            raise ValueError("model: the model this decoder was packed from is gone")
+        return m
 
     def _table(self, base: float | None, pos: int) -> tuple[Tensor, Tensor]:
         """The model's cos/sin table (N, Dh) for ``base`` (None: Llama's one), grown past ``pos``."""
@@ -299,33 +322,36 @@ class FastDecoder:
         return cos, sin
 
     def step(self, token: int, cache: Sequence[KVCache]) -> Tensor:
-        """Logits (V,) of the token after ``token``, whose keys/values are appended to ``cache``."""
+        """Logits (V,) of the token after ``token``, whose keys/values are appended to ``cache``.
+        One step at a time per decoder (the pointer arrays and the scratch buffer are shared)."""
+        n_layers = len(self.layers)
+        if len(cache) != n_layers:
+            raise ValueError(f"cache: expected {n_layers} KVCache (one per layer), got {len(cache)}")
         pos = len(cache[0])
         if pos >= self.max_positions:
             raise ValueError(f"cache: expected fewer than {self.max_positions} positions, got {pos}")
         if not 0 <= token < self.vocab:
             raise ValueError(f"token: expected an id in [0, {self.vocab}), got {token}")
-        for i, c in enumerate(cache):
-            if len(c) != pos:
-                raise ValueError(f"cache[{i}]: expected {pos} positions like cache[0], got {len(c)}")
-            k, v = c.reserve(1)  # (1, Hkv, capacity, Dh) each
-            if k.shape[0] != 1 or not (k.is_contiguous() and v.is_contiguous()) or k.dtype != torch.float32:
-                raise ValueError(f"cache[{i}]: expected one sequence of contiguous float32 keys/values, "
-                                 f"got {tuple(k.shape)} {k.dtype}")
-            self._k[i], self._v[i], self._caps[i] = k.data_ptr(), v.data_ptr(), k.shape[2]
-        rows: dict[float | None, tuple[int, int]] = {}
-        for i, ll in enumerate(self.layout.layers):
-            if ll.rope_base not in rows:
-                cos, sin = self._table(ll.rope_base, pos)
-                rows[ll.rope_base] = (cos[pos].data_ptr(), sin[pos].data_ptr())
-            self._cos[i], self._sin[i] = rows[ll.rope_base]
-        logits = torch.empty(self.vocab, device="cpu")  # (V,)
-        with self._lock:
+        with self._lock:  # ctypes lets go of the GIL during the call: nothing shared may change
+            for i, c in enumerate(cache):
+                if len(c) != pos:
+                    raise ValueError(f"cache[{i}]: expected {pos} positions like cache[0], got {len(c)}")
+                k, v = c.reserve(1)  # (1, Hkv, capacity, Dh) each
+                dense = k.is_contiguous() and v.is_contiguous()
+                if k.shape[0] != 1 or not dense or k.dtype != torch.float32 or v.dtype != torch.float32:
+                    raise ValueError(f"cache[{i}]: expected one sequence of contiguous float32 keys/values, "
+                                     f"got {tuple(k.shape)} {k.dtype}")
+                self._k[i], self._v[i], self._caps[i] = k.data_ptr(), v.data_ptr(), k.shape[2]
+            tables = {b: self._table(b, pos) for b in {ll.rope_base for ll in self.layout.layers}}
+            for i, ll in enumerate(self.layout.layers):
+                cos, sin = tables[ll.rope_base]
+                self._cos[i], self._sin[i] = cos[pos].data_ptr(), sin[pos].data_ptr()
+            logits = torch.empty(self.vocab, device="cpu")  # (V,)
             finite = self.lib.decode_step(self.ref, token, pos, self._k, self._v, self._caps, self._cos,
                                           self._sin, logits.data_ptr(), self.scratch.data_ptr(),
                                           torch.get_num_threads())
-        for c in cache:
-            c.advance(1, bool(finite))
+            for c in cache:
+                c.advance(1, bool(finite))
         return logits
 
 
@@ -345,15 +371,15 @@ def fast_decoder(model: nn.Module) -> FastDecoder | str:
     """The model's packed kernel weights (packed once, again after its weights change), or why
     the kernel cannot decode it now."""
     why = why_not(model)
-    if why is None and model.training:
+    if why is None and any(m.training for m in model.modules()):
         why = "the model is in training mode"
     if why is None and hooked(model):
         why = "a hook is registered on the model (hooks see the PyTorch path only)"
     if why is not None:
         return why
     dec = _DECODERS.get(model)
-    if dec is None or dec.fingerprint != _fingerprint(model):
-        dec = _DECODERS[model] = FastDecoder(model)
+    if dec is None or dec.fingerprint != _fingerprint(model) or dec.layout != layout(model):
+        dec = _DECODERS[model] = FastDecoder(model)  # new, new weights, or a changed config
     return dec
 
 

@@ -6,8 +6,9 @@ The source has no torch headers: it compiles with the system's C++ compiler in a
 source, the compiler's version, the flags and this CPU's feature flags, written to a temporary
 file and renamed into place (two processes building at once each get a whole file). It is
 loaded with ctypes after torch, so its OpenMP calls run on the OpenMP runtime torch already
-loaded (one thread pool, not two). Where no compiler is found, or the build fails, callers get
-the reason and keep to the PyTorch path.
+loaded (one thread pool, not two: torch's wheel bundles GNU libgomp under its usual soname; a
+torch built on another OpenMP runtime would get a second pool). Where no compiler is found, or the
+build fails, callers get the reason and keep to the PyTorch path.
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ def build(flags: tuple[str, ...] = FLAGS, folder: Path | None = None) -> Path:
         version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as e:
         raise KernelUnavailable(f"{cxx} --version failed: {e}") from e
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), version, " ".join(flags), _cpu_flags()]).encode())
+    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), *(x.encode() for x in (version, " ".join(flags),
+                                                                               _cpu_flags()))]))
     folder = kernel_dir() if folder is None else folder
     target = folder / f"decode_step-{key.hexdigest()[:16]}.so"
     if target.is_file():

@@ -98,6 +98,12 @@ static void quantize_blocks(const float* x, int K, const Act* A) {
       amax = fmaxf(amax, fabsf(p[j]));
       s += p[j];
     }
+    if (!isfinite(amax) || !isfinite(s)) {  // a NaN/inf in the block: the products are NaN, as in float
+      memset(A->hi + 32 * b, 0, 32);
+      memset(A->lo + 32 * b, 0, 32);
+      A->sx[b] = A->xs[b] = NAN;
+      continue;
+    }
     const float d = amax / 32639.f, id = d > 0.f ? 1.f / d : 0.f;
     for (int j = 0; j < 32; j++) {
       const int v = (int)nearbyintf(p[j] * id);
@@ -111,28 +117,35 @@ static void quantize_blocks(const float* x, int K, const Act* A) {
 }
 
 #if ATTNLAB_VNNI
+// 4 consecutive int8 activations as one 32-bit lane value (memcpy: no aliasing through int32_t*)
+static inline __m512i bcast4(const int8_t* p) {
+  int32_t v;
+  memcpy(&v, p, 4);
+  return _mm512_set1_epi32(v);
+}
+
 // Σ over one block of 16 rows' int products with the block's activations, int32 per row.
-static inline __m512i block_q4(const uint8_t* wb, const int32_t* hb, const int32_t* lb) {
+static inline __m512i block_q4(const uint8_t* wb, const int8_t* hb, const int8_t* lb) {
   const __m512i mask = _mm512_set1_epi8(0x0F);
   __m512i sh = _mm512_setzero_si512(), sl = _mm512_setzero_si512();
   for (int j = 0; j < 4; j++) {
     const __m512i v = _mm512_loadu_si512(wb + 64 * j);
     const __m512i a = _mm512_and_si512(v, mask), c = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask);
-    sh = _mm512_dpbusd_epi32(sh, a, _mm512_set1_epi32(hb[2 * j]));
-    sh = _mm512_dpbusd_epi32(sh, c, _mm512_set1_epi32(hb[2 * j + 1]));
-    sl = _mm512_dpbusd_epi32(sl, a, _mm512_set1_epi32(lb[2 * j]));
-    sl = _mm512_dpbusd_epi32(sl, c, _mm512_set1_epi32(lb[2 * j + 1]));
+    sh = _mm512_dpbusd_epi32(sh, a, bcast4(hb + 8 * j));
+    sh = _mm512_dpbusd_epi32(sh, c, bcast4(hb + 8 * j + 4));
+    sl = _mm512_dpbusd_epi32(sl, a, bcast4(lb + 8 * j));
+    sl = _mm512_dpbusd_epi32(sl, c, bcast4(lb + 8 * j + 4));
   }
   return _mm512_add_epi32(_mm512_slli_epi32(sh, 8), sl);
 }
 
-static inline __m512i block_q8(const int8_t* wb, const int32_t* sums, const int32_t* hb, const int32_t* lb) {
+static inline __m512i block_q8(const int8_t* wb, const int32_t* sums, const int8_t* hb, const int8_t* lb) {
   const __m512i flip = _mm512_set1_epi8((char)0x80);  // x + 128: vpdpbusd's unsigned operand
   __m512i sh = _mm512_setzero_si512(), sl = _mm512_setzero_si512();
   for (int c = 0; c < 8; c++) {
     const __m512i w = _mm512_loadu_si512(wb + 64 * c);
-    sh = _mm512_dpbusd_epi32(sh, _mm512_xor_si512(_mm512_set1_epi32(hb[c]), flip), w);
-    sl = _mm512_dpbusd_epi32(sl, _mm512_xor_si512(_mm512_set1_epi32(lb[c]), flip), w);
+    sh = _mm512_dpbusd_epi32(sh, _mm512_xor_si512(bcast4(hb + 4 * c), flip), w);
+    sl = _mm512_dpbusd_epi32(sl, _mm512_xor_si512(bcast4(lb + 4 * c), flip), w);
   }
   const __m512i corr = _mm512_slli_epi32(_mm512_loadu_si512(sums), 7);  // 128 · Σ w
   return _mm512_add_epi32(_mm512_slli_epi32(_mm512_sub_epi32(sh, corr), 8), _mm512_sub_epi32(sl, corr));
@@ -143,8 +156,8 @@ static void tiles_vnni(const QWeight* W, int t0, int t1, const Act* A, float* y)
   for (int t = t0; t < t1; t++) {
     __m512 acc = _mm512_setzero_ps();
     for (int b = 0; b < B; b++) {
-      const int32_t* hb = (const int32_t*)(A->hi + 32 * b);  // 4 int8 inputs per lane
-      const int32_t* lb = (const int32_t*)(A->lo + 32 * b);
+      const int8_t* hb = A->hi + 32 * b;  // 4 int8 inputs per 32-bit lane
+      const int8_t* lb = A->lo + 32 * b;
       const size_t tb = (size_t)t * B + b;
       if (W->fmt == 4) {
         const __m512i isum = block_q4((const uint8_t*)W->w + 256 * tb, hb, lb);
