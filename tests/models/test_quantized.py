@@ -45,11 +45,12 @@ def test_a_quantized_llm_stays_close_to_float32(tmp_path):
     with torch.no_grad():
         a, b = ref.model(ids).logits, lm.model(ids).logits  # prefill: the dequantized path
         c = lm.model(ids[:, :1]).logits  # one row: the int8 kernel
-    # ~1.4 % per layer on this 32-wide random model (steps of max|w|/127 per row); SmolLM2's
-    # real cost, greedy text and perplexity, is in benchmarks/llm/quantized.py
+    # ~1.4 % per layer on this 32-wide random model (steps of max|w|/127 per row), and both paths
+    # round activations to bfloat16 (the kernel; bfloat16 GEMM where the CPU has it: ~0.1 % more);
+    # SmolLM2's real cost, greedy text and perplexity, is in benchmarks/llm/quantized.py
     scale = float(a.abs().mean())
-    assert float((a - b).abs().mean()) < 0.03 * scale
-    assert float((a[:, :1] - c).abs().mean()) < 0.03 * scale
+    assert float((a - b).abs().mean()) < 0.035 * scale
+    assert float((a[:, :1] - c).abs().mean()) < 0.035 * scale
     assert lm.model.quantize_weights("float32").weights_format == "int8"  # no way back; no-op
     with pytest.raises(ValueError,
                        match=r"weights: expected one of \['float32', 'int8', 'int4'\], got 'int2'"):

@@ -11,7 +11,7 @@ from torch import nn
 from attnlab.models import load_model
 from attnlab.models import quantized_int4 as q4
 from attnlab.models.llama import Llama, LlamaConfig
-from attnlab.models.quantized import Int8Linear
+from attnlab.models.quantized import Int8Linear, bf16_gemm
 from attnlab.models.quantized_int4 import GROUP, INT4_ROWS, Int4Linear, quantize_groups
 from attnlab.modules.fused import fused_call
 
@@ -59,8 +59,12 @@ def test_int4_linear_equals_its_unpacked_weight_on_both_paths(rows):
     got = layer(x[None])[0]  # (1, M, K) in, leading dims kept
     assert got.shape == (rows, 128)
     exact = F.linear(x, w4, lin.bias.detach())
-    if rows > INT4_ROWS:  # unpacked float32 GEMM
+    if rows > INT4_ROWS and not bf16_gemm():  # unpacked float32 GEMM
         torch.testing.assert_close(got, exact, atol=1e-5, rtol=1e-5)
+    elif rows > INT4_ROWS:  # unpacked, bfloat16 GEMM: x, w and the product each rounded (2^-8 each)
+        bound = 2**-6 * (x.abs() @ w4.abs().T + lin.bias.detach().abs())  # (M, N)
+        assert bool(((got - exact).abs() <= bound).all())
+        assert not torch.equal(got, exact)  # it did run in bfloat16
     else:  # the kernel: activations rounded to bfloat16 on the way in, its output too (2^-8 each)
         want = F.linear(x.bfloat16().float(), w4, lin.bias.detach())
         bound = 2**-7 * (x.abs() @ w4.abs().T + lin.bias.detach().abs())  # (M, N)

@@ -207,7 +207,7 @@ class DecoderLM(HookedModel):
         keep = {n.removeprefix("layers.").removesuffix(".weight") for n, b in bits.items()
                 if b > 4 and n.startswith("layers.")}
         quantize_linears(self.layers, fmt, keep_8bit=keep)
-        self.unembed_int8 = Int8Linear(self._head())  # (V, E) as int8 rows
+        self.unembed_int8 = Int8Linear(self._head(), long_bf16=False)  # (V, E) as int8 rows; float32 logits
         self._weights_format = fmt
         return self.train(self.training)  # the new layers in the model's mode (new modules train)
 

@@ -10,8 +10,10 @@ here, so the error against the file's float32 reading is measured, not assumed
 The kernel is torch's ``_weight_int8pack_mm``, fast only with bfloat16 activations: a decode
 step's rows (one per sequence), or a short prompt's, up to :data:`INT8_ROWS`, are rounded to
 bfloat16 on the way in (float32 out). A longer prompt's prefill dequantizes the weight and runs
-float32 GEMM (``benchmarks/llm/kernel_rows.py`` times both paths by rows; prefill speed with this
-split is in ``benchmarks/llm/quantized.py``). Activations outside the linear layers (norms, attention,
+GEMM: in bfloat16 where the CPU multiplies bfloat16 natively (AVX512-BF16 or AMX,
+:func:`bf16_gemm`; ``benchmarks/llm/quantized.py`` measures its speed and perplexity), else in
+float32 (``benchmarks/llm/kernel_rows.py`` times the paths by rows; prefill speed with this split
+is in ``benchmarks/llm/quantized.py``). Activations outside the linear layers (norms, attention,
 residual stream, every hook) stay float32.
 """
 
@@ -28,8 +30,8 @@ from torch import Tensor, nn
 WeightFormat = Literal["float32", "int8", "int4"]
 FORMATS: tuple[str, ...] = ("float32", "int8", "int4")
 # At most this many rows (a decode step of up to 32 sequences, a short prompt): the int8 kernel;
-# more (a long prompt's prefill): dequantized float32 GEMM, which overtakes the kernel between 16 and 64 rows
-# (benchmarks/llm/kernel_rows.py).
+# more (a long prompt's prefill): dequantized GEMM (long_linear), which overtakes the kernel between 16
+# and 64 rows (benchmarks/llm/kernel_rows.py).
 INT8_ROWS = 32
 
 
@@ -40,6 +42,33 @@ def check_format(weights: object, name: str = "weights") -> WeightFormat:
 
 
 @functools.cache
+def bf16_gemm() -> bool:
+    """Does this CPU multiply bfloat16 natively (AVX512-BF16 or AMX)? Then a quantized layer's
+    long prefill runs bfloat16 GEMM on its dequantized weight, else float32 GEMM (bfloat16
+    emulated is slower than float32). Read once from /proc/cpuinfo; False where it cannot be."""
+    return _cpu_has_bf16()
+
+
+@functools.cache
+def _cpu_has_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            flags = next((line.split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def long_linear(x: Tensor, weight: Tensor, bias: Tensor | None, bf16: bool = True) -> Tensor:
+    """A long prompt's pass through a dequantized float32 ``weight`` (N, K): bfloat16 GEMM where
+    ``bf16`` and :func:`bf16_gemm` (activations, weights and the product each rounded once to
+    bfloat16; float32 out), else float32.  x (..., K) -> (..., N) float32"""
+    if not (bf16 and bf16_gemm()):
+        return F.linear(x.float(), weight, bias)
+    y = F.linear(x.to(torch.bfloat16), weight.to(torch.bfloat16)).float()
+    return y if bias is None else y.add_(bias)
+
+
 def _int8_mm() -> Callable[..., Tensor] | None:
     """torch's CPU weight-only int8 matmul (torch >= 2.3), looked up once, on first use."""
     return getattr(torch.ops.aten, "_weight_int8pack_mm", None)
@@ -61,8 +90,11 @@ class Int8Linear(nn.Module):
     scale_bf16: Tensor  # (N,) bfloat16
     bias: Tensor | None  # (N,) float32
 
-    def __init__(self, weight: Tensor, bias: Tensor | None = None) -> None:
+    def __init__(self, weight: Tensor, bias: Tensor | None = None, *, long_bf16: bool = True) -> None:
         super().__init__()
+        # long passes in bfloat16 GEMM where the CPU has it (long_linear); False for logits, whose
+        # float32 rounding perplexity reads (bfloat16 GEMM rounds its output too)
+        self.long_bf16 = long_bf16
         q, scale = quantize_rows(weight)
         self.register_buffer("qweight", q)  # (N, K) int8
         self.register_buffer("scale", scale)  # (N,) float32
@@ -86,6 +118,7 @@ class Int8Linear(nn.Module):
         names = ("qweight", "scale", "scale_bf16") + (() if layers[0].bias is None else ("bias",))
         stack = cls.__new__(cls)
         nn.Module.__init__(stack)
+        stack.long_bf16 = all(m.long_bf16 for m in layers)
         for name in names:
             stack.register_buffer(name, torch.cat([getattr(m, name) for m in layers]))  # (ΣN, ...)
         if layers[0].bias is None:
@@ -123,7 +156,7 @@ class Int8Linear(nn.Module):
             if bias is not None:
                 y.add_(bias)
             return y.view(*x.shape[:-1], self.out_features)
-        return F.linear(x.float(), self.dequantized(), bias)  # (..., N)
+        return long_linear(x, self.dequantized(), bias, self.long_bf16)  # (..., N)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 rows"

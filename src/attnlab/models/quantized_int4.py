@@ -4,14 +4,19 @@ bytes it reads set its speed.
 
 Each run of :data:`GROUP` inputs of a weight row gets its own scale and offset (asymmetric,
 ``w ≈ (q - 8)·scale + zero`` with q in [0, 15]): the layout of GGUF's Q4_1 blocks and of the
-32-wide sub-blocks of its K-quants (Q4_K), so a file stored that way is read back with no error
-beyond rounding the scales to bfloat16, the dtype torch's kernel takes them in. The GPTQ/AWQ
+32-wide sub-blocks of its K-quants (Q4_K). A group is requantized from its own smallest and
+largest value, so a Q4_1 file (whose blocks span 0..15 by construction) is read back with no error
+beyond rounding the scales to bfloat16, the dtype torch's kernel takes them in; Q4_K's searched
+scales often leave a group's range short of 0..15, and those groups land on another grid
+(Gemma 3 270M: 1.1% mean weight error against the file, SmolLM2's Q4_1: 0.17%;
+``benchmarks/llm/quantized.py``). The GPTQ/AWQ
 literature calls this "group-wise" quantization (Frantar et al. 2023, Lin et al. 2024); the
 rounding here is plain round-to-nearest.
 
 The kernel is torch's ``_weight_int4pack_mm_for_cpu`` with bfloat16 activations, for passes of
 up to :data:`INT4_ROWS` rows (decode steps, one row per sequence, and short prompts); more rows
-(a long prompt's prefill) unpack the weight to float32 and run float32 GEMM, the same split as
+(a long prompt's prefill) unpack the weight to float32 and run GEMM (bfloat16 where the CPU has
+it natively, else float32: :func:`attnlab.models.quantized.long_linear`), the same split as
 :mod:`attnlab.models.quantized`'s int8. torch packs the 4-bit values in an order
 that depends on the machine's vector width; :func:`packing_block` finds it once by packing a
 probe, so that :meth:`Int4Linear.dequantized` reads back exactly what the kernel computes with.
@@ -23,14 +28,15 @@ import functools
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from attnlab.models.quantized import long_linear
 
 GROUP = 32  # inputs per scale/offset: Q4_1's block, Q4_K's sub-block
 ROW_BLOCK = 64  # out_features must be a multiple of this (torch's packing interleaves row blocks)
 # At most this many rows (a decode step of up to 64 sequences, a short prompt): the int4 kernel;
-# more (a long prompt's prefill): unpacked float32 GEMM, which the kernel beats at every row count up to 64
-# (benchmarks/llm/kernel_rows.py).
+# more (a long prompt's prefill): unpacked weights and GEMM (quantized.long_linear); the kernel beats
+# float32 GEMM at every row count up to 64 (benchmarks/llm/kernel_rows.py).
 INT4_ROWS = 64
 
 
@@ -202,7 +208,7 @@ class Int4Linear(nn.Module):
             if bias is not None:
                 y.add_(bias)
             return y.view(*x.shape[:-1], self.out_features)
-        return F.linear(x.float(), self.dequantized(), bias)  # (..., N)
+        return long_linear(x, self.dequantized(), bias)  # (..., N)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int4 groups of {GROUP}"
