@@ -307,6 +307,12 @@ def test_the_decode_loop_uses_it_and_gives_the_tokens_of_the_pytorch_path():
                                     decode_kernel=kernel, on_logits=lambda x, keep=keep: keep(x.clone()))
     assert runs["native"][2]["decode_kernel"] == "native"
     assert runs["torch"][2]["decode_kernel"] == "torch (asked for)"
+    # packed after the first prefill (whose fused stacks move the layers' buffers): a second run
+    # finds the same packed weights instead of repacking
+    packed = fast_decode._DECODERS.get(m)
+    assert packed is not None
+    generate_ids(lm, IDS[0].tolist(), max_new_tokens=3, stop_ids=set())
+    assert fast_decode._DECODERS.get(m) is packed
     # torch's int8 kernel rounds activations to bfloat16: the tokens agree where no near-tie parts them
     parted = next((i for i, (a, b) in enumerate(zip(runs["native"][0], runs["torch"][0], strict=True))
                    if a != b), 8)

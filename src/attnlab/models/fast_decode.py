@@ -367,14 +367,20 @@ def hooked(model: nn.Module) -> bool:
                for m in model.modules())
 
 
-def fast_decoder(model: nn.Module) -> FastDecoder | str:
-    """The model's packed kernel weights (packed once, again after its weights change), or why
-    the kernel cannot decode it now."""
+def blocked(model: nn.Module) -> str | None:
+    """Why the kernel cannot decode ``model`` now (None: it can); packs nothing."""
     why = why_not(model)
     if why is None and any(m.training for m in model.modules()):
         why = "the model is in training mode"
     if why is None and hooked(model):
         why = "a hook is registered on the model (hooks see the PyTorch path only)"
+    return why
+
+
+def fast_decoder(model: nn.Module) -> FastDecoder | str:
+    """The model's packed kernel weights (packed once, again after its weights change), or why
+    the kernel cannot decode it now."""
+    why = blocked(model)
     if why is not None:
         return why
     dec = _DECODERS.get(model)
@@ -393,15 +399,17 @@ def check_decode_kernel(value: object, name: str = "decode_kernel") -> str:
 
 
 def choose_decoder(model: nn.Module, kernel: str, blocker: str | None = None,
-                   name: str = "decode_kernel") -> tuple[FastDecoder | None, str]:
+                   name: str = "decode_kernel", *, pack: bool = True) -> tuple[FastDecoder | None, str]:
     """The decoder a decode loop should use and why: ``kernel`` "torch" never uses the native
     one, "auto" where it can, "native" or an error saying why not. ``blocker``: the caller's own
-    reason the PyTorch path is needed (a mask, a recorder)."""
+    reason the PyTorch path is needed (a mask, a recorder). ``pack=False`` decides without packing
+    the weights: (None, "native") where the kernel will decode (a loop packs after its prefill,
+    whose fused stacks move the layers' buffers and would make a packed copy stale)."""
     if check_decode_kernel(kernel, name) == "torch":
         return None, "torch (asked for)"
-    why = blocker or fast_decoder(model)
-    if isinstance(why, FastDecoder):
-        return why, "native"
+    why = blocker or (fast_decoder(model) if pack else blocked(model))
+    if why is None or isinstance(why, FastDecoder):
+        return (why or None), "native"
     if kernel == "native":
         raise ValueError(f"{name}: 'native' cannot decode this run: {why}; use 'auto' or 'torch'")
     return None, f"torch ({why})"

@@ -249,8 +249,9 @@ def generate_ids(
     blocker = ("a recorder" if recorder is not None else "a mask" if mask is not None
                else "score_mods" if score_mods is not None else "use_cache=False" if not use_cache
                else f"backend={backend!r}" if backend != "auto" else None)
+    # decided now (a "native" that cannot is refused before generating), packed after the prefill
     native, kernel = choose_decoder(lm.model, decode_kernel,
-                                    None if blocker is None else f"{blocker} is given")
+                                    None if blocker is None else f"{blocker} is given", pack=False)
     stop_ids = eos_ids(lm) if stop_ids is None else stop_ids
     room = lm.max_tokens - len(prompt_ids)
     if room < 1:
@@ -273,6 +274,8 @@ def generate_ids(
     t_prefill = 0.0
     reason = "max_new_tokens"
     for step in range(min(max_new_tokens, room)):
+        if step == 1 and kernel == "native":
+            native, kernel = choose_decoder(lm.model, decode_kernel)  # packs once, after the prefill
         if step and native is not None and cache is not None:
             last = native.step(new[-1], cache)  # (V,): the whole step in one native call
         else:
