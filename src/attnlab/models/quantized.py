@@ -41,7 +41,6 @@ def check_format(weights: object, name: str = "weights") -> WeightFormat:
     return weights  # type: ignore[return-value]
 
 
-@functools.cache
 def bf16_gemm() -> bool:
     """Does this CPU multiply bfloat16 natively (AVX512-BF16 or AMX)? Then a quantized layer's
     long prefill runs bfloat16 GEMM on its dequantized weight, else float32 GEMM (bfloat16
@@ -69,6 +68,7 @@ def long_linear(x: Tensor, weight: Tensor, bias: Tensor | None, bf16: bool = Tru
     return y if bias is None else y.add_(bias)
 
 
+@functools.cache
 def _int8_mm() -> Callable[..., Tensor] | None:
     """torch's CPU weight-only int8 matmul (torch >= 2.3), looked up once, on first use."""
     return getattr(torch.ops.aten, "_weight_int8pack_mm", None)
