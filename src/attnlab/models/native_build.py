@@ -17,6 +17,7 @@ import ctypes
 import functools
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -48,16 +49,18 @@ def compiler() -> str | None:
     return None
 
 
-def _cpu_flags() -> str:
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags from /proc/cpuinfo (``flags`` on x86, ``Features`` on ARM); empty
+    where it cannot be read. Keys the kernel's build (``-march=native``) and tells
+    :func:`attnlab.models.quantized.bf16_gemm` whether bfloat16 is native."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
             if line.startswith(("flags", "Features")):
-                return line
+                return frozenset(line.partition(":")[2].split())
     except OSError:
         pass
-    import platform
-
-    return platform.processor() or platform.machine()
+    return frozenset()
 
 
 def build(flags: tuple[str, ...] = FLAGS, folder: Path | None = None) -> Path:
@@ -70,8 +73,9 @@ def build(flags: tuple[str, ...] = FLAGS, folder: Path | None = None) -> Path:
         version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as e:
         raise KernelUnavailable(f"{cxx} --version failed: {e}") from e
-    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), *(x.encode() for x in (version, " ".join(flags),
-                                                                               _cpu_flags()))]))
+    cpu = " ".join(sorted(cpu_flags())) or platform.machine()
+    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), version.encode(), " ".join(flags).encode(),
+                                     cpu.encode()]))
     folder = kernel_dir() if folder is None else folder
     target = folder / f"decode_step-{key.hexdigest()[:16]}.so"
     if target.is_file():

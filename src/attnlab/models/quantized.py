@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attnlab.models.native_build import cpu_flags
+
 WeightFormat = Literal["float32", "int8", "int4"]
 FORMATS: tuple[str, ...] = ("float32", "int8", "int4")
 # At most this many rows (a decode step of up to 32 sequences, a short prompt): the int8 kernel;
@@ -44,18 +46,8 @@ def check_format(weights: object, name: str = "weights") -> WeightFormat:
 def bf16_gemm() -> bool:
     """Does this CPU multiply bfloat16 natively (AVX512-BF16 or AMX)? Then a quantized layer's
     long prefill runs bfloat16 GEMM on its dequantized weight, else float32 GEMM (bfloat16
-    emulated is slower than float32). Read once from /proc/cpuinfo; False where it cannot be."""
-    return _cpu_has_bf16()
-
-
-@functools.cache
-def _cpu_has_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            flags = next((line.split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    emulated is slower than float32). False where /proc/cpuinfo cannot be read."""
+    return not cpu_flags().isdisjoint({"avx512_bf16", "amx_bf16"})
 
 
 def long_linear(x: Tensor, weight: Tensor, bias: Tensor | None, bf16: bool = True) -> Tensor:

@@ -289,12 +289,18 @@ static float gelu_tanh(float x) {  // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x
   return 0.5f * x * (1.f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
 }
 
+// The widest vector quantized for a projection: max(E, H·Dh, I) (the int8 halves' size).
+static int widest(const Model* M) {
+  const int Q = M->H * M->Dh, w = M->I > M->E ? M->I : M->E;
+  return Q > w ? Q : w;
+}
+
 extern "C" {
 
 // Scratch sizes the caller allocates (floats; the int8 parts are carved from it too).
 int64_t decode_scratch(const Model* M, int64_t max_positions) {
   const int64_t Q = (int64_t)M->H * M->Dh, KV = (int64_t)M->Hkv * M->Dh;
-  const int64_t K = M->I > Q ? (M->I > M->E ? M->I : M->E) : (Q > M->E ? Q : M->E);
+  const int64_t K = widest(M);
   return 2 * M->E + Q + 2 * KV + Q + 2 * (int64_t)M->I + (int64_t)M->H * max_positions + K / 2 + K / 16 + 64;
 }
 
@@ -313,7 +319,7 @@ int decode_step(const Model* M, int32_t token, int32_t pos, float* const* kc, fl
   float* z = qkv + Q + 2 * KV;        // [Q] attention output per head
   float* gu = z + Q;                  // [2 I]
   float* scores = gu + 2 * I;         // [H][n]
-  int K = I > Q ? (I > E ? I : E) : (Q > E ? Q : E);
+  const int K = widest(M);
   int8_t* hi = (int8_t*)(scores + (size_t)H * n);  // [K]
   Act A = {hi, hi + K, (float*)(hi + 2 * K), (float*)(hi + 2 * K) + K / 32};
   int finite = 1;
